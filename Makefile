@@ -1,0 +1,34 @@
+# All set-up lives here: a fresh machine needs only `make test` or `make demo`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: venv test demo bench docs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGINS) Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned: pip takes the local CPU wheel for exactly this version.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test,docs,bench,progress]"
+	for p in $(dir $(PLUGINS)); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+docs: venv
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) site

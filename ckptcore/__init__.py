@@ -1,0 +1,52 @@
+"""ckptcore: TensorFlow-style object-graph checkpoints for every framework.
+
+Five lines that save and restore::
+
+    import numpy as np, ckptcore as ck
+    model = ck.Module(); model.w = ck.Variable(np.ones(3))
+    ckpt = ck.Checkpoint(model=model)
+    path = ckpt.save("/tmp/run/ckpt")                     # /tmp/run/ckpt-1
+    ckpt.restore(ck.latest_checkpoint("/tmp/run")).assert_consumed()
+
+Example:
+    >>> import ckptcore as ck
+    >>> ck.Checkpoint().save_counter.dtype
+    dtype('int64')
+"""
+
+from __future__ import annotations
+
+from . import naming, registry, storage
+from .adapters import Adapter, AdapterRegistration, SlotVariable, StorageRegistration
+from .checkpoint import Checkpoint
+from .errors import (AdapterConflictError, AssertionFailedError, CheckpointError, CorruptCheckpointError,
+                     DtypeMismatchError, NotFoundError, NotTrackableError, PartialRestoreWarning,
+                     ShapeMismatchError, StorageError, UnsupportedDtypeError)
+from .hookspec import hookimpl
+from .module import Module, TrackedDict, TrackedList
+from .options import CheckpointOptions
+from .reader import CheckpointReader, list_variables, load_checkpoint
+from .registry import register_adapter
+from .restore import InitializationOnlyStatus, LoadStatus, notify_dependency_added
+from .state import latest_checkpoint
+from .variable import Variable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "AdapterConflictError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",
+    "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
+    "InitializationOnlyStatus", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
+    "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError", "StorageRegistration",
+    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "Variable", "hookimpl", "latest_checkpoint",
+    "list_variables", "load_checkpoint", "naming", "notify_dependency_added", "register_adapter", "registry",
+    "storage",
+]
+
+
+def __getattr__(name: str):
+    if name == "CheckpointManager":
+        from .manager import CheckpointManager
+
+        return CheckpointManager
+    raise AttributeError(f"module 'ckptcore' has no attribute {name!r}")

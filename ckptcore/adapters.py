@@ -1,0 +1,232 @@
+"""The public adapter protocol.
+
+An *adapter* teaches ckptcore one kind of object. It is a stateless object
+(usually a subclass of :class:`Adapter`, though inheriting is optional) that
+answers four questions about a live object:
+
+* :meth:`Adapter.children` -- its named dependencies (edges of the graph);
+* :meth:`Adapter.attributes` / :meth:`Adapter.get_value` -- the arrays it owns;
+* :meth:`Adapter.set_value` / :meth:`Adapter.restore_buffer` -- how to put
+  restored arrays back, ideally in place;
+* optionally, :meth:`Adapter.get_state` / :meth:`Adapter.set_state` for small
+  JSON metadata (hyperparameters, step counts) and :meth:`Adapter.slots` /
+  :meth:`Adapter.restore_slot` for optimizer slot variables.
+
+User objects never inherit anything and nothing is attached to them: the
+registry matches an object to an adapter by its type (or a predicate).
+
+Call order during **save**: ``children`` (breadth-first over the whole graph),
+then for each object ``attributes``, ``get_value`` for each attribute,
+``get_state`` and ``slots``.
+
+Call order during **restore**, for each live object matched to a checkpoint
+node: ``children`` (to keep matching), ``spec`` for every attribute to be
+restored (all checks happen before any assignment), then per attribute
+``restore_buffer`` (if it returns an array, bytes are read straight into it)
+followed by ``set_value`` (always called; with the filled buffer when one was
+used), then ``set_state``, then ``restore_slot`` for slots whose variable is
+matched.
+
+Example -- an adapter for a user's own class::
+
+    >>> import numpy as np, ckptcore as ck
+    >>> class Counter:
+    ...     def __init__(self):
+    ...         self.count = np.zeros((), np.int64)
+    >>> class CounterAdapter(ck.Adapter):
+    ...     name = "example.counter"
+    ...     def attributes(self, obj):
+    ...         return ["count"]
+    ...     def get_value(self, obj, attr):
+    ...         return obj.count
+    ...     def set_value(self, obj, attr, value):
+    ...         obj.count[...] = value
+    >>> _ = ck.register_adapter(Counter, CounterAdapter())
+    >>> c = Counter(); c.count[...] = 7
+    >>> path = ck.Checkpoint(c=c).write("memory://doc/counter")
+    >>> c2 = Counter(); _ = ck.Checkpoint(c=c2).read(path)
+    >>> int(c2.count)
+    7
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["Adapter", "AdapterRegistration", "StorageRegistration", "SlotVariable"]
+
+
+@dataclass(frozen=True)
+class SlotVariable:
+    """One optimizer slot: ``slot_name`` of ``optimizer`` for ``variable``.
+
+    ``value`` is the slot's array (a numpy array or anything with ``__array__``).
+
+    Example:
+        >>> import numpy as np
+        >>> w = np.zeros(2); SlotVariable(variable=w, name="m", value=np.ones(2)).name
+        'm'
+    """
+
+    variable: Any
+    name: str
+    value: Any
+
+
+class Adapter:
+    """Base class with default implementations of the adapter protocol.
+
+    Subclass it and override what your type needs; every method receives the
+    live object first. See the module docstring for the call order.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> class Nothing(ck.Adapter):
+        ...     name = "example.nothing"
+        >>> list(Nothing().children(object()))
+        []
+    """
+
+    #: Stable identifier recorded in checkpoints ("which adapter wrote this").
+    name: str = "unnamed"
+
+    def children(self, obj: Any) -> Iterable[tuple[str, Any]]:
+        """Named dependencies of ``obj`` as ``(local_name, child)`` pairs.
+
+        Example:
+            >>> list(Adapter().children(object()))
+            []
+        """
+        return ()
+
+    def attributes(self, obj: Any) -> Sequence[str]:
+        """Names of the arrays ``obj`` owns (``"VARIABLE_VALUE"`` for a variable).
+
+        Example:
+            >>> Adapter().attributes(object())
+            []
+        """
+        return []
+
+    def get_value(self, obj: Any, attr: str) -> Any:
+        """The current value of ``attr`` as an array-like (a view is best: no copy).
+
+        Example:
+            >>> Adapter().get_value(object(), "x") is None
+            True
+        """
+        return None
+
+    def spec(self, obj: Any, attr: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype that a restored value must have.
+
+        Example:
+            >>> import numpy as np
+            >>> class A(Adapter):
+            ...     def get_value(self, obj, attr): return np.zeros((2, 3), np.float32)
+            >>> A().spec(None, "x")
+            ((2, 3), dtype('float32'))
+        """
+        value = np.asarray(self.get_value(obj, attr))
+        return tuple(value.shape), value.dtype
+
+    def restore_buffer(self, obj: Any, attr: str) -> np.ndarray | None:
+        """A writable, C-contiguous array sharing memory with ``attr``, or None.
+
+        When given, restore reads bytes straight into it (no extra copy) and
+        then calls :meth:`set_value` with this same array.
+
+        Example:
+            >>> Adapter().restore_buffer(object(), "x") is None
+            True
+        """
+        return None
+
+    def set_value(self, obj: Any, attr: str, value: np.ndarray) -> None:
+        """Assign a restored value (already shape- and dtype-checked).
+
+        Example:
+            >>> Adapter().set_value(object(), "x", None)
+        """
+        return None
+
+    def get_state(self, obj: Any) -> Any:
+        """Small JSON-serializable metadata to save with the object, or None.
+
+        Example:
+            >>> Adapter().get_state(object()) is None
+            True
+        """
+        return None
+
+    def set_state(self, obj: Any, state: Any) -> None:
+        """Restore what :meth:`get_state` returned.
+
+        Example:
+            >>> Adapter().set_state(object(), {"lr": 0.1})
+        """
+        return None
+
+    def slots(self, obj: Any) -> Iterable[SlotVariable]:
+        """Optimizer slot variables owned by ``obj`` (TF-style slots).
+
+        Example:
+            >>> list(Adapter().slots(object()))
+            []
+        """
+        return ()
+
+    def restore_slot(self, obj: Any, variable: Any, name: str, value: np.ndarray) -> None:
+        """Give ``obj`` (an optimizer) the restored slot ``name`` for ``variable``.
+
+        Example:
+            >>> Adapter().restore_slot(object(), None, "m", None)
+        """
+        return None
+
+
+@dataclass(frozen=True)
+class AdapterRegistration:
+    """A plugin's claim: ``adapter`` handles objects of ``types``.
+
+    ``types`` holds classes or dotted class names (``"torch.nn.Module"``), so
+    a plugin need not import a framework to register for it. Subclasses match
+    too; the most specific class wins. ``predicate`` claims objects by duck
+    typing and is consulted only when no type matches. Between two claims on
+    the same class the higher ``priority`` wins; equal priorities are an
+    :class:`~ckptcore.AdapterConflictError`.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> reg = ck.AdapterRegistration(types=(np.ndarray,), adapter=ck.Adapter())
+        >>> reg.priority
+        0
+    """
+
+    types: tuple[Any, ...] = ()
+    adapter: Any = None
+    priority: int = 0
+    predicate: Callable[[Any], bool] | None = None
+    plugin: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class StorageRegistration:
+    """A plugin's claim: ``factory(protocol, storage_options, url) -> (Storage, path)`` serves ``protocols``.
+
+    ``"*"`` claims every protocol (the fsspec fallback does this at priority
+    ``-100``); a specific claim at a higher priority overrides it.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> ck.StorageRegistration(protocols=("myproto",), factory=lambda p, o, u: None).priority
+        0
+    """
+
+    protocols: tuple[str, ...] = ()
+    factory: Callable[[str, Mapping[str, Any]], Any] | None = None
+    priority: int = 0
+    plugin: str = field(default="", compare=False)

@@ -1,0 +1,250 @@
+"""``ck.Checkpoint``: groups trackable objects, saving and restoring them.
+
+Example:
+    >>> import numpy as np, ckptcore as ck
+    >>> model = ck.Module(); model.w = ck.Variable(np.ones(3))
+    >>> ckpt = ck.Checkpoint(model=model)
+    >>> path = ckpt.save("memory://doc/ckpt/run/ckpt")
+    >>> path
+    'memory://doc/ckpt/run/ckpt-1'
+    >>> fresh = ck.Module(); fresh.w = ck.Variable(np.zeros(3))
+    >>> ck.Checkpoint(model=fresh).restore(path).assert_consumed() is not None
+    True
+    >>> fresh.w.numpy().tolist()
+    [1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import format as fmt
+from .errors import NotTrackableError, PartialRestoreWarning
+from .module import Module, wrap
+from .options import CheckpointOptions
+from .reader import CheckpointReader
+from .registry import adapter_or_none
+from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notify_dependency_added
+from .saver import plan_save, write_plan
+from .state import latest_checkpoint, record_save
+from .storage import open_storage
+from .variable import Variable
+
+__all__ = ["Checkpoint"]
+
+
+def _warn_unused(sessions: list) -> None:
+    for s in sessions:
+        if s.expect_partial:
+            continue
+        unused = s.unmatched_checkpoint_keys()
+        if unused:
+            shown = ", ".join(unused[:5]) + (f", ... ({len(unused) - 5} more)" if len(unused) > 5 else "")
+            warnings.warn(
+                f"{len(unused)} values of checkpoint {s.path!r} were never restored: {shown}. "
+                "Call expect_partial() on the status returned by restore() if this is intended.",
+                PartialRestoreWarning, stacklevel=2)
+
+
+class _AsyncWriter:
+    """One background thread; at most one save in flight."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptcore-async-save")
+            self._future = self._pool.submit(fn)
+
+    def wait(self) -> None:
+        with self._lock:
+            fut, self._future = self._future, None
+        if fut is not None:
+            fut.result()
+
+
+class Checkpoint(Module):
+    """Groups trackable objects, saving and restoring them (``tf.train.Checkpoint``).
+
+    Each keyword argument becomes a named dependency; lists and dicts are
+    wrapped into tracked containers. With ``root``, that object is the root of
+    the saved graph and the keyword arguments are attached to it.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> try:
+        ...     ck.Checkpoint(lr=0.1)
+        ... except ValueError as e:
+        ...     print(str(e).split(":")[0])
+        Checkpoint keyword argument 'lr' of type float is not trackable
+    """
+
+    def __init__(self, root: Any = None, **kwargs: Any):
+        super().__init__()
+        self._ck_root = None
+        self._ck_attached: dict[str, Any] = {}
+        self._ck_save_counter: Variable | None = None
+        self._ck_sessions: list[RestoreSession] = []
+        self._ck_async = _AsyncWriter()
+        self._ck_finalizer = weakref.finalize(self, _warn_unused, self._ck_sessions)
+        if root is not None:
+            root = wrap(root)
+            if adapter_or_none(root) is None:
+                raise NotTrackableError(f"Checkpoint root of type {type(root).__qualname__} is not trackable")
+            self._ck_root = root
+        for key, value in sorted(kwargs.items()):
+            value = wrap(value)
+            if adapter_or_none(value) is None:
+                raise NotTrackableError(
+                    f"Checkpoint keyword argument {key!r} of type {type(value).__qualname__} is not trackable: "
+                    "pass a ck.Variable, numpy array, ck.Module, a list/dict of those, or an object a "
+                    "ckptcore plugin adapts")
+            if self._ck_root is not None:
+                self._ck_attached[key] = value
+                object.__setattr__(self, key, value)
+            else:
+                setattr(self, key, value)
+
+    # -- graph ---------------------------------------------------------------------------
+    def _ck_graph(self) -> tuple[Any, list[tuple[str, Any]]]:
+        if self._ck_root is None:
+            return self, []
+        extra = list(self._ck_attached.items())
+        return self._ck_root, extra
+
+    @property
+    def save_counter(self) -> Variable:
+        """Number of ``save()`` calls so far (an int64 ``ck.Variable``), created on first use.
+
+        Example:
+            >>> import ckptcore as ck
+            >>> int(ck.Checkpoint().save_counter)
+            0
+        """
+        if self._ck_save_counter is None:
+            var = Variable(0, dtype=np.int64, name="save_counter", trainable=False)
+            self._ck_save_counter = var
+            if self._ck_root is None:
+                self._ck_deps_dict()["save_counter"] = var
+                notify_dependency_added(self, "save_counter", var)
+            else:
+                self._ck_attached["save_counter"] = var
+                notify_dependency_added(self._ck_root, "save_counter", var)
+        return self._ck_save_counter
+
+    # -- saving ----------------------------------------------------------------------------
+    def write(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
+        """Write a checkpoint at exactly ``file_prefix`` and return it; no numbering, no state file.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> ck.Checkpoint(a=np.ones(2)).write("memory://doc/write/w")
+            'memory://doc/write/w'
+        """
+        return self._ck_write(os.fspath(file_prefix), options or CheckpointOptions(), record=False)
+
+    def save(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
+        """Increment ``save_counter``, write ``f"{file_prefix}-{save_counter}"``, record it as latest.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> c = ck.Checkpoint(a=np.ones(2))
+            >>> c.save("memory://doc/save/ckpt"), c.save("memory://doc/save/ckpt")
+            ('memory://doc/save/ckpt-1', 'memory://doc/save/ckpt-2')
+        """
+        options = options or CheckpointOptions()
+        self._ck_async.wait()
+        counter = self.save_counter
+        number = int(counter.assign_add(1))
+        try:
+            return self._ck_write(f"{os.fspath(file_prefix)}-{number}", options, record=True)
+        except BaseException:
+            counter.assign_sub(1)
+            raise
+
+    def _ck_write(self, path: str, options: CheckpointOptions, record: bool) -> str:
+        self._ck_async.wait()
+        storage, spath = open_storage(path, options.storage_options)
+        root, extra = self._ck_graph()
+        plan = plan_save(root, extra, snapshot=options.enable_async)
+
+        def commit() -> None:
+            write_plan(storage, spath, plan)
+            if record:
+                record_save(storage, storage.dirname(spath), storage.basename(spath))
+
+        if options.enable_async:
+            self._ck_async.submit(commit)
+        else:
+            commit()
+        return path
+
+    def sync(self) -> None:
+        """Wait for a pending async save; re-raise its error if it failed.
+
+        Example:
+            >>> import ckptcore as ck
+            >>> ck.Checkpoint().sync()
+        """
+        self._ck_async.wait()
+
+    # -- restoring -------------------------------------------------------------------------
+    def restore(self, save_path: str | None, options: CheckpointOptions | None = None):
+        """Restore a checkpoint made by ``save()``; values for missing objects wait for them.
+
+        ``save_path=None`` returns a status whose assertions fail. A directory
+        restores its latest checkpoint.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> path = ck.Checkpoint(a=np.ones(1)).save("memory://doc/restore1/ckpt")
+            >>> a = np.zeros(1); _ = ck.Checkpoint(a=a).restore(path).assert_consumed(); a
+            array([1.])
+        """
+        if save_path is None:
+            self.save_counter  # created so a later restore can fill it
+            return InitializationOnlyStatus()
+        status = self._ck_read(save_path, options, ignore=())
+        self.save_counter  # noqa: B018 -- created now; restored from the queue if the checkpoint has it
+        return status
+
+    def read(self, save_path: str, options: CheckpointOptions | None = None):
+        """Like ``restore()``, for checkpoints made by ``write()``: ``save_counter`` is not expected.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> path = ck.Checkpoint(v=ck.Variable(1.0)).write("memory://doc/read1/w")
+            >>> ck.Checkpoint(v=ck.Variable(0.0)).read(path).assert_consumed() is not None
+            True
+        """
+        if save_path is None:
+            return InitializationOnlyStatus()
+        return self._ck_read(save_path, options, ignore=("save_counter",))
+
+    def _ck_read(self, save_path, options, ignore):
+        options = options or CheckpointOptions()
+        self._ck_async.wait()
+        save_path = os.fspath(save_path)
+        storage, spath = open_storage(save_path, options.storage_options)
+        if not storage.exists(fmt.index_path(spath)) and storage.isdir(spath):
+            latest = latest_checkpoint(save_path, storage_options=options.storage_options)
+            if latest is not None:
+                save_path = latest
+                storage, spath = open_storage(save_path, options.storage_options)
+        reader = CheckpointReader(save_path, storage=storage, storage_path=spath, verify=options.verify_checksums)
+        root, extra = self._ck_graph()
+        session = RestoreSession(reader, root, extra, ignore_live_names=ignore, verify=options.verify_checksums)
+        session.run()
+        self._ck_sessions.append(session)
+        return LoadStatus(session, keepalive=(self, root, extra))

@@ -1,0 +1,46 @@
+"""``ck.CheckpointOptions``: keyword-only, immutable save/restore settings.
+
+Example:
+    >>> import ckptcore as ck
+    >>> opts = ck.CheckpointOptions(enable_async=True)
+    >>> opts.enable_async, opts.verify_checksums
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["CheckpointOptions"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointOptions:
+    """Options for ``save``/``write``/``restore``/``read``.
+
+    Attributes:
+        enable_async: ``save``/``write`` return once values are snapshotted in
+            memory; the write continues on a background thread. ``sync()``
+            waits for it and re-raises its failure.
+        storage_options: passed to fsspec (credentials, endpoint, ...).
+        verify_checksums: verify each tensor's CRC32C on restore (default on).
+        experimental_io_device: accepted for ``tf.train`` compatibility; ignored.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> ck.CheckpointOptions(storage_options={"anon": True}).storage_options["anon"]
+        True
+    """
+
+    enable_async: bool = False
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    verify_checksums: bool = True
+    experimental_io_device: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "storage_options", MappingProxyType(dict(self.storage_options or {})))
+
+    def __hash__(self):
+        return hash((self.enable_async, tuple(sorted(self.storage_options)), self.verify_checksums))

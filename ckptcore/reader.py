@@ -1,0 +1,234 @@
+"""Reading checkpoints: ``ck.load_checkpoint`` and ``ck.list_variables``.
+
+Example:
+    >>> import numpy as np, ckptcore as ck
+    >>> path = ck.Checkpoint(w=np.arange(3.0)).write("memory://doc/reader/ckpt")
+    >>> r = ck.load_checkpoint(path)
+    >>> r.get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE").tolist()
+    [0.0, 1.0, 2.0]
+    >>> ck.list_variables(path)
+    [('w/.ATTRIBUTES/VARIABLE_VALUE', [3])]
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from . import format as fmt
+from .errors import CorruptCheckpointError, NotFoundError
+from .storage import open_storage
+
+__all__ = ["CheckpointReader", "load_checkpoint", "list_variables", "read_tensors"]
+
+COALESCE_GAP = 4096          # merge reads of small tensors closer than this
+COALESCE_MAX = 16 << 20       # into blocks up to this size
+SMALL_READ = 1 << 20
+
+
+class CheckpointReader:
+    """Random access to the tensors of one checkpoint.
+
+    Parsing validates the whole index; data files are checked against the
+    sizes it records. Tensor reads verify CRC32C unless ``verify=False``.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> path = ck.Checkpoint(b=np.zeros((2, 2), np.float32)).write("memory://doc/reader2/ckpt")
+        >>> r = ck.load_checkpoint(path)
+        >>> r.get_variable_to_shape_map(), r.has_tensor("nope")
+        ({'b/.ATTRIBUTES/VARIABLE_VALUE': [2, 2]}, False)
+    """
+
+    def __init__(self, path: str, storage_options: Mapping[str, Any] | None = None, *, verify: bool = True,
+                 storage=None, storage_path: str | None = None):
+        self.path = os.fspath(path)
+        if storage is None:
+            storage, storage_path = open_storage(self.path, storage_options)
+        self.storage = storage
+        self.prefix = storage_path
+        self.verify_checksums = verify
+        self.index_file = fmt.index_path(storage_path)
+        try:
+            size = storage.size(self.index_file)
+        except (NotFoundError, FileNotFoundError):
+            raise NotFoundError(
+                f"no checkpoint at {self.path!r}: {self.index_file} does not exist. Pass the path returned by "
+                "save()/write() or ck.latest_checkpoint(dir).") from None
+        if size > fmt.MAX_INDEX_BYTES:
+            raise CorruptCheckpointError(f"corrupt checkpoint index {self.index_file}: {size} bytes is too large "
+                                         "for an index", path=self.index_file)
+        raw = storage.read_bytes(self.index_file)
+        self.index = fmt.decode_index(raw, self.index_file)
+        self._by_key: dict[str, fmt.TensorEntry] = {e.key: e for e in self.index.tensors()}
+        self._checked_sizes = False
+
+    def data_file(self, shard: int) -> str:
+        return fmt.data_path(self.prefix, shard, self.index.num_shards)
+
+    def check_data_files(self) -> None:
+        """Check every data file exists and has the size the index records.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> ck.load_checkpoint(ck.Checkpoint(a=np.ones(1)).write("memory://doc/cdf/c")).check_data_files()
+        """
+        if self._checked_sizes:
+            return
+        for shard, expected in enumerate(self.index.shard_sizes):
+            f = self.data_file(shard)
+            try:
+                actual = self.storage.size(f)
+            except (NotFoundError, FileNotFoundError):
+                raise CorruptCheckpointError(f"checkpoint {self.path!r} is missing its data file {f}", path=f) from None
+            if actual < expected:
+                raise CorruptCheckpointError(
+                    f"data file {f} is truncated: {actual} bytes, the index records {expected}", path=f)
+        self._checked_sizes = True
+
+    # --- TF-compatible accessors -------------------------------------------------
+    def has_tensor(self, key: str) -> bool:
+        return key in self._by_key
+
+    def keys(self) -> list[str]:
+        return sorted(self._by_key)
+
+    def entry(self, key: str) -> fmt.TensorEntry:
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise KeyError(f"key {key!r} not found in checkpoint {self.path!r}") from None
+
+    def get_variable_to_shape_map(self) -> dict[str, list[int]]:
+        return {k: list(e.shape) for k, e in sorted(self._by_key.items())}
+
+    def get_variable_to_dtype_map(self) -> dict[str, np.dtype]:
+        return {k: e.np_dtype for k, e in sorted(self._by_key.items())}
+
+    def get_tensor(self, key: str) -> np.ndarray:
+        """Read one tensor into a new array (checksum verified).
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> p = ck.Checkpoint(v=ck.Variable(5)).write("memory://doc/gt/c")
+            >>> int(ck.load_checkpoint(p).get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE"))
+            5
+        """
+        entry = self.entry(key)
+        out: list[np.ndarray] = []
+        self.read([(entry, None, out.append)])
+        return out[0]
+
+    def verify(self) -> int:
+        """Read every tensor and check its checksum without restoring anything.
+
+        Returns the number of bytes verified; raises
+        :class:`~ckptcore.CorruptCheckpointError` naming the key on failure.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> ck.load_checkpoint(ck.Checkpoint(a=np.ones(4)).write("memory://doc/verify/c")).verify()
+            32
+        """
+        entries = list(self._by_key.values())
+        self.read([(e, None, None) for e in entries], verify=True)
+        return sum(e.nbytes for e in entries)
+
+    def read(self, requests: Iterable[tuple[fmt.TensorEntry, np.ndarray | None, Callable | None]],
+             verify: bool | None = None) -> None:
+        """Read tensors, each into its destination array (or a new one), then call back.
+
+        ``requests`` holds ``(entry, dest, callback)``; ``dest`` must be a
+        C-contiguous writable array of the entry's shape and dtype, or None.
+        ``callback(array)`` receives the filled array once its checksum passed.
+        """
+        verify = self.verify_checksums if verify is None else verify
+        self.check_data_files()
+        reqs = sorted(requests, key=lambda r: (r[0].shard, r[0].offset))
+        by_shard: dict[int, list] = {}
+        for r in reqs:
+            by_shard.setdefault(r[0].shard, []).append(r)
+        for shard, items in by_shard.items():
+            f = self.data_file(shard)
+            with self.storage.open_reader(f) as rd:
+                read_tensors(rd, f, items, verify)
+
+
+def _finish(entry: fmt.TensorEntry, arr: np.ndarray, path: str, verify: bool, callback) -> None:
+    if verify and fmt.crc32c(memoryview(arr.reshape(-1).view(np.uint8))) != entry.crc32c:
+        raise CorruptCheckpointError(
+            f"checksum mismatch for tensor {entry.key!r} in {path}: the checkpoint is corrupt", path=path, key=entry.key)
+    if not np.little_endian:  # pragma: no cover - big-endian hosts
+        arr = arr.byteswap().view(arr.dtype.newbyteorder())
+    if callback is not None:
+        callback(arr)
+
+
+def _short(entry: fmt.TensorEntry, path: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"data file {path} is truncated: tensor {entry.key!r} is incomplete",
+                                  path=path, key=entry.key)
+
+
+def read_tensors(rd, path: str, items: list, verify: bool) -> None:
+    """Read sorted ``(entry, dest, callback)`` items from one open data file.
+
+    Large tensors are read straight into their destination; runs of small
+    neighbouring tensors are read in one request and copied out.
+    """
+    i = 0
+    n = len(items)
+    while i < n:
+        entry, dest, cb = items[i]
+        if entry.nbytes >= SMALL_READ or i + 1 == n:
+            arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
+            if entry.nbytes and rd.readinto(entry.offset, arr.reshape(-1).view(np.uint8)) != entry.nbytes:
+                raise _short(entry, path)
+            _finish(entry, arr, path, verify, cb)
+            i += 1
+            continue
+        # coalesce a run of small tensors
+        j = i + 1
+        start = entry.offset
+        end = entry.offset + entry.nbytes
+        while j < n:
+            e = items[j][0]
+            if e.nbytes >= SMALL_READ or e.offset - end > COALESCE_GAP or e.offset + e.nbytes - start > COALESCE_MAX:
+                break
+            end = max(end, e.offset + e.nbytes)
+            j += 1
+        block = np.empty(end - start, np.uint8)
+        if rd.readinto(start, block) != end - start:
+            # find the first incomplete tensor for the message
+            raise _short(items[j - 1][0], path)
+        for entry, dest, cb in items[i:j]:
+            src = block[entry.offset - start: entry.offset - start + entry.nbytes]
+            arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
+            arr.reshape(-1).view(np.uint8)[...] = src
+            _finish(entry, arr, path, verify, cb)
+        i = j
+
+
+def load_checkpoint(path: str, storage_options: Mapping[str, Any] | None = None) -> CheckpointReader:
+    """Open a checkpoint for reading tensors by key (``tf.train.load_checkpoint``).
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> r = ck.load_checkpoint(ck.Checkpoint(a=np.ones(2)).write("memory://doc/lc/c"))
+        >>> r.get_variable_to_dtype_map()
+        {'a/.ATTRIBUTES/VARIABLE_VALUE': dtype('float64')}
+    """
+    return CheckpointReader(path, storage_options)
+
+
+def list_variables(path: str, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, list[int]]]:
+    """``[(key, shape), ...]`` for every tensor of a checkpoint, sorted by key.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> ck.list_variables(ck.Checkpoint(a=np.ones((1, 2))).write("memory://doc/lv/c"))
+        [('a/.ATTRIBUTES/VARIABLE_VALUE', [1, 2])]
+    """
+    r = CheckpointReader(path, storage_options)
+    return [(k, list(r.entry(k).shape)) for k in r.keys()]

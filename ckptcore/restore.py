@@ -1,0 +1,567 @@
+"""Matching a checkpoint's graph to live objects, deferred restores, load status.
+
+A :class:`RestoreSession` walks the saved graph alongside the live one. Values
+whose objects exist are checked (shape, dtype) all together, then read in
+place; values whose objects do not exist yet are queued in a core-owned,
+weakly keyed table on the *parent* that will receive them. When an adapter
+reports a new dependency through :func:`notify_dependency_added`, the queued
+value (and its whole subtree) is restored at once.
+
+Example:
+    >>> import numpy as np, ckptcore as ck
+    >>> src = ck.Module(); src.w = np.arange(3.0)
+    >>> path = ck.Checkpoint(model=src).write("memory://doc/restore/c")
+    >>> dst = ck.Module()
+    >>> status = ck.Checkpoint(model=dst).read(path)
+    >>> dst.w = np.zeros(3)          # created after restore(): filled on assignment
+    >>> dst.w.tolist()
+    [0.0, 1.0, 2.0]
+    >>> _ = status.assert_consumed()
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import format as fmt
+from .errors import AssertionFailedError, CheckpointError, DtypeMismatchError, ShapeMismatchError
+from .graph import live_children, walk
+from .naming import display_path
+from .registry import adapter_or_none, find_adapter, install_creation_hooks
+
+__all__ = ["RestoreSession", "LoadStatus", "InitializationOnlyStatus", "notify_dependency_added"]
+
+_LOCK = threading.RLock()
+MAX_LISTED = 5
+
+
+class _Strong:
+    """Stand-in for a weakref to an object that cannot be weakly referenced."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
+def _ref(obj, callback=None):
+    try:
+        return weakref.ref(obj, callback) if callback else weakref.ref(obj)
+    except TypeError:
+        return _Strong(obj)
+
+
+class WeakIdTable:
+    """A mapping keyed by object identity that never keeps its keys alive.
+
+    Works for unhashable objects (numpy arrays); objects that cannot be weakly
+    referenced are held strongly.
+
+    Example:
+        >>> import numpy as np
+        >>> t = WeakIdTable(); a = np.zeros(1); t[a] = 1
+        >>> t.get(a), len(t)
+        (1, 1)
+        >>> del a; len(t)
+        0
+    """
+
+    def __init__(self):
+        self._d: dict[int, tuple[Any, Any]] = {}
+
+    def _remover(self, key: int):
+        selfref = weakref.ref(self)
+
+        def remove(r):
+            table = selfref()
+            if table is not None:
+                entry = table._d.get(key)
+                if entry is not None and entry[0] is r:
+                    del table._d[key]
+        return remove
+
+    def __setitem__(self, obj, value) -> None:
+        key = id(obj)
+        entry = self._d.get(key)
+        if entry is not None and entry[0]() is obj:
+            self._d[key] = (entry[0], value)
+            return
+        self._d[key] = (_ref(obj, self._remover(key)), value)
+
+    def get(self, obj, default=None):
+        entry = self._d.get(id(obj))
+        if entry is not None and entry[0]() is obj:
+            return entry[1]
+        return default
+
+    def __contains__(self, obj) -> bool:
+        entry = self._d.get(id(obj))
+        return entry is not None and entry[0]() is obj
+
+    def pop(self, obj, default=None):
+        entry = self._d.get(id(obj))
+        if entry is not None and entry[0]() is obj:
+            del self._d[id(obj)]
+            return entry[1]
+        return default
+
+    def __len__(self) -> int:
+        return sum(1 for r, _ in self._d.values() if r() is not None)
+
+
+# parent object -> {child name: (session, checkpoint node id, path)}
+_PENDING = WeakIdTable()
+
+
+def pending_count() -> int:
+    """How many live parents have queued (deferred) restores. For tests and debugging.
+
+    Example:
+        >>> pending_count() >= 0
+        True
+    """
+    with _LOCK:
+        return len(_PENDING)
+
+
+def notify_dependency_added(parent: Any, name: str, child: Any) -> None:
+    """Tell ckptcore that ``parent`` gained the dependency ``name`` -> ``child``.
+
+    If a restore queued a value for that edge, ``child`` (and its subtree)
+    receives it now. Adapters call this from whatever hook their framework
+    offers; ``ck.Module`` and the tracked containers call it on assignment.
+    Cheap when nothing is queued.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> ck.notify_dependency_added(ck.Module(), "w", ck.Variable(0.0))
+    """
+    if not len(_PENDING._d):
+        return
+    with _LOCK:
+        waiting = _PENDING.get(parent)
+        if not waiting:
+            return
+        item = waiting.get(str(name))
+        if item is None:
+            return
+        session, node_id, path = item
+        if adapter_or_none(child) is None:
+            return
+        del waiting[str(name)]
+        if not waiting:
+            _PENDING.pop(parent)
+        try:
+            session.restore_subtree(child, node_id, path)
+        except BaseException:
+            # Leave the queue as it was: a later, correct object may still come.
+            w = _PENDING.get(parent)
+            if w is None:
+                w = {}
+                _PENDING[parent] = w
+            w[str(name)] = item
+            raise
+
+
+class _Match:
+    __slots__ = ("obj", "adapter", "node_id", "path")
+
+    def __init__(self, obj, adapter, node_id, path):
+        self.obj, self.adapter, self.node_id, self.path = obj, adapter, node_id, path
+
+
+class RestoreSession:
+    """One ``restore()``/``read()`` call: what matched, what waits, what is unused.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/session/c")
+        >>> ck.Checkpoint(a=np.zeros(1)).read(path).session.matched_node_count()
+        2
+    """
+
+    def __init__(self, reader, root, extra_root_children=(), *, ignore_live_names: Iterable[str] = (),
+                 verify: bool = True):
+        self.reader = reader
+        self.index: fmt.Index = reader.index
+        self.path = reader.path
+        self.verify = verify
+        self._root_ref = _ref(root)
+        self._extra = list(extra_root_children)
+        self._extra_refs = [(n, _ref(c)) for n, c in self._extra]
+        self._extra = []  # do not keep them alive
+        self.ignore_live_names = set(ignore_live_names)
+        self.node_objs: dict[int, list] = {}   # node id -> weakrefs of live objects
+        self.matched = WeakIdTable()           # live object -> node id
+        self.unused_attrs: set[str] = set()    # keys whose node matched but attribute is absent live
+        self.restored_slots: set[int] = set()
+        self.expect_partial = False
+        nodes = self.index.nodes
+        self._slots_by_var: dict[int, list[tuple[int, str, int]]] = {}
+        for opt_id, node in enumerate(nodes):
+            for var_id, name, slot_id in node.slots:
+                self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
+
+    # -- helpers ---------------------------------------------------------------------
+    def root(self):
+        return self._root_ref()
+
+    def _extra_children(self):
+        out = []
+        for n, r in self._extra_refs:
+            c = r()
+            if c is not None:
+                out.append((n, c))
+        return out
+
+    def _children_of(self, obj, adapter, path):
+        extra = self._extra_children() if path == () and obj is self.root() else ()
+        return live_children(obj, adapter, path, extra)
+
+    # -- matching and restoring -------------------------------------------------------
+    def run(self) -> None:
+        """Restore everything whose object exists; queue the rest."""
+        root = self.root()
+        self.restore_subtree(root, 0, (), root_adapter=find_adapter(root))
+
+    def restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter=None) -> None:
+        """Match ``obj`` to checkpoint node ``node_id`` and everything below it."""
+        with _LOCK:
+            matches, pending = self._match(obj, node_id, path, root_adapter)
+            reads, after = self._plan_values(matches)
+            self._commit_matches(matches, pending)
+            if reads:
+                self.reader.read(reads, verify=self.verify)
+            for fn in after:
+                fn()
+
+    def _match(self, obj, node_id, path, root_adapter):
+        nodes = self.index.nodes
+        matches: list[_Match] = []
+        pending: list[tuple[Any, str, int, tuple]] = []
+        seen: set[tuple[int, int]] = set()
+        queue = deque([(obj, node_id, tuple(path), root_adapter)])
+        while queue:
+            o, nid, p, adapter = queue.popleft()
+            if (id(o), nid) in seen:
+                continue
+            seen.add((id(o), nid))
+            if self.matched.get(o) == nid:
+                continue  # already restored by this session (shared object)
+            adapter = adapter or find_adapter(o, what=f"object {display_path(p)!r}")
+            matches.append(_Match(o, adapter, nid, p))
+            node = nodes[nid]
+            if not node.children:
+                continue
+            kids = dict(self._children_of(o, adapter, p))
+            for name, cid in node.children:
+                child = kids.get(name)
+                if child is None:
+                    pending.append((o, name, cid, p + (name,)))
+                else:
+                    queue.append((child, cid, p + (name,), None))
+        return matches, pending
+
+    def _plan_values(self, matches: list[_Match]):
+        """Check every value first (nothing is assigned if any check fails)."""
+        nodes = self.index.nodes
+        reads = []
+        after = []
+        errors = []
+        for m in matches:
+            node = nodes[m.node_id]
+            if node.attributes:
+                live_attrs = set(m.adapter.attributes(m.obj))
+                for attr, entry in node.attributes.items():
+                    if attr not in live_attrs:
+                        self.unused_attrs.add(entry.key)
+                        continue
+                    err = self._check_spec(m, attr, entry)
+                    if err is not None:
+                        errors.append(err)
+                        continue
+                    dest = m.adapter.restore_buffer(m.obj, attr)
+                    if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous
+                                                 and dest.flags.writeable and dest.dtype == entry.np_dtype
+                                                 and dest.shape == entry.shape):
+                        dest = None
+                    reads.append((entry, dest, _setter(m.adapter, m.obj, attr)))
+            if node.state is not None:
+                after.append(_state_setter(m.adapter, m.obj, node.state, m.path))
+        if errors:
+            raise errors[0] if len(errors) == 1 else type(errors[0])(
+                f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
+        return reads, after
+
+    def _check_spec(self, m: _Match, attr: str, entry: fmt.TensorEntry):
+        where = display_path(m.path)
+        try:
+            shape, dtype = m.adapter.spec(m.obj, attr)
+        except CheckpointError as e:
+            return type(e)(f"cannot restore {where} ({entry.key}): {e}")
+        shape = tuple(int(d) for d in shape)
+        if shape != tuple(entry.shape):
+            return ShapeMismatchError(
+                f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
+                f"the live object has {shape}. Build the object with the checkpoint's shape, or restore "
+                "a checkpoint made for this model.")
+        if np.dtype(dtype) != entry.np_dtype:
+            return DtypeMismatchError(
+                f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
+                f"the live object has {np.dtype(dtype).name}.")
+        return None
+
+    def _commit_matches(self, matches: list[_Match], pending) -> None:
+        for m in matches:
+            self.matched[m.obj] = m.node_id
+            self.node_objs.setdefault(m.node_id, []).append(_ref(m.obj))
+        newly = {m.node_id for m in matches}
+        if pending:
+            install_creation_hooks(notify_dependency_added)
+        for parent, name, cid, p in pending:
+            waiting = _PENDING.get(parent)
+            if waiting is None:
+                waiting = {}
+                _PENDING[parent] = waiting
+            waiting[name] = (self, cid, p)
+        # slots whose optimizer or variable just matched
+        nodes = self.index.nodes
+        for nid in newly:
+            for var_id, name, slot_id in nodes[nid].slots:
+                self._try_slot(nid, var_id, name, slot_id)
+            for opt_id, name, slot_id in self._slots_by_var.get(nid, ()):
+                if opt_id not in newly:
+                    self._try_slot(opt_id, nid, name, slot_id)
+
+    def _live(self, node_id: int) -> list:
+        return [o for o in (r() for r in self.node_objs.get(node_id, ())) if o is not None]
+
+    def _try_slot(self, opt_id: int, var_id: int, name: str, slot_id: int) -> None:
+        opts, vars_ = self._live(opt_id), self._live(var_id)
+        if not opts or not vars_:
+            return
+        entry = next(iter(self.index.nodes[slot_id].attributes.values()), None)
+        if entry is None:
+            return
+        value = self.reader.get_tensor(entry.key)
+        for opt in opts:
+            adapter = find_adapter(opt)
+            for var in vars_:
+                adapter.restore_slot(opt, var, name, value)
+        self.restored_slots.add(slot_id)
+
+    # -- status queries ----------------------------------------------------------------
+    def matched_node_count(self) -> int:
+        return sum(1 for nid in self.node_objs if self._live(nid) or nid == 0)
+
+    def unmatched_checkpoint_keys(self) -> list[str]:
+        """Keys of checkpointed values no live object received."""
+        nodes = self.index.nodes
+        slot_ids = {s for n in nodes for _, _, s in n.slots}
+        out = []
+        for nid, node in enumerate(nodes):
+            if not node.attributes:
+                continue
+            if nid in slot_ids:
+                if nid not in self.restored_slots:
+                    out.extend(e.key for e in node.attributes.values())
+                continue
+            if nid not in self.node_objs:
+                out.extend(e.key for e in node.attributes.values())
+        out.extend(sorted(self.unused_attrs))
+        return out
+
+    def unmatched_live_paths(self) -> list[str]:
+        """Paths of live objects (or their values) the checkpoint had nothing for."""
+        root = self.root()
+        if root is None:
+            return []
+        extra = [(n, c) for n, c in self._extra_children()]
+        try:
+            live = walk(root, extra, root_adapter=find_adapter(root))
+        except CheckpointError:
+            return []
+        out = []
+        nodes = self.index.nodes
+        for ln in live[1:]:
+            if ln.path and ln.path[0] in self.ignore_live_names and len(ln.path) == 1:
+                continue
+            nid = self.matched.get(ln.obj)
+            attrs = list(ln.adapter.attributes(ln.obj))
+            if nid is None:
+                if not attrs and not ln.children and _is_empty_container(ln):
+                    continue
+                out.append(display_path(ln.path))
+                continue
+            saved = nodes[nid].attributes
+            for a in attrs:
+                if a not in saved:
+                    out.append(f"{display_path(ln.path)} ({a})")
+        return out
+
+    def nontrivial(self) -> bool:
+        ignore = set()
+        for name, cid in self.index.nodes[0].children:
+            if name in ("save_counter",):
+                ignore.add(cid)
+        return any(nid not in (0,) and nid not in ignore and self._live(nid) for nid in self.node_objs)
+
+
+def _is_empty_container(ln) -> bool:
+    from .module import TrackedDict, TrackedList
+
+    return isinstance(ln.obj, (TrackedList, TrackedDict, list, dict, tuple))
+
+
+def _setter(adapter, obj, attr):
+    def assign(value):
+        adapter.set_value(obj, attr, value)
+    return assign
+
+
+def _state_setter(adapter, obj, state, path):
+    def assign():
+        adapter.set_state(obj, state)
+    return assign
+
+
+def _summary(kind: str, items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    more = f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+    return f"{len(items)} {kind}: {shown}{more}"
+
+
+class LoadStatus:
+    """What a ``restore()``/``read()`` matched; assertions re-check the live graph each call.
+
+    Every method returns the status, so calls chain.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/status/c")
+        >>> ck.Checkpoint(a=np.zeros(1)).read(path).assert_consumed().assert_nontrivial_match() is not None
+        True
+    """
+
+    def __init__(self, session: RestoreSession, keepalive: Any = None):
+        self.session = session
+        # The status keeps the graph root alive (as TF's does), so assertions
+        # still see it; nothing else holds user objects.
+        self._keepalive = keepalive
+
+    def assert_consumed(self) -> "LoadStatus":
+        """Fail unless every checkpointed value was restored and every live object matched.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> path = ck.Checkpoint(a=np.ones(1), b=np.ones(1)).write("memory://doc/consumed/c")
+            >>> try:
+            ...     ck.Checkpoint(a=np.zeros(1)).read(path).assert_consumed()
+            ... except AssertionError as e:
+            ...     print(str(e).splitlines()[1])
+            1 checkpoint values without a matching object: b/.ATTRIBUTES/VARIABLE_VALUE
+        """
+        unused = self.session.unmatched_checkpoint_keys()
+        live = self.session.unmatched_live_paths()
+        if unused or live:
+            lines = [f"restore of {self.session.path!r} is not complete (assert_consumed):"]
+            if unused:
+                lines.append(_summary("checkpoint values without a matching object", unused))
+            if live:
+                lines.append(_summary("live objects without a value in the checkpoint", live))
+            raise AssertionFailedError("\n".join(lines))
+        return self
+
+    def assert_existing_objects_matched(self) -> "LoadStatus":
+        """Fail if any live object in the graph got no value; unused checkpoint values are fine.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> path = ck.Checkpoint(a=np.ones(1), b=np.ones(1)).write("memory://doc/existing/c")
+            >>> ck.Checkpoint(a=np.zeros(1)).read(path).assert_existing_objects_matched() is not None
+            True
+        """
+        live = self.session.unmatched_live_paths()
+        if live:
+            raise AssertionFailedError(
+                f"restore of {self.session.path!r} left existing objects unmatched "
+                f"(assert_existing_objects_matched):\n" + _summary("live objects without a value in the checkpoint", live))
+        return self
+
+    def assert_nontrivial_match(self) -> "LoadStatus":
+        """Fail unless something besides the root (and ``save_counter``) was matched.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/nontrivial/c")
+            >>> try:
+            ...     ck.Checkpoint(b=np.zeros(1)).read(path).assert_nontrivial_match()
+            ... except AssertionError:
+            ...     print("nothing matched")
+            nothing matched
+        """
+        if not self.session.nontrivial():
+            raise AssertionFailedError(
+                f"nothing except the root was matched when restoring {self.session.path!r} "
+                "(assert_nontrivial_match): is this the checkpoint of this model?")
+        return self
+
+    def expect_partial(self) -> "LoadStatus":
+        """Silence the warning about unused checkpoint values.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> ck.Checkpoint().restore(None).expect_partial() is not None
+            True
+        """
+        self.session.expect_partial = True
+        return self
+
+    def run_restore_ops(self, session=None) -> None:
+        """No-op, for ``tf.train`` compatibility (restores run eagerly)."""
+
+    def initialize_or_restore(self, session=None) -> None:
+        """No-op, for ``tf.train`` compatibility (restores run eagerly)."""
+
+
+class InitializationOnlyStatus:
+    """Returned by ``restore(None)``: nothing was restored, so every assertion fails.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> s = ck.Checkpoint().restore(None)
+        >>> try:
+        ...     s.assert_existing_objects_matched()
+        ... except AssertionError:
+        ...     print("no checkpoint")
+        no checkpoint
+    """
+
+    def _fail(self, what: str):
+        raise AssertionFailedError(f"no checkpoint was given (save_path=None), so nothing was restored ({what})")
+
+    def assert_consumed(self):
+        self._fail("assert_consumed")
+
+    def assert_existing_objects_matched(self):
+        self._fail("assert_existing_objects_matched")
+
+    def assert_nontrivial_match(self):
+        self._fail("assert_nontrivial_match")
+
+    def expect_partial(self):
+        return self
+
+    def run_restore_ops(self, session=None) -> None:
+        """No-op."""
+
+    def initialize_or_restore(self, session=None) -> None:
+        """No-op."""

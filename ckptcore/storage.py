@@ -1,0 +1,410 @@
+"""Storage: the small file-system interface checkpoints are written through.
+
+A :class:`Storage` is obtained for a URL with :func:`open_storage`; the
+built-in ``fsspec`` plugin serves every protocol fsspec knows, with a fast
+path for local disk. A plugin can claim a protocol (see
+:func:`ckptcore.hookspec.ckptcore_register_storage`) and subclass
+:class:`FsspecStorage` or :class:`Storage`.
+
+Call order for one checkpoint write (the commit protocol):
+
+1. ``makedirs(dir)``;
+2. ``open_writer(data_path)`` -> ``write()``... -> ``commit()`` for each data file
+   (``abort()`` on failure);
+3. ``write_atomic(index_path, bytes)`` -- the index is the commit point: a
+   checkpoint exists exactly when its index does;
+4. ``write_atomic(state_path, bytes)`` for the ``checkpoint`` state file.
+
+Reads: ``exists``/``size``/``read_bytes`` for the index, then
+``open_reader(data_path)`` and ``readinto(offset, buffer)`` per tensor.
+
+Example:
+    >>> import ckptcore as ck
+    >>> st, path = ck.storage.open_storage("memory://doc/storage/file")
+    >>> st.write_atomic(path, b"hello")
+    >>> st.read_bytes(path)
+    b'hello'
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from typing import Any, Iterable, Mapping
+
+from .errors import NotFoundError, StorageError
+
+__all__ = ["Storage", "FsspecStorage", "LocalStorage", "open_storage", "split_protocol"]
+
+
+def split_protocol(url: str) -> tuple[str, str]:
+    """``("s3", "bucket/key")`` for ``"s3://bucket/key"``; ``("file", url)`` for plain paths.
+
+    Example:
+        >>> split_protocol("memory://a/b")
+        ('memory', 'a/b')
+    """
+    url = os.fspath(url)
+    if "://" in url:
+        proto, rest = url.split("://", 1)
+        return proto.split("::")[0], rest
+    return "file", url
+
+
+class Storage:
+    """Abstract storage; see the module docstring for the call order.
+
+    Paths are the storage's own (what :func:`open_storage` returns), joined
+    with ``/``.
+
+    Example:
+        >>> Storage().join("a", "b")
+        'a/b'
+    """
+
+    #: Whether ``write_atomic`` on this storage may be followed by a listing that lags.
+    listing_may_lag = False
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(*parts)
+
+    def dirname(self, path: str) -> str:
+        return posixpath.dirname(path.rstrip("/"))
+
+    def basename(self, path: str) -> str:
+        return posixpath.basename(path.rstrip("/"))
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def size(self, path: str) -> int:
+        raise NotImplementedError
+
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        raise NotImplementedError
+
+    def open_reader(self, path: str):
+        raise NotImplementedError
+
+    def open_writer(self, path: str):
+        raise NotImplementedError
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> list[str]:
+        raise NotImplementedError
+
+    def remove(self, paths: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def makedirs(self, path: str) -> None:
+        raise NotImplementedError
+
+    def isdir(self, path: str) -> bool:
+        return False
+
+
+class _LocalReader:
+    def __init__(self, path: str):
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"checkpoint file not found: {path}") from e
+        self.path = path
+        self.size = os.fstat(self._fd).st_size
+
+    def readinto(self, offset: int, buf) -> int:
+        mv = memoryview(buf).cast("B")
+        total = 0
+        n = len(mv)
+        while total < n:
+            got = os.preadv(self._fd, [mv[total:]], offset + total)
+            if got == 0:
+                break
+            total += got
+        return total
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _LocalWriter:
+    """Writes to a unique temp file; ``commit`` fsyncs and renames it into place."""
+
+    def __init__(self, path: str):
+        self.path = path
+        d = os.path.dirname(path) or "."
+        self._tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def write(self, buf) -> None:
+        mv = memoryview(buf).cast("B")
+        while len(mv):
+            n = os.write(self._fd, mv)
+            mv = mv[n:]
+
+    def commit(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self._tmp, self.path)
+        _fsync_dir(os.path.dirname(self.path) or ".")
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class LocalStorage(Storage):
+    """Local disk: temp file + fsync + rename commits, ``preadv`` straight into arrays.
+
+    Example:
+        >>> import tempfile, os
+        >>> st = LocalStorage(); d = tempfile.mkdtemp()
+        >>> st.write_atomic(os.path.join(d, "f"), b"x"); st.size(os.path.join(d, "f"))
+        1
+    """
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(*parts)
+
+    def dirname(self, path: str) -> str:
+        return os.path.dirname(path)
+
+    def basename(self, path: str) -> str:
+        return os.path.basename(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def size(self, path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError as e:
+            raise NotFoundError(f"checkpoint file not found: {path}") from e
+
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read() if limit is None else f.read(limit)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"checkpoint file not found: {path}") from e
+
+    def open_reader(self, path: str):
+        return _LocalReader(path)
+
+    def open_writer(self, path: str):
+        return _LocalWriter(path)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        w = _LocalWriter(path)
+        try:
+            w.write(data)
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def makedirs(self, path: str) -> None:
+        if path:
+            os.makedirs(path, exist_ok=True)
+
+
+class _FsspecReader:
+    def __init__(self, fs, path: str):
+        self._fs = fs
+        self.path = path
+        try:
+            self.size = int(fs.size(path))
+            self._f = fs.open(path, "rb")
+        except FileNotFoundError as e:
+            raise NotFoundError(f"checkpoint file not found: {path}") from e
+
+    def readinto(self, offset: int, buf) -> int:
+        mv = memoryview(buf).cast("B")
+        self._f.seek(offset)
+        total = 0
+        while total < len(mv):
+            got = self._f.readinto(mv[total:])
+            if not got:
+                break
+            total += got
+        return total
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _FsspecWriter:
+    """Writes straight to the final name (object stores have no rename).
+
+    Data files are invisible until the index is written, so this is safe.
+    """
+
+    def __init__(self, fs, path: str):
+        self._fs = fs
+        self.path = path
+        self._f = fs.open(path, "wb")
+
+    def write(self, buf) -> None:
+        self._f.write(memoryview(buf).cast("B"))
+
+    def commit(self) -> None:
+        self._f.close()
+
+    def abort(self) -> None:
+        try:
+            discard = getattr(self._f, "discard", None)
+            if discard is not None:
+                discard()
+            else:
+                self._f.close()
+        except Exception:
+            pass
+        try:
+            self._fs.rm_file(self.path)
+        except Exception:
+            pass
+
+
+class FsspecStorage(Storage):
+    """Any fsspec filesystem. Writes go straight to their final names, index last.
+
+    Example:
+        >>> import fsspec
+        >>> st = FsspecStorage(fsspec.filesystem("memory"))
+        >>> st.write_atomic("/doc/fsspec/x", b"1"); st.exists("/doc/fsspec/x")
+        True
+    """
+
+    listing_may_lag = True
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(path))
+
+    def isdir(self, path: str) -> bool:
+        try:
+            return bool(self.fs.isdir(path))
+        except Exception:
+            return False
+
+    def size(self, path: str) -> int:
+        try:
+            return int(self.fs.size(path))
+        except FileNotFoundError as e:
+            raise NotFoundError(f"checkpoint file not found: {path}") from e
+
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        try:
+            if limit is None:
+                return self.fs.cat_file(path)
+            return self.fs.cat_file(path, start=0, end=limit)
+        except FileNotFoundError as e:
+            raise NotFoundError(f"checkpoint file not found: {path}") from e
+
+    def open_reader(self, path: str):
+        return _FsspecReader(self.fs, path)
+
+    def open_writer(self, path: str):
+        return _FsspecWriter(self.fs, path)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        # A single PUT is atomic on object stores; memory:// replaces in one step.
+        self.fs.pipe_file(path, bytes(data))
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            self.fs.invalidate_cache(path)
+            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        if not paths:
+            return
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:
+            for p in paths:
+                try:
+                    self.fs.rm_file(p)
+                except FileNotFoundError:
+                    pass
+
+    def makedirs(self, path: str) -> None:
+        if path:
+            try:
+                self.fs.makedirs(path, exist_ok=True)
+            except Exception:
+                pass  # object stores have no directories
+
+
+def open_storage(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Storage, str]:
+    """The :class:`Storage` for ``url`` and the path inside it.
+
+    Example:
+        >>> st, path = open_storage("/tmp/ckpt")
+        >>> type(st).__name__, path
+        ('LocalStorage', '/tmp/ckpt')
+    """
+    from .registry import find_storage_factory
+
+    url = os.fspath(url)
+    protocol, _ = split_protocol(url)
+    factory = find_storage_factory(protocol)
+    result = factory(protocol, dict(storage_options or {}), url)
+    return result

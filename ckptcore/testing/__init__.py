@@ -1,0 +1,1 @@
+"""ckptcore.testing: the adapter conformance kit (see docs/adapters.md)."""
