@@ -184,7 +184,8 @@ class RestoreSession:
     Example:
         >>> import numpy as np, ckptcore as ck
         >>> path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/session/c")
-        >>> ck.Checkpoint(a=np.zeros(1)).read(path).session.matched_node_count()
+        >>> status = ck.Checkpoint(a=np.zeros(1)).read(path)
+        >>> status.session.matched_node_count()
         2
     """
 
