@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter", "AdapterConflictError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",
+    "CheckpointManager",
     "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
     "InitializationOnlyStatus", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
     "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError", "StorageRegistration",

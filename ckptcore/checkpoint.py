@@ -16,17 +16,18 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import threading
-import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from . import format as fmt
-from .errors import NotTrackableError, PartialRestoreWarning
+from .errors import NotTrackableError
 from .module import Module, wrap
 from .options import CheckpointOptions
 from .reader import CheckpointReader
@@ -40,21 +41,13 @@ from .variable import Variable
 __all__ = ["Checkpoint"]
 
 
-def _warn_unused(sessions: list) -> None:
-    for s in sessions:
-        if s.expect_partial:
-            continue
-        unused = s.unmatched_checkpoint_keys()
-        if unused:
-            shown = ", ".join(unused[:5]) + (f", ... ({len(unused) - 5} more)" if len(unused) > 5 else "")
-            warnings.warn(
-                f"{len(unused)} values of checkpoint {s.path!r} were never restored: {shown}. "
-                "Call expect_partial() on the status returned by restore() if this is intended.",
-                PartialRestoreWarning, stacklevel=2)
-
-
 class _AsyncWriter:
-    """One background thread; at most one save in flight."""
+    """One background thread; at most one save in flight.
+
+    The worker thread is joined at interpreter exit (``concurrent.futures``
+    does that), so a pending save finishes before the process ends; a failure
+    nobody collected with ``sync()`` is then reported on stderr.
+    """
 
     def __init__(self):
         self._pool: ThreadPoolExecutor | None = None
@@ -65,13 +58,45 @@ class _AsyncWriter:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptcore-async-save")
+                _LIVE_WRITERS.add(self)
+                _register_exit_report()
             self._future = self._pool.submit(fn)
 
     def wait(self) -> None:
         with self._lock:
-            fut, self._future = self._future, None
-        if fut is not None:
+            fut = self._future
+        if fut is None:
+            return
+        try:
             fut.result()
+        finally:
+            with self._lock:
+                if self._future is fut:
+                    self._future = None
+
+    def uncollected_error(self) -> BaseException | None:
+        fut = self._future
+        if fut is None or not fut.done() or fut.cancelled():
+            return None
+        return fut.exception()
+
+
+_LIVE_WRITERS: "weakref.WeakSet[_AsyncWriter]" = weakref.WeakSet()
+_exit_report_registered = False
+
+
+def _report_uncollected_errors() -> None:
+    for writer in list(_LIVE_WRITERS):
+        err = writer.uncollected_error()
+        if err is not None:
+            sys.stderr.write(f"ckptcore: an async checkpoint save failed and sync() was never called: {err!r}\n")
+
+
+def _register_exit_report() -> None:
+    global _exit_report_registered
+    if not _exit_report_registered:
+        _exit_report_registered = True
+        atexit.register(_report_uncollected_errors)
 
 
 class Checkpoint(Module):
@@ -97,7 +122,8 @@ class Checkpoint(Module):
         self._ck_save_counter: Variable | None = None
         self._ck_sessions: list[RestoreSession] = []
         self._ck_async = _AsyncWriter()
-        self._ck_finalizer = weakref.finalize(self, _warn_unused, self._ck_sessions)
+        # Unused checkpoint values are reported by each RestoreSession when it is collected: with this
+        # Checkpoint, or later if restores still wait on live objects (see ckptcore.restore).
         if root is not None:
             root = wrap(root)
             if adapter_or_none(root) is None:
@@ -173,9 +199,12 @@ class Checkpoint(Module):
             counter.assign_sub(1)
             raise
 
-    def _ck_write(self, path: str, options: CheckpointOptions, record: bool) -> str:
+    def _ck_write(self, path: str, options: CheckpointOptions, record: bool,
+                  after_commit: Callable[[], None] | None = None) -> str:
+        # after_commit runs once the index is committed (in the background when async); the manager
+        # records its state file there.
         self._ck_async.wait()
-        storage, spath = open_storage(path, options.storage_options)
+        storage, spath = open_storage(path, options.storage_options, max_retries=options.max_retries)
         root, extra = self._ck_graph()
         plan = plan_save(root, extra, snapshot=options.enable_async)
 
@@ -183,6 +212,8 @@ class Checkpoint(Module):
             write_plan(storage, spath, plan)
             if record:
                 record_save(storage, storage.dirname(spath), storage.basename(spath))
+            if after_commit is not None:
+                after_commit()
 
         if options.enable_async:
             self._ck_async.submit(commit)
@@ -236,12 +267,12 @@ class Checkpoint(Module):
         options = options or CheckpointOptions()
         self._ck_async.wait()
         save_path = os.fspath(save_path)
-        storage, spath = open_storage(save_path, options.storage_options)
+        storage, spath = open_storage(save_path, options.storage_options, max_retries=options.max_retries)
         if not storage.exists(fmt.index_path(spath)) and storage.isdir(spath):
             latest = latest_checkpoint(save_path, storage_options=options.storage_options)
             if latest is not None:
                 save_path = latest
-                storage, spath = open_storage(save_path, options.storage_options)
+                storage, spath = open_storage(save_path, options.storage_options, max_retries=options.max_retries)
         reader = CheckpointReader(save_path, storage=storage, storage_path=spath, verify=options.verify_checksums)
         root, extra = self._ck_graph()
         session = RestoreSession(reader, root, extra, ignore_live_names=ignore, verify=options.verify_checksums)

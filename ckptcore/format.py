@@ -28,7 +28,7 @@ from typing import Any
 import crc32c as _crc32c
 import numpy as np
 
-from .dtypes import dtype_from_name
+from .dtypes import SUPPORTED, dtype_from_name
 from .errors import CorruptCheckpointError
 
 FORMAT_VERSION = 1
@@ -230,8 +230,11 @@ def _parse_doc(doc: Any, path: str, version: int) -> Index:
     for i, rn in enumerate(raw_nodes):
         if not isinstance(rn, dict):
             raise _bad(path, f"node {i} is not an object")
-        node = Node(adapter=_str(rn.get("adapter", ""), f"node {i} adapter", path),
-                    type=_str(rn.get("type", ""), f"node {i} type", path))
+        adapter, typ = rn.get("adapter", ""), rn.get("type", "")
+        if type(adapter) is not str or type(typ) is not str:
+            _str(adapter, f"node {i} adapter", path)
+            _str(typ, f"node {i} type", path)
+        node = Node(adapter=adapter, type=typ)
         children = rn.get("children", [])
         if not isinstance(children, list):
             raise _bad(path, f"node {i} children must be a list")
@@ -239,18 +242,24 @@ def _parse_doc(doc: Any, path: str, version: int) -> Index:
         for c in children:
             if not isinstance(c, list) or len(c) != 2:
                 raise _bad(path, f"node {i} has a malformed child reference")
-            name = _str(c[0], f"node {i} child name", path)
+            name, cid = c
+            if type(name) is not str:
+                _str(name, f"node {i} child name", path)
             if name in names:
                 raise _bad(path, f"node {i} has two children named {name!r}")
             names.add(name)
-            node.children.append((name, _int(c[1], f"node {i} child id", path, 0, n - 1)))
+            if type(cid) is not int or not 0 <= cid < n:
+                _int(cid, f"node {i} child id", path, 0, n - 1)
+            node.children.append((name, cid))
         attrs = rn.get("attributes", {})
         if not isinstance(attrs, dict):
             raise _bad(path, f"node {i} attributes must be an object")
         for aname, e in attrs.items():
             if not isinstance(e, dict):
                 raise _bad(path, f"node {i} attribute {aname!r} is malformed")
-            key = _str(e["key"], "tensor key", path)
+            key = e["key"]
+            if type(key) is not str:
+                _str(key, "tensor key", path)
             if key in seen_keys:
                 raise _bad(path, f"tensor key {key!r} appears twice")
             seen_keys.add(key)
@@ -274,6 +283,24 @@ def _parse_doc(doc: Any, path: str, version: int) -> Index:
 
 
 def _parse_tensor(e: dict, key: str, path: str, sizes: list[int]) -> TensorEntry:
+    # Fast path: a well-formed entry is checked without building any message; anything
+    # unusual (or wrong) goes through _parse_tensor_checked, which names the problem.
+    shape, shard, offset, nbytes, crc = e.get("shape"), e.get("shard"), e.get("offset"), e.get("nbytes"), e.get("crc32c")
+    dtype_name = e.get("dtype")
+    dt = _FAST_DTYPES.get(dtype_name) if type(dtype_name) is str else None
+    if (dt is not None and type(shape) is list and len(shape) <= MAX_NDIM and type(shard) is int
+            and type(offset) is int and type(nbytes) is int and type(crc) is int and 0 <= shard < len(sizes)
+            and 0 <= offset and 0 <= nbytes and 0 <= crc <= 0xFFFFFFFF and offset + nbytes <= sizes[shard]
+            and all(type(d) is int and d > 0 for d in shape) and math.prod(shape) * dt.itemsize == nbytes):
+        return TensorEntry(key=key, dtype=dtype_name, shape=tuple(shape), shard=shard, offset=offset, nbytes=nbytes,
+                           crc32c=crc)
+    return _parse_tensor_checked(e, key, path, sizes)
+
+
+_FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}
+
+
+def _parse_tensor_checked(e: dict, key: str, path: str, sizes: list[int]) -> TensorEntry:
     dtype_name = _str(e["dtype"], f"dtype of {key}", path)
     try:
         dt = dtype_from_name(dtype_name)
@@ -289,6 +316,9 @@ def _parse_tensor(e: dict, key: str, path: str, sizes: list[int]) -> TensorEntry
     offset = _int(e["offset"], f"offset of {key}", path)
     nbytes = _int(e["nbytes"], f"nbytes of {key}", path)
     crc = _int(e["crc32c"], f"crc32c of {key}", path, 0, 0xFFFFFFFF)
+    if math.prod(d or 1 for d in shape) * max(dt.itemsize, 1) >= 1 << 62:
+        raise CorruptCheckpointError(f"corrupt checkpoint index {path}: tensor {key!r} has an impossible shape {shape}",
+                                     path=path, key=key)
     expected = math.prod(shape) * dt.itemsize
     if expected != nbytes:
         raise CorruptCheckpointError(

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from .errors import CheckpointError
 from .naming import display_path
-from .registry import find_adapter
+from .registry import adapter_or_none, find_adapter
 
 __all__ = ["LiveNode", "walk", "live_children"]
 
@@ -47,9 +47,12 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str], extra: Iterable[t
         >>> [n for n, _ in live_children(m, ck.registry.find_adapter(m), ())]
         ['w']
     """
+    children = adapter.children(obj)
+    if not extra and type(children) in (list, tuple) and not children:  # leaves: the common case
+        return []
     out: list[tuple[str, Any]] = []
     seen: dict[str, Any] = {}
-    for name, child in list(adapter.children(obj)) + list(extra):
+    for name, child in list(children) + list(extra):
         if not isinstance(name, str):
             name = str(name)
         if name in seen:
@@ -83,7 +86,9 @@ def walk(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), root_ad
             j = index.get(id(child))
             if j is None:
                 path = node.path + (name,)
-                adapter = find_adapter(child, what=f"dependency {display_path(path)!r}")
+                adapter = adapter_or_none(child)
+                if adapter is None:  # the message is built only on failure
+                    adapter = find_adapter(child, what=f"dependency {display_path(path)!r}")
                 j = len(nodes)
                 index[id(child)] = j
                 nodes.append(LiveNode(child, adapter, path))

@@ -5,8 +5,9 @@ Plugins implement these with ``@ckptcore.hookimpl`` and register through the
 do exactly the same). Core code never calls ``pm.hook.*`` directly; it goes
 through the typed wrappers in :mod:`ckptcore.registry`.
 
-Example -- a plugin module::
+Example -- a plugin module (``mypkg/ckpt_plugin.py``)::
 
+    import numpy as np
     import ckptcore as ck
 
     class Point:                      # the user's own type
@@ -35,16 +36,35 @@ import pluggy
 PROJECT = "ckptcore"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class _HookimplMarker(pluggy.HookimplMarker):
+    """Marks a function as a ckptcore hook implementation (``@ck.hookimpl``).
+
+    Example:
+        >>> import ckptcore as ck
+        >>> @ck.hookimpl
+        ... def ckptcore_register_adapters():
+        ...     return []
+        >>> hasattr(ckptcore_register_adapters, "ckptcore_impl")
+        True
+    """
+
+    __slots__ = ()
+
+
+hookimpl = _HookimplMarker(PROJECT)
 
 
 @hookspec
 def ckptcore_register_adapters():
     """Return a list of :class:`~ckptcore.AdapterRegistration` records.
 
-    Collected from every plugin (not first-result). Called once, lazily, the
-    first time ckptcore needs to find an adapter, and again after a plugin is
-    registered or unregistered.
+    Collected from every plugin (not first-result). Called lazily, the first
+    time ckptcore needs to find an adapter, and again after any plugin is
+    registered or unregistered. A record is
+    ``AdapterRegistration(types, adapter, priority=0, predicate=None)``:
+    ``types`` holds classes or dotted class names.
 
     Example::
 
@@ -77,11 +97,13 @@ def ckptcore_register_storage():
 def ckptcore_install_creation_hooks(notify):
     """Install framework hooks that report new dependencies (restore-on-create).
 
-    Historic: called once per plugin, when the first restore is queued (plugins
-    registered later are called on registration). ``notify`` is
+    Historic: called for each plugin when the first restore leaves a value
+    waiting for an object that does not exist yet; plugins registered after
+    that are called on registration. ``notify`` is
     :func:`ckptcore.notify_dependency_added`; call it as
     ``notify(parent, local_name, child)`` whenever a framework object gains a
-    child (torch's global module/parameter/buffer registration hooks, say).
+    child. Make the implementation idempotent: it may run again in one process
+    (after ``ckptcore.registry._reset_for_tests()``, for instance).
 
     Example::
 

@@ -27,6 +27,9 @@ class CheckpointOptions:
         storage_options: passed to fsspec (credentials, endpoint, ...).
         verify_checksums: verify each tensor's CRC32C on restore (default on).
         experimental_io_device: accepted for ``tf.train`` compatibility; ignored.
+        max_retries: retries of each failed request to an object store (5xx,
+            throttling, connection resets), with exponential backoff; None
+            keeps the storage's default (5).
 
     Example:
         >>> import ckptcore as ck
@@ -38,6 +41,7 @@ class CheckpointOptions:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     verify_checksums: bool = True
     experimental_io_device: str | None = None
+    max_retries: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "storage_options", MappingProxyType(dict(self.storage_options or {})))

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from . import format as fmt
+from ._perf import crc_executor, paused_gc
 from .errors import CorruptCheckpointError, NotFoundError
 from .storage import open_storage
 
@@ -26,6 +27,7 @@ __all__ = ["CheckpointReader", "load_checkpoint", "list_variables", "read_tensor
 COALESCE_GAP = 4096          # merge reads of small tensors closer than this
 COALESCE_MAX = 16 << 20       # into blocks up to this size
 SMALL_READ = 1 << 20
+_SCRATCH = memoryview(bytearray(COALESCE_GAP + fmt.ALIGNMENT))  # sink for padding between scattered tensors
 
 
 class CheckpointReader:
@@ -61,8 +63,9 @@ class CheckpointReader:
             raise CorruptCheckpointError(f"corrupt checkpoint index {self.index_file}: {size} bytes is too large "
                                          "for an index", path=self.index_file)
         raw = storage.read_bytes(self.index_file)
-        self.index = fmt.decode_index(raw, self.index_file)
-        self._by_key: dict[str, fmt.TensorEntry] = {e.key: e for e in self.index.tensors()}
+        with paused_gc():
+            self.index = fmt.decode_index(raw, self.index_file)
+            self._by_key: dict[str, fmt.TensorEntry] = {e.key: e for e in self.index.tensors()}
         self._checked_sizes = False
 
     def data_file(self, shard: int) -> str:
@@ -141,8 +144,9 @@ class CheckpointReader:
         """Read tensors, each into its destination array (or a new one), then call back.
 
         ``requests`` holds ``(entry, dest, callback)``; ``dest`` must be a
-        C-contiguous writable array of the entry's shape and dtype, or None.
-        ``callback(array)`` receives the filled array once its checksum passed.
+        C-contiguous writable array of the entry's shape and dtype, or None;
+        two requests' destinations must not share memory (checksums are
+        verified after filling). ``callback(array)`` receives the filled array once its checksum passed.
         """
         verify = self.verify_checksums if verify is None else verify
         self.check_data_files()
@@ -156,10 +160,17 @@ class CheckpointReader:
                 read_tensors(rd, f, items, verify)
 
 
-def _finish(entry: fmt.TensorEntry, arr: np.ndarray, path: str, verify: bool, callback) -> None:
-    if verify and fmt.crc32c(memoryview(arr.reshape(-1).view(np.uint8))) != entry.crc32c:
-        raise CorruptCheckpointError(
-            f"checksum mismatch for tensor {entry.key!r} in {path}: the checkpoint is corrupt", path=path, key=entry.key)
+def _bytes_of(arr: np.ndarray) -> np.ndarray:
+    return arr.reshape(-1).view(np.uint8)
+
+
+def _finish(entry: fmt.TensorEntry, arr: np.ndarray, path: str, verify: bool, callback, crc: int | None = None) -> None:
+    if verify:
+        if crc is None:
+            crc = fmt.crc32c(_bytes_of(arr))
+        if crc != entry.crc32c:
+            raise CorruptCheckpointError(f"checksum mismatch for tensor {entry.key!r} in {path}: the checkpoint is "
+                                         "corrupt", path=path, key=entry.key)
     if not np.little_endian:  # pragma: no cover - big-endian hosts
         arr = arr.byteswap().view(arr.dtype.newbyteorder())
     if callback is not None:
@@ -171,21 +182,77 @@ def _short(entry: fmt.TensorEntry, path: str) -> CorruptCheckpointError:
                                   path=path, key=entry.key)
 
 
+def _crc_after(prev, piece) -> int:
+    # runs on the single checksum thread, so ``prev`` (submitted earlier) is already done
+    return fmt.crc32c(piece, prev.result() if prev is not None else 0)
+
+
+def _read_large(rd, path: str, entry: fmt.TensorEntry, arr: np.ndarray):
+    """Read ``entry`` into ``arr`` piece by piece; each piece's checksum runs while the next is read.
+
+    Returns the future of the whole tensor's CRC32C.
+    """
+    buf = memoryview(_bytes_of(arr))
+    fut = None
+    pool = crc_executor()
+    # local files are read in pieces; other readers (which may split one request into parallel
+    # ranged GETs) get one request per tensor, its checksum overlapping the next tensor's read
+    step = getattr(rd, "piece_size", None) or entry.nbytes
+    for start in range(0, entry.nbytes, step):
+        piece = buf[start:start + step]
+        if rd.readinto(entry.offset + start, piece) != len(piece):
+            raise _short(entry, path)
+        fut = pool.submit(_crc_after, fut, piece)
+    return fut
+
+
+def _scatter(rd, path: str, start: int, items: list) -> list | None:
+    """Read a run of neighbouring tensors with one ``readv`` straight into their arrays.
+
+    Returns ``[(entry, arr, callback), ...]``, or None if the run cannot be scattered
+    (the storage has no ``readv``, or two requests share bytes).
+    """
+    readv = getattr(rd, "readv", None)
+    if readv is None:
+        return None
+    bufs = []
+    out = []
+    pos = start
+    for entry, dest, cb in items:
+        if entry.offset < pos:
+            return None
+        if entry.offset > pos:
+            bufs.append(_SCRATCH[:entry.offset - pos])  # alignment padding: read and dropped
+        arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
+        bufs.append(_bytes_of(arr))
+        out.append((entry, arr, cb))
+        pos = entry.offset + entry.nbytes
+    if readv(start, bufs) != pos - start:
+        raise _short(items[-1][0], path)
+    return out
+
+
 def read_tensors(rd, path: str, items: list, verify: bool) -> None:
     """Read sorted ``(entry, dest, callback)`` items from one open data file.
 
-    Large tensors are read straight into their destination; runs of small
-    neighbouring tensors are read in one request and copied out.
+    Large tensors are read straight into their destination, their checksums
+    computed on a helper thread while the next bytes are read; runs of small
+    neighbouring tensors are read in one request (scattered into their
+    destinations where the storage has ``readv``, else copied out of a block).
     """
     i = 0
     n = len(items)
+    checking = []  # large tensors whose checksum is still being computed
     while i < n:
         entry, dest, cb = items[i]
         if entry.nbytes >= SMALL_READ or i + 1 == n:
             arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
-            if entry.nbytes and rd.readinto(entry.offset, arr.reshape(-1).view(np.uint8)) != entry.nbytes:
-                raise _short(entry, path)
-            _finish(entry, arr, path, verify, cb)
+            if verify and entry.nbytes >= SMALL_READ:
+                checking.append((entry, arr, cb, _read_large(rd, path, entry, arr)))
+            else:
+                if entry.nbytes and rd.readinto(entry.offset, _bytes_of(arr)) != entry.nbytes:
+                    raise _short(entry, path)
+                _finish(entry, arr, path, verify, cb)
             i += 1
             continue
         # coalesce a run of small tensors
@@ -198,16 +265,21 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
                 break
             end = max(end, e.offset + e.nbytes)
             j += 1
-        block = np.empty(end - start, np.uint8)
-        if rd.readinto(start, block) != end - start:
-            # find the first incomplete tensor for the message
-            raise _short(items[j - 1][0], path)
-        for entry, dest, cb in items[i:j]:
-            src = block[entry.offset - start: entry.offset - start + entry.nbytes]
-            arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
-            arr.reshape(-1).view(np.uint8)[...] = src
+        done = _scatter(rd, path, start, items[i:j])
+        if done is None:
+            block = np.empty(end - start, np.uint8)
+            if rd.readinto(start, block) != end - start:
+                raise _short(items[j - 1][0], path)
+            done = []
+            for entry, dest, cb in items[i:j]:
+                arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
+                _bytes_of(arr)[...] = block[entry.offset - start: entry.offset - start + entry.nbytes]
+                done.append((entry, arr, cb))
+        for entry, arr, cb in done:
             _finish(entry, arr, path, verify, cb)
         i = j
+    for entry, arr, cb, fut in checking:
+        _finish(entry, arr, path, verify, cb, crc=fut.result())
 
 
 def load_checkpoint(path: str, storage_options: Mapping[str, Any] | None = None) -> CheckpointReader:

@@ -22,7 +22,7 @@ import pluggy
 
 from . import hookspec as _hookspec
 from .adapters import AdapterRegistration, StorageRegistration
-from .errors import AdapterConflictError, NotTrackableError, StorageError
+from .errors import AdapterConflictError, CheckpointError, NotTrackableError, StorageError
 
 __all__ = [
     "get_plugin_manager",
@@ -74,7 +74,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
         for name in blocked:
             pm.set_blocked(name)
         if not os.environ.get("CKPTCORE_DISABLE_PLUGIN_AUTOLOAD"):
-            pm.load_setuptools_entrypoints(_hookspec.PROJECT)
+            try:
+                pm.load_setuptools_entrypoints(_hookspec.PROJECT)
+            except Exception as e:
+                raise _plugin_load_error(e, blocked) from e
         # Built-ins always load, even from a source tree with no entry points.
         for name, modname in BUILTIN_PLUGINS.items():
             if name in blocked or pm.get_plugin(name) is not None or pm.is_blocked(name):
@@ -82,6 +85,26 @@ def get_plugin_manager() -> pluggy.PluginManager:
             pm.register(importlib.import_module(modname), name=name)
         _pm = pm
         return pm
+
+
+def _plugin_load_error(exc: Exception, blocked: set[str]) -> CheckpointError:
+    """A CheckpointError naming the entry point that failed to load, and how to skip it."""
+    from importlib.metadata import entry_points
+
+    culprit = None
+    for ep in entry_points(group=_hookspec.PROJECT):
+        if ep.name in blocked:
+            continue
+        try:
+            ep.load()
+        except Exception:
+            culprit = ep
+            break
+    who = f"ckptcore plugin {culprit.name!r} ({culprit.value})" if culprit else "a ckptcore plugin"
+    name = culprit.name if culprit else "<name>"
+    return CheckpointError(
+        f"{who} failed to load: {type(exc).__name__}: {exc}. Fix or uninstall it, or skip it with "
+        f"CKPTCORE_BLOCK_PLUGINS={name} (CKPTCORE_DISABLE_PLUGIN_AUTOLOAD=1 loads only the built-ins).")
 
 
 def _invalidate() -> None:
@@ -189,13 +212,19 @@ def _type_matches(entry: Any, cls: type) -> bool:
     return entry is cls
 
 
+def _describe(reg) -> str:
+    if isinstance(reg, StorageRegistration):
+        return getattr(reg.factory, "__qualname__", repr(reg.factory))
+    return str(getattr(reg.adapter, "name", reg.adapter))
+
+
 def _pick(candidates: list[AdapterRegistration], what: str):
     candidates = sorted(candidates, key=lambda r: -r.priority)
     if len(candidates) > 1 and candidates[0].priority == candidates[1].priority:
         a, b = candidates[0], candidates[1]
         raise AdapterConflictError(
-            f"plugins {a.plugin!r} ({getattr(a.adapter, 'name', a.adapter)}) and {b.plugin!r} "
-            f"({getattr(b.adapter, 'name', b.adapter)}) both claim {what} with priority {a.priority}; "
+            f"plugins {a.plugin!r} ({_describe(a)}) and {b.plugin!r} "
+            f"({_describe(b)}) both claim {what} with priority {a.priority}; "
             "give one of them a higher priority or block one (CKPTCORE_BLOCK_PLUGINS)")
     return candidates[0]
 
@@ -305,3 +334,23 @@ def install_creation_hooks(notify: Callable[[Any, str, Any], None]) -> None:
             return
         get_plugin_manager().hook.ckptcore_install_creation_hooks.call_historic(kwargs={"notify": notify})
         _creation_hooks_installed = True
+
+
+def _reset_for_tests() -> None:
+    """Forget the plugin manager and every cache, so the next lookup rebuilds them.
+
+    For tests that change entry points or ``CKPTCORE_*`` variables. Framework
+    hooks already installed through ``ckptcore_install_creation_hooks`` stay
+    installed; plugins must make that hook idempotent.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> ck.registry._reset_for_tests()
+        >>> ck.registry.find_adapter(ck.Module()).name
+        'ckptcore.module'
+    """
+    global _pm, _creation_hooks_installed
+    with _lock:
+        _pm = None
+        _creation_hooks_installed = False
+        _invalidate()

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from collections import deque
 from typing import Any, Iterable
@@ -29,7 +30,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import format as fmt
-from .errors import AssertionFailedError, CheckpointError, DtypeMismatchError, ShapeMismatchError
+from ._perf import paused_gc
+from .errors import (AssertionFailedError, CheckpointError, DtypeMismatchError, PartialRestoreWarning,
+                     ShapeMismatchError)
 from .graph import live_children, walk
 from .naming import display_path
 from .registry import adapter_or_none, find_adapter, install_creation_hooks
@@ -211,6 +214,20 @@ class RestoreSession:
             for var_id, name, slot_id in node.slots:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
 
+    def __del__(self):
+        # One summary of unused values, once nothing can fill them any more: the Checkpoint, its
+        # statuses and every parent with a queued (deferred) value from this session are gone.
+        try:
+            if not self.expect_partial:
+                unused = self.unmatched_checkpoint_keys()
+                if unused:
+                    warnings.warn(
+                        f"{len(unused)} values of checkpoint {self.path!r} were never restored: "
+                        f"{_summary('unused', unused).split(': ', 1)[1]}. Call expect_partial() on the status "
+                        "returned by restore() if this is intended.", PartialRestoreWarning, stacklevel=2)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
     # -- helpers ---------------------------------------------------------------------
     def root(self):
         return self._root_ref()
@@ -231,16 +248,21 @@ class RestoreSession:
     def run(self) -> None:
         """Restore everything whose object exists; queue the rest."""
         root = self.root()
-        self.restore_subtree(root, 0, (), root_adapter=find_adapter(root))
+        try:
+            self.restore_subtree(root, 0, (), root_adapter=find_adapter(root))
+        except BaseException:
+            self.expect_partial = True  # the caller gets this error; no PartialRestoreWarning on top
+            raise
 
     def restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter=None) -> None:
         """Match ``obj`` to checkpoint node ``node_id`` and everything below it."""
-        with _LOCK:
+        with _LOCK, paused_gc():
             matches, pending = self._match(obj, node_id, path, root_adapter)
             reads, after = self._plan_values(matches)
-            self._commit_matches(matches, pending)
             if reads:
                 self.reader.read(reads, verify=self.verify)
+            # only after the values arrived: a failed read marks nothing matched and queues nothing
+            self._commit_matches(matches, pending)
             for fn in after:
                 fn()
 
@@ -257,7 +279,7 @@ class RestoreSession:
             seen.add((id(o), nid))
             if self.matched.get(o) == nid:
                 continue  # already restored by this session (shared object)
-            adapter = adapter or find_adapter(o, what=f"object {display_path(p)!r}")
+            adapter = adapter or adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
             matches.append(_Match(o, adapter, nid, p))
             node = nodes[nid]
             if not node.children:
@@ -300,14 +322,16 @@ class RestoreSession:
         if errors:
             raise errors[0] if len(errors) == 1 else type(errors[0])(
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
-        return reads, after
+        return _unalias(reads), after
 
     def _check_spec(self, m: _Match, attr: str, entry: fmt.TensorEntry):
-        where = display_path(m.path)
         try:
             shape, dtype = m.adapter.spec(m.obj, attr)
         except CheckpointError as e:
-            return type(e)(f"cannot restore {where} ({entry.key}): {e}")
+            return type(e)(f"cannot restore {display_path(m.path)} ({entry.key}): {e}")
+        if type(shape) is tuple and shape == entry.shape and dtype is entry.np_dtype:
+            return None  # the common case, checked without building messages
+        where = display_path(m.path)
         shape = tuple(int(d) for d in shape)
         if shape != tuple(entry.shape):
             return ShapeMismatchError(
@@ -328,6 +352,8 @@ class RestoreSession:
         if pending:
             install_creation_hooks(notify_dependency_added)
         for parent, name, cid, p in pending:
+            if isinstance(_ref(parent), _Strong):
+                continue  # e.g. a tuple: it cannot gain children, and queueing would keep it alive forever
             waiting = _PENDING.get(parent)
             if waiting is None:
                 waiting = {}
@@ -386,10 +412,7 @@ class RestoreSession:
         if root is None:
             return []
         extra = [(n, c) for n, c in self._extra_children()]
-        try:
-            live = walk(root, extra, root_adapter=find_adapter(root))
-        except CheckpointError:
-            return []
+        live = walk(root, extra, root_adapter=find_adapter(root))  # an invalid live graph is an error, not a pass
         out = []
         nodes = self.index.nodes
         for ln in live[1:]:
@@ -398,9 +421,10 @@ class RestoreSession:
             nid = self.matched.get(ln.obj)
             attrs = list(ln.adapter.attributes(ln.obj))
             if nid is None:
-                if not attrs and not ln.children and _is_empty_container(ln):
-                    continue
-                out.append(display_path(ln.path))
+                # As in TF, only objects that hold values count: an unmatched Module or container
+                # without attributes is reported through its descendants that have some.
+                if attrs:
+                    out.append(display_path(ln.path))
                 continue
             saved = nodes[nid].attributes
             for a in attrs:
@@ -416,10 +440,30 @@ class RestoreSession:
         return any(nid not in (0,) and nid not in ignore and self._live(nid) for nid in self.node_objs)
 
 
-def _is_empty_container(ln) -> bool:
-    from .module import TrackedDict, TrackedList
+def _unalias(reads: list) -> list:
+    """Give every read its own destination memory.
 
-    return isinstance(ln.obj, (TrackedList, TrackedDict, list, dict, tuple))
+    One live object matched to two checkpoint nodes (or two views of one
+    buffer) would otherwise receive two tensors in one pass, and the reader,
+    which checks each tensor's checksum after filling its destination, would
+    see the second overwrite the first. Overlapping reads get a fresh array;
+    their setters copy it in.
+    """
+    spans = []
+    for i, (_entry, dest, _cb) in enumerate(reads):
+        if dest is not None and dest.nbytes:
+            start = dest.__array_interface__["data"][0]
+            spans.append((start, start + dest.nbytes, i))
+    if len(spans) > 1:
+        spans.sort()
+        end = -1
+        for start, stop, i in spans:
+            if start < end:
+                entry, _dest, cb = reads[i]
+                reads[i] = (entry, None, cb)
+            else:
+                end = stop
+    return reads
 
 
 def _setter(adapter, obj, attr):

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,13 +24,14 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import format as fmt
+from ._perf import crc_executor, paused_gc
 from .dtypes import dtype_name, storage_dtype
 from .errors import CheckpointError, UnsupportedDtypeError
 from .graph import walk
-from .naming import VARIABLE_VALUE, display_path, object_key, slot_key
+from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, object_path, slot_key
 
-SMALL_TENSOR = 1 << 20   # tensors below this are packed through a staging buffer
-STAGING_BYTES = 8 << 20
+SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
+STAGING_BYTES = 8 << 20  # neighbouring tensors are written together, in one writev, up to this size
 
 
 @dataclass
@@ -44,34 +46,50 @@ class SavePlan:
         return sum(e.nbytes for e, _ in self.tensors)
 
 
+_QUALNAMES: dict[type, str] = {}
+
+
 def _qualname(obj: Any) -> str:
     cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    name = _QUALNAMES.get(cls)
+    if name is None:
+        name = _QUALNAMES[cls] = f"{cls.__module__}.{cls.__qualname__}"
+    return name
 
 
-def _as_array(value: Any, where: str) -> np.ndarray:
+_DTYPE_INFO: dict[np.dtype, tuple[str, np.dtype]] = {}  # dtype -> (stored name, storage dtype)
+
+
+def _dtype_info(dtype: np.dtype) -> tuple[str, np.dtype]:
+    info = _DTYPE_INFO.get(dtype)
+    if info is None:
+        info = (dtype_name(dtype), storage_dtype(dtype))  # raises for unsupported dtypes: never cached
+        _DTYPE_INFO[dtype] = info
+    return info
+
+
+def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
+    """The C-contiguous little-endian array to write and its dtype name. ``where()`` names it in errors."""
     if isinstance(value, np.ndarray):
         arr = value
     else:
         try:
             arr = np.asarray(value)
         except Exception as e:  # pragma: no cover - adapter bug
-            raise CheckpointError(f"value of {where} could not be converted to an array: {e}") from e
+            raise CheckpointError(f"value of {where()} could not be converted to an array: {e}") from e
     try:
-        dtype_name(arr.dtype)
+        name, sd = _dtype_info(arr.dtype)
     except UnsupportedDtypeError as e:
-        raise UnsupportedDtypeError(f"cannot save {where}: {e}") from None
-    sd = storage_dtype(arr.dtype)
-    if sd != arr.dtype:
+        raise UnsupportedDtypeError(f"cannot save {where()}: {e}") from None
+    if sd is not arr.dtype and sd != arr.dtype:
         arr = arr.astype(sd)
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
-    return arr
+    return arr, name
 
 
-def _entry(key: str, arr: np.ndarray) -> fmt.TensorEntry:
-    return fmt.TensorEntry(key=key, dtype=dtype_name(arr.dtype), shape=tuple(int(d) for d in arr.shape),
-                           shard=0, offset=0, nbytes=int(arr.nbytes), crc32c=0)
+def _entry(key: str, arr: np.ndarray, name: str) -> fmt.TensorEntry:
+    return fmt.TensorEntry(key=key, dtype=name, shape=arr.shape, shard=0, offset=0, nbytes=arr.nbytes, crc32c=0)
 
 
 def _check_state(state: Any, where: str) -> Any:
@@ -94,26 +112,40 @@ def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *,
         >>> plan_save(ck.Module()).nbytes
         0
     """
+    with paused_gc():
+        return _plan_save(root, extra_root_children, snapshot, metadata)
+
+
+def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     live = walk(root, extra_root_children)
     ids = {id(n.obj): i for i, n in enumerate(live)}
     nodes: list[fmt.Node] = []
     tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = []
     slot_nodes: list[fmt.Node] = []
     pending_slots: list[tuple[int, Any]] = []
+    escaped: dict[tuple, str] = {}
     for i, ln in enumerate(live):
-        node = fmt.Node(adapter=getattr(ln.adapter, "name", type(ln.adapter).__name__), type=_qualname(ln.obj),
+        adapter, obj = ln.adapter, ln.obj
+        node = fmt.Node(adapter=getattr(adapter, "name", type(adapter).__name__), type=_qualname(obj),
                         children=list(ln.children))
-        where = display_path(ln.path)
-        for attr in ln.adapter.attributes(ln.obj):
-            arr = _as_array(ln.adapter.get_value(ln.obj, attr), f"{where} ({attr})")
-            if snapshot:
-                arr = arr.copy()
-            entry = _entry(object_key(ln.path, attr), arr)
-            node.attributes[attr] = entry
-            tensors.append((entry, arr))
-        state = ln.adapter.get_state(ln.obj)
+        # each path is escaped once, from its parent's (BFS: the parent, at path[:-1], came first)
+        p = ln.path
+        esc = escaped[p] = f"{escaped[p[:-1]]}/{escape_local_name(p[-1])}" if len(p) > 1 else object_path(p)
+        attrs = adapter.attributes(obj)
+        if attrs:
+            key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
+            for attr in attrs:
+                arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(ln.path)} ({attr})")
+                if snapshot:
+                    arr = arr.copy()
+                entry = _entry(key_prefix + escape_local_name(attr), arr, name)
+                node.attributes[attr] = entry
+                tensors.append((entry, arr))
+        state = adapter.get_state(obj)
         if state is not None:
-            node.state = _check_state(state, where)
+            node.state = _check_state(state, display_path(ln.path))
+            if snapshot:
+                node.state = copy.deepcopy(node.state)
         for slot in ln.adapter.slots(ln.obj) or ():
             pending_slots.append((i, slot))
         nodes.append(node)
@@ -122,11 +154,11 @@ def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *,
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
         var_path, opt_path = live[var_id].path, live[opt_id].path
-        where = f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}"
-        arr = _as_array(slot.value, where)
+        arr, name = _as_array(slot.value,
+                              lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")
         if snapshot:
             arr = arr.copy()
-        entry = _entry(slot_key(var_path, opt_path, slot.name), arr)
+        entry = _entry(slot_key(var_path, opt_path, slot.name), arr, name)
         slot_id = len(nodes) + len(slot_nodes)
         slot_nodes.append(fmt.Node(adapter="ckptcore.slot", type=_qualname(slot.value), attributes={VARIABLE_VALUE: entry}))
         nodes[opt_id].slots.append((var_id, slot.name, slot_id))
@@ -137,14 +169,60 @@ def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *,
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # works for every dtype (bfloat16, strings, ...)
 
 
 _ZEROS = bytes(fmt.ALIGNMENT)
 
 
+def _set_crc(entry: fmt.TensorEntry, mv: memoryview) -> None:
+    entry.crc32c = fmt.crc32c(mv)
+
+
+def _write_tensors(writer, tensors, progress) -> int:
+    """Lay tensors out 64-byte aligned; write neighbours together with one ``writev``. Returns the size."""
+    writev = getattr(writer, "writev", None)
+    if writev is None:
+        def writev(bufs):
+            writer.write(b"".join(bufs))
+    offset = 0
+    batch: list = []
+    batch_bytes = 0
+    pending = []
+    try:
+        for entry, arr in tensors:
+            pad = -offset % fmt.ALIGNMENT
+            if pad:
+                batch.append(_ZEROS[:pad])
+            mv = _byte_view(arr)
+            entry.offset = offset + pad
+            nbytes = entry.nbytes
+            if nbytes >= SMALL_TENSOR:
+                pending.append(crc_executor().submit(_set_crc, entry, mv))
+            else:
+                entry.crc32c = fmt.crc32c(mv)
+            batch.append(mv)
+            batch_bytes += nbytes
+            offset = entry.offset + nbytes
+            if batch_bytes >= STAGING_BYTES:
+                writev(batch)
+                if progress is not None:
+                    progress(batch_bytes)
+                batch, batch_bytes = [], 0
+        if batch:
+            writev(batch)
+            if progress is not None:
+                progress(batch_bytes)
+    finally:
+        for f in pending:
+            f.result()
+    return offset
+
+
 def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
     """Write data then index (the commit point). Leaves nothing visible on failure.
+
+    ``progress(nbytes)`` is called as tensor bytes are written.
 
     Example:
         >>> import numpy as np, ckptcore as ck
@@ -159,41 +237,30 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
         storage.makedirs(d)
     data = fmt.data_path(prefix, 0, 1)
     index_file = fmt.index_path(prefix)
+    if storage.exists(index_file):
+        # Overwriting a checkpoint (a re-save after a failed state update, write() to the same path):
+        # uncommit it first, so its old index never describes the new data.
+        storage.remove([index_file])
     writer = storage.open_writer(data)
     try:
-        offset = 0
-        staging = bytearray()
-        for entry, arr in plan.tensors:
-            pad = fmt.align(offset) - offset
-            mv = _byte_view(arr)
-            entry.offset = offset + pad
-            entry.crc32c = fmt.crc32c(mv)
-            if pad:
-                staging += _ZEROS[:pad]
-            if len(mv) < SMALL_TENSOR:
-                staging += mv
-                if len(staging) >= STAGING_BYTES:
-                    writer.write(staging)
-                    staging = bytearray()
-            else:
-                if staging:
-                    writer.write(staging)
-                    staging = bytearray()
-                writer.write(mv)
-            offset = entry.offset + entry.nbytes
-            if progress is not None:
-                progress(entry.nbytes)
-        if staging:
-            writer.write(staging)
+        offset = _write_tensors(writer, plan.tensors, progress)
         writer.commit()
     except BaseException:
         writer.abort()
         raise
     plan.index.shard_sizes = [offset]
+    with paused_gc():
+        encoded = plan.index.encode()
     try:
-        storage.write_atomic(index_file, plan.index.encode())
+        storage.write_atomic(index_file, encoded)
     except BaseException:
-        storage.remove([data])
+        # On an object store the PUT may have landed although its response was lost: remove the
+        # index before the data, so no index is ever left pointing at missing data.
+        try:
+            storage.remove([index_file])
+            storage.remove([data])
+        except Exception:
+            pass
         raise
 
 

@@ -104,7 +104,7 @@ def read_state(storage, directory: str, filename: str = STATE_FILENAME) -> Check
             raise ValueError("invalid timestamps")
         if preserved is not None and (not isinstance(preserved, (int, float)) or isinstance(preserved, bool)):
             raise ValueError("invalid last_preserved_timestamp")
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CorruptCheckpointError(f"checkpoint state file {path} is corrupt: {e}", path=path) from None
     if len(stamps) != len(names):
         stamps = [0.0] * len(names)

@@ -106,7 +106,13 @@ class Storage:
         return False
 
 
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
+
+
 class _LocalReader:
+    #: large tensors are read in pieces this big, each checksummed while the next is read
+    piece_size = 16 << 20
+
     def __init__(self, path: str):
         try:
             self._fd = os.open(path, os.O_RDONLY)
@@ -124,6 +130,25 @@ class _LocalReader:
             if got == 0:
                 break
             total += got
+        return total
+
+    def readv(self, offset: int, bufs) -> int:
+        """Fill ``bufs`` in order from ``offset`` with as few system calls as possible; returns bytes read."""
+        bufs = [mv for mv in (memoryview(b).cast("B") for b in bufs) if len(mv)]
+        total = 0
+        i = 0
+        while i < len(bufs):
+            chunk = bufs[i:i + _IOV_MAX]
+            got = os.preadv(self._fd, chunk, offset + total)
+            if got == 0:
+                break
+            total += got
+            for b in chunk:  # skip what was filled; continue inside a partly filled buffer
+                if got < len(b):
+                    bufs[i] = b[got:]
+                    break
+                got -= len(b)
+                i += 1
         return total
 
     def close(self) -> None:
@@ -152,6 +177,21 @@ class _LocalWriter:
         while len(mv):
             n = os.write(self._fd, mv)
             mv = mv[n:]
+
+    def writev(self, bufs) -> None:
+        """Write byte buffers in order with as few system calls as possible (no copy into one buffer)."""
+        bufs = [b if isinstance(b, (bytes, bytearray)) else memoryview(b).cast("B") for b in bufs]
+        i = 0
+        while i < len(bufs):
+            chunk = bufs[i:i + _IOV_MAX]
+            n = os.writev(self._fd, chunk)
+            for b in chunk:  # skip what was written; retry the rest of a partly written buffer
+                if n < len(b):
+                    if n:
+                        bufs[i] = memoryview(b)[n:]
+                    break
+                n -= len(b)
+                i += 1
 
     def commit(self) -> None:
         os.fsync(self._fd)
@@ -393,8 +433,13 @@ class FsspecStorage(Storage):
                 pass  # object stores have no directories
 
 
-def open_storage(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Storage, str]:
+def open_storage(url: str, storage_options: Mapping[str, Any] | None = None, *,
+                 max_retries: int | None = None) -> tuple[Storage, str]:
     """The :class:`Storage` for ``url`` and the path inside it.
+
+    ``max_retries`` (from ``CheckpointOptions``) is applied to storages that
+    retry (those with a ``max_retries`` attribute, such as
+    :class:`~ckptcore.cloud.CloudStorage`).
 
     Example:
         >>> st, path = open_storage("/tmp/ckpt")
@@ -407,4 +452,6 @@ def open_storage(url: str, storage_options: Mapping[str, Any] | None = None) -> 
     protocol, _ = split_protocol(url)
     factory = find_storage_factory(protocol)
     result = factory(protocol, dict(storage_options or {}), url)
+    if max_retries is not None and hasattr(result[0], "max_retries"):
+        result[0].max_retries = max_retries
     return result

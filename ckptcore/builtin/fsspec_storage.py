@@ -41,6 +41,10 @@ def fsspec_factory(protocol: str, storage_options: Mapping[str, Any], url: str):
         raise StorageError(f"cannot open {url!r}: {e}") from e
     if protocol == "file":
         return LocalStorage(), path
+    from ..cloud import OBJECT_STORE_PROTOCOLS, CloudStorage
+
+    if protocol in OBJECT_STORE_PROTOCOLS:
+        return CloudStorage(fs, protocol=protocol), path
     return FsspecStorage(fs), path
 
 

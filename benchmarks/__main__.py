@@ -1,0 +1,185 @@
+"""``python -m benchmarks`` (``make bench``): ckptcore against raw I/O and competitors.
+
+Prints, each a ratio to "raw" measured in the same run (medians of ``--runs``):
+
+* W1/W2 save+fsync and load for ckptcore, safetensors, torch, np.savez, pickle;
+* peak extra memory per save/load, each in a fresh subprocess;
+* async save: how long ``save()`` blocks vs a copy of the state;
+* ``import ckptcore`` time, in a fresh interpreter;
+* per-object overhead: 1x, 4x, 16x the number of arrays at a fixed total size.
+
+The page cache is warm for loads (the file was just written and fsynced), as
+in issue 6's table. Options: ``--quick`` (2 runs, smaller W1/W2), ``--only W1``,
+``--runs N``, ``--dir DIR``, ``--skip memory,import,objects,async``,
+``--json FILE``, ``--s3`` (also run ``benchmarks/bench_s3.py`` if present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from .methods import available
+from .workloads import MiB, spec
+
+TARGETS = {"W1 save+fsync": 1.1, "W1 load": 1.1, "W2 save+fsync": 1.5, "W2 load": 1.5}
+
+
+def _run_worker(mode: str, args: dict) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.worker", mode, json.dumps(args)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark worker failed ({mode} {args}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _med(xs) -> float:
+    return statistics.median(xs)
+
+
+def _fmt_ratio(x: float, raw: float) -> str:
+    return f"{x / raw:.2f}x"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _import_time(n: int) -> float:
+    code = ("import time, sys; t = time.perf_counter(); import ckptcore; d = time.perf_counter() - t; "
+            "bad = [m for m in ('torch', 's3fs', 'gcsfs', 'keras') if m in sys.modules]; "
+            "print(d if not bad else -1)")
+    times = []
+    for _ in range(n):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        times.append(float(out.strip()))
+    if min(times) < 0:
+        raise SystemExit("import ckptcore imported torch/s3fs/gcsfs/keras")
+    return _med(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 runs, W1 256 MiB, W2 64 MiB (array counts unchanged)")
+    ap.add_argument("--only", default="W1,W2", help="comma-separated workloads (W1, W2)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5, quick 2)")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(available()))
+    ap.add_argument("--skip", default="", help="comma-separated: memory, async, import, objects")
+    ap.add_argument("--dir", default=None, help="where to write (default: a temp dir, removed afterwards)")
+    ap.add_argument("--json", default=None, help="also write all results to this file")
+    ap.add_argument("--s3", action="store_true", help="also run benchmarks/bench_s3.py (S3 via a local server)")
+    a = ap.parse_args(argv)
+    runs = a.runs or (2 if a.quick else 5)
+    skip = {s for s in a.skip.split(",") if s}
+    methods = [m for m in (a.methods.split(",") if a.methods else available()) if m in available()]
+    for must in ("ckptcore", "raw"):
+        if must not in methods:
+            methods.insert(0, must)
+    methods = ["raw"] + [m for m in methods if m != "raw"]
+    workloads = [w.strip() for w in a.only.split(",") if w.strip()]
+    root = a.dir or tempfile.mkdtemp(prefix="ckptcore-bench-")
+    os.makedirs(root, exist_ok=True)
+    results: dict = {"runs": runs, "quick": a.quick, "methods": methods, "timing": {}, "memory": [], "objects": []}
+    try:
+        _bench(a, runs, skip, methods, workloads, root, results)
+    finally:
+        if a.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if a.s3:
+        try:
+            from . import bench_s3
+        except ImportError as e:
+            print(f"\n--s3: benchmarks/bench_s3.py is not available ({e})")
+        else:
+            bench_s3.main()
+    return 0
+
+
+def _bench(a, runs, skip, methods, workloads, root, results) -> None:
+    print(f"ckptcore benchmarks: {runs} runs each, medians; warm page cache; writing under {root}", flush=True)
+    # 1. time every method on each workload, runs interleaved across methods
+    for w in workloads:
+        print(f"  timing {w} ...", flush=True)
+        results["timing"][w] = _run_worker("timing", {"workload": w, "quick": a.quick, "runs": runs, "dir": root,
+                                                       "methods": methods, "async": "async" not in skip})
+    rows = [["workload", "raw"] + methods[1:]]
+    for w, res in results["timing"].items():
+        s = spec(w, a.quick)
+        label = f"{s.nbytes / MiB:.0f} MiB in {s.arrays} arrays"
+        for op, opname in (("save", "save+fsync"), ("load", "load")):
+            raw = _med(res[op]["raw"])
+            target = TARGETS.get(f"{w} {opname}")
+            row = [f"{w} {opname} ({label})", f"{raw:.3f} s"]
+            for m in methods[1:]:
+                cell = _fmt_ratio(_med(res[op][m]), raw)
+                if m == "ckptcore" and target:
+                    cell += " ok" if _med(res[op][m]) / raw <= target else f" (target {target}x)"
+                row.append(cell)
+            rows.append(row)
+    print("\nTime, ratio to raw (lower is better); ckptcore load = restore into existing arrays\n")
+    print(_table(rows))
+    # 2. async save
+    if "async" not in skip:
+        rows = [["workload", "memcpy of the state", "async save() blocks", "ratio (target <= 1.5x)"]]
+        for w, res in results["timing"].items():
+            mc, blk = _med(res["memcpy"]), _med(res["async_block"])
+            rows.append([w, f"{mc:.3f} s", f"{blk:.3f} s", f"{blk / mc:.2f}x"])
+        print("\nAsync save: time save(enable_async=True) blocks the caller vs copying every array\n")
+        print(_table(rows))
+    # 3. peak memory, each operation in a fresh process
+    if "memory" not in skip:
+        print("\n  measuring peak memory ...", flush=True)
+        rows = [["workload / op"] + methods]
+        for w, res in results["timing"].items():
+            for op in ("save", "load"):
+                row = [f"{w} {op}"]
+                for m in methods:
+                    r = _run_worker("memory", {"workload": w, "quick": a.quick, "method": m, "op": op, "dir": root,
+                                               "path": res["paths"][m]})
+                    results["memory"].append(r)
+                    row.append(f"{r['extra'] / MiB:.0f}")
+                rows.append(row)
+        print("\nPeak extra memory (MiB of RSS above the level before the call; loads include the arrays they "
+              "return,\nckptcore and raw load into existing memory). Data: "
+              + ", ".join(f"{w} {res['nbytes'] / MiB:.0f} MiB" for w, res in results["timing"].items()) + "\n")
+        print(_table(rows))
+    # 4. import time
+    if "import" not in skip:
+        t = _import_time(7 if not a.quick else 3)
+        results["import_s"] = t
+        print(f"\nimport ckptcore: {t * 1000:.0f} ms (median, fresh interpreter; target <= 150 ms)")
+    # 5. per-object overhead at fixed total size
+    if "objects" not in skip:
+        mib = 16 if a.quick else 64
+        counts = (250, 1000, 4000) if a.quick else (1000, 4000, 16000)
+        print(f"\n  per-object overhead sweep ({mib} MiB) ...", flush=True)
+        rows = [["arrays", "raw save", "ckptcore save", "save us/array", "raw load", "ckptcore restore",
+                 "restore us/array"]]
+        for n in counts:
+            res = _run_worker("timing", {"workload": f"objects-{n}-{mib}", "runs": runs, "dir": root,
+                                         "methods": ["raw", "ckptcore"]})
+            rs, cs = _med(res["save"]["raw"]), _med(res["save"]["ckptcore"])
+            rl, cl = _med(res["load"]["raw"]), _med(res["load"]["ckptcore"])
+            results["objects"].append({"arrays": n, "raw_save": rs, "ck_save": cs, "raw_load": rl, "ck_load": cl})
+            rows.append([str(n), f"{rs:.3f} s", f"{cs:.3f} s", f"{(cs - rs) / n * 1e6:.1f}",
+                         f"{rl:.3f} s", f"{cl:.3f} s", f"{(cl - rl) / n * 1e6:.1f}"])
+        print(f"\nPer-object overhead: {mib} MiB total in 1x/4x/16x arrays; us/array = (ckptcore - raw) / arrays "
+              "(flat = constant)\n")
+        print(_table(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

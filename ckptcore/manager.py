@@ -1,0 +1,421 @@
+"""``ck.CheckpointManager``: numbered checkpoints in one directory, with retention (``tf.train.CheckpointManager``).
+
+The manager names each checkpoint ``{directory}/{checkpoint_name}-{number}``,
+keeps the newest ``max_to_keep`` of them (plus one per
+``keep_checkpoint_every_n_hours``), and records them in the directory's JSON
+``checkpoint`` state file, which it writes itself, only after a checkpoint's
+index is committed. A new manager on an existing directory recovers the list
+from that file.
+
+Example:
+    >>> import numpy as np, ckptcore as ck
+    >>> ckpt = ck.Checkpoint(w=ck.Variable(np.zeros(2)))
+    >>> manager = ck.CheckpointManager(ckpt, "memory://doc/manager/run", max_to_keep=2)
+    >>> [manager.save() for _ in range(3)]
+    ['memory://doc/manager/run/ckpt-1', 'memory://doc/manager/run/ckpt-2', 'memory://doc/manager/run/ckpt-3']
+    >>> manager.checkpoints
+    ['memory://doc/manager/run/ckpt-2', 'memory://doc/manager/run/ckpt-3']
+    >>> ck.CheckpointManager(ckpt, "memory://doc/manager/run", max_to_keep=2).latest_checkpoint
+    'memory://doc/manager/run/ckpt-3'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import format as fmt
+from .checkpoint import Checkpoint
+from .errors import CorruptCheckpointError, NotFoundError
+from .options import CheckpointOptions
+from .saver import checkpoint_files
+from .state import STATE_FILENAME, CheckpointState, join_url, read_state, write_state
+from .storage import LocalStorage, open_storage
+
+__all__ = ["CheckpointManager"]
+
+_log = logging.getLogger("ckptcore.manager")
+_TMP_SUFFIX = r"\.tmp-[0-9a-f]{32}"
+
+
+def _clock() -> float:
+    """Wall-clock seconds used for checkpoint timestamps (tests replace it)."""
+    return time.time()
+
+
+def _as_int(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except TypeError:
+        try:
+            return int(np.asarray(value))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{what} must be an integer or a scalar variable, got {type(value).__qualname__}") from e
+
+
+def _mtime(storage, path: str) -> float | None:
+    """Modification time of ``path`` in seconds since the epoch, or None if the storage cannot tell."""
+    if isinstance(storage, LocalStorage):
+        try:
+            return os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+    fs = getattr(storage, "fs", None)
+    if fs is None:
+        return None
+    try:
+        return fs.modified(path).timestamp()
+    except Exception:  # NotImplementedError, missing file, backend quirks: unknown
+        return None
+
+
+class CheckpointManager:
+    """Saves numbered checkpoints into a directory and deletes old ones (``tf.train.CheckpointManager``).
+
+    Args:
+        checkpoint: the :class:`ck.Checkpoint` to save and restore.
+        directory: local path or fsspec URL of the directory.
+        max_to_keep: how many recent checkpoints to keep; ``None`` keeps all.
+        keep_checkpoint_every_n_hours: additionally keep (forever, outside the
+            ``checkpoints`` list, as TF does) one checkpoint per this many hours.
+        checkpoint_name: file name prefix (``ckpt`` gives ``ckpt-7``).
+        step_counter: a scalar variable whose value numbers checkpoints (and is
+            compared with ``checkpoint_interval``).
+        checkpoint_interval: minimum number of steps between saves; needs
+            ``step_counter``.
+        init_fn: called by :meth:`restore_or_initialize` when there is nothing to restore.
+        storage_options: passed to fsspec for the directory and, unless the
+            ``options`` of a save carry their own, for the checkpoints.
+
+    Saving follows the commit protocol: data files, then the index (the
+    commit point), then the state file. With
+    ``CheckpointOptions(enable_async=True)`` all three happen in the
+    background; ``latest_checkpoint`` and ``checkpoints`` change when the
+    index is committed, and :meth:`sync` waits for that.
+
+    Partial files left by a crashed save (``.NAME.tmp-*`` temp files, data
+    files without an index) that match this manager's ``checkpoint_name`` are
+    removed by a later save once they are older than
+    :attr:`partial_file_grace_seconds` (younger ones may belong to a save in
+    progress in another process).
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> step = ck.Variable(0, dtype=np.int64)
+        >>> ckpt = ck.Checkpoint(step=step)
+        >>> m = ck.CheckpointManager(ckpt, "memory://doc/manager/cls", max_to_keep=None,
+        ...                          step_counter=step, checkpoint_interval=10)
+        >>> m.save(), m.save()          # the second is skipped: same step
+        ('memory://doc/manager/cls/ckpt-0', None)
+        >>> _ = step.assign(10); m.save()
+        'memory://doc/manager/cls/ckpt-10'
+    """
+
+    #: Seconds a partial file must be left untouched before a save removes it.
+    partial_file_grace_seconds: float = 60.0
+
+    def __init__(self, checkpoint: Checkpoint, directory: str, max_to_keep: int | None,
+                 keep_checkpoint_every_n_hours: float | None = None, checkpoint_name: str = "ckpt",
+                 step_counter: Any = None, checkpoint_interval: int | None = None,
+                 init_fn: Callable[[], Any] | None = None, storage_options: Mapping[str, Any] | None = None):
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"CheckpointManager needs a ck.Checkpoint, got {type(checkpoint).__qualname__}; "
+                            "wrap your objects: ck.Checkpoint(model=model)")
+        if max_to_keep is not None and (isinstance(max_to_keep, bool) or _as_int(max_to_keep, "max_to_keep") <= 0):
+            raise ValueError(f"max_to_keep must be a positive integer or None, got {max_to_keep!r}")
+        if keep_checkpoint_every_n_hours is not None and not keep_checkpoint_every_n_hours > 0:
+            raise ValueError(f"keep_checkpoint_every_n_hours must be positive, got {keep_checkpoint_every_n_hours!r}")
+        if (not isinstance(checkpoint_name, str) or not checkpoint_name or checkpoint_name.startswith(".")
+                or any(c in checkpoint_name for c in "/\\\x00")):
+            raise ValueError("checkpoint_name must be a plain file name not starting with '.', "
+                             f"got {checkpoint_name!r}")
+        if checkpoint_interval is not None:
+            if step_counter is None:
+                raise ValueError("step_counter must be passed when checkpoint_interval is set")
+            if _as_int(checkpoint_interval, "checkpoint_interval") < 0:
+                raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval!r}")
+        self._checkpoint = checkpoint
+        self._directory = os.fspath(directory)
+        self._max_to_keep = None if max_to_keep is None else int(max_to_keep)
+        self._keep_hours = keep_checkpoint_every_n_hours
+        self._checkpoint_name = checkpoint_name
+        self._step_counter = step_counter
+        self._checkpoint_interval = None if checkpoint_interval is None else int(checkpoint_interval)
+        self._init_fn = init_fn
+        self._storage_options = dict(storage_options or {})
+        self._storage, self._dir = open_storage(self._directory, self._storage_options)
+        self._lock = threading.RLock()        # guards the list below (the background commit updates it)
+        self._save_lock = threading.Lock()    # one save() at a time
+        self._last_checkpoint_step: int | None = None
+        self._maybe_delete: OrderedDict[str, float] = OrderedDict()
+        self._latest: str | None = None
+        self._recover()
+
+    # -- recovery ------------------------------------------------------------------------
+    def _exists(self, name: str) -> bool:
+        return self._storage.exists(fmt.index_path(self._storage.join(self._dir, name)))
+
+    def _exists_fn(self) -> Callable[[str], bool]:
+        """An index-exists test for recovery: one listing, and a direct check for what it lacks."""
+        listed = set(self._storage.listdir(self._dir))
+        return lambda name: name + fmt.INDEX_SUFFIX in listed or self._exists(name)
+
+    def _recover(self) -> None:
+        now = _clock()
+        try:
+            state = read_state(self._storage, self._dir)
+        except CorruptCheckpointError as e:
+            warnings.warn(f"{e}; recovering the checkpoint list from the directory listing", RuntimeWarning,
+                          stacklevel=3)
+            state = self._state_from_listing(now)
+        if state is None:
+            # Slightly in the past, as TF does, so a quickly re-created manager preserves consistently.
+            self._last_preserved_timestamp = now - 1.0
+            return
+        stamps = list(state.timestamps) if len(state.timestamps) == len(state.all) else []
+        preserved = state.last_preserved_timestamp
+        if preserved is None:  # written by Checkpoint.save, which tracks no retention
+            preserved = min(stamps + [now]) - 1.0
+        if now < preserved:
+            warnings.warn(f"the clock is behind the last_preserved_timestamp of {self._directory}'s state file; "
+                          "checkpoints it records as newer than now are kept but no longer managed (as in TF)",
+                          RuntimeWarning, stacklevel=3)
+            preserved = now
+        self._last_preserved_timestamp = preserved
+        if not stamps:
+            stamps = [preserved] * len(state.all)
+        exists = self._exists_fn()
+        for name, stamp in zip(state.all, stamps):
+            stamp = min(stamp, now)
+            # Older than the last preserved one: kept forever, no longer managed (TF semantics).
+            if stamp > preserved and exists(name):
+                self._maybe_delete[name] = stamp
+        for name in ([state.latest] if state.latest else []) + list(reversed(state.all)):
+            if name in self._maybe_delete or exists(name):
+                self._latest = name
+                break
+
+    def _state_from_listing(self, now: float) -> CheckpointState:
+        pat = re.compile(re.escape(self._checkpoint_name) + r"-(\d+)" + re.escape(fmt.INDEX_SUFFIX))
+        found = sorted((int(m.group(1)), m.group(0)[:-len(fmt.INDEX_SUFFIX)])
+                       for m in map(pat.fullmatch, self._storage.listdir(self._dir)) if m)
+        names = [n for _, n in found]
+        return CheckpointState(latest=names[-1] if names else None, all=names, timestamps=[now - 0.5] * len(names),
+                               last_preserved_timestamp=now - 1.0)
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def directory(self) -> str:
+        """The directory, as given.
+
+        Example:
+            >>> import ckptcore as ck
+            >>> ck.CheckpointManager(ck.Checkpoint(), "memory://doc/manager/dir", 1).directory
+            'memory://doc/manager/dir'
+        """
+        return self._directory
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        """Minimum number of steps between saves, or None.
+
+        Example:
+            >>> import ckptcore as ck
+            >>> ck.CheckpointManager(ck.Checkpoint(), "memory://doc/manager/ci", 1).checkpoint_interval is None
+            True
+        """
+        return self._checkpoint_interval
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """Path of the newest committed checkpoint, or None.
+
+        Example:
+            >>> import ckptcore as ck
+            >>> ck.CheckpointManager(ck.Checkpoint(), "memory://doc/manager/none", 1).latest_checkpoint is None
+            True
+        """
+        with self._lock:
+            return None if self._latest is None else join_url(self._directory, self._latest)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Paths of the managed checkpoints, oldest first (preserved ones are not listed, as in TF).
+
+        Example:
+            >>> import ckptcore as ck
+            >>> ck.CheckpointManager(ck.Checkpoint(), "memory://doc/manager/list", 1).checkpoints
+            []
+        """
+        with self._lock:
+            return [join_url(self._directory, n) for n in self._maybe_delete]
+
+    # -- saving --------------------------------------------------------------------------
+    def _options(self, options: CheckpointOptions | None) -> CheckpointOptions:
+        if options is None:
+            return CheckpointOptions(storage_options=self._storage_options)
+        if not options.storage_options and self._storage_options:
+            return dataclasses.replace(options, storage_options=self._storage_options)
+        return options
+
+    def save(self, checkpoint_number: int | None = None, check_interval: bool = True,
+             options: CheckpointOptions | None = None) -> str | None:
+        """Save a checkpoint numbered ``checkpoint_number`` (else the step counter, else ``save_counter``).
+
+        Increments the checkpoint's ``save_counter``. Returns the path, or
+        None when ``checkpoint_interval`` steps have not passed since the
+        last saved step (``check_interval=False`` only skips a repeated step).
+        With ``options.enable_async`` it returns once the values are
+        snapshotted; the state file and retention follow the index commit.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), "memory://doc/manager/save", 3)
+            >>> m.save(checkpoint_number=100)
+            'memory://doc/manager/save/ckpt-100'
+        """
+        options = self._options(options)
+        with self._save_lock:
+            previous_step = self._last_checkpoint_step
+            if self._checkpoint_interval is not None:
+                current = _as_int(self._step_counter, "step_counter")
+                if previous_step is not None:
+                    if current == previous_step:
+                        return None
+                    if check_interval and current < previous_step + self._checkpoint_interval:
+                        return None
+                self._last_checkpoint_step = current
+            try:
+                self._checkpoint.sync()  # the previous save must finish (and its failure surface) first
+                counter = self._checkpoint.save_counter
+                counter.assign_add(1)
+            except BaseException:
+                self._last_checkpoint_step = previous_step
+                raise
+            try:
+                if checkpoint_number is None:
+                    checkpoint_number = counter if self._step_counter is None else self._step_counter
+                name = f"{self._checkpoint_name}-{_as_int(checkpoint_number, 'checkpoint_number')}"
+                path = join_url(self._directory, name)
+                self._checkpoint._ck_write(path, options, record=False,
+                                           after_commit=lambda: self._on_commit(name))
+            except BaseException:
+                counter.assign_sub(1)
+                self._last_checkpoint_step = previous_step
+                raise
+            return path
+
+    def _on_commit(self, name: str) -> None:
+        # Runs after the index of `name` is committed: in save(), or on the async writer thread.
+        with self._lock:
+            self._maybe_delete.pop(name, None)
+            self._maybe_delete[name] = _clock()
+            self._latest = name
+            # Record before deleting anything: a crash while sweeping still finds the new checkpoint.
+            self._record_state()
+            if self._sweep():
+                self._record_state()
+        self._cleanup_partial_files()
+
+    def _record_state(self) -> None:
+        state = CheckpointState(latest=self._latest, all=list(self._maybe_delete),
+                                timestamps=list(self._maybe_delete.values()),
+                                last_preserved_timestamp=self._last_preserved_timestamp)
+        write_state(self._storage, self._dir, state)
+
+    def _sweep(self) -> bool:
+        """Drop the oldest checkpoints beyond ``max_to_keep``; True if the list changed."""
+        if not self._max_to_keep:
+            return False
+        changed = False
+        while len(self._maybe_delete) > self._max_to_keep:
+            name, stamp = self._maybe_delete.popitem(last=False)
+            changed = True
+            if self._keep_hours and stamp - self._keep_hours * 3600.0 >= self._last_preserved_timestamp:
+                # Kept on disk, but no longer listed, so the state file does not grow forever (TF semantics).
+                self._last_preserved_timestamp = stamp
+                continue
+            self._delete_checkpoint(name)
+        return changed
+
+    def _delete_checkpoint(self, name: str) -> None:
+        prefix = self._storage.join(self._dir, name)
+        index = fmt.index_path(prefix)
+        files = checkpoint_files(self._storage, prefix)
+        # The index first: from then on the checkpoint is gone, and leftovers are mere partial files.
+        self._storage.remove([f for f in files if f == index] or [index])
+        self._storage.remove([f for f in files if f != index])
+
+    def _cleanup_partial_files(self) -> None:
+        """Remove this manager's partial files left by crashed saves (best effort)."""
+        esc = re.escape(self._checkpoint_name)
+        shard = r"data-\d{5}-of-\d{5}"
+        temp = re.compile(rf"\.{esc}-\d+\.(?:index|{shard}){_TMP_SUFFIX}|\.{re.escape(STATE_FILENAME)}{_TMP_SUFFIX}")
+        data = re.compile(rf"({esc}-\d+)\.{shard}")
+        try:
+            names = self._storage.listdir(self._dir)
+            present = set(names)
+            doomed = []
+            for n in names:
+                m = data.fullmatch(n)
+                if temp.fullmatch(n) or (m and m.group(1) + fmt.INDEX_SUFFIX not in present):
+                    doomed.append(n)
+            grace = self.partial_file_grace_seconds
+            now = time.time()
+            for n in doomed:
+                path = self._storage.join(self._dir, n)
+                if grace > 0:
+                    mtime = _mtime(self._storage, path)
+                    if mtime is None or now - mtime < grace:
+                        continue
+                m = data.fullmatch(n)
+                if m and self._exists(m.group(1)):  # the listing lagged behind a fresh commit
+                    continue
+                self._storage.remove([path])
+                _log.info("removed partial checkpoint file %s", path)
+        except (OSError, NotFoundError) as e:  # cleanup never fails a save that already committed
+            _log.warning("could not clean up partial checkpoint files in %s: %s", self._directory, e)
+
+    # -- restoring, waiting -------------------------------------------------------------
+    def restore_or_initialize(self) -> str | None:
+        """Restore the latest checkpoint and return its path, or call ``init_fn`` and return None.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> called = []
+            >>> m = ck.CheckpointManager(ck.Checkpoint(), "memory://doc/manager/roi", 1,
+            ...                          init_fn=lambda: called.append(1))
+            >>> m.restore_or_initialize(), called
+            (None, [1])
+        """
+        self.sync()
+        latest = self.latest_checkpoint
+        if latest is not None:
+            self._checkpoint.restore(latest, options=self._options(None))
+            if self._checkpoint_interval is not None:
+                self._last_checkpoint_step = _as_int(self._step_counter, "step_counter")
+            return latest
+        if self._init_fn is not None:
+            self._init_fn()
+        return None
+
+    def sync(self) -> None:
+        """Wait for a pending async save; re-raise its error if it failed.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), "memory://doc/manager/sync", 1)
+            >>> p = m.save(options=ck.CheckpointOptions(enable_async=True)); m.sync()
+            >>> m.latest_checkpoint == p
+            True
+        """
+        self._checkpoint.sync()

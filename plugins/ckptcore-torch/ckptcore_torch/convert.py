@@ -1,0 +1,203 @@
+"""Zero-copy conversion between torch tensors and numpy arrays, every dtype.
+
+numpy has no bfloat16 or float8; ml_dtypes does. A tensor of such a dtype is
+viewed as a same-width integer tensor, converted with ``.numpy()`` (sharing
+memory) and viewed again as the ml_dtypes dtype, so no byte is copied or
+rounded. ``torch`` is imported inside the functions: importing this module
+does not import torch.
+
+Example:
+    >>> import torch
+    >>> from ckptcore_torch.convert import to_numpy
+    >>> t = torch.ones(2, dtype=torch.bfloat16)
+    >>> a = to_numpy(t); a.dtype.name, a.tolist()
+    ('bfloat16', [1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from ckptcore.errors import CheckpointError, UnsupportedDtypeError
+
+__all__ = ["numpy_dtype", "to_numpy", "from_numpy", "writable_view", "is_materialized"]
+
+# torch dtype name -> (numpy dtype, integer torch dtype name used for the bit view or None)
+_ML_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
+_INT_VIEW = {1: "uint8", 2: "int16"}
+_table: dict[Any, tuple[np.dtype, Any]] | None = None
+
+
+def _dtype_table() -> dict:
+    global _table
+    if _table is None:
+        import torch
+
+        table: dict = {}
+        plain = {
+            "bool": np.bool_, "uint8": np.uint8, "int8": np.int8, "int16": np.int16, "int32": np.int32,
+            "int64": np.int64, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+            "float16": np.float16, "float32": np.float32, "float64": np.float64,
+            "complex64": np.complex64, "complex128": np.complex128,
+        }
+        for name, npd in plain.items():
+            tdt = getattr(torch, name, None)
+            if tdt is not None:
+                table[tdt] = (np.dtype(npd), None)
+        for name in _ML_NAMES:
+            tdt, mld = getattr(torch, name, None), getattr(ml_dtypes, name, None)
+            if tdt is not None and mld is not None:
+                npd = np.dtype(mld)
+                table[tdt] = (npd, getattr(torch, _INT_VIEW[npd.itemsize]))
+        _table = table
+    return _table
+
+
+def numpy_dtype(torch_dtype: Any) -> np.dtype:
+    """The numpy (or ml_dtypes) dtype holding a torch dtype's values bit for bit.
+
+    Raises :class:`~ckptcore.UnsupportedDtypeError` for dtypes with no numpy
+    counterpart (``complex32``, quantized and packed sub-byte types).
+
+    Example:
+        >>> import torch
+        >>> numpy_dtype(torch.float8_e4m3fn).name
+        'float8_e4m3fn'
+    """
+    try:
+        return _dtype_table()[torch_dtype][0]
+    except KeyError:
+        raise UnsupportedDtypeError(
+            f"torch dtype {torch_dtype} has no numpy/ml_dtypes counterpart and cannot be checkpointed; "
+            "supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 types, complex64/128") from None
+
+
+def torch_dtype_for(np_dtype: np.dtype) -> Any:
+    """The torch dtype for a numpy/ml_dtypes dtype (inverse of :func:`numpy_dtype`).
+
+    Example:
+        >>> import ml_dtypes, numpy as np
+        >>> torch_dtype_for(np.dtype(ml_dtypes.bfloat16))
+        torch.bfloat16
+    """
+    np_dtype = np.dtype(np_dtype)
+    for tdt, (npd, _) in _dtype_table().items():
+        if npd == np_dtype:
+            return tdt
+    raise UnsupportedDtypeError(f"numpy dtype {np_dtype} has no torch counterpart")
+
+
+def is_materialized(tensor: Any) -> bool:
+    """False for lazy-module ``UninitializedParameter``/``Buffer`` and meta tensors.
+
+    Example:
+        >>> import torch
+        >>> is_materialized(torch.empty(2, device="meta"))
+        False
+    """
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    return not isinstance(tensor, UninitializedTensorMixin) and tensor.device.type != "meta"
+
+
+def check_materialized(tensor: Any) -> None:
+    """Raise a clear error for tensors that hold no data yet.
+
+    Example:
+        >>> import torch
+        >>> check_materialized(torch.zeros(1))
+    """
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    if isinstance(tensor, UninitializedTensorMixin):
+        raise CheckpointError(
+            "the tensor is an uninitialized parameter of a lazy module (e.g. nn.LazyLinear): run one "
+            "forward pass (or initialize it) before saving or restoring it")
+    if tensor.device.type == "meta":
+        raise CheckpointError(
+            "the tensor is on the meta device and holds no data: materialize the module first "
+            "(module.to_empty(device='cpu')) and restore into it")
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A numpy array with the tensor's values; shares memory for CPU tensors.
+
+    Works for tensors that require grad, for views and for every supported
+    dtype. Tensors on other devices are copied to host memory.
+
+    Example:
+        >>> import torch
+        >>> to_numpy(torch.arange(3, dtype=torch.int32)).tolist()
+        [0, 1, 2]
+    """
+    check_materialized(tensor)
+    npd, view = _dtype_table().get(tensor.dtype, (None, None))
+    if npd is None:
+        numpy_dtype(tensor.dtype)  # raises
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if view is not None:
+        return t.view(view).numpy().view(npd)
+    return t.numpy()
+
+
+def writable_view(tensor: Any) -> np.ndarray | None:
+    """A writable, C-contiguous numpy view of a CPU tensor's memory, or None.
+
+    None when writing through numpy would not reach the tensor (other
+    devices, non-contiguous layouts, lazy conjugate/negative views).
+
+    Example:
+        >>> import torch
+        >>> t = torch.zeros(3); writable_view(t)[1] = 5; t.tolist()
+        [0.0, 5.0, 0.0]
+    """
+    if (tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg()
+            or tensor.is_sparse or not is_materialized(tensor) or tensor.dtype not in _dtype_table()):
+        return None
+    try:
+        arr = to_numpy(tensor)
+    except (RuntimeError, TypeError):
+        return None
+    return arr if arr.flags.c_contiguous and arr.flags.writeable else None
+
+
+def from_numpy(array: np.ndarray) -> Any:
+    """A CPU tensor with the array's values (and dtype, ml_dtypes included).
+
+    Example:
+        >>> import ml_dtypes, numpy as np
+        >>> from_numpy(np.ones(2, ml_dtypes.bfloat16)).dtype
+        torch.bfloat16
+    """
+    import torch
+
+    array = np.asarray(array)
+    tdt = torch_dtype_for(array.dtype)
+    view = _dtype_table()[tdt][1]
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, order="C")
+    if view is not None:
+        return torch.from_numpy(array.view(numpy_dtype(view))).view(tdt)
+    return torch.from_numpy(array)
+
+
+def shares_memory(array: Any, tensor: Any) -> bool:
+    """True if ``array`` is exactly the CPU memory of ``tensor`` (restored in place already).
+
+    Example:
+        >>> import torch
+        >>> t = torch.zeros(2); shares_memory(writable_view(t), t)
+        True
+    """
+    if not isinstance(array, np.ndarray) or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return False
+    return (array.__array_interface__["data"][0] == tensor.data_ptr()
+            and array.nbytes == tensor.numel() * tensor.element_size())

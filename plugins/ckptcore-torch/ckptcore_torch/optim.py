@@ -1,0 +1,264 @@
+"""``torch.optim.Optimizer`` (every built-in optimizer) as a TF-style checkpoint object.
+
+* Per-parameter tensor state (``exp_avg``, ``momentum_buffer``, the ``step``
+  tensor, ...) is saved as **slot variables** attached to the parameter's
+  node: ``model/0/weight/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE``.
+  Tensors inside lists (LBFGS history) are slots named ``old_dirs/0``, ...
+* ``param_groups`` hyperparameters (everything but ``params``) and
+  non-tensor per-parameter state are the optimizer's JSON state;
+  hyperparameters that are tensors (``lr=torch.tensor(...)``) are values of
+  the optimizer node (``param_groups/0/lr``), restored in place.
+* Restoring into a fresh optimizer before its first step gives it exactly
+  the state the saved one had, so resumed training is bit-identical.
+
+As in TF, slots of a parameter that is not part of the checkpoint are not
+saved: checkpoint the model together with its optimizer.
+
+Example:
+    >>> import torch, ckptcore as ck
+    >>> net = torch.nn.Linear(2, 1); opt = torch.optim.Adam(net.parameters())
+    >>> net(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> path = ck.Checkpoint(model=net, optimizer=opt).write("memory://doc/torch/opt")
+    >>> [k for k in ck.load_checkpoint(path).keys() if k.startswith("model/weight/.OPTIMIZER_SLOT")]
+    ['model/weight/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE', 'model/weight/.OPTIMIZER_SLOT/optimizer/exp_avg_sq/.ATTRIBUTES/VARIABLE_VALUE', 'model/weight/.OPTIMIZER_SLOT/optimizer/step/.ATTRIBUTES/VARIABLE_VALUE']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ckptcore.adapters import Adapter, SlotVariable
+from ckptcore.errors import CheckpointError
+from ckptcore.restore import WeakIdTable
+
+from . import codec
+from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
+
+__all__ = ["OptimizerAdapter"]
+
+_GROUP_PREFIX = "param_groups"
+_ADOPTED = WeakIdTable()   # restored slot arrays already turned into state tensors
+
+
+def _params(opt) -> list:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def _opt_name(opt) -> str:
+    return f"{type(opt).__module__}.{type(opt).__qualname__}"
+
+
+def _encode_groups(opt):
+    """JSON for every group's hyperparameters, plus their tensors by attribute name."""
+    groups, tensors = [], {}
+    for gi, group in enumerate(opt.param_groups):
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        enc, ts = codec.encode(hyper, what=f"param_groups[{gi}] of {_opt_name(opt)}",
+                               tensor_name=lambda path, gi=gi: "/".join([_GROUP_PREFIX, str(gi)] + [str(p) for p in path]))
+        groups.append(enc)
+        tensors.update(ts)
+    return groups, tensors
+
+
+def _encode_param_state(opt, index: int, param_state: dict):
+    return codec.encode(dict(param_state), what=f"state of parameter {index} of {_opt_name(opt)}")
+
+
+def _merge(enc: Any, existing: Any) -> Any:
+    """Decode ``enc``; tensor placeholders keep what ``existing`` holds there (a restored slot) or None."""
+    if isinstance(enc, list):
+        old = existing if isinstance(existing, (list, tuple)) else ()
+        return [_merge(x, old[i] if i < len(old) else None) for i, x in enumerate(enc)]
+    if isinstance(enc, dict):
+        if len(enc) == 1:
+            (tag, inner), = enc.items()
+            if tag == "__tensor__":
+                return existing
+            if tag == "__tuple__":
+                return tuple(_merge(enc=[*inner], existing=existing))
+            if tag in ("__float__", "__dict__"):
+                return codec.decode(enc, {})
+        old = existing if isinstance(existing, dict) else {}
+        return {k: _merge(x, old.get(k)) for k, x in enc.items()}
+    return enc
+
+
+def _is_placeholder(enc: Any) -> bool:
+    return isinstance(enc, dict) and len(enc) == 1 and "__tensor__" in enc
+
+
+def _put(container: Any, segments: list[str], value: Any) -> Any:
+    """Return ``container`` with ``value`` stored at the slot path ``segments``."""
+    if not segments:
+        return value
+    seg, rest = segments[0], segments[1:]
+    if container is None:
+        container = [] if seg.isdigit() else {}
+    if isinstance(container, (list, tuple)):
+        if not seg.isdigit():
+            raise CheckpointError(f"slot path segment {seg!r} indexes a list")
+        i = int(seg)
+        items = list(container) + [None] * max(0, i + 1 - len(container))
+        items[i] = _put(items[i], rest, value)
+        return tuple(items) if isinstance(container, tuple) else items
+    if isinstance(container, dict):
+        key: Any = seg
+        if seg not in container and seg.lstrip("-").isdigit() and int(seg) in container:
+            key = int(seg)
+        container[key] = _put(container.get(key), rest, value)
+        return container
+    raise CheckpointError(f"cannot store slot at {seg!r} inside a {type(container).__qualname__}")
+
+
+class OptimizerAdapter(Adapter):
+    """Adapter for ``torch.optim.Optimizer`` and its subclasses (see the module docstring).
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.5, momentum=0.9)
+        >>> OptimizerAdapter().get_state(opt)["param_groups"][0]["lr"]
+        0.5
+    """
+
+    name = "ckptcore_torch.optimizer"
+
+    # -- tensor hyperparameters: values of the optimizer node ---------------------------
+    def attributes(self, obj):
+        return list(_encode_groups(obj)[1])
+
+    def _hyper_tensor(self, obj, attr):
+        tensors = _encode_groups(obj)[1]
+        if attr not in tensors:
+            raise CheckpointError(f"{_opt_name(obj)} has no tensor hyperparameter {attr!r}")
+        return tensors[attr]
+
+    def get_value(self, obj, attr):
+        return to_numpy(self._hyper_tensor(obj, attr))
+
+    def spec(self, obj, attr):
+        t = self._hyper_tensor(obj, attr)
+        check_materialized(t)
+        return tuple(int(d) for d in t.shape), numpy_dtype(t.dtype)
+
+    def restore_buffer(self, obj, attr):
+        return writable_view(self._hyper_tensor(obj, attr))
+
+    def set_value(self, obj, attr, value):
+        t = self._hyper_tensor(obj, attr)
+        if shares_memory(value, t):
+            return
+        import torch
+
+        with torch.no_grad():
+            t.copy_(from_numpy(np.asarray(value)))
+
+    # -- JSON state: hyperparameters and non-tensor per-parameter state -------------------
+    def get_state(self, obj):
+        groups, _ = _encode_groups(obj)
+        index = {id(p): i for i, p in enumerate(_params(obj))}
+        state = {}
+        for p, s in obj.state.items():
+            i = index.get(id(p))
+            if i is None or not s:
+                continue
+            state[str(i)] = _encode_param_state(obj, i, s)[0]
+        return {"param_groups": groups, "group_sizes": [len(g["params"]) for g in obj.param_groups],
+                "state": state}
+
+    def set_state(self, obj, state):
+        where = _opt_name(obj)
+        if not isinstance(state, dict) or "param_groups" not in state:
+            raise CheckpointError(f"saved state of {where} has no param_groups")
+        saved_groups, sizes = state["param_groups"], state.get("group_sizes", [])
+        live_sizes = [len(g["params"]) for g in obj.param_groups]
+        if len(saved_groups) != len(obj.param_groups) or list(sizes) != live_sizes:
+            raise CheckpointError(
+                f"{where}: the checkpoint's optimizer has {len(saved_groups)} param groups of sizes {list(sizes)}, "
+                f"the live one {len(obj.param_groups)} of sizes {live_sizes}. Build the optimizer over the same "
+                "parameters, in the same groups, as the one that was saved.")
+        _, live_tensors = _encode_groups(obj)
+        for gi, (group, enc) in enumerate(zip(obj.param_groups, saved_groups)):
+            hyper = codec.decode(enc, _LiveTensors(live_tensors, where))
+            params = group["params"]
+            names = group.get("param_names")
+            group.clear()
+            group["params"] = params
+            group.update(hyper)
+            if names is not None and "param_names" not in hyper:
+                group["param_names"] = names
+        params = _params(obj)
+        for key, enc in state.get("state", {}).items():
+            i = int(key)
+            if not 0 <= i < len(params):
+                raise CheckpointError(f"{where}: the checkpoint has state for parameter {i}, "
+                                      f"the live optimizer has {len(params)} parameters")
+            p = params[i]
+            existing = obj.state.get(p, {})
+            merged = dict(existing)
+            for k, v in enc.items():
+                if _is_placeholder(v) and k not in existing:
+                    continue  # its slot is not restored (yet): restore_slot adds it if it comes
+                merged[k] = _merge(v, existing.get(k))
+            if merged:
+                obj.state[p] = merged
+        # Let the optimizer fill defaults and upgrade old state, as load_state_dict does.
+        obj.__setstate__({"state": obj.state, "param_groups": obj.param_groups})
+
+    # -- slots: per-parameter tensor state ---------------------------------------------
+    def slots(self, obj):
+        index = {id(p): i for i, p in enumerate(_params(obj))}
+        out = []
+        for p, s in obj.state.items():
+            i = index.get(id(p))
+            if i is None or not s:
+                continue
+            for name, t in _encode_param_state(obj, i, s)[1].items():
+                out.append(SlotVariable(variable=p, name=name, value=to_numpy(t)))
+        return out
+
+    def restore_slot(self, obj, variable, name, value):
+        import torch
+
+        if not isinstance(variable, torch.Tensor):
+            raise CheckpointError(f"{_opt_name(obj)}: slot {name!r} belongs to a {type(variable).__qualname__}, "
+                                  "not a torch parameter")
+        value = np.asarray(value)
+        # The array read for this slot becomes the state tensor without a copy, unless an
+        # earlier call (another optimizer or variable sharing the slot) already took it.
+        copy = value in _ADOPTED
+        if not copy:
+            _ADOPTED[value] = True
+        t = from_numpy(value)
+        segments = name.split("/")
+        key = segments[0]
+        group = next((g for g in obj.param_groups if any(p is variable for p in g["params"])), None)
+        if group is None:
+            raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
+        # Device and dtype as Optimizer.load_state_dict gives them.
+        if key == "step":
+            if group.get("capturable", False) or group.get("fused", False):
+                t = t.to(dtype=torch.float32, device=variable.device, copy=copy)
+            elif copy:
+                t = t.clone()
+        elif variable.is_floating_point() and t.is_floating_point():
+            t = t.to(dtype=variable.dtype, device=variable.device, copy=copy)
+        else:
+            t = t.to(device=variable.device, copy=copy)
+        state = obj.state[variable]
+        _put(state, segments, t)
+
+
+class _LiveTensors(dict):
+    """Tensor lookup for decoding hyperparameters: live tensors, restored in place already."""
+
+    def __init__(self, live: dict, where: str):
+        super().__init__(live)
+        self._where = where
+
+    def __contains__(self, name) -> bool:
+        if not super().__contains__(name):
+            raise CheckpointError(
+                f"{self._where}: the saved hyperparameter {name!r} is a tensor but the live optimizer's is not; "
+                "construct the optimizer with the same tensor hyperparameters")
+        return True
