@@ -73,3 +73,26 @@ def crc_executor():
 
                 _crc_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptcore-crc32c")
     return _crc_pool
+
+
+def submit(fn, *args):
+    """Run ``fn(*args)`` on the helper thread; a ``Future`` of its result.
+
+    During interpreter shutdown no new work may be scheduled on threads, so it
+    runs in the caller instead (an async save finishing at exit needs this).
+
+    Example:
+        >>> submit(sum, [1, 2]).result()
+        3
+    """
+    try:
+        return crc_executor().submit(fn, *args)
+    except RuntimeError:
+        from concurrent.futures import Future
+
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # delivered through the future, as from the thread
+            fut.set_exception(e)
+        return fut

@@ -24,8 +24,8 @@ node: ``children`` (to keep matching), ``spec`` for every attribute to be
 restored (all checks happen before any assignment), then per attribute
 ``restore_buffer`` (if it returns an array, bytes are read straight into it)
 followed by ``set_value`` (always called; with the filled buffer when one was
-used), then ``set_state``, then ``restore_slot`` for slots whose variable is
-matched.
+used), then ``restore_slot`` for slots whose optimizer and variable are both
+matched, then ``set_state``.
 
 Example -- an adapter for a user's own class::
 

@@ -396,8 +396,9 @@ class _S3MultipartWriter:
     """S3: parts of ``part_size`` uploaded concurrently while the saver keeps producing bytes.
 
     Up to ``max_concurrency`` parts are in flight; each part is retried on its
-    own. Objects smaller than one part are a single PUT. The object appears
-    only when ``commit`` completes the upload; ``abort`` cancels it.
+    own. Objects smaller than two parts are a single PUT (as s3fs does): the
+    first full part is held until a second one fills. The object appears only
+    when ``commit`` completes the upload; ``abort`` cancels it.
     """
 
     def __init__(self, storage: CloudStorage, path: str):
@@ -406,6 +407,7 @@ class _S3MultipartWriter:
         self._bucket, self._key, _ = storage.fs.split_path(path)
         self._part = max(storage.part_size, _MIN_S3_PART)
         self._buf = bytearray()
+        self._held: bytearray | None = None   # the first full part, until a second one exists
         self._upload_id: str | None = None
         self._pending: list = []          # concurrent.futures.Future of (part_number, etag)
         self._parts: list[dict] = []
@@ -424,7 +426,13 @@ class _S3MultipartWriter:
             self._buf += mv[:room]
             mv = mv[room:]
             if len(self._buf) >= self._part:
-                self._send(self._buf)
+                if self._upload_id is None and self._held is None:
+                    self._held = self._buf
+                else:
+                    if self._held is not None:
+                        held, self._held = self._held, None
+                        self._send(held)
+                    self._send(self._buf)
                 self._buf = bytearray()
 
     def writev(self, bufs) -> None:
@@ -460,8 +468,8 @@ class _S3MultipartWriter:
         st = self._st
         try:
             if self._upload_id is None:
-                data = bytes(self._buf)
-                self._buf = bytearray()
+                data = bytes(self._held or b"") + bytes(self._buf)
+                self._buf, self._held = bytearray(), None
                 self._s3("put_object", Body=data)
             else:
                 if self._buf:
@@ -499,7 +507,7 @@ class _S3MultipartWriter:
             except BaseException:
                 pass
         self._pending = []
-        self._buf = bytearray()
+        self._buf, self._held = bytearray(), None
         if self._upload_id is not None:
             try:
                 self._s3("abort_multipart_upload", UploadId=self._upload_id)

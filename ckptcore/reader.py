@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from . import format as fmt
-from ._perf import crc_executor, paused_gc
+from ._perf import paused_gc, submit
 from .errors import CorruptCheckpointError, NotFoundError
 from .storage import open_storage
 
@@ -194,7 +194,6 @@ def _read_large(rd, path: str, entry: fmt.TensorEntry, arr: np.ndarray):
     """
     buf = memoryview(_bytes_of(arr))
     fut = None
-    pool = crc_executor()
     # local files are read in pieces; other readers (which may split one request into parallel
     # ranged GETs) get one request per tensor, its checksum overlapping the next tensor's read
     step = getattr(rd, "piece_size", None) or entry.nbytes
@@ -202,14 +201,14 @@ def _read_large(rd, path: str, entry: fmt.TensorEntry, arr: np.ndarray):
         piece = buf[start:start + step]
         if rd.readinto(entry.offset + start, piece) != len(piece):
             raise _short(entry, path)
-        fut = pool.submit(_crc_after, fut, piece)
+        fut = submit(_crc_after, fut, piece)
     return fut
 
 
 def _scatter(rd, path: str, start: int, items: list) -> list | None:
     """Read a run of neighbouring tensors with one ``readv`` straight into their arrays.
 
-    Returns ``[(entry, arr, callback), ...]``, or None if the run cannot be scattered
+    Returns ``[(entry, arr, callback, bytes_view), ...]``, or None if the run cannot be scattered
     (the storage has no ``readv``, or two requests share bytes).
     """
     readv = getattr(rd, "readv", None)
@@ -224,8 +223,9 @@ def _scatter(rd, path: str, start: int, items: list) -> list | None:
         if entry.offset > pos:
             bufs.append(_SCRATCH[:entry.offset - pos])  # alignment padding: read and dropped
         arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
-        bufs.append(_bytes_of(arr))
-        out.append((entry, arr, cb))
+        view = _bytes_of(arr)
+        bufs.append(view)
+        out.append((entry, arr, cb, view))
         pos = entry.offset + entry.nbytes
     if readv(start, bufs) != pos - start:
         raise _short(items[-1][0], path)
@@ -273,10 +273,12 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
             done = []
             for entry, dest, cb in items[i:j]:
                 arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
-                _bytes_of(arr)[...] = block[entry.offset - start: entry.offset - start + entry.nbytes]
-                done.append((entry, arr, cb))
-        for entry, arr, cb in done:
-            _finish(entry, arr, path, verify, cb)
+                view = _bytes_of(arr)
+                view[...] = block[entry.offset - start: entry.offset - start + entry.nbytes]
+                done.append((entry, arr, cb, view))
+        crc32c = fmt.crc32c
+        for entry, arr, cb, view in done:
+            _finish(entry, arr, path, verify, cb, crc=crc32c(view) if verify else None)
         i = j
     for entry, arr, cb, fut in checking:
         _finish(entry, arr, path, verify, cb, crc=fut.result())

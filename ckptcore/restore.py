@@ -79,17 +79,15 @@ class WeakIdTable:
 
     def __init__(self):
         self._d: dict[int, tuple[Any, Any]] = {}
-
-    def _remover(self, key: int):
         selfref = weakref.ref(self)
 
-        def remove(r):
+        def remove(r):  # one callback for all keys: each KeyedRef carries its key
             table = selfref()
             if table is not None:
-                entry = table._d.get(key)
+                entry = table._d.get(r.key)
                 if entry is not None and entry[0] is r:
-                    del table._d[key]
-        return remove
+                    del table._d[r.key]
+        self._remove = remove
 
     def __setitem__(self, obj, value) -> None:
         key = id(obj)
@@ -97,7 +95,11 @@ class WeakIdTable:
         if entry is not None and entry[0]() is obj:
             self._d[key] = (entry[0], value)
             return
-        self._d[key] = (_ref(obj, self._remover(key)), value)
+        try:
+            ref = weakref.KeyedRef(obj, self._remove, key)
+        except TypeError:
+            ref = _Strong(obj)
+        self._d[key] = (ref, value)
 
     def get(self, obj, default=None):
         entry = self._d.get(id(obj))
@@ -449,6 +451,9 @@ def _unalias(reads: list) -> list:
     see the second overwrite the first. Overlapping reads get a fresh array;
     their setters copy it in.
     """
+    dests = [dest for _entry, dest, _cb in reads if dest is not None]
+    if all(d.flags.owndata for d in dests) and len({id(d) for d in dests}) == len(dests):
+        return reads  # distinct arrays that each own their memory cannot overlap
     spans = []
     for i, (_entry, dest, _cb) in enumerate(reads):
         if dest is not None and dest.nbytes:

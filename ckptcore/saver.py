@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import format as fmt
-from ._perf import crc_executor, paused_gc
+from ._perf import paused_gc, submit
 from .dtypes import dtype_name, storage_dtype
 from .errors import CheckpointError, UnsupportedDtypeError
 from .graph import walk
@@ -198,7 +198,7 @@ def _write_tensors(writer, tensors, progress) -> int:
             entry.offset = offset + pad
             nbytes = entry.nbytes
             if nbytes >= SMALL_TENSOR:
-                pending.append(crc_executor().submit(_set_crc, entry, mv))
+                pending.append(submit(_set_crc, entry, mv))
             else:
                 entry.crc32c = fmt.crc32c(mv)
             batch.append(mv)
@@ -244,13 +244,22 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
     writer = storage.open_writer(data)
     try:
         offset = _write_tensors(writer, plan.tensors, progress)
-        writer.commit()
+        plan.index.shard_sizes = [offset]
+        if getattr(writer, "background_commit", False):
+            # the data file's fsync waits on the disk on the helper thread while this one encodes the index
+            committed = submit(writer.commit)
+            try:
+                with paused_gc():
+                    encoded = plan.index.encode()
+            finally:
+                committed.result()  # never abort while the commit is still running
+        else:
+            writer.commit()
+            with paused_gc():
+                encoded = plan.index.encode()
     except BaseException:
         writer.abort()
         raise
-    plan.index.shard_sizes = [offset]
-    with paused_gc():
-        encoded = plan.index.encode()
     try:
         storage.write_atomic(index_file, encoded)
     except BaseException:

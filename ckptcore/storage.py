@@ -133,8 +133,8 @@ class _LocalReader:
         return total
 
     def readv(self, offset: int, bufs) -> int:
-        """Fill ``bufs`` in order from ``offset`` with as few system calls as possible; returns bytes read."""
-        bufs = [mv for mv in (memoryview(b).cast("B") for b in bufs) if len(mv)]
+        """Fill 1-D byte buffers ``bufs`` in order from ``offset`` with few system calls; returns bytes read."""
+        bufs = [b for b in bufs if len(b)]
         total = 0
         i = 0
         while i < len(bufs):
@@ -165,6 +165,9 @@ class _LocalReader:
 
 class _LocalWriter:
     """Writes to a unique temp file; ``commit`` fsyncs and renames it into place."""
+
+    #: ``commit`` may run on a helper thread (it only waits on the disk) while the caller encodes the index
+    background_commit = True
 
     def __init__(self, path: str):
         self.path = path

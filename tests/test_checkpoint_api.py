@@ -218,3 +218,18 @@ def test_save_failure_does_not_advance_save_counter(prefix):
     assert int(ckpt.save_counter) == 0
     del ckpt.bad.x
     assert ckpt.save(prefix) == f"{prefix}-1"
+
+
+def test_checkpoint_describes_itself(prefix):
+    model = ck.Module()
+    model.w = np.ones(2)
+    model.v = ck.Variable(1.0)
+    model.xs = [np.ones(1)]
+    path = ck.Checkpoint(model=model).write(prefix)
+    index = ck.load_checkpoint(path).index
+    assert index.version == 1
+    adapters = {n.type.rsplit(".", 1)[-1]: n.adapter for n in index.nodes}
+    assert adapters == {"Checkpoint": "ckptcore.checkpoint", "Module": "ckptcore.module", "ndarray": "ckptcore.numpy",
+                        "Variable": "ckptcore.variable", "TrackedList": "ckptcore.container"}
+    raw = open(path + ".index", "rb").read()
+    assert raw[:8] == b"CKPTIDX1"

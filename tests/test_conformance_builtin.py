@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
+from ckptcore.dtypes import SUPPORTED
 from ckptcore.testing import AdapterConformance
 
 
@@ -18,6 +19,15 @@ class TestNumpyFloat32(AdapterConformance):
     @pytest.fixture
     def make_object(self):
         return lambda seed: _rng(seed).normal(size=(2, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", SUPPORTED)
+class TestNumpyEveryDtype(AdapterConformance):
+    """Every dtype ckptcore accepts, ml_dtypes' included, through the numpy adapter."""
+
+    @pytest.fixture
+    def make_object(self, dtype):
+        return lambda seed: _rng(seed).integers(0, 2, size=(2, 4)).astype(dtype)
 
 
 class TestNumpyScalarInt64(AdapterConformance):

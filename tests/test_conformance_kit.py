@@ -73,6 +73,12 @@ class MutatingSpecAdapter(GoodBoxAdapter):
         return obj.data.shape, obj.data.dtype
 
 
+class UnnamedAdapter(GoodBoxAdapter):
+    """Keeps ck.Adapter's placeholder name, so checkpoints cannot say who wrote them."""
+
+    name = ck.Adapter.name
+
+
 def _make(seed):
     return Box(np.random.default_rng(seed).normal(size=(2, 2)))
 
@@ -107,6 +113,8 @@ def test_a_correct_adapter_passes_every_test(box_adapter, test_name, tmp_path):
     (ReplacingAdapter, "test_restore_is_in_place", "was replaced by restore"),
     (HoardingAdapter, "test_restored_objects_are_not_kept_alive", "still alive"),
     (MutatingSpecAdapter, "test_shape_mismatch_names_path_and_modifies_nothing", "failed restore"),
+    (MutatingSpecAdapter, "test_dtype_mismatch_names_path_and_modifies_nothing", "failed restore"),
+    (UnnamedAdapter, "test_checkpoint_records_a_stable_adapter_name", "needs a stable `name`"),
 ], indirect=["box_adapter"])
 def test_a_broken_adapter_fails_the_kit(box_adapter, test_name, message, tmp_path):
     with pytest.raises(AssertionError, match=message):

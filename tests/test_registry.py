@@ -11,6 +11,8 @@ import textwrap
 import numpy as np
 import pluggy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore import registry
@@ -71,6 +73,29 @@ def test_a_plugin_with_priority_overrides_a_builtin(ckptcore_registry):
     assert registry.find_adapter(np.zeros(1)).name == "mine.numpy"
     registry.unregister_plugin("my-numpy")
     assert registry.find_adapter(np.zeros(1)).name == "ckptcore.numpy"
+
+
+@settings(max_examples=40, deadline=None)
+@given(priorities=st.lists(st.integers(-3, 3), min_size=1, max_size=5))
+def test_the_highest_priority_wins_and_a_tie_at_the_top_names_both(priorities):
+    class Claimed:
+        pass
+
+    names = [f"prio-{i}" for i in range(len(priorities))]
+    try:
+        for name, priority in zip(names, priorities):
+            ck.register_adapter(Claimed, named(name), name=name, priority=priority)
+        top = max(priorities)
+        winners = [n for n, p in zip(names, priorities) if p == top]
+        if len(winners) == 1:
+            assert registry.find_adapter(Claimed()).name == winners[0]
+        else:
+            with pytest.raises(ck.AdapterConflictError) as info:
+                registry.find_adapter(Claimed())
+            assert sum(f"'{n}'" in str(info.value) for n in winners) == 2
+    finally:
+        for name in names:
+            registry.unregister_plugin(name)
 
 
 def test_the_most_specific_class_in_the_mro_wins_over_priority(ckptcore_registry):

@@ -67,6 +67,8 @@ Tests you get (all in :class:`AdapterConformance`)
 ``test_partial_restore_missing_values``,
 ``test_partial_restore_warning_and_expect_partial``,
 ``test_shape_mismatch_names_path_and_modifies_nothing``,
+``test_dtype_mismatch_names_path_and_modifies_nothing``,
+``test_checkpoint_records_a_stable_adapter_name``,
 ``test_restored_objects_are_not_kept_alive``,
 ``test_pending_restores_are_released``.
 
@@ -83,9 +85,10 @@ Example -- ``tests/test_conformance.py`` of a plugin::
                 return Point(rng.normal(size=2))      # your type
             return make
 
-The same module can run under ``pytest -p ckptcore.testing.pytest_plugin``
-(installed as a ``pytest11`` plugin with ckptcore), which adds the
-:func:`~ckptcore.testing.pytest_plugin.ckptcore_registry` fixture.
+The kit needs no pytest plugin. ckptcore also installs one (``pytest11``
+entry point ``ckptcore``, module :mod:`ckptcore.testing.pytest_plugin`; with
+``PYTEST_DISABLE_PLUGIN_AUTOLOAD=1`` enable it with ``-p ckptcore``) that adds
+the ``ckptcore_registry`` and ``ckptcore_fresh_registry`` fixtures.
 
 Example:
     >>> import numpy as np, ckptcore as ck

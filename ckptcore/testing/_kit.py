@@ -54,18 +54,16 @@ def values_of(obj: Any) -> dict[str, np.ndarray]:
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-identical: same shape, same dtype, same bytes (NaN payloads and -0.0 included)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.dtype.kind in "fc":
-        return bool(np.array_equal(a, b, equal_nan=True))
-    try:
+    if a.dtype.hasobject:
         return bool(np.array_equal(a, b))
-    except TypeError:  # exotic dtypes (bfloat16 etc.): compare the bytes
-        return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
 def assert_values_equal(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], what: str = "values") -> None:
-    """Assert two ``values_of`` dicts have the same keys, shapes, dtypes and contents.
+    """Assert two ``values_of`` dicts have the same keys, shapes, dtypes and bytes (bit-identical).
 
     Example:
         >>> import numpy as np
@@ -130,8 +128,18 @@ class _MirrorAdapter(ck.Adapter):
         return obj.state
 
 
-def _mirror_with_bad_shape(obj: Any) -> tuple[_Mirror, tuple[str, ...], str]:
-    """A mirror of ``obj``'s graph whose first attribute has another shape."""
+def _other_shape(value: np.ndarray) -> np.ndarray:
+    shape = (2,) if value.ndim == 0 else value.shape[:-1] + (value.shape[-1] + 1,)
+    return np.zeros(shape, value.dtype)
+
+
+def _other_dtype(value: np.ndarray) -> np.ndarray:
+    other = np.float32 if value.dtype != np.float32 else np.float64
+    return np.zeros(value.shape, other)
+
+
+def _mirror_with(obj: Any, change: Callable[[np.ndarray], np.ndarray]) -> tuple[_Mirror, tuple[str, ...], str]:
+    """A mirror of ``obj``'s graph whose first attribute is replaced by ``change(value)``."""
     nodes = walk(obj)
     mirrors = [_Mirror() for _ in nodes]
     changed: tuple[tuple[str, ...], str] | None = None
@@ -141,8 +149,7 @@ def _mirror_with_bad_shape(obj: Any) -> tuple[_Mirror, tuple[str, ...], str]:
         for attr in node.adapter.attributes(node.obj):
             value = np.array(node.adapter.get_value(node.obj, attr), copy=True)
             if changed is None:
-                shape = (2,) if value.ndim == 0 else value.shape[:-1] + (value.shape[-1] + 1,)
-                value = np.zeros(shape, value.dtype)
+                value = change(value)
                 changed = (node.path, attr)
             mirror.attrs[attr] = value
     if changed is None:
@@ -177,32 +184,39 @@ class AdapterConformance:
     # -- fixtures with defaults ------------------------------------------------------------
     @pytest.fixture
     def make_object(self) -> Callable[[int], Any]:
+        """Required: ``make(seed) -> object`` (see :mod:`ckptcore.testing`)."""
         raise NotImplementedError(
             f"{type(self).__name__} must define a `make_object` fixture returning make(seed) -> object "
             "(see ckptcore.testing)")
 
     @pytest.fixture
     def fresh_object(self, make_object) -> Callable[[], Any]:
+        """``fresh() -> object`` with values unlike ``make_object(0)``'s; default ``make_object(1)``."""
         return lambda: make_object(1)
 
     @pytest.fixture
     def values_of(self) -> Callable[[Any], dict[str, np.ndarray]]:
+        """``values_of(obj) -> {name: array}``; default :func:`values_of` (graph walk)."""
         return values_of
 
     @pytest.fixture
     def make_late_child(self) -> Callable[[int], Any] | None:
+        """Optional ``make(seed) -> child`` for the native deferred-restore test."""
         return None
 
     @pytest.fixture
     def attach(self) -> Callable[[Any, str, Any], None] | None:
+        """Optional ``attach(parent, name, child)``, the framework's way of adding a child."""
         return None
 
     @pytest.fixture
     def make_mismatched_object(self) -> Callable[[], Any] | None:
+        """Optional ``make() -> object`` with one value of another shape; default: a mirror checkpoint."""
         return None
 
     @pytest.fixture
     def ckpt_prefix(self, tmp_path) -> str:
+        """Where checkpoints are written; default: a fresh local directory."""
         return os.path.join(str(tmp_path), "ckpt")
 
     # -- helpers ---------------------------------------------------------------------------
@@ -210,7 +224,7 @@ class AdapterConformance:
     def _write(obj: Any, prefix: str, **extra: Any) -> str:
         return ck.Checkpoint(**{OBJ: obj}, **extra).write(prefix)
 
-    # -- the fixtures themselves -------------------------------------------------------------
+    # -- the author's fixtures behave as documented ---------------------------------------------
     def test_fixtures_are_deterministic(self, make_object, fresh_object, values_of):
         a, b = make_object(0), make_object(0)
         assert a is not b, "make_object(seed) must return a new object on every call"
@@ -343,26 +357,45 @@ class AdapterConformance:
         assert restore(expect_partial=True) == []
 
     # -- errors ----------------------------------------------------------------------------------
-    def test_shape_mismatch_names_path_and_modifies_nothing(self, make_object, fresh_object, make_mismatched_object,
-                                                            values_of, ckpt_prefix):
-        if make_mismatched_object is not None:
-            path = self._write(make_mismatched_object(), ckpt_prefix)
-            where = OBJ
-        else:
-            mirror, bad_path, attr = _mirror_with_bad_shape(make_object(0))
-            name = ck.register_adapter(_Mirror, _MirrorAdapter(), name="ckptcore.testing.mirror")
-            try:
-                path = self._write(mirror, ckpt_prefix)
-            finally:
-                ck.registry.unregister_plugin(name)
-            where = object_key((OBJ,) + tuple(bad_path), attr)
+    def _write_mirror(self, obj: Any, change, prefix: str) -> tuple[str, str]:
+        mirror, bad_path, attr = _mirror_with(obj, change)
+        name = ck.register_adapter(_Mirror, _MirrorAdapter(), name="ckptcore.testing.mirror")
+        try:
+            path = self._write(mirror, prefix)
+        finally:
+            ck.registry.unregister_plugin(name)
+        return path, object_key((OBJ,) + tuple(bad_path), attr)
+
+    def _assert_rejected(self, path: str, error: type, where: str, fresh_object, values_of) -> None:
         dst = fresh_object()
         before = values_of(dst)
-        with pytest.raises(ck.ShapeMismatchError) as info:
+        with pytest.raises(error) as info:
             ck.Checkpoint(**{OBJ: dst}).read(path)
         assert isinstance(info.value, ValueError)
         assert where in str(info.value), f"the error does not name {where!r}: {info.value}"
         assert_values_equal(values_of(dst), before, "values after a failed restore (nothing may change)")
+
+    def test_shape_mismatch_names_path_and_modifies_nothing(self, make_object, fresh_object, make_mismatched_object,
+                                                            values_of, ckpt_prefix):
+        if make_mismatched_object is not None:
+            path, where = self._write(make_mismatched_object(), ckpt_prefix), OBJ
+        else:
+            path, where = self._write_mirror(make_object(0), _other_shape, ckpt_prefix)
+        self._assert_rejected(path, ck.ShapeMismatchError, where, fresh_object, values_of)
+
+    def test_dtype_mismatch_names_path_and_modifies_nothing(self, make_object, fresh_object, values_of, ckpt_prefix):
+        path, where = self._write_mirror(make_object(0), _other_dtype, ckpt_prefix)
+        self._assert_rejected(path, ck.DtypeMismatchError, where, fresh_object, values_of)
+
+    def test_checkpoint_records_a_stable_adapter_name(self, make_object, ckpt_prefix):
+        ckpt = ck.Checkpoint(**{OBJ: make_object(0)})
+        adapter = find_adapter(getattr(ckpt, OBJ))     # plain lists and dicts are wrapped on attachment
+        name = getattr(adapter, "name", None)
+        assert isinstance(name, str) and name and name != ck.Adapter.name, (
+            f"{type(adapter).__qualname__} needs a stable `name` (it is written into every checkpoint)")
+        index = ck.load_checkpoint(ckpt.write(ckpt_prefix)).index
+        node_id = dict(index.nodes[0].children)[OBJ]
+        assert index.nodes[node_id].adapter == name
 
     # -- leaks -----------------------------------------------------------------------------------
     def test_restored_objects_are_not_kept_alive(self, make_object, fresh_object, ckpt_prefix):

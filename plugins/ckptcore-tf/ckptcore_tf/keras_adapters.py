@@ -20,7 +20,7 @@ Graph shape (TF naming conventions where practical):
 Restore-on-create: weights, sublayers and optimizer slots created *after*
 ``restore()`` (a model built lazily, an optimizer built on its first step)
 receive their values when Keras creates them. This works by wrapping
-``Layer._track_variable``, ``Layer.__setattr__``,
+``Layer._track_variable``, ``Layer.__setattr__``, ``BaseOptimizer.__setattr__``,
 ``BaseOptimizer.add_variable`` and ``BaseOptimizer.add_variable_from_reference``
 once per process (:func:`install_keras_hooks`); the wrappers call the
 original, then :func:`ckptcore.notify_dependency_added`, which is a no-op when
@@ -67,6 +67,9 @@ _installed = False
 _notify: Callable[[Any, str, Any], None] = ck.notify_dependency_added
 # optimizer -> {id(model variable): (weakref(model variable), {slot name: value})}
 _PENDING_SLOTS = WeakIdTable()
+# layer of a Sequential/functional model -> weakref(model): its ``layer_with_weights-N``
+# edge appears only once the layer has weights, so the model is told then.
+_INDEXED_PARENT = WeakIdTable()
 
 
 # -- naming ------------------------------------------------------------------------------
@@ -179,6 +182,9 @@ def layer_children(layer: Any) -> list[tuple[str, Any]]:
     if isinstance(layer, (Sequential, Functional)):
         layers = list(layer.layers)
         weighted = [sub for sub in layers if _has_weights(sub)]
+        for sub in layers:
+            if sub not in _INDEXED_PARENT:
+                _INDEXED_PARENT[sub] = weakref.ref(layer)
         out += [(f"layer_with_weights-{j}", sub) for j, sub in enumerate(weighted)]
         out += [(f"layer-{i}", sub) for i, sub in enumerate(layers)]
         return out
@@ -345,6 +351,10 @@ def install_keras_hooks(notify: Callable[[Any, str, Any], None] | None = None) -
         def _track_variable(self, variable):
             result = track(self, variable)
             _notify_children(self, own_variables)
+            parent = _INDEXED_PARENT.get(self)
+            parent = parent() if parent is not None else None
+            if parent is not None:
+                _notify_children(parent, layer_children)
             return result
 
         setattr_ = Layer.__setattr__

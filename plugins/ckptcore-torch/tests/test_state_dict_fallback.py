@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ckptcore as ck
+from ckptcore_torch import codec
 
 
 class Tracker:
@@ -79,3 +83,31 @@ def test_grad_scaler_through_fallback(prefix):
     other = torch.amp.GradScaler("cpu", init_scale=2.0)
     ck.Checkpoint(scaler=other).read(path).assert_consumed()
     assert other.state_dict() == scaler.state_dict()
+
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**62, 2**62) | st.text(max_size=5)
+            | st.floats(allow_nan=False) | st.sampled_from([float("inf"), float("-inf")]))
+_keys = st.text(max_size=8) | st.integers(-5, 5) | st.sampled_from(["__tuple__", "__tensor__", "__dict__"])
+_states = st.recursive(
+    _scalars | st.integers(0, 3).map(lambda n: torch.arange(n, dtype=torch.float32)),
+    lambda inner: (st.lists(inner, max_size=3) | st.lists(inner, max_size=3).map(tuple)
+                   | st.dictionaries(_keys, inner, max_size=3)),
+    max_leaves=12)
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return type(b) is dict and list(a) == list(b) and all(_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=60, deadline=None)
+@given(state=_states)
+def test_codec_round_trips_through_json(state):
+    encoded, tensors = codec.encode(state)
+    text = json.dumps(encoded, allow_nan=False)        # strict JSON: what the index stores
+    assert _equal(codec.decode(json.loads(text), tensors), state)
