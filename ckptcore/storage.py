@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 import uuid
 from typing import Any, Iterable, Mapping
 
@@ -109,14 +110,22 @@ class Storage:
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
+def _check_regular(path: str) -> None:
+    # a hostile checkpoint may put a directory, FIFO (open would hang) or device (endless data) in
+    # place of a file: refuse anything but a regular file before opening it
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise StorageError(f"{path} is not a regular file")
+
+
 class _LocalReader:
     #: large tensors are read in pieces this big, each checksummed while the next is read
     piece_size = 16 << 20
 
     def __init__(self, path: str):
         try:
+            _check_regular(path)
             self._fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
         self.path = path
         self.size = os.fstat(self._fd).st_size
@@ -254,14 +263,15 @@ class LocalStorage(Storage):
     def size(self, path: str) -> int:
         try:
             return os.stat(path).st_size
-        except FileNotFoundError as e:
+        except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
 
     def read_bytes(self, path: str, limit: int | None = None) -> bytes:
         try:
+            _check_regular(path)
             with open(path, "rb") as f:
                 return f.read() if limit is None else f.read(limit)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
 
     def open_reader(self, path: str):

@@ -233,3 +233,13 @@ def test_checkpoint_describes_itself(prefix):
                         "Variable": "ckptcore.variable", "TrackedList": "ckptcore.container"}
     raw = open(path + ".index", "rb").read()
     assert raw[:8] == b"CKPTIDX1"
+
+
+def test_paths_under_a_regular_file(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    assert ck.latest_checkpoint(str(f)) is None
+    with pytest.raises(ck.NotFoundError):
+        ck.Checkpoint(a=np.ones(1)).restore(str(f / "ckpt-1"))
+    with pytest.raises(ck.NotFoundError):
+        ck.load_checkpoint(str(f / "ckpt-1"))

@@ -29,6 +29,10 @@ class TestNumpyEveryDtype(AdapterConformance):
     def make_object(self, dtype):
         return lambda seed: _rng(seed).integers(0, 2, size=(2, 4)).astype(dtype)
 
+    @pytest.fixture
+    def ckpt_prefix(self, mem_dir):
+        return f"{mem_dir}/ckpt"        # many small checkpoints: skip the disk's fsyncs
+
 
 class TestNumpyScalarInt64(AdapterConformance):
     @pytest.fixture

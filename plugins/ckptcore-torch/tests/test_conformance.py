@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+
+import fsspec
 import pytest
 import torch
 from torch import nn
@@ -68,6 +71,27 @@ class TestTensorBfloat16(AdapterConformance):
     @pytest.fixture
     def make_object(self):
         return lambda seed: torch.randn(5, generator=_seeded(seed)).to(torch.bfloat16)
+
+
+TORCH_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.float16, torch.float64,
+                torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
+class TestTensorEveryDtype(AdapterConformance):
+    @pytest.fixture
+    def make_object(self, dtype):
+        return lambda seed: torch.randint(0, 2, (2, 4), generator=_seeded(seed)).to(dtype)
+
+    @pytest.fixture
+    def ckpt_prefix(self):
+        # Many small checkpoints: memory:// skips the disk's fsyncs.
+        root = f"ckptcore-torch-conformance-{uuid.uuid4().hex}"
+        yield f"memory://{root}/ckpt"
+        try:
+            fsspec.filesystem("memory").rm(f"/{root}", recursive=True)
+        except FileNotFoundError:
+            pass
 
 
 class TestTensorInt64Scalar(AdapterConformance):
