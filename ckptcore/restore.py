@@ -119,7 +119,7 @@ class WeakIdTable:
         return default
 
     def __len__(self) -> int:
-        return sum(1 for r, _ in self._d.values() if r() is not None)
+        return sum(1 for r, _ in list(self._d.values()) if r() is not None)  # callbacks may mutate _d
 
 
 # parent object -> {child name: (session, checkpoint node id, path)}

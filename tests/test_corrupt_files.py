@@ -406,7 +406,13 @@ def test_hostile_state_file_is_an_error_and_never_escapes(tmp_path, content):
     with pytest.raises(ck.CheckpointError):
         ck.Checkpoint(a=a).restore(str(run))  # restoring a directory reads its state file
     assert a[0] == 0.0
+    # a manager recovers from the listing and deletes only its own checkpoints
+    with pytest.warns(RuntimeWarning, match="recovering"):
+        manager = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), str(run), max_to_keep=1)
+    for _ in range(3):
+        manager.save()
     # saving into the directory repairs the state file; nothing outside is touched
+    (run / "checkpoint").write_text(json.dumps(content))
     ck.Checkpoint(a=np.ones(1)).save(str(run / "ckpt"))
     assert ck.latest_checkpoint(str(run)) == str(run / "ckpt-1")
     assert {p: p.stat().st_mtime_ns for p in outside.iterdir()} == before
@@ -545,3 +551,39 @@ def test_failed_deferred_restore_can_be_retried(ckpt_path):
     assert good.v.numpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]
     model.w = np.zeros(4)
     status.assert_consumed()
+
+
+# -- special files in place of checkpoint files --------------------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("which", ["index", "data"])
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_special_file_in_place_of_a_checkpoint_file(ckpt_path, which, kind):
+    target = ckpt_path + (".index" if which == "index" else ".data-00000-of-00001")
+    os.remove(target)
+    if kind == "directory":
+        os.mkdir(target)
+    else:
+        os.mkfifo(target)  # opening it for reading would block forever
+    with pytest.raises(ck.CheckpointError) as info:
+        _restore_everything(ckpt_path)
+    assert target in str(info.value) or ckpt_path in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_device_in_place_of_index_is_refused_without_endless_read(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    os.symlink("/dev/zero", tmp_path / "z.index")
+    code = textwrap.dedent(f"""
+        import resource, ckptcore as ck
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        try:
+            ck.load_checkpoint({str(tmp_path / "z")!r})
+        except ck.CheckpointError as e:
+            print("refused:", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0 and "refused:" in out.stdout, out.stderr[-2000:]

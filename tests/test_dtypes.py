@@ -235,3 +235,14 @@ def test_several_mismatches_reported_together(prefix):
     path = ck.Checkpoint(a=np.ones(2), b=np.ones(2)).write(prefix)
     with pytest.raises(ck.ShapeMismatchError, match="2 values do not fit"):
         ck.Checkpoint(a=np.zeros(3), b=np.zeros(4)).read(path)
+
+
+def test_c_type_aliases_interoperate(mem_dir):
+    """int64 saved from a 'q' (long long) array restores into an 'l' (long) array, and so on."""
+    pairs = [("q", "l"), ("l", "q"), ("Q", "L"), ("i", "int32"), ("n", "int64"), ("g", "longdouble")]
+    for i, (saved, live) in enumerate(pairs):
+        a = np.arange(3).astype(saved)
+        path = ck.Checkpoint(a=a).write(f"{mem_dir}/alias{i}")
+        b = np.zeros(3, live)
+        ck.Checkpoint(a=b).read(path).assert_consumed()
+        assert b.tolist() == [0, 1, 2]

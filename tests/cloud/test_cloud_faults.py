@@ -107,10 +107,10 @@ def test_saves_survive_or_fail_cleanly_under_faults(faulty, monkeypatch):
     store, faults = faulty
     from ckptcore import cloud
 
-    # S3: 6 MB of data is a 2-part multipart upload (5 MiB minimum part) read back in 6 ranged GETs.
-    # GCS: 0.8 MB is one retried PUT (its streaming upload of larger objects is retried by gcsfs only).
+    # 6 MB of data: on S3 a 2-part multipart upload (5 MiB minimum part), on GCS a 6-part composite
+    # upload; read back in 6 concurrent ranged GETs.
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 1 << 20)
-    n = 1_500_000 if store.name == "s3" else 200_000
+    n = 1_500_000
     so = store.storage_options
     m = ck.Module()
     m.w = np.zeros(n, np.float32)

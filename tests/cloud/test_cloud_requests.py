@@ -86,3 +86,37 @@ def test_aborted_multipart_upload_leaves_nothing(s3):
     fs = s3.fs()
     uploads = fs.call_s3("list_multipart_uploads", Bucket=s3.bucket).get("Uploads", [])
     assert uploads == []
+
+
+def test_large_object_is_a_parallel_composite_upload_gcs(gcs, gcs_requests, monkeypatch):
+    """GCS: parts go up as temporary objects, are composed in a tree (32 per compose) and deleted."""
+    from ckptcore import cloud
+
+    monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 64 << 10)
+    big = np.random.default_rng(2).integers(0, 255, 40 * (64 << 10) + 123, dtype=np.uint8)  # 41 parts
+    m = ck.Module()
+    m.big = big
+    opts = ck.CheckpointOptions(storage_options=gcs.storage_options)
+    gcs_requests.clear()
+    path = ck.Checkpoint(model=m).write(gcs.url("big", "ckpt"), options=opts)
+    composes = [p for _, p in gcs_requests if p.endswith("/compose")]
+    assert len(composes) == 3        # 41 parts: two first-level composes, then the final one
+    fs = gcs.fs()
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{gcs.bucket}/big", detail=False, refresh=True))
+    assert names == ["ckpt.data-00000-of-00001", "ckpt.index"]      # no temporary object left
+    m2 = ck.Module()
+    m2.big = np.zeros_like(big)
+    ck.Checkpoint(model=m2).read(path, options=opts).assert_consumed()
+    np.testing.assert_array_equal(m2.big, big)
+
+
+def test_aborted_composite_upload_leaves_nothing_gcs(gcs):
+    st, path = ck.storage.open_storage(gcs.url("abort", "ckpt.data-00000-of-00001"), gcs.storage_options)
+    st.part_size = 64 << 10
+    w = st.open_writer(path)
+    w.write(b"x" * (300 << 10))    # several temporary part objects
+    w.abort()
+    fs = gcs.fs()
+    fs.invalidate_cache()
+    assert not fs.exists(f"{gcs.bucket}/abort") or fs.ls(f"{gcs.bucket}/abort", refresh=True) == []
