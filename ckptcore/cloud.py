@@ -8,9 +8,10 @@ URLs (``s3://``, ``gs://``, ``az://``, ...). Compared with the plain
   resets) with exponential backoff (:mod:`ckptcore.retry`);
 * reads a large tensor with concurrent ranged GETs straight into its
   destination array, and never HEADs an object just to read it;
-* writes data objects with a parallel S3 multipart upload (``part_size``
-  bytes per part, ``max_concurrency`` parts in flight) or, elsewhere, one PUT
-  for small objects and the filesystem's streaming upload for large ones;
+* writes data objects in parallel (``part_size`` bytes per part,
+  ``max_concurrency`` parts in flight): an S3 multipart upload, a GCS
+  parallel composite upload, elsewhere the filesystem's streaming upload;
+  objects under two parts are one PUT;
 * turns failures into ckptcore errors naming the URL: a missing key or bucket
   is :class:`~ckptcore.NotFoundError`, denied access or missing credentials
   is :class:`~ckptcore.StorageError`.
@@ -629,11 +630,28 @@ class _GCSComposeWriter:
 
     def _cleanup(self) -> None:
         tmps, self._tmps, self._done = self._tmps, [], []
+        if not tmps:
+            return
+        st = self._st
+
+        async def rm_all():
+            sem = asyncio.Semaphore(st.max_concurrency)
+
+            async def rm(t):
+                async with sem:
+                    try:
+                        await acall_with_retry(st.retry, st.fs._rm_file, t)
+                    except FileNotFoundError:
+                        pass
+
+            await asyncio.gather(*(rm(t) for t in tmps), return_exceptions=True)
+
+        try:
+            st._run(rm_all())
+        except Exception:
+            pass  # leftover temporary objects; the manager's cleanup removes them later
         for t in tmps:
-            try:
-                self._st.remove([t])
-            except Exception:
-                pass  # a leftover temporary object; the manager's cleanup removes it later
+            st.fs.invalidate_cache(t)
 
     def abort(self) -> None:
         for _, fut in self._pending:

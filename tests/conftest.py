@@ -6,10 +6,7 @@ import gc
 import uuid
 
 import fsspec
-import numpy as np
 import pytest
-
-import ckptcore as ck
 
 
 @pytest.fixture
@@ -38,17 +35,3 @@ def collect():
             gc.collect()
     return run
 
-
-class Dense(ck.Module):
-    """A tiny layer: kernel and bias as ck.Variables."""
-
-    def __init__(self, n_in: int, n_out: int, seed: int = 0):
-        super().__init__()
-        rng = np.random.default_rng(seed)
-        self.kernel = ck.Variable(rng.normal(size=(n_in, n_out)).astype(np.float32))
-        self.bias = ck.Variable(np.zeros(n_out, np.float32))
-
-
-@pytest.fixture
-def dense_cls():
-    return Dense

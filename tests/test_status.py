@@ -238,3 +238,15 @@ def test_invalid_live_graph_is_an_error_not_a_pass(tmp_path):
     model.x = np.zeros(1)  # now the root has two different dependencies named "x"
     with pytest.raises(ck.CheckpointError, match="'x'"):
         status.assert_consumed()
+
+
+def test_warning_turned_into_error_is_reported_not_swallowed(path, collect, monkeypatch):
+    import sys
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ck.PartialRestoreWarning)
+        ck.Checkpoint(model=_module(a=np.zeros(1))).read(path)
+        collect()
+    assert [type(e) for e in seen] == [ck.PartialRestoreWarning]
