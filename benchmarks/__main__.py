@@ -68,6 +68,31 @@ def _import_time(n: int) -> float:
     return _med(times)
 
 
+def _fs_of(path: str) -> str:
+    """``device fstype`` of the mount holding ``path`` (Linux), for the record."""
+    best = ("?", "?", "")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, fstype = line.split()[:3]
+                if os.path.realpath(path).startswith(mnt) and len(mnt) >= len(best[2]):
+                    best = (dev, fstype, mnt)
+    except OSError:
+        pass
+    return f"{best[0]} ({best[1]})"
+
+
+def _machine(root: str) -> str:
+    import platform
+
+    import numpy as np
+    import psutil
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"{platform.platform()}; {os.cpu_count()} CPUs; {psutil.virtual_memory().total / (1 << 30):.0f} GiB RAM; "
+            f"disk {_fs_of(root)}; Python {platform.python_version()}; numpy {np.__version__}; load average {load}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 runs, W1 256 MiB, W2 64 MiB (array counts unchanged)")
@@ -104,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:
             print(f"\n--s3: benchmarks/bench_s3.py is not available ({e})")
         else:
-            bench_s3.main()
+            bench_s3.main(["--large-mb", "64", "--small", "500", "--repeat", "2"] if a.quick else [])
     return 0
 
 
 def _bench(a, runs, skip, methods, workloads, root, results) -> None:
     print(f"ckptcore benchmarks: {runs} runs each, medians; warm page cache; writing under {root}", flush=True)
+    results["machine_before"] = _machine(root)
+    print("  machine: " + results["machine_before"], flush=True)
     # 1. time every method on each workload, runs interleaved across methods
     for w in workloads:
         print(f"  timing {w} ...", flush=True)
@@ -179,6 +206,8 @@ def _bench(a, runs, skip, methods, workloads, root, results) -> None:
         print(f"\nPer-object overhead: {mib} MiB total in 1x/4x/16x arrays; us/array = (ckptcore - raw) / arrays "
               "(flat = constant)\n")
         print(_table(rows))
+    results["machine_after"] = _machine(root)
+    print("\n  after: " + results["machine_after"].split("; ")[-1])
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Workloads:
 
 * ``large``: a few big float32 tensors. ckptcore ``write``/``read`` against
-  plain s3fs ``pipe_file``/``cat_file`` of the same bytes (s3fs does its own
-  concurrent multipart and ranged GETs). Target: ratio >= 0.9.
+  plain s3fs ``pipe_file``/``cat_file`` of the same bytes, stored two ways:
+  one object per tensor, and all of it as one object like ckptcore's data
+  object (s3fs does its own concurrent multipart and ranged GETs).
+  Target: ratio >= 0.9.
 * ``many-small``: thousands of small arrays. ckptcore packs them into one
   data object; plain s3fs stores one object per array (``pipe``/``cat`` with a
   dict/list, which s3fs batches concurrently). Target: far above 1.
@@ -99,12 +101,22 @@ def bench_large(fs, bucket: str, total_mb: int, n_tensors: int, repeat: int) -> 
         for i, a in enumerate(arrays):
             np.frombuffer(fs.cat_file(f"{bucket}/plain-large/t{i}"), np.float32)
 
+    blob = b"".join(a.tobytes() for a in arrays)   # the same bytes as one object, like ckptcore's data object
+
+    def s3_put_one():
+        fs.pipe_file(f"{bucket}/plain-large/blob", blob)
+
+    def s3_get_one():
+        fs.cat_file(f"{bucket}/plain-large/blob")
+
     out = {"bytes": nbytes}
     # interleave, so neither side benefits from a warmer server
     out["ck_save"] = _best(ck_save, repeat)
     out["s3_put"] = _best(s3_put, repeat)
     out["ck_restore"] = _best(ck_restore, repeat)
     out["s3_get"] = _best(s3_get, repeat)
+    out["s3_put_one"] = _best(s3_put_one, repeat)
+    out["s3_get_one"] = _best(s3_get_one, repeat)
     for a, b in zip(arrays, dest.tensors):
         assert np.array_equal(a, b)
     return out
@@ -137,8 +149,12 @@ def _report(name: str, r: dict) -> list[str]:
     lines = []
     for op, ck_key, s3_key in (("save", "ck_save", "s3_put"), ("restore", "ck_restore", "s3_get")):
         ck_t, s3_t = r[ck_key], r[s3_key]
-        lines.append(f"{name:<11} {op:<8} {mb:8.1f} MiB  ckptcore {mb / ck_t:8.1f} MiB/s ({ck_t:6.3f} s)  "
-                     f"s3fs {mb / s3_t:8.1f} MiB/s ({s3_t:6.3f} s)  ratio {s3_t / ck_t:5.2f}x")
+        line = (f"{name:<11} {op:<8} {mb:8.1f} MiB  ckptcore {mb / ck_t:7.1f} MiB/s ({ck_t:6.3f} s)  "
+                f"s3fs per-array objects {mb / s3_t:7.1f} MiB/s  ratio {s3_t / ck_t:6.2f}x")
+        one = r.get(s3_key + "_one")
+        if one:
+            line += f"  | s3fs one object {mb / one:7.1f} MiB/s  ratio {one / ck_t:5.2f}x"
+        lines.append(line)
     return lines
 
 

@@ -6,8 +6,9 @@ URLs (``s3://``, ``gs://``, ``az://``, ...). Compared with the plain
 
 * retries every request that fails transiently (5xx, throttling, connection
   resets) with exponential backoff (:mod:`ckptcore.retry`);
-* reads a large tensor with concurrent ranged GETs straight into its
-  destination array, and never HEADs an object just to read it;
+* reads data objects through a read-ahead window of concurrent ranged GETs
+  (``read_block_size`` each, ``read_ahead`` in flight), so the next tensors
+  download while one is checksummed; a small single read is one GET;
 * writes data objects in parallel (``part_size`` bytes per part,
   ``max_concurrency`` parts in flight): an S3 multipart upload, a GCS
   parallel composite upload, elsewhere the filesystem's streaming upload;
@@ -39,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 from .errors import CheckpointError, NotFoundError, StorageError
-from .retry import RetryPolicy, acall_with_retry, call_with_retry
+from .retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 from .storage import FsspecStorage
 
 __all__ = ["CloudStorage", "OBJECT_STORE_PROTOCOLS", "DEFAULT_PART_SIZE", "DEFAULT_MAX_CONCURRENCY"]
@@ -48,6 +49,8 @@ __all__ = ["CloudStorage", "OBJECT_STORE_PROTOCOLS", "DEFAULT_PART_SIZE", "DEFAU
 OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
 DEFAULT_PART_SIZE = 16 << 20
 DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_READ_BLOCK = 32 << 20
+DEFAULT_READ_AHEAD = 8
 _MIN_S3_PART = 5 << 20
 
 _CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
@@ -86,8 +89,10 @@ class CloudStorage(FsspecStorage):
         fs: the fsspec filesystem (``s3fs.S3FileSystem``, ``gcsfs.GCSFileSystem``, ...).
         protocol: the URL scheme the user wrote, for error messages.
         retry: a :class:`~ckptcore.retry.RetryPolicy`; ``max_retries`` can also be set directly.
-        part_size: bytes per multipart part and per ranged GET.
-        max_concurrency: parts/ranges in flight at once for one object.
+        part_size: bytes per multipart/composite upload part.
+        max_concurrency: parts in flight at once for one object being written.
+        read_block_size: bytes per ranged GET of the read-ahead window.
+        read_ahead: ranged GETs a reader keeps in flight (window = this times the block size).
 
     Example:
         >>> import fsspec
@@ -104,7 +109,8 @@ class CloudStorage(FsspecStorage):
     listing_may_lag = True
 
     def __init__(self, fs, *, protocol: str | None = None, retry: RetryPolicy | None = None,
-                 part_size: int | None = None, max_concurrency: int | None = None):
+                 part_size: int | None = None, max_concurrency: int | None = None,
+                 read_block_size: int | None = None, read_ahead: int | None = None):
         super().__init__(fs)
         from . import retry as _retry
 
@@ -118,6 +124,11 @@ class CloudStorage(FsspecStorage):
             raise ValueError("part_size and max_concurrency must be positive")
         self.part_size = int(part_size)
         self.max_concurrency = int(max_concurrency)
+        #: bytes per read-ahead GET, and how many such blocks a reader keeps in flight
+        self.read_block_size = int(DEFAULT_READ_BLOCK if read_block_size is None else read_block_size)
+        self.read_ahead = int(DEFAULT_READ_AHEAD if read_ahead is None else read_ahead)
+        if self.read_block_size < 1 or self.read_ahead < 1:
+            raise ValueError("read_block_size and read_ahead must be positive")
         self.object_store = self.protocol in OBJECT_STORE_PROTOCOLS
         self._is_s3 = hasattr(fs, "_call_s3") and self.protocol in ("s3", "s3a")
         self._is_gcs = hasattr(fs, "_merge") and hasattr(fs, "_pipe_file") and self.protocol in ("gs", "gcs")
@@ -154,8 +165,8 @@ class CloudStorage(FsspecStorage):
         if isinstance(exc, PermissionError):
             return StorageError(f"cannot {what} {url}: access denied ({exc}). Check the credentials and the "
                                 "bucket's permissions.")
-        return StorageError(f"cannot {what} {url} (after up to {self.retry.max_retries} retries): "
-                            f"{type(exc).__name__}: {exc}")
+        retried = f" (retried up to {self.retry.max_retries} times)" if is_transient(exc) else ""
+        return StorageError(f"cannot {what} {url}{retried}: {type(exc).__name__}: {exc}")
 
     def _call(self, what: str, path: str, fn: Callable, *args: Any, **kwargs: Any):
         try:
@@ -203,7 +214,17 @@ class CloudStorage(FsspecStorage):
 
     def read_bytes(self, path: str, limit: int | None = None) -> bytes:
         # start=0 makes it one ranged GET: no HEAD first, no concurrent split.
-        return self._call("read", path, self.fs.cat_file, path, start=0, end=limit)
+        def get():
+            try:
+                return self.fs.cat_file(path, start=0, end=limit)
+            except OSError as e:
+                text = f"{e} {e.__cause__!r}"
+                if any(t in text for t in ("InvalidRange", "not satisfiable", "416")):  # empty: no byte 0
+                    data = self.fs.cat_file(path)
+                    return data if limit is None else data[:limit]
+                raise
+
+        return self._call("read", path, get)
 
     def open_reader(self, path: str):
         return _RangeReader(self, path)
@@ -262,70 +283,105 @@ class CloudStorage(FsspecStorage):
 
 
 class _RangeReader:
-    """Reads byte ranges; a large range is split into ``part_size`` GETs run concurrently."""
+    """Ranged reads with a read-ahead window of concurrent GETs.
+
+    Reads of ``SMALL_READ`` bytes or more go through blocks of
+    ``read_block_size`` bytes: the blocks a read needs and up to
+    ``read_ahead`` blocks after them are fetched concurrently, so the next
+    tensors download while this one is copied out and checksummed (the
+    reader walks a data file in offset order). Memory is bounded by the
+    window. Smaller reads, such as one ``get_tensor``, are a single ranged
+    GET unless the window already holds their bytes.
+    """
+
+    SMALL_READ = 1 << 20
 
     def __init__(self, storage: CloudStorage, path: str):
         self._st = storage
         self.path = path
+        self._block = storage.read_block_size
+        self._ahead = storage.read_ahead
+        self._blocks: dict[int, Any] = {}   # block number -> concurrent.futures.Future of bytes
+        self._size: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def _read_range(self, start: int, end: int) -> bytes:
         return self._st._call("read", self.path, self._st.fs.cat_file, self.path, start=start, end=end)
+
+    def _file_size(self) -> int:
+        if self._size is None:
+            self._size = self._st.size(self.path)
+        return self._size
+
+    def _fetch(self, b: int) -> None:
+        if b in self._blocks:
+            return
+        start = b * self._block
+        size = self._file_size()
+        if start >= size:
+            return
+        end = min(start + self._block, size)
+        st = self._st
+        fs = st.fs
+        if getattr(fs, "async_impl", False) and getattr(fs, "loop", None) is not None:
+            coro = acall_with_retry(st.retry, fs._cat_file, self.path, start=start, end=end)
+            self._blocks[b] = asyncio.run_coroutine_threadsafe(coro, fs.loop)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, self._ahead), thread_name_prefix="ckptcore-get")
+            self._blocks[b] = self._pool.submit(call_with_retry, st.retry, fs.cat_file, self.path, start=start,
+                                                end=end)
+
+    def _result(self, b: int) -> bytes:
+        try:
+            return self._blocks[b].result()
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise self._st._translate(e, "read", self.path) from e
 
     def readinto(self, offset: int, buf) -> int:
         mv = memoryview(buf).cast("B")
         n = len(mv)
         if n == 0:
             return 0
-        st = self._st
-        part = st.part_size
-        if n <= part:
+        B = self._block
+        if n < self.SMALL_READ and not (offset // B in self._blocks and (offset + n - 1) // B in self._blocks):
             data = self._read_range(offset, offset + n)
             mv[:len(data)] = data
             return len(data)
-        ranges = [(s, min(n, s + part)) for s in range(0, n, part)]
-        got = [0] * len(ranges)
-        if getattr(st.fs, "async_impl", False) and getattr(st.fs, "loop", None) is not None:
-            got = self._read_async(offset, mv, ranges)
-        else:
-            def one(i):
-                s, e = ranges[i]
-                data = self._read_range(offset + s, offset + e)
-                mv[s:s + len(data)] = data
-                return len(data)
-
-            with ThreadPoolExecutor(max_workers=min(st.max_concurrency, len(ranges))) as pool:
-                got = list(pool.map(one, range(len(ranges))))
+        size = self._file_size()
+        if offset >= size:
+            return 0
+        end = min(offset + n, size)
+        first, last = offset // B, (end - 1) // B
+        for b in [b for b in self._blocks if b < first]:
+            self._blocks.pop(b).cancel()
         total = 0
-        for (s, e), g in zip(ranges, got):
-            total += g
-            if g < e - s:
+        for b in range(first, last + 1):
+            for ahead in range(b, b + max(1, self._ahead)):
+                self._fetch(ahead)
+            data = memoryview(self._result(b))
+            bstart = b * B
+            lo = max(offset, bstart)
+            hi = min(end, bstart + len(data))
+            if hi <= lo:
                 break
+            mv[lo - offset:hi - offset] = data[lo - bstart:hi - bstart]
+            total += hi - lo
+            if b < last:
+                del self._blocks[b]   # fully consumed; the last block may hold the next tensor's start
+            if len(data) < min(B, size - bstart):
+                break   # the object is shorter than expected
         return total
 
-    def _read_async(self, offset: int, mv: memoryview, ranges: list[tuple[int, int]]) -> list[int]:
-        st = self._st
-        fs = st.fs
-
-        async def main():
-            sem = asyncio.Semaphore(st.max_concurrency)
-
-            async def one(s, e):
-                async with sem:
-                    data = await acall_with_retry(st.retry, fs._cat_file, self.path, start=offset + s, end=offset + e)
-                mv[s:s + len(data)] = data
-                return len(data)
-
-            return await asyncio.gather(*(one(s, e) for s, e in ranges))
-
-        try:
-            return st._run(main())
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise st._translate(e, "read", self.path) from e
-
     def close(self) -> None:
-        pass
+        for fut in self._blocks.values():
+            fut.cancel()
+        self._blocks.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self):
         return self
@@ -427,9 +483,13 @@ class _S3MultipartWriter:
         mv = memoryview(buf).cast("B")
         self._total += len(mv)
         while len(mv):
-            room = self._part - len(self._buf)
-            self._buf += mv[:room]
-            mv = mv[room:]
+            if not self._buf and len(mv) >= self._part:
+                self._buf = bytes(mv[:self._part])   # one copy, not two
+                mv = mv[self._part:]
+            else:
+                room = self._part - len(self._buf)
+                self._buf += mv[:room]
+                mv = mv[room:]
             if len(self._buf) >= self._part:
                 if self._upload_id is None and self._held is None:
                     self._held = self._buf
@@ -557,9 +617,13 @@ class _GCSComposeWriter:
     def write(self, buf) -> None:
         mv = memoryview(buf).cast("B")
         while len(mv):
-            room = self._part - len(self._buf)
-            self._buf += mv[:room]
-            mv = mv[room:]
+            if not self._buf and len(mv) >= self._part:
+                self._buf = bytes(mv[:self._part])   # one copy, not two
+                mv = mv[self._part:]
+            else:
+                room = self._part - len(self._buf)
+                self._buf += mv[:room]
+                mv = mv[room:]
             if len(self._buf) >= self._part:
                 if not self._tmps and self._held is None:
                     self._held = self._buf

@@ -39,6 +39,9 @@ def fsspec_factory(protocol: str, storage_options: Mapping[str, Any], url: str):
         raise StorageError(f"cannot open {url!r}: {e}.{hint}") from e
     except ValueError as e:
         raise StorageError(f"cannot open {url!r}: {e}") from e
+    except Exception as e:  # the client failed to set up: credentials files, token, configuration
+        raise StorageError(f"cannot open {url!r}: {type(e).__name__}: {e}. Check the credentials and "
+                           "storage_options for this URL.") from e
     if protocol == "file":
         return LocalStorage(), path
     from ..cloud import OBJECT_STORE_PROTOCOLS, CloudStorage

@@ -128,3 +128,13 @@ def test_plugin_can_override_a_builtin_protocol(ckptcore_registry, s3):
     ckptcore_registry.register_plugin(Tuned(), name="test-tuned-s3")
     path = ck.Checkpoint(a=np.ones(2)).save(s3.url("tuned", "ckpt"))
     assert seen and seen[0] == path
+
+
+@pytest.mark.parametrize("content", ["not json", '{"type": "service_account"}'])
+def test_invalid_gcs_credentials_file(gcs, tmp_path, content):
+    creds = tmp_path / "creds.json"
+    creds.write_text(content)
+    so = dict(gcs.storage_options, token=str(creds))
+    with pytest.raises(ck.StorageError, match="cannot open 'gs://") as ei:
+        ck.Checkpoint(a=np.ones(2)).save(gcs.url("run", "ckpt"), options=ck.CheckpointOptions(storage_options=so))
+    assert gcs.bucket in str(ei.value)

@@ -52,7 +52,8 @@ def test_save_latest_restore_read(store):
     r = ck.load_checkpoint(w, storage_options=store.storage_options)
     assert r.verify() > 0
     np.testing.assert_array_equal(r.get_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE"), src.w.numpy())
-    assert dict(ck.list_variables(w, storage_options=store.storage_options))["model/b/.ATTRIBUTES/VARIABLE_VALUE"] == [32]
+    assert dict(ck.list_variables(w, storage_options=store.storage_options))[
+        "model/b/.ATTRIBUTES/VARIABLE_VALUE"] == [32]
 
 
 def test_bucket_urls_get_cloud_storage(store):
@@ -81,6 +82,8 @@ def test_large_tensor_roundtrip_multipart_and_ranged(store, monkeypatch):
     from ckptcore import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 1 << 20)   # small parts keep the test small (S3: 5 MiB)
+    monkeypatch.setattr(cloud, "DEFAULT_READ_BLOCK", 1 << 20)
+    monkeypatch.setattr(cloud, "DEFAULT_READ_AHEAD", 3)
     big = np.random.default_rng(0).standard_normal(3_000_000).astype(np.float32)   # 12 MB
     m = ck.Module()
     m.big = big
@@ -152,3 +155,13 @@ def test_manager_async_saves_on_bucket(store):
     dst = _model(13)
     ck.Checkpoint(model=dst).restore(last, options=ck.CheckpointOptions(storage_options=store.storage_options))
     _assert_same(src, dst)
+
+
+def test_empty_objects_roundtrip(store):
+    """A checkpoint without tensors has an empty data object; empty objects read back as b''."""
+    opts = ck.CheckpointOptions(storage_options=store.storage_options)
+    path = ck.Checkpoint().write(store.url("empty", "ckpt"), options=opts)
+    assert ck.load_checkpoint(path, storage_options=store.storage_options).verify() == 0
+    st, p = ck.storage.open_storage(store.url("empty", "blob"), store.storage_options)
+    st.write_atomic(p, b"")
+    assert st.read_bytes(p) == b"" and st.size(p) == 0 and st.exists(p)
