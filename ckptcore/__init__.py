@@ -20,7 +20,7 @@ from . import naming, registry, storage
 from .adapters import Adapter, AdapterRegistration, SlotVariable, StorageRegistration
 from .checkpoint import Checkpoint
 from .errors import (AdapterConflictError, AssertionFailedError, CheckpointError, CorruptCheckpointError,
-                     DtypeMismatchError, NotFoundError, NotTrackableError, PartialRestoreWarning,
+                     DtypeMismatchError, KeyNotFoundError, NotFoundError, NotTrackableError, PartialRestoreWarning,
                      ShapeMismatchError, StorageError, UnsupportedDtypeError)
 from .hookspec import hookimpl
 from .module import Module, TrackedDict, TrackedList
@@ -37,7 +37,7 @@ __all__ = [
     "Adapter", "AdapterConflictError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",
     "CheckpointManager",
     "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
-    "InitializationOnlyStatus", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
+    "InitializationOnlyStatus", "KeyNotFoundError", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
     "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError", "StorageRegistration",
     "TrackedDict", "TrackedList", "UnsupportedDtypeError", "Variable", "hookimpl", "latest_checkpoint",
     "list_variables", "load_checkpoint", "naming", "notify_dependency_added", "register_adapter", "registry",

@@ -19,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "NotFoundError",
+    "KeyNotFoundError",
     "CorruptCheckpointError",
     "ShapeMismatchError",
     "DtypeMismatchError",
@@ -49,6 +50,25 @@ class NotFoundError(CheckpointError, FileNotFoundError):
         >>> issubclass(ck.NotFoundError, FileNotFoundError)
         True
     """
+
+
+class KeyNotFoundError(NotFoundError, KeyError):
+    """A tensor key is not in the checkpoint (``get_tensor``/``entry`` of a reader).
+
+    It is both a :class:`NotFoundError` (as TF's reader raises) and a ``KeyError``.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> r = ck.load_checkpoint(ck.Checkpoint(a=np.ones(1)).write("memory://doc/knf/c"))
+        >>> try:
+        ...     r.get_tensor("b/.ATTRIBUTES/VARIABLE_VALUE")
+        ... except KeyError as e:
+        ...     print(e)
+        key 'b/.ATTRIBUTES/VARIABLE_VALUE' not found in checkpoint 'memory://doc/knf/c'
+    """
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
 
 
 class CorruptCheckpointError(CheckpointError):

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import format as fmt
 from ._perf import paused_gc, submit
-from .errors import CorruptCheckpointError, NotFoundError
+from .errors import CorruptCheckpointError, KeyNotFoundError, NotFoundError
 from .storage import open_storage
 
 __all__ = ["CheckpointReader", "load_checkpoint", "list_variables", "read_tensors"]
@@ -102,7 +102,7 @@ class CheckpointReader:
         try:
             return self._by_key[key]
         except KeyError:
-            raise KeyError(f"key {key!r} not found in checkpoint {self.path!r}") from None
+            raise KeyNotFoundError(f"key {key!r} not found in checkpoint {self.path!r}") from None
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
         return {k: list(e.shape) for k, e in sorted(self._by_key.items())}

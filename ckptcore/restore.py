@@ -31,6 +31,7 @@ import numpy as np
 
 from . import format as fmt
 from ._perf import paused_gc
+from .dtypes import storage_dtype
 from .errors import (AssertionFailedError, CheckpointError, DtypeMismatchError, PartialRestoreWarning,
                      ShapeMismatchError)
 from .graph import live_children, walk
@@ -341,7 +342,7 @@ class RestoreSession:
                 f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
                 f"the live object has {shape}. Build the object with the checkpoint's shape, or restore "
                 "a checkpoint made for this model.")
-        if np.dtype(dtype) != entry.np_dtype:
+        if storage_dtype(np.dtype(dtype)) != entry.np_dtype:  # byte order alone is not a mismatch
             return DtypeMismatchError(
                 f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
                 f"the live object has {np.dtype(dtype).name}.")

@@ -150,7 +150,7 @@ def test_list_variables_and_reader_methods(prefix):
     assert r.get_variable_to_dtype_map() == {KEY_A: np.dtype(np.int32), "v/.ATTRIBUTES/VARIABLE_VALUE": np.dtype(np.float16)}
     assert r.get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == np.float16(2.5)
     assert r.verify() == 6 * 4 + 2
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ck.KeyNotFoundError, match="nope"):
         r.get_tensor("nope")
 
 

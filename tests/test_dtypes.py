@@ -246,3 +246,13 @@ def test_c_type_aliases_interoperate(mem_dir):
         b = np.zeros(3, live)
         ck.Checkpoint(a=b).read(path).assert_consumed()
         assert b.tolist() == [0, 1, 2]
+
+
+def test_restore_into_big_endian_array_converts_byte_order(tmp_path):
+    # A value saved from a native array restores into a big-endian live array:
+    # byte order is layout, not a different dtype.
+    path = ck.Checkpoint(a=np.arange(4, dtype=np.float32)).write(str(tmp_path / "c"))
+    dest = np.zeros(4, ">f4")
+    ck.Checkpoint(a=dest).read(path).assert_consumed()
+    assert dest.dtype == np.dtype(">f4")
+    assert dest.tolist() == [0.0, 1.0, 2.0, 3.0]
