@@ -4,9 +4,9 @@ Workloads:
 
 * ``large``: a few big float32 tensors. ckptcore ``write``/``read`` against
   plain s3fs ``pipe_file``/``cat_file`` of the same bytes, stored two ways:
-  one object per tensor, and all of it as one object like ckptcore's data
-  object (s3fs does its own concurrent multipart and ranged GETs).
-  Target: ratio >= 0.9.
+  one object per tensor, and all of it as one object (s3fs does its own
+  concurrent multipart and ranged GETs). ckptcore writes a data shard per
+  large tensor (per ~64 MiB), several at once. Target: ratio >= 0.9.
 * ``many-small``: thousands of small arrays. ckptcore packs them into one
   data object; plain s3fs stores one object per array (``pipe``/``cat`` with a
   dict/list, which s3fs batches concurrently). Target: far above 1.
@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
             "many-small": bench_small(fs, bucket, args.small, args.repeat),
         }
         print(f"S3 (moto server at {endpoint}); ratio = s3fs time / ckptcore time (>1: ckptcore faster)")
-        print("note: moto reads a whole object for every ranged GET, so ckptcore's ranged reads of one large "
-              "data object cost O(object size) each here (not so on S3); see --part-mb")
+        print("note: moto reads a whole object for every ranged GET, so ranged reads of a large object cost "
+              "O(object size) each here (not so on S3); ckptcore's data shards keep objects <= 64 MiB "
+              "unless one tensor is larger")
         for name, r in results.items():
             for line in _report(name, r):
                 print(line)

@@ -9,10 +9,13 @@ URLs (``s3://``, ``gs://``, ``az://``, ...). Compared with the plain
 * reads data objects through a read-ahead window of concurrent ranged GETs
   (``read_block_size`` each, ``read_ahead`` in flight), so the next tensors
   download while one is checksummed; a small single read is one GET;
-* writes data objects in parallel (``part_size`` bytes per part,
+* asks the saver to split a large checkpoint into data shards of about
+  ``shard_bytes`` (``preferred_shard_bytes``), ``shard_concurrency`` of them
+  written and read at once;
+* writes each data object of up to ``single_put_bytes`` as one PUT, larger
+  ones in parallel (``part_size`` bytes per part,
   ``max_concurrency`` parts in flight): an S3 multipart upload, a GCS
   parallel composite upload, elsewhere the filesystem's streaming upload;
-  objects under two parts are one PUT;
 * turns failures into ckptcore errors naming the URL: a missing key or bucket
   is :class:`~ckptcore.NotFoundError`, denied access or missing credentials
   is :class:`~ckptcore.StorageError`.
@@ -43,7 +46,8 @@ from .errors import CheckpointError, NotFoundError, StorageError
 from .retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 from .storage import FsspecStorage
 
-__all__ = ["CloudStorage", "OBJECT_STORE_PROTOCOLS", "DEFAULT_PART_SIZE", "DEFAULT_MAX_CONCURRENCY"]
+__all__ = ["CloudStorage", "OBJECT_STORE_PROTOCOLS", "DEFAULT_PART_SIZE", "DEFAULT_MAX_CONCURRENCY",
+           "DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_CONCURRENCY", "DEFAULT_SINGLE_PUT"]
 
 #: Protocols served by :class:`CloudStorage` (others fall back to :class:`FsspecStorage`).
 OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
@@ -51,6 +55,9 @@ DEFAULT_PART_SIZE = 16 << 20
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_READ_BLOCK = 32 << 20
 DEFAULT_READ_AHEAD = 8
+DEFAULT_SHARD_BYTES = 64 << 20      # object stores: a data shard per ~64 MiB of tensors (or per larger tensor)
+DEFAULT_SHARD_CONCURRENCY = 4       # shards written / read at once
+DEFAULT_SINGLE_PUT = 64 << 20       # objects up to this size are one PUT, not a multipart upload
 _MIN_S3_PART = 5 << 20
 
 _CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
@@ -93,6 +100,9 @@ class CloudStorage(FsspecStorage):
         max_concurrency: parts in flight at once for one object being written.
         read_block_size: bytes per ranged GET of the read-ahead window.
         read_ahead: ranged GETs a reader keeps in flight (window = this times the block size).
+        shard_bytes: target size of a data shard on object stores (``preferred_shard_bytes``).
+        shard_concurrency: data shards written, and read, at once.
+        single_put_bytes: objects up to this size (at least one part) are written with one PUT.
 
     Example:
         >>> import fsspec
@@ -110,7 +120,9 @@ class CloudStorage(FsspecStorage):
 
     def __init__(self, fs, *, protocol: str | None = None, retry: RetryPolicy | None = None,
                  part_size: int | None = None, max_concurrency: int | None = None,
-                 read_block_size: int | None = None, read_ahead: int | None = None):
+                 read_block_size: int | None = None, read_ahead: int | None = None,
+                 shard_bytes: int | None = None, shard_concurrency: int | None = None,
+                 single_put_bytes: int | None = None):
         super().__init__(fs)
         from . import retry as _retry
 
@@ -130,6 +142,13 @@ class CloudStorage(FsspecStorage):
         if self.read_block_size < 1 or self.read_ahead < 1:
             raise ValueError("read_block_size and read_ahead must be positive")
         self.object_store = self.protocol in OBJECT_STORE_PROTOCOLS
+        shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else int(shard_bytes)
+        self.shard_concurrency = int(DEFAULT_SHARD_CONCURRENCY if shard_concurrency is None else shard_concurrency)
+        self.single_put_bytes = int(DEFAULT_SINGLE_PUT if single_put_bytes is None else single_put_bytes)
+        if shard_bytes < 1 or self.shard_concurrency < 1 or self.single_put_bytes < 0:
+            raise ValueError("shard_bytes and shard_concurrency must be positive, single_put_bytes not negative")
+        #: several data objects, written and read concurrently, beat one big multipart object
+        self.preferred_shard_bytes = shard_bytes if self.object_store else None
         self._is_s3 = hasattr(fs, "_call_s3") and self.protocol in ("s3", "s3a")
         self._is_gcs = hasattr(fs, "_merge") and hasattr(fs, "_pipe_file") and self.protocol in ("gs", "gcs")
 
@@ -457,9 +476,11 @@ class _S3MultipartWriter:
     """S3: parts of ``part_size`` uploaded concurrently while the saver keeps producing bytes.
 
     Up to ``max_concurrency`` parts are in flight; each part is retried on its
-    own. Objects smaller than two parts are a single PUT (as s3fs does): the
-    first full part is held until a second one fills. The object appears only
-    when ``commit`` completes the upload; ``abort`` cancels it.
+    own. An object of at most ``single_put_bytes`` (at least one part) -- a data
+    shard -- is sent as a single PUT, its buffers joined with one copy at
+    ``commit`` (so they must stay unchanged until then, as the storage call
+    order allows). The object appears only when ``commit`` completes the
+    upload; ``abort`` cancels it.
     """
 
     def __init__(self, storage: CloudStorage, path: str):
@@ -467,8 +488,11 @@ class _S3MultipartWriter:
         self.path = path
         self._bucket, self._key, _ = storage.fs.split_path(path)
         self._part = max(storage.part_size, _MIN_S3_PART)
+        self._single = max(getattr(storage, "single_put_bytes", 0), self._part)
         self._buf = bytearray()
-        self._held: bytearray | None = None   # the first full part, until a second one exists
+        # the caller's buffers (not copies: the saver leaves them untouched until commit) while the
+        # object may still be one PUT; joined into its body with a single copy
+        self._whole: list | None = []
         self._upload_id: str | None = None
         self._pending: list = []          # concurrent.futures.Future of (part_number, etag)
         self._parts: list[dict] = []
@@ -482,6 +506,16 @@ class _S3MultipartWriter:
     def write(self, buf) -> None:
         mv = memoryview(buf).cast("B")
         self._total += len(mv)
+        if self._whole is not None:
+            if self._total <= self._single:
+                self._whole.append(mv)
+                return
+            whole, self._whole = self._whole, None   # too big for one PUT: a multipart upload
+            for piece in whole:
+                self._feed(piece)
+        self._feed(mv)
+
+    def _feed(self, mv: memoryview) -> None:
         while len(mv):
             if not self._buf and len(mv) >= self._part:
                 self._buf = bytes(mv[:self._part])   # one copy, not two
@@ -491,13 +525,7 @@ class _S3MultipartWriter:
                 self._buf += mv[:room]
                 mv = mv[room:]
             if len(self._buf) >= self._part:
-                if self._upload_id is None and self._held is None:
-                    self._held = self._buf
-                else:
-                    if self._held is not None:
-                        held, self._held = self._held, None
-                        self._send(held)
-                    self._send(self._buf)
+                self._send(self._buf)
                 self._buf = bytearray()
 
     def writev(self, bufs) -> None:
@@ -532,9 +560,8 @@ class _S3MultipartWriter:
     def commit(self) -> None:
         st = self._st
         try:
-            if self._upload_id is None:
-                data = bytes(self._held or b"") + bytes(self._buf)
-                self._buf, self._held = bytearray(), None
+            if self._whole is not None:
+                data, self._whole = b"".join(self._whole), []
                 self._s3("put_object", Body=data)
             else:
                 if self._buf:
@@ -572,7 +599,7 @@ class _S3MultipartWriter:
             except BaseException:
                 pass
         self._pending = []
-        self._buf, self._held = bytearray(), None
+        self._buf, self._whole = bytearray(), None
         if self._upload_id is not None:
             try:
                 self._s3("abort_multipart_upload", UploadId=self._upload_id)
@@ -591,9 +618,9 @@ class _GCSComposeWriter:
     Parts of ``part_size`` go up concurrently as temporary objects named
     ``.<name>.tmp-<32 hex>`` (the pattern the manager's cleanup removes after
     a crash), are composed into the final object (32 sources per compose
-    call, in a tree for more), and are deleted. An object smaller than two
-    parts is a single PUT. Nothing appears under the final name before the
-    last compose.
+    call, in a tree for more), and are deleted. An object of at most
+    ``single_put_bytes`` (at least one part) plus less than a part is a single
+    upload. Nothing appears under the final name before the last compose.
     """
 
     MAX_COMPOSE = 32
@@ -602,8 +629,9 @@ class _GCSComposeWriter:
         self._st = storage
         self.path = path
         self._part = storage.part_size
+        self._single = max(getattr(storage, "single_put_bytes", 0), self._part)
         self._buf = bytearray()
-        self._held: bytearray | None = None
+        self._held: list = []   # full parts held back while the object may still be one upload
         self._pending: list = []     # (tmp path, future)
         self._done: list[str] = []   # uploaded temporary objects, in order
         self._tmps: list[str] = []   # every temporary object ever started (for cleanup)
@@ -625,12 +653,12 @@ class _GCSComposeWriter:
                 self._buf += mv[:room]
                 mv = mv[room:]
             if len(self._buf) >= self._part:
-                if not self._tmps and self._held is None:
-                    self._held = self._buf
+                if not self._tmps and (len(self._held) + 1) * self._part <= self._single:
+                    self._held.append(self._buf)
                 else:
-                    if self._held is not None:
-                        held, self._held = self._held, None
-                        self._send(held)
+                    held, self._held = self._held, []
+                    for h in held:
+                        self._send(h)
                     self._send(self._buf)
                 self._buf = bytearray()
 
@@ -662,8 +690,8 @@ class _GCSComposeWriter:
         st = self._st
         try:
             if not self._tmps:
-                data = bytes(self._held or b"") + bytes(self._buf)
-                self._buf, self._held = bytearray(), None
+                data = b"".join([*self._held, self._buf])
+                self._buf, self._held = bytearray(), []
                 st.write_atomic(self.path, data)
                 return
             if self._buf:
@@ -726,7 +754,7 @@ class _GCSComposeWriter:
             except BaseException:
                 pass
         self._pending = []
-        self._buf, self._held = bytearray(), None
+        self._buf, self._held = bytearray(), []
         self._cleanup()
         try:
             self._st.fs.rm_file(self.path)

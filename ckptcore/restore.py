@@ -25,6 +25,7 @@ import threading
 import warnings
 import weakref
 from collections import deque
+from functools import partial
 from typing import Any, Iterable
 
 import numpy as np
@@ -91,16 +92,21 @@ class WeakIdTable:
         self._remove = remove
 
     def __setitem__(self, obj, value) -> None:
+        self.put(obj, value)
+
+    def put(self, obj, value):
+        """``self[obj] = value``; returns the (weak) reference to ``obj`` the table holds."""
         key = id(obj)
         entry = self._d.get(key)
         if entry is not None and entry[0]() is obj:
             self._d[key] = (entry[0], value)
-            return
+            return entry[0]
         try:
             ref = weakref.KeyedRef(obj, self._remove, key)
         except TypeError:
             ref = _Strong(obj)
         self._d[key] = (ref, value)
+        return ref
 
     def get(self, obj, default=None):
         entry = self._d.get(id(obj))
@@ -261,14 +267,18 @@ class RestoreSession:
     def restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter=None) -> None:
         """Match ``obj`` to checkpoint node ``node_id`` and everything below it."""
         with _LOCK, paused_gc():
-            matches, pending = self._match(obj, node_id, path, root_adapter)
-            reads, after = self._plan_values(matches)
-            if reads:
-                self.reader.read(reads, verify=self.verify)
-            # only after the values arrived: a failed read marks nothing matched and queues nothing
-            self._commit_matches(matches, pending)
-            for fn in after:
-                fn()
+            self._restore_subtree(obj, node_id, path, root_adapter)
+            # the temporaries (matches, reads) are gone here, before the collector runs again
+
+    def _restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter) -> None:
+        matches, pending = self._match(obj, node_id, path, root_adapter)
+        reads, after = self._plan_values(matches)
+        if reads:
+            self.reader.read(reads, verify=self.verify)
+        # only after the values arrived: a failed read marks nothing matched and queues nothing
+        self._commit_matches(matches, pending)
+        for fn in after:
+            fn()
 
     def _match(self, obj, node_id, path, root_adapter):
         nodes = self.index.nodes
@@ -276,12 +286,14 @@ class RestoreSession:
         pending: list[tuple[Any, str, int, tuple]] = []
         seen: set[tuple[int, int]] = set()
         queue = deque([(obj, node_id, tuple(path), root_adapter)])
+        matched = self.matched if len(self.matched._d) else None  # nothing matched yet: nothing to look up
         while queue:
             o, nid, p, adapter = queue.popleft()
-            if (id(o), nid) in seen:
+            key = (id(o), nid)
+            if key in seen:
                 continue
-            seen.add((id(o), nid))
-            if self.matched.get(o) == nid:
+            seen.add(key)
+            if matched is not None and matched.get(o) == nid:
                 continue  # already restored by this session (shared object)
             adapter = adapter or adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
             matches.append(_Match(o, adapter, nid, p))
@@ -306,21 +318,32 @@ class RestoreSession:
         for m in matches:
             node = nodes[m.node_id]
             if node.attributes:
-                live_attrs = set(m.adapter.attributes(m.obj))
+                adapter, obj = m.adapter, m.obj
+                live_attrs = adapter.attributes(obj)
+                if type(live_attrs) is not list or len(live_attrs) > 8:
+                    live_attrs = set(live_attrs)
                 for attr, entry in node.attributes.items():
                     if attr not in live_attrs:
                         self.unused_attrs.add(entry.key)
                         continue
-                    err = self._check_spec(m, attr, entry)
-                    if err is not None:
-                        errors.append(err)
+                    try:
+                        shape, dtype = adapter.spec(obj, attr)
+                    except CheckpointError as e:
+                        errors.append(type(e)(f"cannot restore {display_path(m.path)} ({entry.key}): {e}"))
                         continue
-                    dest = m.adapter.restore_buffer(m.obj, attr)
-                    if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous
-                                                 and dest.flags.writeable and dest.dtype == entry.np_dtype
-                                                 and dest.shape == entry.shape):
-                        dest = None
-                    reads.append((entry, dest, _setter(m.adapter, m.obj, attr)))
+                    np_dtype = entry.np_dtype
+                    if not (type(shape) is tuple and shape == entry.shape and dtype is np_dtype):
+                        err = _spec_error(m, entry, shape, dtype)  # messages are built only here, off the common case
+                        if err is not None:
+                            errors.append(err)
+                            continue
+                    dest = adapter.restore_buffer(obj, attr)
+                    if dest is not None:
+                        flags = dest.flags if isinstance(dest, np.ndarray) else None
+                        if not (flags is not None and flags.c_contiguous and flags.writeable
+                                and dest.dtype == np_dtype and dest.shape == entry.shape):
+                            dest = None
+                    reads.append((entry, dest, partial(adapter.set_value, obj, attr)))  # set_value(obj, attr, arr)
             if node.state is not None:
                 after.append(_state_setter(m.adapter, m.obj, node.state, m.path))
         if errors:
@@ -328,30 +351,15 @@ class RestoreSession:
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
         return _unalias(reads), after
 
-    def _check_spec(self, m: _Match, attr: str, entry: fmt.TensorEntry):
-        try:
-            shape, dtype = m.adapter.spec(m.obj, attr)
-        except CheckpointError as e:
-            return type(e)(f"cannot restore {display_path(m.path)} ({entry.key}): {e}")
-        if type(shape) is tuple and shape == entry.shape and dtype is entry.np_dtype:
-            return None  # the common case, checked without building messages
-        where = display_path(m.path)
-        shape = tuple(int(d) for d in shape)
-        if shape != tuple(entry.shape):
-            return ShapeMismatchError(
-                f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
-                f"the live object has {shape}. Build the object with the checkpoint's shape, or restore "
-                "a checkpoint made for this model.")
-        if storage_dtype(np.dtype(dtype)) != entry.np_dtype:  # byte order alone is not a mismatch
-            return DtypeMismatchError(
-                f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
-                f"the live object has {np.dtype(dtype).name}.")
-        return None
-
     def _commit_matches(self, matches: list[_Match], pending) -> None:
+        put, node_objs = self.matched.put, self.node_objs
         for m in matches:
-            self.matched[m.obj] = m.node_id
-            self.node_objs.setdefault(m.node_id, []).append(_ref(m.obj))
+            ref = put(m.obj, m.node_id)  # one weak reference serves both tables
+            objs = node_objs.get(m.node_id)
+            if objs is None:
+                node_objs[m.node_id] = [ref]
+            else:
+                objs.append(ref)
         newly = {m.node_id for m in matches}
         if pending:
             install_creation_hooks(notify_dependency_added)
@@ -473,10 +481,20 @@ def _unalias(reads: list) -> list:
     return reads
 
 
-def _setter(adapter, obj, attr):
-    def assign(value):
-        adapter.set_value(obj, attr, value)
-    return assign
+def _spec_error(m: _Match, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
+    """The error for a live spec that does not match ``entry``, or None if it matches after all."""
+    where = display_path(m.path)
+    shape = tuple(int(d) for d in shape)
+    if shape != tuple(entry.shape):
+        return ShapeMismatchError(
+            f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
+            f"the live object has {shape}. Build the object with the checkpoint's shape, or restore "
+            "a checkpoint made for this model.")
+    if storage_dtype(np.dtype(dtype)) != entry.np_dtype:  # byte order alone is not a mismatch
+        return DtypeMismatchError(
+            f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
+            f"the live object has {np.dtype(dtype).name}.")
+    return None
 
 
 def _state_setter(adapter, obj, state, path):

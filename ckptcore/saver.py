@@ -77,6 +77,9 @@ def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
             arr = np.asarray(value)
         except Exception as e:  # pragma: no cover - adapter bug
             raise CheckpointError(f"value of {where()} could not be converted to an array: {e}") from e
+    info = _DTYPE_INFO.get(arr.dtype)
+    if info is not None and info[1] is arr.dtype and arr.flags.c_contiguous:
+        return arr, info[0]  # the common case: a supported little-endian dtype, laid out in C order
     try:
         name, sd = _dtype_info(arr.dtype)
     except UnsupportedDtypeError as e:
@@ -118,19 +121,26 @@ def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *,
 
 def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     live = walk(root, extra_root_children)
-    ids = {id(n.obj): i for i, n in enumerate(live)}
     nodes: list[fmt.Node] = []
     tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = []
     slot_nodes: list[fmt.Node] = []
     pending_slots: list[tuple[int, Any]] = []
     escaped: dict[tuple, str] = {}
+    escaped_names: dict[str, str] = {}  # edge and attribute names repeat ("w", "VARIABLE_VALUE"): escape each once
+
+    def escape(name: str) -> str:
+        esc = escaped_names.get(name)
+        if esc is None:
+            esc = escaped_names[name] = escape_local_name(name)
+        return esc
+
     for i, ln in enumerate(live):
         adapter, obj = ln.adapter, ln.obj
-        node = fmt.Node(adapter=getattr(adapter, "name", type(adapter).__name__), type=_qualname(obj),
-                        children=list(ln.children))
+        # leaves share one empty tuple for "no children, no slots": fewer objects for the garbage collector
+        node = fmt.Node(getattr(adapter, "name", type(adapter).__name__), _qualname(obj), ln.children or (), {}, None, ())
         # each path is escaped once, from its parent's (BFS: the parent, at path[:-1], came first)
         p = ln.path
-        esc = escaped[p] = f"{escaped[p[:-1]]}/{escape_local_name(p[-1])}" if len(p) > 1 else object_path(p)
+        esc = escaped[p] = f"{escaped[p[:-1]]}/{escape(p[-1])}" if len(p) > 1 else object_path(p)
         attrs = adapter.attributes(obj)
         if attrs:
             key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
@@ -138,7 +148,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
                 arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(ln.path)} ({attr})")
                 if snapshot:
                     arr = arr.copy()
-                entry = _entry(key_prefix + escape_local_name(attr), arr, name)
+                entry = fmt.TensorEntry(key_prefix + escape(attr), name, arr.shape, 0, 0, arr.nbytes, 0)
                 node.attributes[attr] = entry
                 tensors.append((entry, arr))
         state = adapter.get_state(obj)
@@ -149,6 +159,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         for slot in ln.adapter.slots(ln.obj) or ():
             pending_slots.append((i, slot))
         nodes.append(node)
+    ids = {id(n.obj): i for i, n in enumerate(live)} if pending_slots else {}
     for opt_id, slot in pending_slots:
         var_id = ids.get(id(slot.variable))
         if var_id is None:
@@ -161,7 +172,10 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         entry = _entry(slot_key(var_path, opt_path, slot.name), arr, name)
         slot_id = len(nodes) + len(slot_nodes)
         slot_nodes.append(fmt.Node(adapter="ckptcore.slot", type=_qualname(slot.value), attributes={VARIABLE_VALUE: entry}))
-        nodes[opt_id].slots.append((var_id, slot.name, slot_id))
+        opt_node = nodes[opt_id]
+        if not opt_node.slots:
+            opt_node.slots = []  # was the shared empty tuple
+        opt_node.slots.append((var_id, slot.name, slot_id))
         tensors.append((entry, arr))
     nodes.extend(slot_nodes)
     index = fmt.Index(nodes=nodes, num_shards=1, shard_sizes=[0], metadata=dict(metadata or {}))
@@ -179,6 +193,12 @@ def _set_crc(entry: fmt.TensorEntry, mv: memoryview) -> None:
     entry.crc32c = fmt.crc32c(mv)
 
 
+def _set_crcs(items: list) -> None:
+    crc32c = fmt.crc32c
+    for entry, mv in items:
+        entry.crc32c = crc32c(mv, 0, True)  # releases the GIL: the writing thread goes on meanwhile
+
+
 def _write_tensors(writer, tensors, progress) -> int:
     """Lay tensors out 64-byte aligned; write neighbours together with one ``writev``. Returns the size."""
     writev = getattr(writer, "writev", None)
@@ -188,6 +208,7 @@ def _write_tensors(writer, tensors, progress) -> int:
     offset = 0
     batch: list = []
     batch_bytes = 0
+    small: list = []  # (entry, bytes) of the batch's small tensors: checksummed together
     pending = []
     try:
         for entry, arr in tensors:
@@ -200,16 +221,20 @@ def _write_tensors(writer, tensors, progress) -> int:
             if nbytes >= SMALL_TENSOR:
                 pending.append(submit(_set_crc, entry, mv))
             else:
-                entry.crc32c = fmt.crc32c(mv)
+                small.append((entry, mv))
             batch.append(mv)
             batch_bytes += nbytes
             offset = entry.offset + nbytes
             if batch_bytes >= STAGING_BYTES:
+                if small:  # the helper thread checksums them while this one is in writev
+                    pending.append(submit(_set_crcs, small))
                 writev(batch)
                 if progress is not None:
                     progress(batch_bytes)
-                batch, batch_bytes = [], 0
+                batch, batch_bytes, small = [], 0, []
         if batch:
+            if small:
+                pending.append(submit(_set_crcs, small))
             writev(batch)
             if progress is not None:
                 progress(batch_bytes)
@@ -219,10 +244,59 @@ def _write_tensors(writer, tensors, progress) -> int:
     return offset
 
 
+MAX_SHARDS = 1 << 16   # what readers accept (docs/format.md)
+
+
+def split_shards(tensors: list, shard_bytes: int | None) -> list[list]:
+    """Group ``(entry, array)`` pairs into data shards of at most ``shard_bytes``.
+
+    A tensor of ``shard_bytes`` or more is a shard of its own. The others are
+    packed, in order, 64-byte aligned: a shard closes when the next one would
+    make it larger than ``shard_bytes``. ``None`` (local disk) means one shard.
+    There is always at least one shard.
+
+    Example:
+        >>> import numpy as np
+        >>> from ckptcore import saver
+        >>> plan = saver.plan_save([np.zeros(100, np.uint8), np.zeros(300, np.uint8), np.zeros(100, np.uint8),
+        ...                         np.zeros(100, np.uint8), np.zeros(100, np.uint8)])
+        >>> [[e.nbytes for e, _ in s] for s in split_shards(plan.tensors, 256)]
+        [[300], [100, 100], [100, 100]]
+        >>> len(split_shards(plan.tensors, None))
+        1
+    """
+    if not shard_bytes or not tensors:
+        return [list(tensors)]
+    # large tensors make at most total / shard_bytes shards, packing at most 2 * total / shard_bytes + 1
+    # (two neighbouring packed shards hold more than shard_bytes): stay within MAX_SHARDS
+    total = sum(e.nbytes + fmt.ALIGNMENT for e, _ in tensors)
+    shard_bytes = max(int(shard_bytes), 3 * total // (MAX_SHARDS - 2) + 1)
+    shards: list[list] = []
+    cur: list = []
+    size = 0
+    for item in tensors:
+        nbytes = item[0].nbytes
+        if nbytes >= shard_bytes:
+            shards.append([item])
+            continue
+        end = size + (-size % fmt.ALIGNMENT) + nbytes
+        if cur and end > shard_bytes:
+            shards.append(cur)
+            cur, end = [], nbytes
+        cur.append(item)
+        size = end
+    if cur or not shards:
+        shards.append(cur)
+    return shards
+
+
 def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
     """Write data then index (the commit point). Leaves nothing visible on failure.
 
-    ``progress(nbytes)`` is called as tensor bytes are written.
+    ``progress(nbytes)`` is called as tensor bytes are written. The data is
+    split into shards by :func:`split_shards` with the storage's
+    ``preferred_shard_bytes`` (one shard on local disk); several shards are
+    written ``storage.shard_concurrency`` at a time, all committed before the index.
 
     Example:
         >>> import numpy as np, ckptcore as ck
@@ -235,12 +309,31 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
     d = storage.dirname(prefix)
     if d:
         storage.makedirs(d)
-    data = fmt.data_path(prefix, 0, 1)
+    shards = split_shards(plan.tensors, getattr(storage, "preferred_shard_bytes", None))
+    n = len(shards)
+    plan.index.num_shards = n
     index_file = fmt.index_path(prefix)
-    if storage.exists(index_file):
+    overwrite = storage.exists(index_file)
+    if overwrite:
         # Overwriting a checkpoint (a re-save after a failed state update, write() to the same path):
         # uncommit it first, so its old index never describes the new data.
         storage.remove([index_file])
+    if n > 1:
+        _write_sharded(storage, prefix, plan, shards, progress)
+    else:
+        _write_one(storage, prefix, plan, progress)
+    if overwrite:
+        # the old checkpoint may have had another shard count: drop its data files (best effort)
+        keep = {fmt.data_path(prefix, i, n) for i in range(n)} | {index_file}
+        try:
+            storage.remove([f for f in checkpoint_files(storage, prefix) if f not in keep])
+        except Exception:
+            pass
+
+
+def _write_one(storage, prefix: str, plan: SavePlan, progress) -> None:
+    data = fmt.data_path(prefix, 0, 1)
+    index_file = fmt.index_path(prefix)
     writer = storage.open_writer(data)
     try:
         offset = _write_tensors(writer, plan.tensors, progress)
@@ -271,6 +364,92 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
         except Exception:
             pass
         raise
+
+
+def _write_sharded(storage, prefix: str, plan: SavePlan, shards: list[list], progress) -> None:
+    """Write several shards concurrently; commit the index once every one is committed.
+
+    On any failure the shards still being written are aborted, the ones
+    already committed are removed, and the first error is raised.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(shards)
+    paths = [fmt.data_path(prefix, i, n) for i in range(n)]
+    index_file = fmt.index_path(prefix)
+    sizes = [0] * n
+    committed: list[str] = []
+    failed = threading.Event()
+    lock = threading.Lock()
+    report = None
+    if progress is not None:
+        def report(nbytes):
+            with lock:
+                progress(nbytes)
+
+    def write_shard(i: int) -> None:
+        if failed.is_set():
+            return
+        for entry, _ in shards[i]:
+            entry.shard = i
+        try:
+            writer = storage.open_writer(paths[i])
+        except BaseException:
+            failed.set()
+            raise
+        try:
+            sizes[i] = _write_tensors(writer, shards[i], report)
+            if failed.is_set():
+                raise _Cancelled()
+            writer.commit()
+        except BaseException:
+            failed.set()
+            writer.abort()
+            raise
+        with lock:
+            committed.append(paths[i])
+
+    workers = max(1, min(int(getattr(storage, "shard_concurrency", 1) or 1), n))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptcore-shard")
+    try:
+        futures = [pool.submit(write_shard, i) for i in range(n)]
+        errors = []
+        for f in futures:
+            try:
+                f.result()
+            except _Cancelled:
+                pass
+            except BaseException as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        plan.index.shard_sizes = sizes
+        with paused_gc():
+            encoded = plan.index.encode()
+    except BaseException:
+        failed.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            storage.remove(list(committed))
+        except Exception:
+            pass
+        raise
+    pool.shutdown(wait=True)
+    try:
+        storage.write_atomic(index_file, encoded)
+    except BaseException:
+        # the PUT may have landed although its response was lost: the index goes first, then every shard
+        try:
+            storage.remove([index_file])
+            storage.remove(paths)
+        except Exception:
+            pass
+        raise
+
+
+class _Cancelled(Exception):
+    """A shard stopped because another one failed."""
 
 
 def checkpoint_files(storage, prefix: str) -> list[str]:

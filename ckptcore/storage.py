@@ -10,7 +10,11 @@ Call order for one checkpoint write (the commit protocol):
 
 1. ``makedirs(dir)``;
 2. ``open_writer(data_path)`` -> ``write()``... -> ``commit()`` for each data file
-   (``abort()`` on failure);
+   (``abort()`` on failure). A storage whose ``preferred_shard_bytes`` is set
+   gets several data files (shards), up to ``shard_concurrency`` of them written
+   at once, each from its own thread; all are committed before step 3. A writer
+   may keep a reference to a buffer passed to ``write`` until ``commit``/``abort``
+   (the saver never modifies one meanwhile), so it can send it without a copy;
 3. ``write_atomic(index_path, bytes)`` -- the index is the commit point: a
    checkpoint exists exactly when its index does;
 4. ``write_atomic(state_path, bytes)`` for the ``checkpoint`` state file.
@@ -66,6 +70,11 @@ class Storage:
 
     #: Whether ``write_atomic`` on this storage may be followed by a listing that lags.
     listing_may_lag = False
+    #: Target size of one data shard, or None for a single data file. Object stores set it so that a
+    #: large checkpoint becomes several objects written (and read) concurrently; see docs/format.md.
+    preferred_shard_bytes: int | None = None
+    #: How many data shards the saver writes, and the reader reads, at once.
+    shard_concurrency: int = 1
 
     def join(self, *parts: str) -> str:
         return posixpath.join(*parts)

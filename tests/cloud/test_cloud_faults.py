@@ -110,6 +110,7 @@ def test_saves_survive_or_fail_cleanly_under_faults(faulty, monkeypatch):
     # 6 MB of data: on S3 a 2-part multipart upload (5 MiB minimum part), on GCS a 6-part composite
     # upload; read back in 6 concurrent ranged GETs.
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 1 << 20)
+    monkeypatch.setattr(cloud, "DEFAULT_SINGLE_PUT", 0)
     monkeypatch.setattr(cloud, "DEFAULT_READ_BLOCK", 1 << 20)
     n = 1_500_000
     so = store.storage_options

@@ -59,6 +59,7 @@ def test_large_tensor_uses_parallel_parts_and_ranges_s3(s3, s3_requests, monkeyp
     from ckptcore import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 5 << 20)
+    monkeypatch.setattr(cloud, "DEFAULT_SINGLE_PUT", 0)     # larger than one part: a multipart upload
     monkeypatch.setattr(cloud, "DEFAULT_MAX_CONCURRENCY", 4)
     monkeypatch.setattr(cloud, "DEFAULT_READ_BLOCK", 5 << 20)
     monkeypatch.setattr(cloud, "DEFAULT_READ_AHEAD", 4)
@@ -104,6 +105,7 @@ def test_read_ahead_spans_tensors_and_partial_reads_are_exact(s3, s3_requests, m
 def test_aborted_multipart_upload_leaves_nothing(s3):
     """A data object that fails mid-upload is aborted: no object, no pending multipart upload."""
     st, path = ck.storage.open_storage(s3.url("abort", "ckpt.data-00000-of-00001"))
+    st.single_put_bytes = 0       # past one part, a multipart upload
     w = st.open_writer(path)
     w.write(b"x" * (6 << 20))     # starts a multipart upload
     w.abort()
@@ -118,6 +120,7 @@ def test_large_object_is_a_parallel_composite_upload_gcs(gcs, gcs_requests, monk
     from ckptcore import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 64 << 10)
+    monkeypatch.setattr(cloud, "DEFAULT_SINGLE_PUT", 0)
     big = np.random.default_rng(2).integers(0, 255, 40 * (64 << 10) + 123, dtype=np.uint8)  # 41 parts
     m = ck.Module()
     m.big = big
@@ -139,6 +142,7 @@ def test_large_object_is_a_parallel_composite_upload_gcs(gcs, gcs_requests, monk
 def test_aborted_composite_upload_leaves_nothing_gcs(gcs):
     st, path = ck.storage.open_storage(gcs.url("abort", "ckpt.data-00000-of-00001"), gcs.storage_options)
     st.part_size = 64 << 10
+    st.single_put_bytes = 0
     w = st.open_writer(path)
     w.write(b"x" * (300 << 10))    # several temporary part objects
     w.abort()
