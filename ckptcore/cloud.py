@@ -472,6 +472,51 @@ class _BufferedWriter:
             pass
 
 
+class _PartSplitter:
+    """Cuts a stream of buffers into ``part``-byte chunks, copying each byte once.
+
+    Example:
+        >>> sp = _PartSplitter(4)
+        >>> [bytes(p) for p in sp.feed(memoryview(b"abcdefghij"))], bytes(sp.take_rest())
+        ([b'abcd', b'efgh'], b'ij')
+    """
+
+    def __init__(self, part: int):
+        self.part = part
+        self.buf = bytearray()
+
+    def feed(self, mv: memoryview):
+        """Yield every chunk that ``mv`` completes; the remainder stays buffered."""
+        while len(mv):
+            if not self.buf and len(mv) >= self.part:
+                chunk = bytes(mv[:self.part])   # one copy, not two
+                mv = mv[self.part:]
+                yield chunk
+                continue
+            room = self.part - len(self.buf)
+            self.buf += mv[:room]
+            mv = mv[room:]
+            if len(self.buf) >= self.part:
+                chunk, self.buf = self.buf, bytearray()
+                yield chunk
+
+    def take_rest(self) -> bytearray:
+        rest, self.buf = self.buf, bytearray()
+        return rest
+
+
+def _cancel_all(pending: list) -> None:
+    """Cancel in-flight part uploads ``[(tag, future), ...]`` and wait for them to settle."""
+    for _, fut in pending:
+        fut.cancel()
+    for _, fut in pending:
+        try:
+            fut.result()
+        except BaseException:
+            pass
+    pending.clear()
+
+
 class _S3MultipartWriter:
     """S3: parts of ``part_size`` uploaded concurrently while the saver keeps producing bytes.
 
@@ -489,7 +534,7 @@ class _S3MultipartWriter:
         self._bucket, self._key, _ = storage.fs.split_path(path)
         self._part = max(storage.part_size, _MIN_S3_PART)
         self._single = max(getattr(storage, "single_put_bytes", 0), self._part)
-        self._buf = bytearray()
+        self._parts_of = _PartSplitter(self._part)
         # the caller's buffers (not copies: the saver leaves them untouched until commit) while the
         # object may still be one PUT; joined into its body with a single copy
         self._whole: list | None = []
@@ -516,17 +561,8 @@ class _S3MultipartWriter:
         self._feed(mv)
 
     def _feed(self, mv: memoryview) -> None:
-        while len(mv):
-            if not self._buf and len(mv) >= self._part:
-                self._buf = bytes(mv[:self._part])   # one copy, not two
-                mv = mv[self._part:]
-            else:
-                room = self._part - len(self._buf)
-                self._buf += mv[:room]
-                mv = mv[room:]
-            if len(self._buf) >= self._part:
-                self._send(self._buf)
-                self._buf = bytearray()
+        for chunk in self._parts_of.feed(mv):
+            self._send(chunk)
 
     def writev(self, bufs) -> None:
         for b in bufs:
@@ -564,9 +600,9 @@ class _S3MultipartWriter:
                 data, self._whole = b"".join(self._whole), []
                 self._s3("put_object", Body=data)
             else:
-                if self._buf:
-                    self._send(self._buf)
-                    self._buf = bytearray()
+                rest = self._parts_of.take_rest()
+                if rest:
+                    self._send(rest)
                 while self._pending:
                     self._collect(self._pending.pop(0))
                 parts = sorted(self._parts, key=lambda p: p["PartNumber"])
@@ -591,15 +627,9 @@ class _S3MultipartWriter:
             return False
 
     def abort(self) -> None:
-        for _, fut in self._pending:
-            fut.cancel()
-        for _, fut in self._pending:
-            try:
-                fut.result()
-            except BaseException:
-                pass
-        self._pending = []
-        self._buf, self._whole = bytearray(), None
+        _cancel_all(self._pending)
+        self._parts_of.take_rest()
+        self._whole = None
         if self._upload_id is not None:
             try:
                 self._s3("abort_multipart_upload", UploadId=self._upload_id)
@@ -630,7 +660,7 @@ class _GCSComposeWriter:
         self.path = path
         self._part = storage.part_size
         self._single = max(getattr(storage, "single_put_bytes", 0), self._part)
-        self._buf = bytearray()
+        self._parts_of = _PartSplitter(self._part)
         self._held: list = []   # full parts held back while the object may still be one upload
         self._pending: list = []     # (tmp path, future)
         self._done: list[str] = []   # uploaded temporary objects, in order
@@ -643,24 +673,14 @@ class _GCSComposeWriter:
         return t
 
     def write(self, buf) -> None:
-        mv = memoryview(buf).cast("B")
-        while len(mv):
-            if not self._buf and len(mv) >= self._part:
-                self._buf = bytes(mv[:self._part])   # one copy, not two
-                mv = mv[self._part:]
+        for chunk in self._parts_of.feed(memoryview(buf).cast("B")):
+            if not self._tmps and (len(self._held) + 1) * self._part <= self._single:
+                self._held.append(chunk)
             else:
-                room = self._part - len(self._buf)
-                self._buf += mv[:room]
-                mv = mv[room:]
-            if len(self._buf) >= self._part:
-                if not self._tmps and (len(self._held) + 1) * self._part <= self._single:
-                    self._held.append(self._buf)
-                else:
-                    held, self._held = self._held, []
-                    for h in held:
-                        self._send(h)
-                    self._send(self._buf)
-                self._buf = bytearray()
+                held, self._held = self._held, []
+                for h in held:
+                    self._send(h)
+                self._send(chunk)
 
     def writev(self, bufs) -> None:
         for b in bufs:
@@ -689,14 +709,14 @@ class _GCSComposeWriter:
     def commit(self) -> None:
         st = self._st
         try:
+            rest = self._parts_of.take_rest()
             if not self._tmps:
-                data = b"".join([*self._held, self._buf])
-                self._buf, self._held = bytearray(), []
+                data = b"".join([*self._held, rest])
+                self._held = []
                 st.write_atomic(self.path, data)
                 return
-            if self._buf:
-                self._send(self._buf)
-                self._buf = bytearray()
+            if rest:
+                self._send(rest)
             while self._pending:
                 self._collect(self._pending.pop(0))
             level = self._done
@@ -746,15 +766,9 @@ class _GCSComposeWriter:
             st.fs.invalidate_cache(t)
 
     def abort(self) -> None:
-        for _, fut in self._pending:
-            fut.cancel()
-        for _, fut in self._pending:
-            try:
-                fut.result()
-            except BaseException:
-                pass
-        self._pending = []
-        self._buf, self._held = bytearray(), []
+        _cancel_all(self._pending)
+        self._parts_of.take_rest()
+        self._held = []
         self._cleanup()
         try:
             self._st.fs.rm_file(self.path)
