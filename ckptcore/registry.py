@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import threading
@@ -187,9 +188,7 @@ def _collect(hook_name: str) -> list:
         plugin_name = impl.plugin_name
         result = impl.function(*[] if not impl.argnames else [])
         for reg in result or ():
-            if not reg.plugin:
-                object.__setattr__(reg, "plugin", plugin_name)
-            out.append(reg)
+            out.append(reg if reg.plugin else dataclasses.replace(reg, plugin=plugin_name))
     return out
 
 
