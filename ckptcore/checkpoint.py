@@ -246,9 +246,8 @@ class Checkpoint(Module):
         if save_path is None:
             self.save_counter  # created so a later restore can fill it
             return InitializationOnlyStatus()
-        status = self._ck_read(save_path, options, ignore=())
-        self.save_counter  # noqa: B018 -- created now; restored from the queue if the checkpoint has it
-        return status
+        self.save_counter  # noqa: B018 -- part of the graph before matching, with or without root=
+        return self._ck_read(save_path, options, ignore=())
 
     def read(self, save_path: str, options: CheckpointOptions | None = None):
         """Like ``restore()``, for checkpoints made by ``write()``: ``save_counter`` is not expected.
@@ -277,5 +276,9 @@ class Checkpoint(Module):
         root, extra = self._ck_graph()
         session = RestoreSession(reader, root, extra, ignore_live_names=ignore, verify=options.verify_checksums)
         session.run()
+        # Keep only sessions that may still warn about unused values, so repeated restores
+        # (an evaluation loop, say) do not pile up readers and indexes.
+        self._ck_sessions[:] = [s for s in self._ck_sessions
+                                if not s.expect_partial and s.unmatched_checkpoint_keys()]
         self._ck_sessions.append(session)
         return LoadStatus(session, keepalive=(self, root, extra))

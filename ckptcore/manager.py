@@ -285,32 +285,38 @@ class CheckpointManager:
         """
         options = self._options(options)
         with self._save_lock:
-            previous_step = self._last_checkpoint_step
+            # The previous save must finish first: its failure surfaces here, and its step is
+            # recorded only once it committed, so a failed save's step can be saved again.
+            self._checkpoint.sync()
+            current = None
             if self._checkpoint_interval is not None:
                 current = _as_int(self._step_counter, "step_counter")
+                previous_step = self._last_checkpoint_step
                 if previous_step is not None:
                     if current == previous_step:
                         return None
                     if check_interval and current < previous_step + self._checkpoint_interval:
                         return None
-                self._last_checkpoint_step = current
-            try:
-                self._checkpoint.sync()  # the previous save must finish (and its failure surface) first
-                counter = self._checkpoint.save_counter
-                counter.assign_add(1)
-            except BaseException:
-                self._last_checkpoint_step = previous_step
-                raise
+            counter = self._checkpoint.save_counter
+            counter.assign_add(1)
+            committed = False
+
+            def after_commit() -> None:
+                nonlocal committed
+                committed = True  # from here on the checkpoint exists: never roll back its number
+                if current is not None:
+                    self._last_checkpoint_step = current
+                self._on_commit(name)
+
             try:
                 if checkpoint_number is None:
                     checkpoint_number = counter if self._step_counter is None else self._step_counter
                 name = f"{self._checkpoint_name}-{_as_int(checkpoint_number, 'checkpoint_number')}"
                 path = join_url(self._directory, name)
-                self._checkpoint._ck_write(path, options, record=False,
-                                           after_commit=lambda: self._on_commit(name))
+                self._checkpoint._ck_write(path, options, record=False, after_commit=after_commit)
             except BaseException:
-                counter.assign_sub(1)
-                self._last_checkpoint_step = previous_step
+                if not committed:
+                    counter.assign_sub(1)
                 raise
             return path
 
@@ -344,7 +350,13 @@ class CheckpointManager:
                 # Kept on disk, but no longer listed, so the state file does not grow forever (TF semantics).
                 self._last_preserved_timestamp = stamp
                 continue
-            self._delete_checkpoint(name)
+            try:
+                self._delete_checkpoint(name)
+            except Exception as e:  # retention is best effort: retry this one after the next save
+                _log.warning("could not delete old checkpoint %s: %s", name, e)
+                self._maybe_delete[name] = stamp
+                self._maybe_delete.move_to_end(name, last=False)
+                break
         return changed
 
     def _delete_checkpoint(self, name: str) -> None:

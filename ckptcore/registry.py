@@ -186,7 +186,7 @@ def _collect(hook_name: str) -> list:
     out = []
     for impl in reversed(hook.get_hookimpls()):
         plugin_name = impl.plugin_name
-        result = impl.function(*[] if not impl.argnames else [])
+        result = impl.function()  # registration hooks take no arguments
         for reg in result or ():
             out.append(reg if reg.plugin else dataclasses.replace(reg, plugin=plugin_name))
     return out

@@ -208,9 +208,7 @@ class RestoreSession:
         self.path = reader.path
         self.verify = verify
         self._root_ref = _ref(root)
-        self._extra = list(extra_root_children)
-        self._extra_refs = [(n, _ref(c)) for n, c in self._extra]
-        self._extra = []  # do not keep them alive
+        self._extra_refs = [(n, _ref(c)) for n, c in extra_root_children]  # weak: keeps nothing alive
         self.ignore_live_names = set(ignore_live_names)
         self.node_objs: dict[int, list] = {}   # node id -> weakrefs of live objects
         self.matched = WeakIdTable()           # live object -> node id

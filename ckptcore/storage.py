@@ -136,6 +136,8 @@ class _LocalReader:
             self._fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
+        except PermissionError as e:
+            raise StorageError(f"cannot read checkpoint file {path}: {e.strerror}") from e
         self.path = path
         self.size = os.fstat(self._fd).st_size
 
@@ -191,7 +193,10 @@ class _LocalWriter:
         self.path = path
         d = os.path.dirname(path) or "."
         self._tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise StorageError(f"cannot write checkpoint file {path}: {e.strerror}") from e
 
     def write(self, buf) -> None:
         mv = memoryview(buf).cast("B")
@@ -313,7 +318,10 @@ class LocalStorage(Storage):
 
     def makedirs(self, path: str) -> None:
         if path:
-            os.makedirs(path, exist_ok=True)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as e:  # e.g. a parent is a regular file, or no permission
+                raise StorageError(f"cannot create checkpoint directory {path}: {e.strerror or e}") from e
 
 
 class _FsspecReader:
