@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -353,17 +352,7 @@ def _write_one(storage, prefix: str, plan: SavePlan, progress) -> None:
     except BaseException:
         writer.abort()
         raise
-    try:
-        storage.write_atomic(index_file, encoded)
-    except BaseException:
-        # On an object store the PUT may have landed although its response was lost: remove the
-        # index before the data, so no index is ever left pointing at missing data.
-        try:
-            storage.remove([index_file])
-            storage.remove([data])
-        except Exception:
-            pass
-        raise
+    _commit_index(storage, index_file, encoded, [data])
 
 
 def _write_sharded(storage, prefix: str, plan: SavePlan, shards: list[list], progress) -> None:
@@ -436,13 +425,21 @@ def _write_sharded(storage, prefix: str, plan: SavePlan, shards: list[list], pro
             pass
         raise
     pool.shutdown(wait=True)
+    _commit_index(storage, index_file, encoded, paths)
+
+
+def _commit_index(storage, index_file: str, encoded: bytes, data_paths: list[str]) -> None:
+    """Write the index: the commit point. On failure remove the index, then the data files.
+
+    On an object store the PUT may have landed although its response was lost, so
+    the index goes first: no index is ever left pointing at missing data.
+    """
     try:
         storage.write_atomic(index_file, encoded)
     except BaseException:
-        # the PUT may have landed although its response was lost: the index goes first, then every shard
         try:
             storage.remove([index_file])
-            storage.remove(paths)
+            storage.remove(data_paths)
         except Exception:
             pass
         raise
@@ -468,15 +465,3 @@ def checkpoint_files(storage, prefix: str) -> list[str]:
         if name == base + fmt.INDEX_SUFFIX or (name.startswith(base + ".data-") and name[len(base) + 6:].replace("-of-", "").isdigit()):
             out.append(storage.join(d, name))
     return out
-
-
-def total_bytes(plan: SavePlan) -> int:
-    """Total tensor bytes of a plan (for progress bars and benchmarks).
-
-    Example:
-        >>> import numpy as np, ckptcore as ck
-        >>> m = ck.Module(); m.w = np.ones(4, np.float32)
-        >>> total_bytes(plan_save(m))
-        16
-    """
-    return int(sum(math.prod(e.shape) * np.dtype(e.np_dtype).itemsize for e, _ in plan.tensors))
