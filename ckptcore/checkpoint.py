@@ -20,7 +20,6 @@ import atexit
 import os
 import sys
 import threading
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -58,9 +57,10 @@ class _AsyncWriter:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptcore-async-save")
-                _LIVE_WRITERS.add(self)
                 _register_exit_report()
-            self._future = self._pool.submit(fn)
+            fut = self._pool.submit(fn)
+            fut.add_done_callback(_note_failure)
+            self._future = fut
 
     def wait(self) -> None:
         with self._lock:
@@ -70,26 +70,40 @@ class _AsyncWriter:
         try:
             fut.result()
         finally:
+            _collected(fut)
             with self._lock:
                 if self._future is fut:
                     self._future = None
 
-    def uncollected_error(self) -> BaseException | None:
-        fut = self._future
-        if fut is None or not fut.done() or fut.cancelled():
-            return None
-        return fut.exception()
 
-
-_LIVE_WRITERS: "weakref.WeakSet[_AsyncWriter]" = weakref.WeakSet()
+# Failed async saves that no sync() has collected yet, kept even if their Checkpoint is gone,
+# so that a failure is never lost silently: they are reported on stderr at exit.
+_UNCOLLECTED: dict[int, Future] = {}
+_UNCOLLECTED_LOCK = threading.Lock()
 _exit_report_registered = False
 
 
+def _note_failure(fut: Future) -> None:
+    if fut.cancelled() or fut.exception() is None:
+        return
+    with _UNCOLLECTED_LOCK:
+        if not getattr(fut, "_ck_collected", False):
+            _UNCOLLECTED[id(fut)] = fut
+
+
+def _collected(fut: Future) -> None:
+    with _UNCOLLECTED_LOCK:
+        fut._ck_collected = True
+        _UNCOLLECTED.pop(id(fut), None)
+
+
 def _report_uncollected_errors() -> None:
-    for writer in list(_LIVE_WRITERS):
-        err = writer.uncollected_error()
-        if err is not None:
-            sys.stderr.write(f"ckptcore: an async checkpoint save failed and sync() was never called: {err!r}\n")
+    with _UNCOLLECTED_LOCK:
+        failed = list(_UNCOLLECTED.values())
+        _UNCOLLECTED.clear()
+    for fut in failed:
+        sys.stderr.write(f"ckptcore: an async checkpoint save failed and sync() was never called: "
+                         f"{fut.exception()!r}\n")
 
 
 def _register_exit_report() -> None:

@@ -229,6 +229,39 @@ def test_an_uncollected_failure_is_reported_at_exit():
     assert "injected write fault" in proc.stderr
 
 
+def test_an_uncollected_failure_is_reported_even_if_the_checkpoint_is_gone():
+    script = """
+        import gc, numpy as np, ckptcore as ck
+        from faulty_fs import FaultyFS
+        FaultyFS.reset(fail_after_bytes=10, fail_paths=r"\\.data-")
+        ckpt = ck.Checkpoint(w=ck.Variable(np.ones(1000)))
+        ckpt.save("ckfault://gone/ckpt", options=ck.CheckpointOptions(enable_async=True))
+        del ckpt
+        gc.collect()
+    """
+    proc = _run(script)
+    assert proc.returncode == 0, proc.stderr
+    assert "async checkpoint save failed and sync() was never called" in proc.stderr
+
+
+def test_a_collected_failure_is_not_reported_again_at_exit():
+    script = """
+        import numpy as np, ckptcore as ck
+        from faulty_fs import FaultyFS
+        FaultyFS.reset(fail_after_bytes=10, fail_paths=r"\\.data-")
+        ckpt = ck.Checkpoint(w=ck.Variable(np.ones(1000)))
+        ckpt.save("ckfault://collected/ckpt", options=ck.CheckpointOptions(enable_async=True))
+        try:
+            ckpt.sync()
+        except OSError:
+            print("collected")
+    """
+    proc = _run(script)
+    assert proc.returncode == 0, proc.stderr
+    assert "collected" in proc.stdout
+    assert "sync() was never called" not in proc.stderr
+
+
 def test_checkpoint_options_are_keyword_only_and_immutable():
     with pytest.raises(TypeError):
         ck.CheckpointOptions(True)  # noqa: FBT003 -- positional on purpose
