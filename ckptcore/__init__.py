@@ -27,7 +27,7 @@ from .module import Module, TrackedDict, TrackedList
 from .options import CheckpointOptions
 from .reader import CheckpointReader, list_variables, load_checkpoint
 from .registry import register_adapter
-from .restore import InitializationOnlyStatus, LoadStatus, notify_dependency_added
+from .restore import InitializationOnlyStatus, LoadStatus, has_pending, notify_dependency_added
 from .state import latest_checkpoint
 from .variable import Variable
 
@@ -39,7 +39,7 @@ __all__ = [
     "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
     "InitializationOnlyStatus", "KeyNotFoundError", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
     "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError", "StorageRegistration",
-    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "Variable", "hookimpl", "latest_checkpoint",
+    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "Variable", "has_pending", "hookimpl", "latest_checkpoint",
     "list_variables", "load_checkpoint", "naming", "notify_dependency_added", "register_adapter", "registry",
     "storage",
 ]

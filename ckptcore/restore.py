@@ -39,7 +39,7 @@ from .graph import live_children, walk
 from .naming import display_path
 from .registry import adapter_or_none, find_adapter, install_creation_hooks
 
-__all__ = ["RestoreSession", "LoadStatus", "InitializationOnlyStatus", "notify_dependency_added"]
+__all__ = ["RestoreSession", "LoadStatus", "InitializationOnlyStatus", "has_pending", "notify_dependency_added"]
 
 _LOCK = threading.RLock()
 MAX_LISTED = 5
@@ -142,6 +142,28 @@ def pending_count() -> int:
     """
     with _LOCK:
         return len(_PENDING)
+
+
+def has_pending(parent: Any) -> bool:
+    """Whether a restore queued values for dependencies ``parent`` does not have yet.
+
+    Adapters whose creation hooks must compute children before calling
+    :func:`notify_dependency_added` can skip that work when this is False.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> src = ck.Module(); src.w = np.ones(2)
+        >>> path = ck.Checkpoint(m=src).write("memory://doc/has_pending/c")
+        >>> dst = ck.Module(); status = ck.Checkpoint(m=dst).read(path)
+        >>> ck.has_pending(dst)
+        True
+        >>> dst.w = np.zeros(2); ck.has_pending(dst)
+        False
+    """
+    if not _PENDING._d:
+        return False
+    with _LOCK:
+        return bool(_PENDING.get(parent))
 
 
 def notify_dependency_added(parent: Any, name: str, child: Any) -> None:

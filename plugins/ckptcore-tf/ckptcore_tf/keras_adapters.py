@@ -278,10 +278,9 @@ def optimizer_slot_map(opt: Any) -> tuple[list[tuple[Any, str, Any]], list[tuple
 def _core_waits_for(obj: Any) -> bool:
     # Fast path: skip computing children when no restore waits on ``obj``.
     # ckptcore.notify_dependency_added is itself a no-op in that case.
-    from ckptcore import restore
+    import ckptcore
 
-    table = getattr(restore, "_PENDING", None)
-    return True if table is None else obj in table
+    return ckptcore.has_pending(obj)
 
 
 def _notify_children(obj: Any, children: Callable[[Any], list]) -> None:
