@@ -466,10 +466,15 @@ class _BufferedWriter:
             except Exception:
                 pass
             self._f = None
-        try:
-            self._st.fs.rm_file(self.path)
-        except Exception:
-            pass
+        _rm_quietly(self._st, self.path)
+
+
+def _rm_quietly(storage: "CloudStorage", path: str) -> None:
+    """Best-effort removal of an aborted upload's object (it may never have been created)."""
+    try:
+        storage.fs.rm_file(path)
+    except Exception:
+        pass
 
 
 class _PartSplitter:
@@ -636,10 +641,7 @@ class _S3MultipartWriter:
             except Exception:
                 pass
             self._upload_id = None
-        try:
-            self._st.fs.rm_file(self.path)
-        except Exception:
-            pass
+        _rm_quietly(self._st, self.path)
 
 
 class _GCSComposeWriter:
@@ -770,7 +772,4 @@ class _GCSComposeWriter:
         self._parts_of.take_rest()
         self._held = []
         self._cleanup()
-        try:
-            self._st.fs.rm_file(self.path)
-        except Exception:
-            pass
+        _rm_quietly(self._st, self.path)
