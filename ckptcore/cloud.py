@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import posixpath
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -187,13 +188,19 @@ class CloudStorage(FsspecStorage):
         retried = f" (retried up to {self.retry.max_retries} times)" if is_transient(exc) else ""
         return StorageError(f"cannot {what} {url}{retried}: {type(exc).__name__}: {exc}")
 
-    def _call(self, what: str, path: str, fn: Callable, *args: Any, **kwargs: Any):
+    @contextlib.contextmanager
+    def translated(self, what: str, path: str):
+        """Let ckptcore errors through; turn any other error into one naming ``path`` (``_translate``)."""
         try:
-            return call_with_retry(self.retry, fn, *args, **kwargs)
+            yield
         except CheckpointError:
             raise
         except Exception as e:
             raise self._translate(e, what, path) from e
+
+    def _call(self, what: str, path: str, fn: Callable, *args: Any, **kwargs: Any):
+        with self.translated(what, path):
+            return call_with_retry(self.retry, fn, *args, **kwargs)
 
     # -- Storage interface -----------------------------------------------------------------
     def _head(self, path: str) -> int:
@@ -352,12 +359,8 @@ class _RangeReader:
                                                 end=end)
 
     def _result(self, b: int) -> bytes:
-        try:
+        with self._st.translated("read", self.path):
             return self._blocks[b].result()
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise self._st._translate(e, "read", self.path) from e
 
     def readinto(self, offset: int, buf) -> int:
         mv = memoryview(buf).cast("B")
@@ -574,15 +577,11 @@ class _S3MultipartWriter:
             self.write(b)
 
     def _send(self, data: bytearray) -> None:
-        try:
+        with self._st.translated("write", self.path):
             if self._upload_id is None:
                 self._upload_id = self._s3("create_multipart_upload")["UploadId"]
             while len(self._pending) >= self._st.max_concurrency:
                 self._collect(self._pending.pop(0))
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise self._st._translate(e, "write", self.path) from e
         number = len(self._parts) + len(self._pending) + 1
         fs = self._st.fs
         coro = acall_with_retry(self._st.retry, fs._call_s3, "upload_part", Bucket=self._bucket, Key=self._key,
