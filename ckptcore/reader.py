@@ -167,7 +167,10 @@ class CheckpointReader:
         """
         verify = self.verify_checksums if verify is None else verify
         self.check_data_files()
-        reqs = sorted(requests, key=lambda r: (r[0].shard, r[0].offset))
+        if self.index.num_shards == 1:
+            reqs = sorted(requests, key=_offset_of)  # already in file order when restoring: one pass
+        else:
+            reqs = sorted(requests, key=_shard_offset_of)
         by_shard: dict[int, list] = {}
         for r in reqs:
             by_shard.setdefault(r[0].shard, []).append(r)
@@ -228,6 +231,14 @@ class CheckpointReader:
             raise errors[0]
 
 
+def _offset_of(request) -> int:
+    return request[0].offset
+
+
+def _shard_offset_of(request) -> tuple[int, int]:
+    return request[0].shard, request[0].offset
+
+
 class _Stopped(Exception):
     """A parallel shard read stopped because another one (or a callback) failed."""
 
@@ -277,31 +288,62 @@ def _read_large(rd, path: str, entry: fmt.TensorEntry, arr: np.ndarray):
     return fut
 
 
-def _scatter(rd, path: str, start: int, items: list) -> list | None:
-    """Read a run of neighbouring tensors with one ``readv`` straight into their arrays.
+def _scatter_run(readv, path: str, items: list, i: int) -> tuple[int, list]:
+    """Read the run of neighbouring small tensors from ``items[i]`` with ``readv``, straight into their arrays.
 
-    Returns ``[(entry, arr, callback, bytes_view), ...]``, or None if the run cannot be scattered
-    (the storage has no ``readv``, or two requests share bytes).
+    The run ends before a large tensor, a gap over ``COALESCE_GAP``, ``COALESCE_MAX`` bytes, or a request
+    that shares bytes with the previous one. Returns the end of the run and the filled arrays.
     """
-    readv = getattr(rd, "readv", None)
-    if readv is None:
-        return None
     bufs = []
-    out = []
-    pos = start
-    for entry, dest, cb in items:
-        if entry.offset < pos:
-            return None
-        if entry.offset > pos:
-            bufs.append(_SCRATCH[:entry.offset - pos])  # alignment padding: read and dropped
+    sizes = []
+    arrs = []
+    start = pos = items[i][0].offset
+    empty = np.empty
+    n = len(items)
+    j = i
+    while j < n:
+        entry, dest, _cb = items[j]
+        offset, nbytes = entry.offset, entry.nbytes
+        if nbytes >= SMALL_READ or offset + nbytes - start > COALESCE_MAX:  # never the first: it is small
+            break
+        if offset != pos:
+            gap = offset - pos
+            if gap < 0 or gap > COALESCE_GAP:
+                break
+            bufs.append(_SCRATCH[:gap])  # alignment padding: read and dropped
+            sizes.append(gap)
+        arr = dest if dest is not None else empty(entry.shape, entry.np_dtype)
+        bufs.append(arr)  # C-contiguous: preadv fills it as it is, no byte view needed
+        sizes.append(nbytes)
+        arrs.append(arr)
+        pos = offset + nbytes
+        j += 1
+    if readv(start, bufs, sizes) != pos - start:
+        raise _short(items[j - 1][0], path)
+    return j, arrs
+
+
+def _block_run(rd, path: str, items: list, i: int) -> tuple[int, list]:
+    """``_scatter_run`` for storages without ``readv``: one block read, copied out tensor by tensor."""
+    n = len(items)
+    start = items[i][0].offset
+    end = start + items[i][0].nbytes
+    j = i + 1
+    while j < n:
+        e = items[j][0]
+        if e.nbytes >= SMALL_READ or e.offset - end > COALESCE_GAP or e.offset + e.nbytes - start > COALESCE_MAX:
+            break
+        end = max(end, e.offset + e.nbytes)
+        j += 1
+    block = np.empty(end - start, np.uint8)
+    if rd.readinto(start, block) != end - start:
+        raise _short(items[j - 1][0], path)
+    arrs = []
+    for entry, dest, _cb in items[i:j]:
         arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
-        view = _bytes_of(arr)
-        bufs.append(view)
-        out.append((entry, arr, cb, view))
-        pos = entry.offset + entry.nbytes
-    if readv(start, bufs) != pos - start:
-        raise _short(items[-1][0], path)
-    return out
+        _bytes_of(arr)[...] = block[entry.offset - start: entry.offset - start + entry.nbytes]
+        arrs.append(arr)
+    return j, arrs
 
 
 def read_tensors(rd, path: str, items: list, verify: bool) -> None:
@@ -312,6 +354,7 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
     neighbouring tensors are read in one request (scattered into their
     destinations where the storage has ``readv``, else copied out of a block).
     """
+    readv = getattr(rd, "readv", None)
     i = 0
     n = len(items)
     checking = []  # large tensors whose checksum is still being computed
@@ -328,36 +371,16 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
                 _finish(entry, arr, path, verify, cb)
             i += 1
             continue
-        # coalesce a run of small tensors
-        j = i + 1
-        start = entry.offset
-        end = entry.offset + entry.nbytes
-        while j < n:
-            e = items[j][0]
-            if e.nbytes >= SMALL_READ or e.offset - end > COALESCE_GAP or e.offset + e.nbytes - start > COALESCE_MAX:
-                break
-            end = max(end, e.offset + e.nbytes)
-            j += 1
-        done = _scatter(rd, path, start, items[i:j])
-        if done is None:
-            block = np.empty(end - start, np.uint8)
-            if rd.readinto(start, block) != end - start:
-                raise _short(items[j - 1][0], path)
-            done = []
-            for entry, dest, cb in items[i:j]:
-                arr = dest if dest is not None else np.empty(entry.shape, entry.np_dtype)
-                view = _bytes_of(arr)
-                view[...] = block[entry.offset - start: entry.offset - start + entry.nbytes]
-                done.append((entry, arr, cb, view))
+        j, arrs = _scatter_run(readv, path, items, i) if readv is not None else _block_run(rd, path, items, i)
+        run = items[i:j]
         if verify:
             # the run's checksums are computed on the helper thread while the next run is read
-            crcs = submit(_checksums, [view for *_, view in done])
+            crcs = submit(_checksums, arrs)
             if in_flight is not None:
                 _finish_run(*in_flight, path)
-            in_flight = (done, crcs)
+            in_flight = (run, arrs, crcs)
         else:
-            for entry, arr, cb, _view in done:
-                _finish(entry, arr, path, False, cb)
+            _deliver(run, arrs)
         i = j
     if in_flight is not None:
         _finish_run(*in_flight, path)
@@ -365,15 +388,26 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
         _finish(entry, arr, path, verify, cb, crc=fut.result())
 
 
-def _checksums(views: list) -> list[int]:
+def _checksums(arrs: list) -> list[int]:
     # on the helper thread: every call releases the GIL, so the reading thread goes on meanwhile
     crc32c = fmt.crc32c
-    return [crc32c(v, 0, True) for v in views]
+    return [crc32c(a, 0, True) for a in arrs]
 
 
-def _finish_run(done: list, crcs, path: str) -> None:
-    for (entry, arr, cb, _view), crc in zip(done, crcs.result()):
-        _finish(entry, arr, path, True, cb, crc=crc)
+def _deliver(run: list, arrs: list) -> None:
+    if not np.little_endian:  # pragma: no cover - big-endian hosts
+        arrs = [a.byteswap().view(a.dtype.newbyteorder()) for a in arrs]
+    for (_entry, _dest, cb), arr in zip(run, arrs):
+        if cb is not None:
+            cb(arr)
+
+
+def _finish_run(run: list, arrs: list, crcs, path: str) -> None:
+    got = crcs.result()
+    if got != [entry.crc32c for entry, _dest, _cb in run]:  # one comparison for the whole run
+        for (entry, _dest, _cb), arr, crc in zip(run, arrs, got):
+            _finish(entry, arr, path, True, None, crc=crc)  # raises for the first corrupt tensor
+    _deliver(run, arrs)
 
 
 def load_checkpoint(path: str, storage_options: Mapping[str, Any] | None = None) -> CheckpointReader:

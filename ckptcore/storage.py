@@ -152,23 +152,33 @@ class _LocalReader:
             total += got
         return total
 
-    def readv(self, offset: int, bufs) -> int:
-        """Fill 1-D byte buffers ``bufs`` in order from ``offset`` with few system calls; returns bytes read."""
-        bufs = [b for b in bufs if len(b)]
+    def readv(self, offset: int, bufs, sizes=None) -> int:
+        """Fill ``bufs`` in order from ``offset`` with few system calls; returns bytes read.
+
+        ``bufs`` are writable C-contiguous buffers (numpy arrays are passed as they are, without
+        a byte view per array); ``sizes``, if given, holds their lengths in bytes.
+        """
+        if sizes is None:
+            sizes = [memoryview(b).nbytes for b in bufs]
+        if 0 in sizes:
+            keep = [i for i, s in enumerate(sizes) if s]
+            bufs, sizes = [bufs[i] for i in keep], [sizes[i] for i in keep]
+        else:
+            bufs, sizes = list(bufs), list(sizes)
         total = 0
         i = 0
-        while i < len(bufs):
-            chunk = bufs[i:i + _IOV_MAX]
-            got = os.preadv(self._fd, chunk, offset + total)
+        n = len(bufs)
+        while i < n:
+            got = os.preadv(self._fd, bufs[i:i + _IOV_MAX], offset + total)
             if got == 0:
                 break
             total += got
-            for b in chunk:  # skip what was filled; continue inside a partly filled buffer
-                if got < len(b):
-                    bufs[i] = b[got:]
-                    break
-                got -= len(b)
+            while i < n and got >= sizes[i]:  # skip what was filled
+                got -= sizes[i]
                 i += 1
+            if got:  # continue inside a partly filled buffer
+                bufs[i] = memoryview(bufs[i]).cast("B")[got:]
+                sizes[i] -= got
         return total
 
     def close(self) -> None:
