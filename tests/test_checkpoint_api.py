@@ -227,7 +227,7 @@ def test_checkpoint_describes_itself(prefix):
     model.xs = [np.ones(1)]
     path = ck.Checkpoint(model=model).write(prefix)
     index = ck.load_checkpoint(path).index
-    assert index.version == 1
+    assert index.version == ck.format.FORMAT_VERSION == 2
     adapters = {n.type.rsplit(".", 1)[-1]: n.adapter for n in index.nodes}
     assert adapters == {"Checkpoint": "ckptcore.checkpoint", "Module": "ckptcore.module", "ndarray": "ckptcore.numpy",
                         "Variable": "ckptcore.variable", "TrackedList": "ckptcore.container"}

@@ -39,18 +39,23 @@ def ckpt_path(tmp_path):
 
 
 def _index_doc(path):
-    raw = open(path + ".index", "rb").read()
-    return json.loads(raw[fmt.HEADER_SIZE:])
+    """The index of ``path`` as a version-1 document (one object per node and tensor, as the first
+    ckptcore releases wrote; still read). Version 2 (columns) has its own cases in test_index_v2.py."""
+    index = fmt.decode_index(open(path + ".index", "rb").read(), path)
+    index.version = 1
+    return json.loads(index.encode()[fmt.HEADER_SIZE:])
 
 
-def _encode(doc_or_body) -> bytes:
+def _encode(doc_or_body, version=None) -> bytes:
     body = doc_or_body if isinstance(doc_or_body, bytes) else json.dumps(doc_or_body).encode()
-    return struct.pack("<8sIIQI4x", fmt.MAGIC, fmt.FORMAT_VERSION, 0, len(body), fmt.crc32c(body)) + body
+    if version is None:  # a document says its version; raw bytes get the current one
+        version = doc_or_body.get("version", 1) if isinstance(doc_or_body, dict) else fmt.FORMAT_VERSION
+    return struct.pack("<8sIIQI4x", fmt.MAGIC, version, 0, len(body), fmt.crc32c(body)) + body
 
 
-def _write_index(path, doc_or_body):
+def _write_index(path, doc_or_body, version=None):
     with open(path + ".index", "wb") as f:
-        f.write(_encode(doc_or_body))
+        f.write(_encode(doc_or_body, version))
 
 
 def _restore_everything(path):
@@ -283,7 +288,7 @@ def test_deeply_nested_state(ckpt_path):
     body = json.dumps(doc).encode()
     hostile = body.replace(b'"adapter": "ckptcore.module"', b'"state": ' + b"[" * 100_000 + b"]" * 100_000
                            + b', "adapter": "ckptcore.module"', 1)
-    _write_index(ckpt_path, hostile)
+    _write_index(ckpt_path, hostile, version=1)
     with pytest.raises(ck.CorruptCheckpointError, match="index"):
         _restore_everything(ckpt_path)
 
@@ -455,10 +460,14 @@ def _positions(doc, out, parent=None, key=None):
     return out
 
 
-@pytest.fixture(scope="module")
-def fuzz_base(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["v1", "v2"])
+def fuzz_base(tmp_path_factory, request):
+    """A checkpoint whose index is in format version 1 or 2 (both are read)."""
     d = tmp_path_factory.mktemp("fuzz")
     path = ck.Checkpoint(model=_model()).write(str(d / "c"))
+    index = fmt.decode_index(open(path + ".index", "rb").read(), path)
+    index.version = request.param
+    open(path + ".index", "wb").write(index.encode())
     return path, open(path + ".index", "rb").read()
 
 
@@ -486,7 +495,7 @@ def test_fuzz_index_json_mutations(fuzz_base, data):
             del parent[key]
         else:
             parent.pop(key)
-    _write_index(path, doc)
+    _write_index(path, doc, version=struct.unpack_from("<I", raw, 8)[0])
     try:
         _attempt(path)
     finally:
@@ -511,7 +520,7 @@ def test_fuzz_index_bytes(fuzz_base, data):
         else:
             body.insert(pos, data.draw(st.integers(0, 255)))
     if fix_crc:
-        _write_index(path, bytes(body))
+        _write_index(path, bytes(body), version=struct.unpack_from("<I", raw, 8)[0])
     else:
         open(path + ".index", "wb").write(raw[:fmt.HEADER_SIZE] + bytes(body))
     try:

@@ -319,16 +319,20 @@ def test_format_page_matches_the_code(tmp_path):
         ck.registry.unregister_plugin(plugin)
     raw = open(path + fmt.INDEX_SUFFIX, "rb").read()
     doc = json.loads(raw[fmt.HEADER_SIZE:])
-    fields = set(doc)
-    for node in doc["nodes"]:
-        fields |= set(node)
-        for entry in node.get("attributes", {}).values():
-            fields |= set(entry)
-        for slot in node.get("slots", []):
-            fields |= set(slot)
+    fields = set(doc) | set(doc["nodes"]) | set(doc["tensors"])
     fields |= set(json.loads((tmp_path / state.STATE_FILENAME).read_text()))
-    assert {"slots", "state", "attributes", "variable", "slot", "crc32c"} <= fields
+    assert {"slots", "state", "attribute", "child", "crc32c", "dims"} <= fields
+    assert doc["nodes"]["slots"] and doc["nodes"]["state"]  # the example exercises both
     undocumented = sorted(f for f in fields if f"`{f}`" not in text)
     assert not undocumented, f"docs/format.md does not describe the fields {undocumented}"
     assert doc["version"] == fmt.FORMAT_VERSION
-    assert all(e["offset"] % fmt.ALIGNMENT == 0 for n in doc["nodes"] for e in n.get("attributes", {}).values())
+    assert all(o % fmt.ALIGNMENT == 0 for o in doc["tensors"]["offset"])
+    # version 1, still read, is documented too
+    index = fmt.decode_index(raw, "x")
+    index.version = 1
+    old = json.loads(index.encode()[fmt.HEADER_SIZE:])
+    v1_fields = {f for n in old["nodes"] for f in n} | {f for n in old["nodes"] for e in n.get("attributes", {}).values()
+                                                         for f in e} | {f for n in old["nodes"] for s in n.get("slots", [])
+                                                                        for f in s}
+    section = text[text.index("### Version 1 (still read)"):text.index("## The data file")]
+    assert not sorted(f for f in v1_fields if f"`{f}`" not in section)

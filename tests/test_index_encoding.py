@@ -1,8 +1,9 @@
-"""The index encoder writes exactly what ``json.dumps`` of the documented structure writes.
+"""The index encoders write exactly what ``json.dumps`` of the documented structures writes.
 
-``Index.encode`` formats node and tensor records directly (for speed with many
-small arrays); these tests pin it to the reference encoding, byte for byte,
-and check that every encoded index decodes back to the same graph.
+``Index.encode`` formats records and columns directly (for speed with many small
+arrays); these tests pin both format versions to a reference encoding built the
+plain way from docs/format.md, byte for byte, and check that every encoded index
+decodes back to the same graph, whichever version wrote it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,44 @@ json_values = st.recursive(
 
 
 def _reference(index: fmt.Index) -> bytes:
-    doc = {"format": "ckptcore", "version": index.version, "num_shards": index.num_shards,
+    """Version 1: one object per node, one per tensor."""
+    doc = {"format": "ckptcore", "version": 1, "num_shards": index.num_shards,
            "shard_sizes": index.shard_sizes, "metadata": index.metadata,
            "nodes": [n.to_json() for n in index.nodes]}
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _reference_v2(index: fmt.Index) -> bytes:
+    """Version 2, built field by field as docs/format.md describes it."""
+    adapters = list(dict.fromkeys(n.adapter for n in index.nodes))
+    types = list(dict.fromkeys(n.type for n in index.nodes))
+    entries = [e for n in index.nodes for e in n.attributes.values()]
+    dtypes = list(dict.fromkeys(e.dtype for e in entries))
+    nodes = {
+        "adapters": adapters, "types": types,
+        "adapter": [adapters.index(n.adapter) for n in index.nodes],
+        "type": [types.index(n.type) for n in index.nodes],
+        "num_children": [len(n.children) for n in index.nodes],
+        "child_name": [name for n in index.nodes for name, _ in n.children],
+        "child": [c for n in index.nodes for _, c in n.children],
+        "num_attributes": [len(n.attributes) for n in index.nodes],
+        "attribute": [a for n in index.nodes for a in n.attributes],
+        "state": [[i, n.state] for i, n in enumerate(index.nodes) if n.state is not None],
+        "slots": [[i, v, name, s] for i, n in enumerate(index.nodes) for v, name, s in n.slots],
+    }
+    tensors = {
+        "dtypes": dtypes, "key": [e.key for e in entries], "dtype": [dtypes.index(e.dtype) for e in entries],
+        "ndim": [len(e.shape) for e in entries], "dims": [d for e in entries for d in e.shape],
+        "shard": [e.shard for e in entries], "offset": [e.offset for e in entries],
+        "nbytes": [e.nbytes for e in entries], "crc32c": [e.crc32c for e in entries],
+    }
+    doc = {"format": "ckptcore", "version": 2, "num_shards": index.num_shards, "shard_sizes": index.shard_sizes,
+           "metadata": index.metadata, "nodes": nodes, "tensors": tensors}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _graph(index: fmt.Index) -> list:
+    return [n.to_json() for n in index.nodes]
 
 
 @st.composite
@@ -56,21 +91,40 @@ def indexes(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(indexes())
-def test_encode_is_json_dumps_of_the_document(index):
+@given(indexes(), st.sampled_from([1, 2]))
+def test_encode_is_json_dumps_of_the_document(index, version):
+    index.version = version
     encoded = index.encode()
     body = encoded[fmt.HEADER_SIZE:]
-    assert body == _reference(index)
-    decoded_nodes = []
+    assert body == (_reference if version == 1 else _reference_v2)(index)
     try:
         decoded = fmt.decode_index(encoded, "x.index")
     except fmt.CorruptCheckpointError:
         # generated graphs may be invalid (a repeated key, a repeated child name): the encoder
         # still wrote exactly the reference bytes, which is what this test pins
         return
-    decoded_nodes = [n.to_json() for n in decoded.nodes]
-    assert decoded_nodes == [n.to_json() for n in index.nodes]
+    assert decoded.version == version
+    assert _graph(decoded) == _graph(index)
     assert decoded.metadata == index.metadata
+    assert [e.key for e in decoded.tensors()] == [e.key for e in index.tensors()]
+
+
+@settings(max_examples=100, deadline=None)
+@given(indexes())
+def test_both_versions_decode_to_the_same_index(index):
+    """A checkpoint written by a version-1 ckptcore restores exactly like a new one."""
+    decoded = {}
+    for version in (1, 2):
+        index.version = version
+        try:
+            decoded[version] = fmt.decode_index(index.encode(), "x.index")
+        except fmt.CorruptCheckpointError as e:
+            decoded[version] = type(e)
+    if isinstance(decoded[1], type) or isinstance(decoded[2], type):
+        assert decoded[1] == decoded[2]  # both refuse an invalid graph
+        return
+    assert _graph(decoded[1]) == _graph(decoded[2])
+    assert list(decoded[1].tensors()) == list(decoded[2].tensors())
 
 
 def test_encode_escapes_like_json_dumps():
@@ -78,12 +132,17 @@ def test_encode_escapes_like_json_dumps():
     entry = fmt.TensorEntry(key, "float32", (2,), 0, 0, 8, 7)
     index = fmt.Index(nodes=[fmt.Node("ckptcore.module", "t\u00e9", [(key, 0)], {key: entry}, {"s": key})],
                       num_shards=1, shard_sizes=[8])
-    assert index.encode()[fmt.HEADER_SIZE:] == _reference(index)
-    back = fmt.decode_index(index.encode(), "x.index")
-    assert back.nodes[0].attributes[key].key == key and back.nodes[0].children == [(key, 0)]
+    for version, reference in ((1, _reference), (2, _reference_v2)):
+        index.version = version
+        assert index.encode()[fmt.HEADER_SIZE:] == reference(index)
+        back = fmt.decode_index(index.encode(), "x.index")
+        assert back.nodes[0].attributes[key].key == key and back.nodes[0].children == [(key, 0)]
+        assert back.nodes[0].state == {"s": key} and back.nodes[0].type == "t\u00e9"
 
 
-def test_state_that_is_not_json_is_refused():
-    index = fmt.Index(nodes=[fmt.Node("a", "b", [], {}, float("nan"))], num_shards=1, shard_sizes=[0])
+@pytest.mark.parametrize("version", [1, 2])
+def test_state_that_is_not_json_is_refused(version):
+    index = fmt.Index(nodes=[fmt.Node("a", "b", [], {}, float("nan"))], num_shards=1, shard_sizes=[0],
+                      version=version)
     with pytest.raises(ValueError):
         index.encode()

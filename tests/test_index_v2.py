@@ -1,0 +1,246 @@
+"""Format version 2 (the index as columns): hostile content fails cleanly, old checkpoints still restore.
+
+Every case edits one field of a real index, keeps the header and checksum valid, and expects a
+``ck.CheckpointError`` that names the file (and the key, where one tensor is at fault) from every
+way a user opens a checkpoint; nothing is assigned to live objects.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import ckptcore as ck
+from ckptcore import format as fmt
+
+W_KEY = "model/w/.ATTRIBUTES/VARIABLE_VALUE"
+V_KEY = "model/sub/v/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _model(w=None, v=None):
+    m = ck.Module()
+    m.w = np.arange(4.0) if w is None else w
+    m.sub = ck.Module()
+    m.sub.v = ck.Variable(np.ones((2, 2), np.float32) if v is None else v)
+    return m
+
+
+def _fresh():
+    return _model(np.zeros(4), np.zeros((2, 2), np.float32))
+
+
+@pytest.fixture
+def ckpt_path(tmp_path):
+    return ck.Checkpoint(model=_model()).write(str(tmp_path / "c"))
+
+
+def _doc(path):
+    raw = open(path + ".index", "rb").read()
+    assert struct.unpack_from("<I", raw, 8)[0] == 2
+    return json.loads(raw[fmt.HEADER_SIZE:])
+
+
+def _write(path, doc, version=2):
+    body = json.dumps(doc).encode() if not isinstance(doc, bytes) else doc
+    with open(path + ".index", "wb") as f:
+        f.write(struct.pack("<8sIIQI4x", fmt.MAGIC, version, 0, len(body), fmt.crc32c(body)) + body)
+
+
+def _open_every_way(path):
+    r = ck.load_checkpoint(path)
+    for k in r.keys():
+        r.get_tensor(k)
+    r.verify()
+    ck.list_variables(path)
+    ck.Checkpoint(model=_fresh()).read(path).expect_partial()
+
+
+def test_the_written_index_is_version_2_with_columns(ckpt_path):
+    doc = _doc(ckpt_path)
+    assert doc["version"] == 2
+    g, t = doc["nodes"], doc["tensors"]
+    assert g["child_name"] == ["model", "w", "sub", "v"] and len(g["adapter"]) == 5
+    assert t["key"] == [W_KEY, V_KEY] and t["ndim"] == [1, 2] and t["dims"] == [4, 2, 2]
+    assert [t["dtypes"][i] for i in t["dtype"]] == ["float64", "float32"]
+    _open_every_way(ckpt_path)
+
+
+def _set(table, field, value):
+    return lambda d: d[table].__setitem__(field, value)
+
+
+def _edit(table, field, fn):
+    return lambda d: d[table].__setitem__(field, fn(d[table][field]))
+
+
+# tensors: 0 = model/w (float64, [4]), 1 = model/sub/v (float32, [2, 2]); nodes: 0 root, 1 model,
+# 2 model/w, 3 model/sub, 4 model/sub/v
+HOSTILE = {
+    "object dtype": _set("tensors", "dtypes", ["object", "float32"]),
+    "numpy object code": _set("tensors", "dtypes", ["O", "float32"]),
+    "pickle-ish dtype": _set("tensors", "dtypes", ["|O8", "float32"]),
+    "structured dtype": _set("tensors", "dtypes", ["[('a', '<f8')]", "float32"]),
+    "void dtype": _set("tensors", "dtypes", ["V8", "float32"]),
+    "dtype name not a string": _set("tensors", "dtypes", [["float64"], "float32"]),
+    "dtype id out of range": _set("tensors", "dtype", [0, 2]),
+    "dtype id negative": _set("tensors", "dtype", [-1, 1]),
+    "dtype id a bool": _set("tensors", "dtype", [False, 1]),
+    "huge shape": lambda d: d["tensors"].update(ndim=[2, 2], dims=[2**40, 2**40, 2, 2], nbytes=[2**83, 16]),
+    "huge shape consistent nbytes": lambda d: d["tensors"].update(dims=[2**37, 2, 2], nbytes=[2**40, 16]),
+    "huge zero-size shape": lambda d: d["tensors"].update(ndim=[3, 2], dims=[0, 2**62, 2**62, 2, 2],
+                                                          nbytes=[0, 16]),
+    "dims beyond int64": lambda d: d["tensors"].update(dims=[2**70, 2, 2]),
+    "too many dims": lambda d: d["tensors"].update(ndim=[100, 2], dims=[1] * 99 + [4, 2, 2]),
+    "negative dim": lambda d: d["tensors"].update(dims=[-4, 2, 2], nbytes=[-32, 16]),
+    "float dim": _set("tensors", "dims", [4.0, 2, 2]),
+    "bool dim": lambda d: d["tensors"].update(ndim=[2, 2], dims=[True, 4, 2, 2]),
+    "dims shorter than ndim says": _set("tensors", "dims", [4, 2]),
+    "ndim negative": lambda d: d["tensors"].update(ndim=[-1, 2]),
+    "shape a string": _set("tensors", "dims", "4,2,2"),
+    "negative offset": _set("tensors", "offset", [-64, 64]),
+    "offset past EOF": _set("tensors", "offset", [0, 10**9]),
+    "offset huge": _set("tensors", "offset", [0, 2**70]),
+    "offset a float": _set("tensors", "offset", [0.0, 64]),
+    "nbytes lies": _set("tensors", "nbytes", [8, 16]),
+    "shard out of range": _set("tensors", "shard", [3, 0]),
+    "crc not int": _set("tensors", "crc32c", ["0", 1]),
+    "crc too big": _set("tensors", "crc32c", [2**40, 1]),
+    "a column missing": lambda d: d["tensors"].pop("crc32c"),
+    "a column too short": _set("tensors", "offset", [0]),
+    "a column a dict": _set("tensors", "nbytes", {"0": 32}),
+    "key missing": lambda d: d["tensors"].pop("key"),
+    "key not a string": _set("tensors", "key", [5, V_KEY]),
+    "duplicate key": _set("tensors", "key", [W_KEY, W_KEY]),
+    "more tensors than attributes": lambda d: d["tensors"].update(
+        key=[W_KEY, V_KEY, "x"], dtype=[0, 1, 1], ndim=[1, 2, 0], shard=[0, 0, 0], offset=[0, 64, 0],
+        nbytes=[32, 16, 4], crc32c=[1, 2, 3]),
+    "shard_sizes too big": lambda d: d.update(shard_sizes=[2**40]),
+    "shard_sizes negative": lambda d: d.update(shard_sizes=[-1]),
+    "shard_sizes a bool": lambda d: d.update(shard_sizes=[True]),
+    "num_shards huge": lambda d: d.update(num_shards=2**40),
+    "num_shards zero": lambda d: d.update(num_shards=0, shard_sizes=[]),
+    "num_shards mismatch": lambda d: d.update(num_shards=2),
+    "child id out of range": _set("nodes", "child", [1, 2, 3, 99]),
+    "child id negative": _set("nodes", "child", [1, 2, -1, 4]),
+    "child id float": _set("nodes", "child", [1, 2, 3.0, 4]),
+    "child name not a string": _set("nodes", "child_name", ["model", 7, "sub", "v"]),
+    "child names fewer than ids": _set("nodes", "child_name", ["model", "w", "sub"]),
+    "num_children disagrees": _set("nodes", "num_children", [1, 2, 0, 2, 0]),
+    "num_children negative": _set("nodes", "num_children", [1, 3, -1, 1, 0]),
+    "duplicate child name": _set("nodes", "child_name", ["model", "w", "w", "v"]),
+    "nodes empty": lambda d: d["nodes"].update(adapter=[], type=[], num_children=[], num_attributes=[]),
+    "nodes a list": lambda d: d.update(nodes=[{"adapter": "x"}]),
+    "tensors a list": lambda d: d.update(tensors=[]),
+    "tensors missing": lambda d: d.pop("tensors"),
+    "adapter id out of range": _set("nodes", "adapter", [0, 1, 9, 1, 3]),
+    "adapter name not a string": _set("nodes", "adapters", [{"$ref": "os.system"}, "a", "b", "c"]),
+    "type table missing": lambda d: d["nodes"].pop("types"),
+    "per-node column too short": _set("nodes", "type", [0, 1]),
+    "num_attributes disagrees": _set("nodes", "num_attributes", [0, 0, 1, 0, 0]),
+    "two attributes of one name": lambda d: d["nodes"].update(num_attributes=[0, 0, 2, 0, 0]),
+    "attribute name not a string": _set("nodes", "attribute", [1, "VARIABLE_VALUE"]),
+    "state node out of range": _set("nodes", "state", [[99, {"lr": 1}]]),
+    "state row malformed": _set("nodes", "state", [[1]]),
+    "state a dict": _set("nodes", "state", {"1": {}}),
+    "two states for one node": _set("nodes", "state", [[1, 1], [1, 2]]),
+    "slot out of range": _set("nodes", "slots", [[1, 2, "m", 50]]),
+    "slot malformed": _set("nodes", "slots", [[1, 2]]),
+    "slot name not a string": _set("nodes", "slots", [[1, 2, 5, 4]]),
+    "slots a dict": _set("nodes", "slots", {}),
+    "metadata a list": lambda d: d.update(metadata=[]),
+    "not a ckptcore doc": lambda d: d.update(format="tensorflow"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_v2_index_raises_checkpoint_error(ckpt_path, name):
+    doc = _doc(ckpt_path)
+    HOSTILE[name](doc)
+    _write(ckpt_path, doc)
+    with pytest.raises(ck.CheckpointError) as info:
+        _open_every_way(ckpt_path)
+    assert ckpt_path in str(info.value)
+    fresh = _fresh()
+    with pytest.raises(ck.CheckpointError):
+        ck.Checkpoint(model=fresh).read(ckpt_path)
+    assert fresh.w.tolist() == [0.0] * 4 and fresh.sub.v.numpy().tolist() == [[0.0, 0.0]] * 2
+
+
+@pytest.mark.parametrize("name, key", [("nbytes lies", W_KEY), ("huge shape", W_KEY), ("offset past EOF", V_KEY),
+                                       ("huge zero-size shape", W_KEY)])
+def test_errors_about_one_tensor_name_its_key(ckpt_path, name, key):
+    doc = _doc(ckpt_path)
+    HOSTILE[name](doc)
+    _write(ckpt_path, doc)
+    with pytest.raises(ck.CorruptCheckpointError) as info:
+        ck.load_checkpoint(ckpt_path)
+    assert info.value.key == key and key in str(info.value) and info.value.path == ckpt_path + ".index"
+
+
+def test_a_version_1_body_under_a_version_2_header_is_refused(ckpt_path):
+    index = fmt.decode_index(open(ckpt_path + ".index", "rb").read(), "x")
+    index.version = 1
+    _write(ckpt_path, index.encode()[fmt.HEADER_SIZE:], version=2)
+    with pytest.raises(ck.CorruptCheckpointError, match="index"):
+        ck.load_checkpoint(ckpt_path)
+    _write(ckpt_path, _doc_bytes_v2(ckpt_path), version=1)
+    with pytest.raises(ck.CorruptCheckpointError, match="index"):
+        ck.load_checkpoint(ckpt_path)
+
+
+def _doc_bytes_v2(path):
+    model = _model()
+    return open(ck.Checkpoint(model=model).write(path + "-v2") + ".index", "rb").read()[fmt.HEADER_SIZE:]
+
+
+def test_deeply_nested_state_is_an_error_not_a_crash(ckpt_path):
+    doc = _doc(ckpt_path)
+    body = json.dumps(doc).encode().replace(b'"state": []', b'"state": [[1, ' + b"[" * 100_000 + b"]" * 100_000
+                                            + b"]]", 1)
+    _write(ckpt_path, body)
+    with pytest.raises(ck.CorruptCheckpointError, match="index"):
+        ck.load_checkpoint(ckpt_path)
+
+
+def _rewrite_as_version_1(path):
+    index = fmt.decode_index(open(path + ".index", "rb").read(), path)
+    index.version = 1
+    raw = index.encode()
+    assert struct.unpack_from("<I", raw, 8)[0] == 1 and b'"attributes"' in raw
+    open(path + ".index", "wb").write(raw)
+
+
+def test_checkpoints_of_format_version_1_still_restore(tmp_path):
+    """Checkpoints written before version 2 restore, defer and report status exactly as before."""
+    src = ck.Module()
+    src.w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    src.layers = [ck.Variable(np.float64(i)) for i in range(3)]
+    path = ck.Checkpoint(model=src).save(str(tmp_path / "ckpt"))
+    _rewrite_as_version_1(path)
+    dst = ck.Module()
+    dst.w = np.zeros((2, 3), np.float32)
+    status = ck.Checkpoint(model=dst).restore(path)
+    dst.layers = [ck.Variable(0.0) for _ in range(3)]  # created after restore(): filled on assignment
+    status.assert_consumed()
+    assert dst.w.tolist() == src.w.tolist() and [float(v.numpy()) for v in dst.layers] == [0.0, 1.0, 2.0]
+    assert ck.load_checkpoint(path).index.version == 1
+    assert ("model/w/.ATTRIBUTES/VARIABLE_VALUE", [2, 3]) in ck.list_variables(path)
+
+
+def test_many_shapes_and_dtypes_round_trip(tmp_path):
+    """Columns of mixed rank (scalars, vectors, 4-D, empty) and dtypes keep every shape."""
+    rng = np.random.default_rng(0)
+    shapes = [(), (3,), (2, 0), (2, 3, 4, 5), (1,), (7, 1)]
+    dtypes = [np.float32, np.int8, np.float64, np.uint16, np.bool_, np.complex64]
+    src = ck.Module()
+    src.xs = [np.array(rng.random(s) * 100).astype(d) for s, d in zip(shapes, dtypes)]
+    path = ck.Checkpoint(m=src).write(str(tmp_path / "c"))
+    dst = ck.Module()
+    dst.xs = [np.zeros(s, d) for s, d in zip(shapes, dtypes)]
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    for a, b in zip(src.xs, dst.xs):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
