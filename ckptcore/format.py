@@ -44,7 +44,7 @@ ALIGNMENT = 64
 MAX_INDEX_BYTES = 1 << 31  # 2 GiB of JSON is far beyond any sane graph
 MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
-_FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}  # stored name -> dtype, for the hot paths
+FAST_DTYPES = _FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}  # stored name -> dtype, for hot paths
 
 
 def crc32c(buf, value: int = 0, release_gil: bool = False) -> int:

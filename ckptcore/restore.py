@@ -35,8 +35,9 @@ from ._perf import paused_gc
 from .dtypes import storage_dtype
 from .errors import (AssertionFailedError, CheckpointError, DtypeMismatchError, PartialRestoreWarning,
                      ShapeMismatchError)
+from .builtin.numpy_adapters import NumpyArrayAdapter
 from .graph import live_children, walk
-from .naming import display_path
+from .naming import VARIABLE_VALUE, display_path
 from .registry import adapter_or_none, find_adapter, install_creation_hooks
 
 __all__ = ["RestoreSession", "LoadStatus", "InitializationOnlyStatus", "has_pending", "notify_dependency_added"]
@@ -205,13 +206,6 @@ def notify_dependency_added(parent: Any, name: str, child: Any) -> None:
             raise
 
 
-class _Match:
-    __slots__ = ("obj", "adapter", "node_id", "path")
-
-    def __init__(self, obj, adapter, node_id, path):
-        self.obj, self.adapter, self.node_id, self.path = obj, adapter, node_id, path
-
-
 class RestoreSession:
     """One ``restore()``/``read()`` call: what matched, what waits, what is unused.
 
@@ -242,6 +236,7 @@ class RestoreSession:
         for opt_id, node in enumerate(nodes):
             for var_id, name, slot_id in node.slots:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
+        self._has_slots = bool(self._slots_by_var)
 
     def __del__(self):
         # One summary of unused values, once nothing can fill them any more: the Checkpoint, its
@@ -301,86 +296,127 @@ class RestoreSession:
             fn()
 
     def _match(self, obj, node_id, path, root_adapter):
+        """Walk the saved graph from ``node_id`` alongside the live one from ``obj``.
+
+        Returns the matches, ``(obj, adapter, node id, path)`` each, and the edges whose
+        live child does not exist yet, ``(parent, name, node id, path)`` each.
+        """
         nodes = self.index.nodes
-        matches: list[_Match] = []
+        matches: list[tuple] = []
         pending: list[tuple[Any, str, int, tuple]] = []
         seen: set[tuple[int, int]] = set()
         queue = deque([(obj, node_id, tuple(path), root_adapter)])
+        pop, push, add = queue.popleft, queue.append, matches.append
         matched = self.matched if len(self.matched._d) else None  # nothing matched yet: nothing to look up
         while queue:
-            o, nid, p, adapter = queue.popleft()
+            o, nid, p, adapter = pop()
             key = (id(o), nid)
             if key in seen:
                 continue
             seen.add(key)
             if matched is not None and matched.get(o) == nid:
                 continue  # already restored by this session (shared object)
-            adapter = adapter or adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
-            matches.append(_Match(o, adapter, nid, p))
-            node = nodes[nid]
-            if not node.children:
+            if adapter is None:
+                adapter = adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
+            add((o, adapter, nid, p))
+            saved = nodes[nid].children
+            if not saved:
                 continue
             kids = dict(self._children_of(o, adapter, p))
-            for name, cid in node.children:
-                child = kids.get(name)
+            get = kids.get
+            for name, cid in saved:
+                child = get(name)
                 if child is None:
                     pending.append((o, name, cid, p + (name,)))
                 else:
-                    queue.append((child, cid, p + (name,), None))
+                    push((child, cid, p + (name,), None))
         return matches, pending
 
-    def _plan_values(self, matches: list[_Match]):
+    def _plan_values(self, matches: list[tuple]):
         """Check every value first (nothing is assigned if any check fails)."""
         nodes = self.index.nodes
         reads = []
         after = []
         errors = []
-        for m in matches:
-            node = nodes[m.node_id]
+        add = reads.append
+        fast_dtypes = fmt.FAST_DTYPES
+        for match in matches:
+            node = nodes[match[2]]
             if node.attributes:
-                adapter, obj = m.adapter, m.obj
+                obj, adapter = match[0], match[1]
+                if type(adapter) is NumpyArrayAdapter:
+                    # The built-in adapter, inlined (most leaves of numpy models): its spec, a writable
+                    # C-contiguous array is its own restore buffer, and its set_value is then a no-op.
+                    entry = node.attributes.get(VARIABLE_VALUE)
+                    if (entry is not None and len(node.attributes) == 1 and node.state is None
+                            and type(obj) is np.ndarray):
+                        flags = obj.flags
+                        if (obj.shape == entry.shape and obj.dtype is fast_dtypes.get(entry.dtype)
+                                and flags.writeable and flags.c_contiguous):
+                            add((entry, obj, None))
+                            continue
                 live_attrs = adapter.attributes(obj)
                 if type(live_attrs) is not list or len(live_attrs) > 8:
                     live_attrs = set(live_attrs)
+                spec, restore_buffer, set_value = adapter.spec, adapter.restore_buffer, adapter.set_value
                 for attr, entry in node.attributes.items():
                     if attr not in live_attrs:
                         self.unused_attrs.add(entry.key)
                         continue
                     try:
-                        shape, dtype = adapter.spec(obj, attr)
+                        shape, dtype = spec(obj, attr)
                     except CheckpointError as e:
-                        errors.append(type(e)(f"cannot restore {display_path(m.path)} ({entry.key}): {e}"))
+                        errors.append(type(e)(f"cannot restore {display_path(match[3])} ({entry.key}): {e}"))
                         continue
-                    np_dtype = entry.np_dtype
-                    if not (type(shape) is tuple and shape == entry.shape and dtype is np_dtype):
-                        err = _spec_error(m, entry, shape, dtype)  # messages are built only here, off the common case
+                    np_dtype = fast_dtypes.get(entry.dtype)
+                    if np_dtype is None:
+                        np_dtype = entry.np_dtype
+                    entry_shape = entry.shape
+                    if not (type(shape) is tuple and shape == entry_shape and dtype is np_dtype):
+                        err = _spec_error(match, entry, shape, dtype)  # messages are built only here, off the common case
                         if err is not None:
                             errors.append(err)
                             continue
-                    dest = adapter.restore_buffer(obj, attr)
+                    dest = restore_buffer(obj, attr)
                     if dest is not None:
-                        flags = dest.flags if isinstance(dest, np.ndarray) else None
-                        if not (flags is not None and flags.c_contiguous and flags.writeable
-                                and dest.dtype == np_dtype and dest.shape == entry.shape):
+                        if type(dest) is np.ndarray:
+                            flags = dest.flags
+                            if not (flags.c_contiguous and flags.writeable and (dest.dtype is np_dtype or dest.dtype == np_dtype)
+                                    and dest.shape == entry_shape):
+                                dest = None
+                        elif not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous and dest.flags.writeable
+                                  and dest.dtype == np_dtype and dest.shape == entry_shape):
                             dest = None
-                    reads.append((entry, dest, partial(adapter.set_value, obj, attr)))  # set_value(obj, attr, arr)
+                    add((entry, dest, partial(set_value, obj, attr)))  # set_value(obj, attr, arr)
             if node.state is not None:
-                after.append(_state_setter(m.adapter, m.obj, node.state, m.path))
+                after.append(_state_setter(match[1], match[0], node.state, match[3]))
         if errors:
             raise errors[0] if len(errors) == 1 else type(errors[0])(
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
         return _unalias(reads), after
 
-    def _commit_matches(self, matches: list[_Match], pending) -> None:
-        put, node_objs = self.matched.put, self.node_objs
-        for m in matches:
-            ref = put(m.obj, m.node_id)  # one weak reference serves both tables
-            objs = node_objs.get(m.node_id)
+    def _commit_matches(self, matches: list[tuple], pending) -> None:
+        table = self.matched._d
+        remove = self.matched._remove
+        node_objs = self.node_objs
+        keyed_ref = weakref.KeyedRef
+        for obj, _adapter, nid, _path in matches:
+            # one weak reference serves both tables (WeakIdTable.put, inlined: one call per object adds up)
+            key = id(obj)
+            entry = table.get(key)
+            if entry is not None and entry[0]() is obj:
+                ref = entry[0]
+            else:
+                try:
+                    ref = keyed_ref(obj, remove, key)
+                except TypeError:
+                    ref = _Strong(obj)
+            table[key] = (ref, nid)
+            objs = node_objs.get(nid)
             if objs is None:
-                node_objs[m.node_id] = [ref]
+                node_objs[nid] = [ref]
             else:
                 objs.append(ref)
-        newly = {m.node_id for m in matches}
         if pending:
             install_creation_hooks(notify_dependency_added)
         for parent, name, cid, p in pending:
@@ -391,8 +427,11 @@ class RestoreSession:
                 waiting = {}
                 _PENDING[parent] = waiting
             waiting[name] = (self, cid, p)
+        if not self._has_slots:
+            return
         # slots whose optimizer or variable just matched
         nodes = self.index.nodes
+        newly = {m[2] for m in matches}
         for nid in newly:
             for var_id, name, slot_id in nodes[nid].slots:
                 self._try_slot(nid, var_id, name, slot_id)
@@ -494,16 +533,22 @@ def _unalias(reads: list) -> list:
         end = -1
         for start, stop, i in spans:
             if start < end:
-                entry, _dest, cb = reads[i]
-                reads[i] = (entry, None, cb)
+                entry, dest, cb = reads[i]
+                # a read without a callback fills its live array in place (the inlined numpy adapter):
+                # it now reads into a fresh array, copied into the live one as set_value would
+                reads[i] = (entry, None, cb if cb is not None else partial(_fill, dest))
             else:
                 end = stop
     return reads
 
 
-def _spec_error(m: _Match, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
+def _fill(dest: np.ndarray, value: np.ndarray) -> None:
+    dest[...] = value
+
+
+def _spec_error(match: tuple, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
     """The error for a live spec that does not match ``entry``, or None if it matches after all."""
-    where = display_path(m.path)
+    where = display_path(match[3])
     shape = tuple(int(d) for d in shape)
     if shape != tuple(entry.shape):
         return ShapeMismatchError(

@@ -1,0 +1,133 @@
+"""The fast paths of restore give the same results as the general adapter protocol.
+
+Restore inlines the built-in numpy adapter (a writable C-contiguous array is filled in
+place, with no ``spec``/``restore_buffer``/``set_value`` calls) and reads runs of small
+tensors with one ``preadv`` straight into the arrays. These tests pin the cases where
+the general path must still run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ckptcore as ck
+from ckptcore import reader, storage
+
+
+def _save(prefix, **arrays):
+    src = ck.Module()
+    for k, v in arrays.items():
+        setattr(src, k, v)
+    return ck.Checkpoint(m=src).write(prefix)
+
+
+def test_an_adapter_registered_for_ndarray_replaces_the_inlined_one(prefix):
+    calls = []
+
+    class Logging(ck.builtin.numpy_adapters.NumpyArrayAdapter):
+        name = "test.logging-numpy"
+
+        def set_value(self, obj, attr, value):
+            calls.append(attr)
+            super().set_value(obj, attr, value)
+
+    path = _save(prefix, w=np.arange(3.0))
+    plugin = ck.register_adapter(np.ndarray, Logging(), priority=10)
+    try:
+        dst = ck.Module()
+        dst.w = np.zeros(3)
+        ck.Checkpoint(m=dst).read(path).assert_consumed()
+    finally:
+        ck.registry.unregister_plugin(plugin)
+    assert calls == ["VARIABLE_VALUE"] and dst.w.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_ndarray_subclasses_take_the_adapter_path(prefix):
+    class Tagged(np.ndarray):
+        pass
+
+    path = _save(prefix, w=np.arange(4.0))
+    dst = ck.Module()
+    dst.w = np.zeros(4).view(Tagged)
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    assert type(dst.w) is Tagged and dst.w.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("live", ["fortran", "strided", "other dtype", "read-only"])
+def test_arrays_the_fast_path_cannot_fill_in_place(prefix, live):
+    value = np.arange(12.0).reshape(3, 4)
+    path = _save(prefix, w=value)
+    dst = ck.Module()
+    if live == "fortran":
+        dst.w = np.zeros((3, 4), order="F")
+    elif live == "strided":
+        dst.w = np.zeros((3, 8))[:, ::2]
+    elif live == "other dtype":
+        dst.w = np.zeros((3, 4), np.float32)
+    else:
+        dst.w = np.zeros((3, 4))
+        dst.w.flags.writeable = False
+    if live in ("other dtype", "read-only"):
+        with pytest.raises(ck.CheckpointError):
+            ck.Checkpoint(m=dst).read(path)
+        assert not dst.w.any()  # nothing assigned
+        return
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    np.testing.assert_array_equal(dst.w, value)
+
+
+def test_one_live_array_under_two_names_gets_one_of_the_values(prefix):
+    path = _save(prefix, a=np.full(8, 1.0), b=np.full(8, 2.0))
+    shared = np.zeros(8)
+    dst = ck.Module()
+    dst.a = shared
+    dst.b = shared
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    assert shared.tolist() in ([1.0] * 8, [2.0] * 8)
+
+
+def test_scattered_reads_handle_gaps_and_repeats(prefix, monkeypatch):
+    """One run of small tensors with padding between them, asked for twice in one read."""
+    sizes = [1, 3, 17, 64, 5]
+    arrays = {f"x{i}": np.arange(n, dtype=np.uint8) + i for i, n in enumerate(sizes)}
+    path = _save(prefix, **arrays)
+    r = ck.load_checkpoint(path)
+    entries = [r.entry(f"m/x{i}/.ATTRIBUTES/VARIABLE_VALUE") for i in range(len(sizes))]
+    got = []
+    r.read([(e, None, got.append) for e in entries + entries])
+    by_len = sorted((len(a), a.tolist()) for a in got)
+    assert by_len == sorted((len(v), v.tolist()) for v in list(arrays.values()) * 2)
+
+
+def test_readv_sizes_and_zero_length_buffers(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(bytes(range(40)))
+    rd = storage._LocalReader(str(p))
+    try:
+        a, empty, b = np.zeros(2, np.int64), np.zeros(0, np.float32), np.zeros(3, np.uint8)
+        assert rd.readv(4, [a, empty, b]) == 19
+        assert a.view(np.uint8).tolist() == list(range(4, 20)) and b.tolist() == [20, 21, 22]
+        c = np.zeros(5, np.uint8)
+        assert rd.readv(38, [c], [5]) == 2  # past the end: a short count, never an error
+    finally:
+        rd.close()
+
+
+def test_corrupt_tensor_in_a_run_is_named(prefix):
+    arrays = {f"x{i}": np.full(10, float(i)) for i in range(50)}
+    path = _save(prefix, **arrays)
+    r = ck.load_checkpoint(path)
+    bad = r.entry("m/x37/.ATTRIBUTES/VARIABLE_VALUE")
+    with open(path + ".data-00000-of-00001", "r+b") as f:
+        f.seek(bad.offset + 5)
+        byte = f.read(1)
+        f.seek(bad.offset + 5)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    dst = ck.Module()
+    for k in arrays:
+        setattr(dst, k, np.zeros(10))
+    with pytest.raises(ck.CorruptCheckpointError) as info:
+        ck.Checkpoint(m=dst).read(path)
+    assert info.value.key == "m/x37/.ATTRIBUTES/VARIABLE_VALUE"
+    assert reader.SMALL_READ > 80  # the tensors were read as one scattered run
