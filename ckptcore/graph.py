@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from .adapters import Adapter
 from .errors import CheckpointError
 from .naming import display_path
 from .registry import adapter_or_none, find_adapter
@@ -65,6 +66,18 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str], extra: Iterable[t
     return out
 
 
+_LEAF_ADAPTERS: dict[type, bool] = {}
+
+
+def _is_leaf_adapter(adapter: Any) -> bool:
+    """Whether ``adapter`` keeps the default ``children()`` (no dependencies, ever): cached per class."""
+    cls = type(adapter)
+    leaf = _LEAF_ADAPTERS.get(cls)
+    if leaf is None:
+        leaf = _LEAF_ADAPTERS[cls] = getattr(cls, "children", None) is Adapter.children
+    return leaf
+
+
 def walk(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), root_adapter: Any = None) -> list[LiveNode]:
     """Every object reachable from ``root``, breadth-first; node 0 is the root.
 
@@ -81,6 +94,8 @@ def walk(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), root_ad
     while queue:
         i = queue.popleft()
         node = nodes[i]
+        if i and _is_leaf_adapter(node.adapter):
+            continue
         kids = live_children(node.obj, node.adapter, node.path, extra if i == 0 else ())
         for name, child in kids:
             j = index.get(id(child))

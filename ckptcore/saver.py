@@ -25,6 +25,7 @@ import numpy as np
 from . import format as fmt
 from ._perf import paused_gc, submit
 from .dtypes import dtype_name, storage_dtype
+from .builtin.numpy_adapters import NumpyArrayAdapter
 from .errors import CheckpointError, UnsupportedDtypeError
 from .graph import walk
 from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, object_path, slot_key
@@ -133,13 +134,24 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
             esc = escaped_names[name] = escape_local_name(name)
         return esc
 
+    value_suffix = f"/{ATTRIBUTES}/{escape(VARIABLE_VALUE)}"
     for i, ln in enumerate(live):
         adapter, obj = ln.adapter, ln.obj
-        # leaves share one empty tuple for "no children, no slots": fewer objects for the garbage collector
-        node = fmt.Node(getattr(adapter, "name", type(adapter).__name__), _qualname(obj), ln.children or (), {}, None, ())
         # each path is escaped once, from its parent's (BFS: the parent, at path[:-1], came first)
         p = ln.path
         esc = escaped[p] = f"{escaped[p[:-1]]}/{escape(p[-1])}" if len(p) > 1 else object_path(p)
+        if type(adapter) is NumpyArrayAdapter and type(obj) is np.ndarray and esc:
+            # The built-in adapter, inlined (most leaves of numpy models): one VARIABLE_VALUE, no state,
+            # no slots; the common array (supported little-endian dtype, C order) is written as it is.
+            info = _DTYPE_INFO.get(obj.dtype)
+            if info is not None and info[1] is obj.dtype and obj.flags.c_contiguous:
+                arr = obj.copy() if snapshot else obj
+                entry = fmt.TensorEntry(esc + value_suffix, info[0], arr.shape, 0, 0, arr.nbytes, 0)
+                nodes.append(fmt.Node(adapter.name, "numpy.ndarray", (), {VARIABLE_VALUE: entry}, None, ()))
+                tensors.append((entry, arr))
+                continue
+        # leaves share one empty tuple for "no children, no slots": fewer objects for the garbage collector
+        node = fmt.Node(getattr(adapter, "name", type(adapter).__name__), _qualname(obj), ln.children or (), {}, None, ())
         attrs = adapter.attributes(obj)
         if attrs:
             key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
@@ -188,53 +200,57 @@ def _byte_view(arr: np.ndarray) -> memoryview:
 _ZEROS = bytes(fmt.ALIGNMENT)
 
 
-def _set_crc(entry: fmt.TensorEntry, mv: memoryview) -> None:
-    entry.crc32c = fmt.crc32c(mv)
+def _set_crc(entry: fmt.TensorEntry, arr) -> None:
+    entry.crc32c = fmt.crc32c(arr)
 
 
 def _set_crcs(items: list) -> None:
     crc32c = fmt.crc32c
-    for entry, mv in items:
-        entry.crc32c = crc32c(mv, 0, True)  # releases the GIL: the writing thread goes on meanwhile
+    for entry, arr in items:
+        entry.crc32c = crc32c(arr, 0, True)  # releases the GIL: the writing thread goes on meanwhile
 
 
 def _write_tensors(writer, tensors, progress) -> int:
     """Lay tensors out 64-byte aligned; write neighbours together with one ``writev``. Returns the size."""
     writev = getattr(writer, "writev", None)
+    arrays = writev is not None and getattr(writer, "accepts_arrays", False)  # local files: arrays as they are
     if writev is None:
         def writev(bufs):
             writer.write(b"".join(bufs))
     offset = 0
     batch: list = []
+    sizes: list = []
     batch_bytes = 0
-    small: list = []  # (entry, bytes) of the batch's small tensors: checksummed together
+    small: list = []  # (entry, buffer) of the batch's small tensors: checksummed together
     pending = []
     try:
         for entry, arr in tensors:
             pad = -offset % fmt.ALIGNMENT
             if pad:
                 batch.append(_ZEROS[:pad])
-            mv = _byte_view(arr)
+                sizes.append(pad)
+            buf = arr if arrays else _byte_view(arr)  # arr is C-contiguous (plan_save): CRC32C takes it as it is
             entry.offset = offset + pad
             nbytes = entry.nbytes
             if nbytes >= SMALL_TENSOR:
-                pending.append(submit(_set_crc, entry, mv))
+                pending.append(submit(_set_crc, entry, arr))
             else:
-                small.append((entry, mv))
-            batch.append(mv)
+                small.append((entry, arr))
+            batch.append(buf)
+            sizes.append(nbytes)
             batch_bytes += nbytes
             offset = entry.offset + nbytes
             if batch_bytes >= STAGING_BYTES:
                 if small:  # the helper thread checksums them while this one is in writev
                     pending.append(submit(_set_crcs, small))
-                writev(batch)
+                writev(batch, sizes) if arrays else writev(batch)
                 if progress is not None:
                     progress(batch_bytes)
-                batch, batch_bytes, small = [], 0, []
+                batch, sizes, batch_bytes, small = [], [], 0, []
         if batch:
             if small:
                 pending.append(submit(_set_crcs, small))
-            writev(batch)
+            writev(batch, sizes) if arrays else writev(batch)
             if progress is not None:
                 progress(batch_bytes)
     finally:

@@ -119,6 +119,15 @@ class Storage:
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 
+def _bytes(buf) -> memoryview:
+    """A flat byte view of a C-contiguous buffer; numpy arrays of any dtype (bfloat16, strings) included."""
+    if hasattr(buf, "__array_interface__") and not isinstance(buf, memoryview):
+        import numpy as np
+
+        buf = np.asarray(buf).reshape(-1).view(np.uint8)
+    return memoryview(buf).cast("B")
+
+
 def _check_regular(path: str) -> None:
     # a hostile checkpoint may put a directory, FIFO (open would hang) or device (endless data) in
     # place of a file: refuse anything but a regular file before opening it
@@ -177,7 +186,7 @@ class _LocalReader:
                 got -= sizes[i]
                 i += 1
             if got:  # continue inside a partly filled buffer
-                bufs[i] = memoryview(bufs[i]).cast("B")[got:]
+                bufs[i] = _bytes(bufs[i])[got:]
                 sizes[i] -= got
         return total
 
@@ -214,20 +223,28 @@ class _LocalWriter:
             n = os.write(self._fd, mv)
             mv = mv[n:]
 
-    def writev(self, bufs) -> None:
-        """Write byte buffers in order with as few system calls as possible (no copy into one buffer)."""
-        bufs = [b if isinstance(b, (bytes, bytearray)) else memoryview(b).cast("B") for b in bufs]
+    #: ``writev`` takes arrays as they are (C-contiguous, any dtype) with their sizes: no byte view per array
+    accepts_arrays = True
+
+    def writev(self, bufs, sizes=None) -> None:
+        """Write buffers in order with as few system calls as possible (no copy into one buffer).
+
+        ``bufs`` are C-contiguous buffers (numpy arrays of any dtype are passed as they are);
+        ``sizes``, if given, holds their lengths in bytes.
+        """
+        if sizes is None:
+            sizes = [len(_bytes(b)) for b in bufs]
+        bufs, sizes = list(bufs), list(sizes)
         i = 0
-        while i < len(bufs):
-            chunk = bufs[i:i + _IOV_MAX]
-            n = os.writev(self._fd, chunk)
-            for b in chunk:  # skip what was written; retry the rest of a partly written buffer
-                if n < len(b):
-                    if n:
-                        bufs[i] = memoryview(b)[n:]
-                    break
-                n -= len(b)
+        n = len(bufs)
+        while i < n:
+            wrote = os.writev(self._fd, bufs[i:i + _IOV_MAX])
+            while i < n and wrote >= sizes[i]:  # skip what was written
+                wrote -= sizes[i]
                 i += 1
+            if wrote:  # retry the rest of a partly written buffer
+                bufs[i] = _bytes(bufs[i])[wrote:]
+                sizes[i] -= wrote
 
     def commit(self) -> None:
         os.fsync(self._fd)

@@ -131,3 +131,29 @@ def test_corrupt_tensor_in_a_run_is_named(prefix):
         ck.Checkpoint(m=dst).read(path)
     assert info.value.key == "m/x37/.ATTRIBUTES/VARIABLE_VALUE"
     assert reader.SMALL_READ > 80  # the tensors were read as one scattered run
+
+
+def test_short_system_calls_with_dtypes_memoryview_cannot_describe(prefix, monkeypatch):
+    """Arrays go to writev/preadv as they are; a partial transfer continues inside a bfloat16 or
+    unicode array, which ``memoryview`` itself refuses to describe."""
+    import ml_dtypes
+
+    real_writev, real_preadv = storage.os.writev, storage.os.preadv
+
+    def short(real):
+        def call(fd, bufs, *offset):
+            first = np.asarray(bufs[0]).reshape(-1).view(np.uint8) if hasattr(bufs[0], "dtype") else bufs[0]
+            return real(fd, [memoryview(first).cast("B")[: max(1, len(memoryview(first).cast("B")) // 3)]], *offset)
+        return call
+
+    monkeypatch.setattr(storage.os, "writev", short(real_writev))
+    monkeypatch.setattr(storage.os, "preadv", short(real_preadv))
+    values = {"bf": np.arange(50, dtype=np.float32).astype(ml_dtypes.bfloat16),
+              "u": np.array(["alpha", "beta", "gamma"]), "f": np.arange(7.0)}
+    path = _save(prefix, **values)
+    dst = ck.Module()
+    for k, v in values.items():
+        setattr(dst, k, np.zeros_like(v))
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    for k, v in values.items():
+        np.testing.assert_array_equal(getattr(dst, k), v)
