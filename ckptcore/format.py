@@ -25,7 +25,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import accumulate, chain
 from types import MappingProxyType
 from typing import Any
 
@@ -148,20 +148,149 @@ class Node:
         return out
 
 
-@dataclass
+class Graph:
+    """The saved object graph, column by column: what restore walks.
+
+    Node ``i``'s edges are ``child_name[child_start[i]:child_start[i + 1]]`` (pointing at the
+    nodes in ``child`` at the same positions); its attributes are ``attr_name[a:b]`` with
+    ``a, b = attr_start[i], attr_start[i + 1]``, and attribute ``k`` is tensor ``k`` of the
+    :class:`TensorTable`. ``state`` and ``slots`` map node ids to their state and slot rows.
+
+    Example:
+        >>> g = Index(nodes=[Node(children=[("w", 1)]), Node()], num_shards=1, shard_sizes=[0]).graph
+        >>> g.children(0), g.children(1)
+        ([('w', 1)], [])
+    """
+
+    __slots__ = ("adapter", "type", "child_start", "child_name", "child", "attr_start", "attr_name", "state", "slots")
+
+    def __init__(self, adapter, type, child_start, child_name, child, attr_start, attr_name, state, slots):
+        self.adapter, self.type = adapter, type
+        self.child_start, self.child_name, self.child = child_start, child_name, child
+        self.attr_start, self.attr_name = attr_start, attr_name
+        self.state, self.slots = state, slots
+
+    def __len__(self) -> int:
+        return len(self.adapter)
+
+    def children(self, nid: int) -> list[tuple[str, int]]:
+        a, b = self.child_start[nid], self.child_start[nid + 1]
+        return list(zip(self.child_name[a:b], self.child[a:b]))
+
+    def attributes(self, nid: int) -> range:
+        """The tensor ids (rows of the table) of node ``nid``'s attributes."""
+        return range(self.attr_start[nid], self.attr_start[nid + 1])
+
+    @classmethod
+    def from_nodes(cls, nodes: list[Node]) -> "Graph":
+        counts = [len(n.children) for n in nodes]
+        acounts = [len(n.attributes) for n in nodes]
+        return cls([n.adapter for n in nodes], [n.type for n in nodes], [0, *accumulate(counts)],
+                   [name for n in nodes for name, _ in n.children], [c for n in nodes for _, c in n.children],
+                   [0, *accumulate(acounts)], [a for n in nodes for a in n.attributes],
+                   {i: n.state for i, n in enumerate(nodes) if n.state is not None},
+                   {i: list(n.slots) for i, n in enumerate(nodes) if n.slots})
+
+
+class TensorTable:
+    """Every tensor of an index, column by column: row ``t`` is tensor ``t``.
+
+    ``node[t]`` is the node that holds it. :meth:`entry` builds a :class:`TensorEntry`
+    for one row; :meth:`arrays` gives the layout columns as numpy arrays.
+
+    Example:
+        >>> e = TensorEntry("k", "float32", (2,), 0, 0, 8, 7)
+        >>> TensorTable.from_entries([e], [0]).entry(0) == e
+        True
+    """
+
+    __slots__ = ("key", "dtype", "shape", "shard", "offset", "nbytes", "crc32c", "node", "_arrays")
+
+    def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node):
+        self.key, self.dtype, self.shape = key, dtype, shape
+        self.shard, self.offset, self.nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
+        self._arrays = None
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def entry(self, t: int) -> TensorEntry:
+        return TensorEntry(self.key[t], self.dtype[t], self.shape[t], self.shard[t], self.offset[t], self.nbytes[t],
+                           self.crc32c[t])
+
+    def entries(self) -> list[TensorEntry]:
+        return list(map(TensorEntry, self.key, self.dtype, self.shape, self.shard, self.offset, self.nbytes,
+                        self.crc32c))
+
+    def np_dtype(self, t: int) -> np.dtype:
+        dt = _FAST_DTYPES.get(self.dtype[t])
+        return dt if dt is not None else dtype_from_name(self.dtype[t])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``shard``, ``offset`` and ``nbytes`` as int64 arrays (built once)."""
+        if self._arrays is None:
+            self._arrays = tuple(np.array(c, np.int64) for c in (self.shard, self.offset, self.nbytes))
+        return self._arrays
+
+    @classmethod
+    def from_entries(cls, entries: list[TensorEntry], node: list[int]) -> "TensorTable":
+        return cls([e.key for e in entries], [e.dtype for e in entries], [tuple(e.shape) for e in entries],
+                   [e.shard for e in entries], [e.offset for e in entries], [e.nbytes for e in entries],
+                   [e.crc32c for e in entries], node)
+
+
 class Index:
-    """A parsed index: graph nodes plus data-file layout.
+    """A parsed index: the object graph plus the data-file layout.
+
+    Decoded version-2 indexes hold their :attr:`graph` and :attr:`table` as columns, and
+    build :attr:`nodes` (one :class:`Node` per object) only when asked; indexes built from
+    nodes (saving, version 1) derive the columns from them once.
 
     Example:
         >>> Index(nodes=[Node()], num_shards=1, shard_sizes=[0]).num_shards
         1
     """
 
-    nodes: list[Node]
-    num_shards: int
-    shard_sizes: list[int]
-    metadata: dict = field(default_factory=dict)
-    version: int = FORMAT_VERSION
+    def __init__(self, nodes: list[Node] | None = None, num_shards: int = 1, shard_sizes: list[int] | None = None,
+                 metadata: dict | None = None, version: int = FORMAT_VERSION, *, graph: Graph | None = None,
+                 table: TensorTable | None = None):
+        if nodes is None and (graph is None or table is None):
+            raise ValueError("an Index needs nodes, or a graph and a table")
+        self._nodes = nodes
+        self._graph, self._table = graph, table
+        self.num_shards = num_shards
+        self.shard_sizes = [0] if shard_sizes is None else shard_sizes
+        self.metadata = {} if metadata is None else metadata
+        self.version = version
+
+    def __repr__(self) -> str:
+        return (f"Index(version={self.version}, nodes={len(self.graph)}, tensors={len(self.table)}, "
+                f"num_shards={self.num_shards})")
+
+    @property
+    def nodes(self) -> list[Node]:
+        if self._nodes is None:
+            self._nodes = _nodes_from_columns(self._graph, self._table)
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, value: list[Node]) -> None:
+        self._nodes, self._graph, self._table = value, None, None
+
+    @property
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = Graph.from_nodes(self._nodes)
+        return self._graph
+
+    @property
+    def table(self) -> TensorTable:
+        if self._table is None:
+            nodes = self._nodes
+            self._table = TensorTable.from_entries(
+                [e for n in nodes for e in n.attributes.values()],
+                [i for i, n in enumerate(nodes) for _ in range(len(n.attributes))])
+        return self._table
 
     def encode(self) -> bytes:
         """The index file's bytes: header plus the JSON of this index's ``version``.
@@ -176,10 +305,22 @@ class Index:
 
     def tensors(self):
         """Every tensor entry, in node order (attributes in their order within a node)."""
-        entries = self.__dict__.get("_entries")
-        if entries is not None:
-            return iter(entries)
-        return (e for node in self.nodes for e in node.attributes.values())
+        if self._nodes is None:
+            return iter(self._table.entries())
+        return (e for node in self._nodes for e in node.attributes.values())
+
+
+def _nodes_from_columns(g: Graph, t: TensorTable) -> list[Node]:
+    n = len(g)
+    entries = t.entries()
+    cs, as_ = g.child_start, g.attr_start
+    children = [list(zip(g.child_name[cs[i]:cs[i + 1]], g.child[cs[i]:cs[i + 1]])) if cs[i] != cs[i + 1] else ()
+                for i in range(n)]
+    attrs = [dict(zip(g.attr_name[as_[i]:as_[i + 1]], entries[as_[i]:as_[i + 1]])) if as_[i] != as_[i + 1]
+             else _EMPTY_ATTRS for i in range(n)]
+    state = [g.state.get(i) for i in range(n)] if g.state else [None] * n
+    slots = [g.slots.get(i, ()) for i in range(n)] if g.slots else [()] * n
+    return list(map(Node, g.adapter, g.type, children, attrs, state, slots))
 
 
 def _head(index: Index) -> str:
@@ -530,7 +671,33 @@ def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
     if m:
         _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes)
 
-    # -- build the objects ----------------------------------------------------------------------
+    # -- per-node checks, then the columns restore works on -----------------------------------------
+    child_start = [0, *accumulate(num_children)]
+    for nid in [i for i, c in enumerate(num_children) if c > 1]:
+        names = child_names[child_start[nid]:child_start[nid + 1]]
+        if len(set(names)) != len(names):
+            dup = next(x for i, x in enumerate(names) if x in names[:i])
+            raise _bad(path, f"node {nid} has two children named {dup!r}")
+    attr_start = [0, *accumulate(num_attrs)]
+    for nid in [i for i, c in enumerate(num_attrs) if c > 1]:
+        names = attr_names[attr_start[nid]:attr_start[nid + 1]]
+        if len(set(names)) != len(names):
+            raise _bad(path, f"node {nid} has two attributes of one name")
+    node_state: dict[int, Any] = {}
+    for row in states:
+        if type(row) is not list or len(row) != 2:
+            raise _bad(path, "a state entry must be [node id, value]")
+        nid = _int(row[0], "state node id", path, 0, n - 1)
+        if nid in node_state or row[1] is None:
+            raise _bad(path, f"node {nid} has two states" if nid in node_state else f"node {nid} has a null state")
+        node_state[nid] = row[1]
+    node_slots: dict[int, list] = {}
+    for row in slot_rows:
+        if type(row) is not list or len(row) != 4:
+            raise _bad(path, "a slot entry must be [optimizer node, variable node, name, slot node]")
+        opt = _int(row[0], "slot optimizer", path, 0, n - 1)
+        node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
+                                               _str(row[2], "slot name", path), _int(row[3], "slot node", path, 0, n - 1)))
     if all(d == 1 for d in ndim):  # the common case: vectors, one C-level pass
         shapes = list(zip(dims))
     else:
@@ -538,52 +705,11 @@ def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
         for k in ndim:
             shapes.append(tuple(dims[p:p + k]))
             p += k
-    entries = list(map(TensorEntry, keys, map(dtype_names.__getitem__, dtype_ids), shapes, shard, offset, nbytes,
-                       crcs))
-    children: list = [()] * n
-    attributes: list = [_EMPTY_ATTRS] * n
-    p = 0
-    for nid in [i for i, c in enumerate(num_children) if c]:
-        c = num_children[nid]
-        names = child_names[p:p + c]
-        if c > 1 and len(set(names)) != c:
-            dup = next(x for i, x in enumerate(names) if x in names[:i])
-            raise _bad(path, f"node {nid} has two children named {dup!r}")
-        children[nid] = list(zip(names, child_ids[p:p + c]))
-        p += c
-    p = 0
-    for nid in [i for i, c in enumerate(num_attrs) if c]:
-        c = num_attrs[nid]
-        if c == 1:
-            attributes[nid] = {attr_names[p]: entries[p]}
-        else:
-            attrs = dict(zip(attr_names[p:p + c], entries[p:p + c]))
-            if len(attrs) != c:
-                raise _bad(path, f"node {nid} has two attributes of one name")
-            attributes[nid] = attrs
-        p += c
-    node_state: list = [None] * n
-    for row in states:
-        if type(row) is not list or len(row) != 2:
-            raise _bad(path, "a state entry must be [node id, value]")
-        nid = _int(row[0], "state node id", path, 0, n - 1)
-        if node_state[nid] is not None:
-            raise _bad(path, f"node {nid} has two states")
-        node_state[nid] = row[1]
-    node_slots: list = [()] * n
-    for row in slot_rows:
-        if type(row) is not list or len(row) != 4:
-            raise _bad(path, "a slot entry must be [optimizer node, variable node, name, slot node]")
-        opt = _int(row[0], "slot optimizer", path, 0, n - 1)
-        if node_slots[opt] == ():
-            node_slots[opt] = []
-        node_slots[opt].append((_int(row[1], "slot variable", path, 0, n - 1), _str(row[2], "slot name", path),
-                                _int(row[3], "slot node", path, 0, n - 1)))
-    nodes = list(map(Node, map(adapters.__getitem__, node_adapter), map(types.__getitem__, node_type), children,
-                     attributes, node_state, node_slots))
-    index = Index(nodes=nodes, num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version)
-    index._entries = entries
-    return index
+    graph = Graph(list(map(adapters.__getitem__, node_adapter)), list(map(types.__getitem__, node_type)), child_start,
+                  child_names, child_ids, attr_start, attr_names, node_state, node_slots)
+    table = TensorTable(keys, list(map(dtype_names.__getitem__, dtype_ids)), shapes, shard, offset, nbytes, crcs,
+                        np.repeat(np.arange(n), num_attrs).tolist())
+    return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table)
 
 
 def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+from itertools import accumulate
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping
@@ -31,6 +32,7 @@ COALESCE_GAP = 4096          # merge reads of small tensors closer than this
 COALESCE_MAX = 16 << 20       # into blocks up to this size
 SMALL_READ = 1 << 20
 _SCRATCH = memoryview(bytearray(COALESCE_GAP + fmt.ALIGNMENT))  # sink for padding between scattered tensors
+_PADDING = [_SCRATCH[:n] for n in range(COALESCE_GAP + 1)]  # a view of every padding length, made once
 
 
 class CheckpointReader:
@@ -68,8 +70,16 @@ class CheckpointReader:
         raw = storage.read_bytes(self.index_file)
         with paused_gc():
             self.index = fmt.decode_index(raw, self.index_file)
-            self._by_key: dict[str, fmt.TensorEntry] = {e.key: e for e in self.index.tensors()}
+            self.index.table  # version 1 and saved indexes: the columns, built once
+        self._row_of: dict[str, int] | None = None  # key -> row of the tensor table, built when first needed
         self._checked_sizes = False
+
+    @property
+    def _rows(self) -> dict[str, int]:
+        if self._row_of is None:
+            keys = self.index.table.key
+            self._row_of = dict(zip(keys, range(len(keys))))
+        return self._row_of
 
     def data_file(self, shard: int) -> str:
         return fmt.data_path(self.prefix, shard, self.index.num_shards)
@@ -110,22 +120,24 @@ class CheckpointReader:
 
     # --- TF-compatible accessors -------------------------------------------------
     def has_tensor(self, key: str) -> bool:
-        return key in self._by_key
+        return key in self._rows
 
     def keys(self) -> list[str]:
-        return sorted(self._by_key)
+        return sorted(self.index.table.key)
 
     def entry(self, key: str) -> fmt.TensorEntry:
         try:
-            return self._by_key[key]
+            return self.index.table.entry(self._rows[key])
         except KeyError:
             raise KeyNotFoundError(f"key {key!r} not found in checkpoint {self.path!r}") from None
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
-        return {k: list(e.shape) for k, e in sorted(self._by_key.items())}
+        t = self.index.table
+        return {k: list(t.shape[i]) for k, i in sorted(self._rows.items())}
 
     def get_variable_to_dtype_map(self) -> dict[str, np.dtype]:
-        return {k: e.np_dtype for k, e in sorted(self._by_key.items())}
+        t = self.index.table
+        return {k: t.np_dtype(i) for k, i in sorted(self._rows.items())}
 
     def get_tensor(self, key: str) -> np.ndarray:
         """Read one tensor into a new array (checksum verified).
@@ -152,9 +164,10 @@ class CheckpointReader:
             >>> ck.load_checkpoint(ck.Checkpoint(a=np.ones(4)).write("memory://doc/verify/c")).verify()
             32
         """
-        entries = list(self._by_key.values())
-        self.read([(e, None, None) for e in entries], verify=True)
-        return sum(e.nbytes for e in entries)
+        t = self.index.table
+        n = len(t)
+        self.read_rows(list(range(n)), [None] * n, [None] * n, verify=True)
+        return sum(t.nbytes)
 
     def read(self, requests: Iterable[tuple[fmt.TensorEntry, np.ndarray | None, Callable | None]],
              verify: bool | None = None) -> None:
@@ -182,6 +195,43 @@ class CheckpointReader:
             f = self.data_file(shard)
             with self.storage.open_reader(f) as rd:
                 read_tensors(rd, f, items, verify)
+
+    def read_rows(self, rows: list[int], dests: list, callbacks: list, verify: bool | None = None) -> None:
+        """:meth:`read` for the tensors at ``rows`` of the index's table (restore's path).
+
+        ``dests[i]`` and ``callbacks[i]`` go with ``rows[i]``, as in :meth:`read`; a None
+        callback means the destination itself is the result. A single local data file is
+        read by runs of neighbouring tensors, laid out with numpy (no object per tensor);
+        anything else goes through :meth:`read`.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> r = ck.load_checkpoint(ck.Checkpoint(a=np.arange(3.0)).write("memory://doc/read_rows/c"))
+            >>> out = np.zeros(3); r.read_rows([0], [out], [None]); out.tolist()
+            [0.0, 1.0, 2.0]
+        """
+        verify = self.verify_checksums if verify is None else verify
+        if not rows:
+            return
+        table = self.index.table
+        if self.index.num_shards != 1:
+            self.read([(table.entry(t), d, cb) for t, d, cb in zip(rows, dests, callbacks)], verify)
+            return
+        self.check_data_files()
+        _shards, offset, nbytes = table.arrays()
+        r = np.array(rows, np.int64)
+        offs = offset[r]
+        if len(r) > 1 and not (offs[1:] >= offs[:-1]).all():  # restores usually ask in file order already
+            order = np.argsort(offs, kind="stable")
+            r, offs = r[order], offs[order]
+            order = order.tolist()
+            rows, dests, callbacks = [rows[i] for i in order], [dests[i] for i in order], [callbacks[i] for i in order]
+        f = self.data_file(0)
+        with self.storage.open_reader(f) as rd:
+            if getattr(rd, "readv", None) is None:
+                read_tensors(rd, f, [(table.entry(t), d, cb) for t, d, cb in zip(rows, dests, callbacks)], verify)
+            else:
+                _read_rows_sorted(rd, f, table, rows, offs, nbytes[r], dests, callbacks, verify)
 
     def _read_parallel(self, by_shard: dict[int, list], verify: bool, workers: int) -> None:
         """Read several shards at once (object stores); callbacks run on this thread, as the tensors arrive."""
@@ -386,6 +436,87 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
         _finish_run(*in_flight, path)
     for entry, arr, cb, fut in checking:
         _finish(entry, arr, path, verify, cb, crc=fut.result())
+
+
+def _read_rows_sorted(rd, path: str, table: fmt.TensorTable, rows: list, offs: np.ndarray, nbs: np.ndarray,
+                      dests: list, callbacks: list, verify: bool) -> None:
+    """Read table ``rows`` (sorted by offset) from one data file with ``rd.readv``.
+
+    Where runs of small tensors start and end, and whether padding lies between them,
+    is worked out with numpy over the whole request; each run is then one ``readv``
+    straight into its arrays, checksummed on the helper thread while the next run is read.
+    """
+    n = len(rows)
+    ends = offs + nbs
+    large = nbs >= SMALL_READ
+    gaps = np.zeros(n, np.int64)
+    gaps[1:] = offs[1:] - ends[:-1]
+    window = (offs - offs[0]) // COALESCE_MAX
+    brk = large.copy()
+    brk[1:] |= large[:-1] | (gaps[1:] < 0) | (gaps[1:] > COALESCE_GAP) | (window[1:] != window[:-1])
+    brk[0] = True
+    starts = np.flatnonzero(brk).tolist()
+    starts.append(n)
+    padded = np.cumsum(gaps > 0).tolist()  # padded[k]: how many of tensors 0..k follow a gap
+    offs_l, ends_l, nbs_l, gaps_l, large_l = offs.tolist(), ends.tolist(), nbs.tolist(), gaps.tolist(), large.tolist()
+    any_cb = callbacks.count(None) != n
+    missing = [0, *accumulate([d is None for d in dests])]  # missing[k]: how many of dests[:k] are None
+    crc32c = table.crc32c
+    in_flight = None
+    checking = []  # large tensors whose checksum is still being computed
+    for i, j in zip(starts, starts[1:]):
+        arrs = dests[i:j]
+        if missing[j] != missing[i]:  # (not "None in arrs": that compares arrays elementwise)
+            arrs = [d if d is not None else np.empty(table.shape[t], table.np_dtype(t)) for d, t in zip(arrs, rows[i:j])]
+        if large_l[i]:  # a run of its own
+            entry, arr, cb = table.entry(rows[i]), arrs[0], callbacks[i]
+            if verify:
+                checking.append((entry, arr, cb, _read_large(rd, path, entry, arr)))
+            else:
+                if rd.readinto(entry.offset, _bytes_of(arr)) != entry.nbytes:
+                    raise _short(entry, path)
+                _finish(entry, arr, path, False, cb)
+            continue
+        if padded[j - 1] == padded[i]:
+            bufs, sizes = arrs, nbs_l[i:j]
+        else:  # arrays interleaved with the alignment padding between them (read and dropped)
+            bufs = [None] * (2 * (j - i) - 1)
+            sizes = bufs[:]
+            bufs[0::2], sizes[0::2] = arrs, nbs_l[i:j]
+            sizes[1::2] = gaps_l[i + 1:j]
+            bufs[1::2] = map(_PADDING.__getitem__, sizes[1::2])  # zero-length ones are dropped by readv
+        got = rd.readv(offs_l[i], bufs, sizes)
+        if got != ends_l[j - 1] - offs_l[i]:
+            k = next(k for k in range(i, j) if ends_l[k] - offs_l[i] > got)
+            raise _short(table.entry(rows[k]), path)
+        if verify:
+            crcs = submit(_checksums, arrs)
+            if in_flight is not None:
+                _finish_rows(*in_flight)
+            in_flight = (path, table, rows[i:j], arrs, callbacks[i:j] if any_cb else None, crcs, crc32c)
+        elif any_cb:
+            _deliver_rows(arrs, callbacks[i:j])
+    if in_flight is not None:
+        _finish_rows(*in_flight)
+    for entry, arr, cb, fut in checking:
+        _finish(entry, arr, path, verify, cb, crc=fut.result())
+
+
+def _finish_rows(path, table, rows, arrs, callbacks, crcs, expected) -> None:
+    got = crcs.result()
+    if got != [expected[t] for t in rows]:  # one comparison for the whole run
+        for t, arr, crc in zip(rows, arrs, got):
+            _finish(table.entry(t), arr, path, True, None, crc=crc)  # raises for the first corrupt tensor
+    if callbacks is not None:
+        _deliver_rows(arrs, callbacks)
+
+
+def _deliver_rows(arrs: list, callbacks: list) -> None:
+    if not np.little_endian:  # pragma: no cover - big-endian hosts
+        arrs = [a.byteswap().view(a.dtype.newbyteorder()) for a in arrs]
+    for cb, arr in zip(callbacks, arrs):
+        if cb is not None:
+            cb(arr)
 
 
 def _checksums(arrs: list) -> list[int]:

@@ -231,10 +231,11 @@ class RestoreSession:
         self.unused_attrs: set[str] = set()    # keys whose node matched but attribute is absent live
         self.restored_slots: set[int] = set()
         self.expect_partial = False
-        nodes = self.index.nodes
+        self.graph: fmt.Graph = self.index.graph
+        self.table: fmt.TensorTable = self.index.table
         self._slots_by_var: dict[int, list[tuple[int, str, int]]] = {}
-        for opt_id, node in enumerate(nodes):
-            for var_id, name, slot_id in node.slots:
+        for opt_id, rows in self.graph.slots.items():
+            for var_id, name, slot_id in rows:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
         self._has_slots = bool(self._slots_by_var)
 
@@ -287,9 +288,9 @@ class RestoreSession:
 
     def _restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter) -> None:
         matches, pending = self._match(obj, node_id, path, root_adapter)
-        reads, after = self._plan_values(matches)
-        if reads:
-            self.reader.read(reads, verify=self.verify)
+        (rows, dests, callbacks), after = self._plan_values(matches)
+        if rows:
+            self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
         # only after the values arrived: a failed read marks nothing matched and queues nothing
         self._commit_matches(matches, pending)
         for fn in after:
@@ -301,7 +302,8 @@ class RestoreSession:
         Returns the matches, ``(obj, adapter, node id, path)`` each, and the edges whose
         live child does not exist yet, ``(parent, name, node id, path)`` each.
         """
-        nodes = self.index.nodes
+        g = self.graph
+        child_start, child_name, child_id = g.child_start, g.child_name, g.child
         matches: list[tuple] = []
         pending: list[tuple[Any, str, int, tuple]] = []
         seen: set[tuple[int, int]] = set()
@@ -319,12 +321,11 @@ class RestoreSession:
             if adapter is None:
                 adapter = adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
             add((o, adapter, nid, p))
-            saved = nodes[nid].children
-            if not saved:
+            a, b = child_start[nid], child_start[nid + 1]
+            if a == b:
                 continue
-            kids = dict(self._children_of(o, adapter, p))
-            get = kids.get
-            for name, cid in saved:
+            get = dict(self._children_of(o, adapter, p)).get
+            for name, cid in zip(child_name[a:b], child_id[a:b]):
                 child = get(name)
                 if child is None:
                     pending.append((o, name, cid, p + (name,)))
@@ -333,82 +334,91 @@ class RestoreSession:
         return matches, pending
 
     def _plan_values(self, matches: list[tuple]):
-        """Check every value first (nothing is assigned if any check fails)."""
-        nodes = self.index.nodes
-        reads = []
+        """Check every value first (nothing is assigned if any check fails).
+
+        Returns the reads, as three parallel lists (table rows, destinations, callbacks),
+        and the state setters to run after them.
+        """
+        g, table = self.graph, self.table
+        attr_start, attr_name, states = g.attr_start, g.attr_name, g.state
+        t_dtype, t_shape = table.dtype, table.shape
+        rows, dests, callbacks = [], [], []
+        add_row, add_dest, add_cb = rows.append, dests.append, callbacks.append
         after = []
         errors = []
-        add = reads.append
         fast_dtypes = fmt.FAST_DTYPES
         for match in matches:
-            node = nodes[match[2]]
-            if node.attributes:
+            nid = match[2]
+            a, b = attr_start[nid], attr_start[nid + 1]
+            if a != b:
                 obj, adapter = match[0], match[1]
-                if type(adapter) is NumpyArrayAdapter:
+                if (type(adapter) is NumpyArrayAdapter and b == a + 1 and type(obj) is np.ndarray
+                        and attr_name[a] == VARIABLE_VALUE and nid not in states):
                     # The built-in adapter, inlined (most leaves of numpy models): its spec, a writable
                     # C-contiguous array is its own restore buffer, and its set_value is then a no-op.
-                    entry = node.attributes.get(VARIABLE_VALUE)
-                    if (entry is not None and len(node.attributes) == 1 and node.state is None
-                            and type(obj) is np.ndarray):
-                        flags = obj.flags
-                        if (obj.shape == entry.shape and obj.dtype is fast_dtypes.get(entry.dtype)
-                                and flags.writeable and flags.c_contiguous):
-                            add((entry, obj, None))
-                            continue
+                    flags = obj.flags
+                    if (obj.shape == t_shape[a] and obj.dtype is fast_dtypes.get(t_dtype[a]) and flags.writeable
+                            and flags.c_contiguous):
+                        add_row(a)
+                        add_dest(obj)
+                        add_cb(None)
+                        continue
                 live_attrs = adapter.attributes(obj)
                 if type(live_attrs) is not list or len(live_attrs) > 8:
                     live_attrs = set(live_attrs)
                 spec, restore_buffer, set_value = adapter.spec, adapter.restore_buffer, adapter.set_value
-                for attr, entry in node.attributes.items():
+                for t in range(a, b):
+                    attr = attr_name[t]
                     if attr not in live_attrs:
-                        self.unused_attrs.add(entry.key)
+                        self.unused_attrs.add(table.key[t])
                         continue
                     try:
                         shape, dtype = spec(obj, attr)
                     except CheckpointError as e:
-                        errors.append(type(e)(f"cannot restore {display_path(match[3])} ({entry.key}): {e}"))
+                        errors.append(type(e)(f"cannot restore {display_path(match[3])} ({table.key[t]}): {e}"))
                         continue
-                    np_dtype = fast_dtypes.get(entry.dtype)
+                    np_dtype = fast_dtypes.get(t_dtype[t])
                     if np_dtype is None:
-                        np_dtype = entry.np_dtype
-                    entry_shape = entry.shape
+                        np_dtype = table.np_dtype(t)
+                    entry_shape = t_shape[t]
                     if not (type(shape) is tuple and shape == entry_shape and dtype is np_dtype):
-                        err = _spec_error(match, entry, shape, dtype)  # messages are built only here, off the common case
+                        # messages are built only here, off the common case
+                        err = _spec_error(match, table.entry(t), shape, dtype)
                         if err is not None:
                             errors.append(err)
                             continue
                     dest = restore_buffer(obj, attr)
-                    if dest is not None:
-                        if type(dest) is np.ndarray:
-                            flags = dest.flags
-                            if not (flags.c_contiguous and flags.writeable and (dest.dtype is np_dtype or dest.dtype == np_dtype)
-                                    and dest.shape == entry_shape):
-                                dest = None
-                        elif not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous and dest.flags.writeable
-                                  and dest.dtype == np_dtype and dest.shape == entry_shape):
-                            dest = None
-                    add((entry, dest, partial(set_value, obj, attr)))  # set_value(obj, attr, arr)
-            if node.state is not None:
-                after.append(_state_setter(match[1], match[0], node.state, match[3]))
+                    if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous
+                                                 and dest.flags.writeable and dest.dtype == np_dtype
+                                                 and dest.shape == entry_shape):
+                        dest = None
+                    add_row(t)
+                    add_dest(dest)
+                    add_cb(partial(set_value, obj, attr))  # set_value(obj, attr, arr)
+            state = states.get(nid) if states else None
+            if state is not None:
+                after.append(_state_setter(match[1], match[0], state, match[3]))
         if errors:
             raise errors[0] if len(errors) == 1 else type(errors[0])(
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
-        return _unalias(reads), after
+        _unalias(dests, callbacks)
+        return (rows, dests, callbacks), after
 
     def _commit_matches(self, matches: list[tuple], pending) -> None:
         table = self.matched._d
-        remove = self.matched._remove
         node_objs = self.node_objs
-        keyed_ref = weakref.KeyedRef
+        ref_to = weakref.ref
         for obj, _adapter, nid, _path in matches:
-            # one weak reference serves both tables (WeakIdTable.put, inlined: one call per object adds up)
+            # One weak reference serves both tables (WeakIdTable.put, inlined: one call per object adds
+            # up). A plain reference, without the table's removal callback: an entry of a collected
+            # object only lingers until this session ends, and every lookup checks identity anyway.
             key = id(obj)
             entry = table.get(key)
             if entry is not None and entry[0]() is obj:
                 ref = entry[0]
             else:
                 try:
-                    ref = keyed_ref(obj, remove, key)
+                    ref = ref_to(obj)
                 except TypeError:
                     ref = _Strong(obj)
             table[key] = (ref, nid)
@@ -430,10 +440,10 @@ class RestoreSession:
         if not self._has_slots:
             return
         # slots whose optimizer or variable just matched
-        nodes = self.index.nodes
+        slots = self.graph.slots
         newly = {m[2] for m in matches}
         for nid in newly:
-            for var_id, name, slot_id in nodes[nid].slots:
+            for var_id, name, slot_id in slots.get(nid, ()):
                 self._try_slot(nid, var_id, name, slot_id)
             for opt_id, name, slot_id in self._slots_by_var.get(nid, ()):
                 if opt_id not in newly:
@@ -446,10 +456,10 @@ class RestoreSession:
         opts, vars_ = self._live(opt_id), self._live(var_id)
         if not opts or not vars_:
             return
-        entry = next(iter(self.index.nodes[slot_id].attributes.values()), None)
-        if entry is None:
+        rows = self.graph.attributes(slot_id)
+        if not rows:
             return
-        value = self.reader.get_tensor(entry.key)
+        value = self.reader.get_tensor(self.table.key[rows[0]])
         for opt in opts:
             adapter = find_adapter(opt)
             for var in vars_:
@@ -462,18 +472,11 @@ class RestoreSession:
 
     def unmatched_checkpoint_keys(self) -> list[str]:
         """Keys of checkpointed values no live object received."""
-        nodes = self.index.nodes
-        slot_ids = {s for n in nodes for _, _, s in n.slots}
-        out = []
-        for nid, node in enumerate(nodes):
-            if not node.attributes:
-                continue
-            if nid in slot_ids:
-                if nid not in self.restored_slots:
-                    out.extend(e.key for e in node.attributes.values())
-                continue
-            if nid not in self.node_objs:
-                out.extend(e.key for e in node.attributes.values())
+        table = self.table
+        slot_ids = {s for rows in self.graph.slots.values() for _, _, s in rows}
+        matched, restored = self.node_objs, self.restored_slots
+        out = [key for key, nid in zip(table.key, table.node)
+               if (nid not in restored if nid in slot_ids else nid not in matched)]
         out.extend(sorted(self.unused_attrs))
         return out
 
@@ -485,7 +488,7 @@ class RestoreSession:
         extra = [(n, c) for n, c in self._extra_children()]
         live = walk(root, extra, root_adapter=find_adapter(root))  # an invalid live graph is an error, not a pass
         out = []
-        nodes = self.index.nodes
+        g = self.graph
         for ln in live[1:]:
             if ln.path and ln.path[0] in self.ignore_live_names and len(ln.path) == 1:
                 continue
@@ -497,7 +500,7 @@ class RestoreSession:
                 if attrs:
                     out.append(display_path(ln.path))
                 continue
-            saved = nodes[nid].attributes
+            saved = set(g.attr_name[g.attr_start[nid]:g.attr_start[nid + 1]])
             for a in attrs:
                 if a not in saved:
                     out.append(f"{display_path(ln.path)} ({a})")
@@ -505,14 +508,14 @@ class RestoreSession:
 
     def nontrivial(self) -> bool:
         ignore = set()
-        for name, cid in self.index.nodes[0].children:
+        for name, cid in self.graph.children(0):
             if name in ("save_counter",):
                 ignore.add(cid)
         return any(nid not in (0,) and nid not in ignore and self._live(nid) for nid in self.node_objs)
 
 
-def _unalias(reads: list) -> list:
-    """Give every read its own destination memory.
+def _unalias(dests: list, callbacks: list) -> None:
+    """Give every read its own destination memory (in place on the parallel lists).
 
     One live object matched to two checkpoint nodes (or two views of one
     buffer) would otherwise receive two tensors in one pass, and the reader,
@@ -520,11 +523,11 @@ def _unalias(reads: list) -> list:
     see the second overwrite the first. Overlapping reads get a fresh array;
     their setters copy it in.
     """
-    dests = [dest for _entry, dest, _cb in reads if dest is not None]
-    if all(d.flags.owndata for d in dests) and len({id(d) for d in dests}) == len(dests):
-        return reads  # distinct arrays that each own their memory cannot overlap
+    live = [d for d in dests if d is not None]
+    if len({id(d) for d in live}) == len(live) and all(d.flags.owndata for d in live):
+        return  # distinct arrays that each own their memory cannot overlap
     spans = []
-    for i, (_entry, dest, _cb) in enumerate(reads):
+    for i, dest in enumerate(dests):
         if dest is not None and dest.nbytes:
             start = dest.__array_interface__["data"][0]
             spans.append((start, start + dest.nbytes, i))
@@ -533,13 +536,13 @@ def _unalias(reads: list) -> list:
         end = -1
         for start, stop, i in spans:
             if start < end:
-                entry, dest, cb = reads[i]
                 # a read without a callback fills its live array in place (the inlined numpy adapter):
                 # it now reads into a fresh array, copied into the live one as set_value would
-                reads[i] = (entry, None, cb if cb is not None else partial(_fill, dest))
+                if callbacks[i] is None:
+                    callbacks[i] = partial(_fill, dests[i])
+                dests[i] = None
             else:
                 end = stop
-    return reads
 
 
 def _fill(dest: np.ndarray, value: np.ndarray) -> None:

@@ -182,6 +182,9 @@ class _LocalReader:
             if got == 0:
                 break
             total += got
+            if got == sum(sizes[i:i + _IOV_MAX]):  # the common case: every buffer of the call filled
+                i += _IOV_MAX
+                continue
             while i < n and got >= sizes[i]:  # skip what was filled
                 got -= sizes[i]
                 i += 1
@@ -239,6 +242,9 @@ class _LocalWriter:
         n = len(bufs)
         while i < n:
             wrote = os.writev(self._fd, bufs[i:i + _IOV_MAX])
+            if wrote == sum(sizes[i:i + _IOV_MAX]):  # the common case: every buffer of the call written
+                i += _IOV_MAX
+                continue
             while i < n and wrote >= sizes[i]:  # skip what was written
                 wrote -= sizes[i]
                 i += 1

@@ -157,3 +157,40 @@ def test_short_system_calls_with_dtypes_memoryview_cannot_describe(prefix, monke
     ck.Checkpoint(m=dst).read(path).assert_consumed()
     for k, v in values.items():
         np.testing.assert_array_equal(getattr(dst, k), v)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_read_rows_in_any_order_with_new_and_given_buffers(prefix, monkeypatch, verify):
+    """``read_rows``: unsorted rows, some into given arrays, some into new ones, large ones read alone."""
+    monkeypatch.setattr(reader, "SMALL_READ", 4096)  # the 1000-element tensors count as large
+    sizes = [5, 1000, 3, 0, 17, 1000, 64, 1]
+    arrays = {f"x{i}": np.arange(n, dtype=np.float64) * (i + 1) for i, n in enumerate(sizes)}
+    path = _save(prefix, **arrays)
+    r = ck.load_checkpoint(path)
+    t = r.index.table
+    rows = list(range(len(t)))[::-1]  # against file order
+    dests = [np.zeros(t.shape[i]) if i % 2 else None for i in rows]
+    got = {}
+    callbacks = [(lambda a, i=i: got.__setitem__(i, a)) if i % 3 else None for i in rows]
+    r.read_rows(rows, dests, callbacks, verify=verify)
+    expect = {f"m/x{i}/.ATTRIBUTES/VARIABLE_VALUE": v for i, v in enumerate(arrays.values())}
+    for i, dest, cb in zip(rows, dests, callbacks):
+        value = expect[t.key[i]]
+        if dest is not None:
+            np.testing.assert_array_equal(dest, value)
+        if cb is not None:
+            np.testing.assert_array_equal(got[i], value)
+
+
+def test_read_rows_names_the_tensor_a_truncated_file_cuts(prefix):
+    arrays = {f"x{i}": np.full(100, float(i)) for i in range(30)}
+    path = _save(prefix, **arrays)
+    r = ck.load_checkpoint(path)
+    cut = r.entry("m/x20/.ATTRIBUTES/VARIABLE_VALUE")
+    rows = list(range(len(r.index.table)))
+    r.check_data_files()  # the sizes were fine when the checkpoint was opened
+    with open(path + ".data-00000-of-00001", "r+b") as f:
+        f.truncate(cut.offset + 10)
+    with pytest.raises(ck.CorruptCheckpointError, match="truncated") as info:
+        r.read_rows(rows, [None] * len(rows), [None] * len(rows))
+    assert info.value.key == cut.key
