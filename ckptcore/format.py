@@ -348,37 +348,24 @@ def _strs(values) -> str:
 
 
 def _encode_v2(index: Index) -> str:
-    """Version 2: the graph and the tensor table as columns (one JSON list per field).
-
-    Each column is one comprehension over the nodes: C-speed passes rather than one Python
-    loop body per node (tens of thousands of them for models of many small arrays).
-    """
-    nodes = index.nodes
-    adapter_names = [n.adapter for n in nodes]
-    type_names = [n.type for n in nodes]
-    adapters = {a: i for i, a in enumerate(dict.fromkeys(adapter_names))}
-    types = {t: i for i, t in enumerate(dict.fromkeys(type_names))}
-    with_children = [n.children for n in nodes if n.children]
-    with_attrs = [n.attributes for n in nodes if n.attributes]
-    entries = [e for attrs in with_attrs for e in attrs.values()]
-    states = [f"[{i},{_dumps(n.state)}]" for i, n in enumerate(nodes) if n.state is not None]
-    slots = [f"[{i},{var},{_json_str(name)},{slot}]" for i, n in enumerate(nodes) if n.slots for var, name, slot in n.slots]
-    dtypes = {d: i for i, d in enumerate(dict.fromkeys([e.dtype for e in entries]))}
-    shapes = [e.shape for e in entries]
+    """Version 2: the graph and the tensor table as columns (one JSON list per field)."""
+    g, t = index.graph, index.table
+    adapters = {a: i for i, a in enumerate(dict.fromkeys(g.adapter))}
+    types = {a: i for i, a in enumerate(dict.fromkeys(g.type))}
+    dtypes = {d: i for i, d in enumerate(dict.fromkeys(t.dtype))}
+    states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
+    slots = [f"[{i},{var},{_json_str(name)},{slot}]" for i in sorted(g.slots) for var, name, slot in g.slots[i]]
+    cs, as_ = np.asarray(g.child_start), np.asarray(g.attr_start)
     graph = (f'{{"adapters":[{_strs(adapters)}],"types":[{_strs(types)}],'
-             f'"adapter":[{_ints(list(map(adapters.__getitem__, adapter_names)))}],'
-             f'"type":[{_ints(list(map(types.__getitem__, type_names)))}],'
-             f'"num_children":[{_ints([len(n.children) for n in nodes])}],'
-             f'"child_name":[{_strs([name for kids in with_children for name, _ in kids])}],'
-             f'"child":[{_ints([c for kids in with_children for _, c in kids])}],'
-             f'"num_attributes":[{_ints([len(n.attributes) for n in nodes])}],'
-             f'"attribute":[{_strs([a for attrs in with_attrs for a in attrs])}],'
-             f'"state":[{",".join(states)}],"slots":[{",".join(slots)}]}}')
-    tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs([e.key for e in entries])}],'
-               f'"dtype":[{_ints([dtypes[e.dtype] for e in entries])}],"ndim":[{_ints(list(map(len, shapes)))}],'
-               f'"dims":[{_ints(list(chain.from_iterable(shapes)))}],"shard":[{_ints([e.shard for e in entries])}],'
-               f'"offset":[{_ints([e.offset for e in entries])}],"nbytes":[{_ints([e.nbytes for e in entries])}],'
-               f'"crc32c":[{_ints([e.crc32c for e in entries])}]}}')
+             f'"adapter":[{_ints(list(map(adapters.__getitem__, g.adapter)))}],'
+             f'"type":[{_ints(list(map(types.__getitem__, g.type)))}],'
+             f'"num_children":[{_ints(np.diff(cs).tolist())}],"child_name":[{_strs(g.child_name)}],'
+             f'"child":[{_ints(g.child)}],"num_attributes":[{_ints(np.diff(as_).tolist())}],'
+             f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":[{",".join(slots)}]}}')
+    tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs(t.key)}],'
+               f'"dtype":[{_ints(list(map(dtypes.__getitem__, t.dtype)))}],"ndim":[{_ints(list(map(len, t.shape)))}],'
+               f'"dims":[{_ints(list(chain.from_iterable(t.shape)))}],"shard":[{_ints(t.shard)}],'
+               f'"offset":[{_ints(t.offset)}],"nbytes":[{_ints(t.nbytes)}],"crc32c":[{_ints(t.crc32c)}]}}')
     return f'{_head(index)[:-1]},"nodes":{graph},"tensors":{tensors}}}'
 
 

@@ -27,23 +27,49 @@ from ._perf import paused_gc, submit
 from .dtypes import dtype_name, storage_dtype
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .errors import CheckpointError, UnsupportedDtypeError
-from .graph import walk
-from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, object_path, slot_key
+from .graph import _is_leaf_adapter, live_children
+from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
+from .registry import adapter_or_none, find_adapter
 
 SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
 STAGING_BYTES = 8 << 20  # neighbouring tensors are written together, in one writev, up to this size
 
 
-@dataclass
 class SavePlan:
-    """What a save will write: the index (offsets filled in on write) and the arrays."""
+    """What a save will write: the object graph (as columns) and the arrays.
 
-    index: fmt.Index
-    tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = field(default_factory=list)
+    ``tensors`` holds ``(entry, array)`` pairs in data-file order; writing fills in each
+    entry's shard, offset and CRC32C, and :meth:`encode_index` then encodes the index.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> plan = plan_save(ck.Module())
+        >>> plan.nbytes, len(plan.graph)
+        (0, 1)
+    """
+
+    def __init__(self, graph: fmt.Graph, tensors: list, node_of: list[int], metadata: dict | None = None):
+        self.graph = graph
+        self.tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = tensors
+        self.node_of = node_of  # the node of each tensor
+        self.metadata = dict(metadata or {})
+        self.num_shards = 1
+        self.shard_sizes = [0]
 
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e, _ in self.tensors)
+
+    @property
+    def index(self) -> fmt.Index:
+        """The index as it stands (offsets and checksums are final once the data is written)."""
+        table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
+        return fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
+                         graph=self.graph, table=table)
+
+    def encode_index(self) -> bytes:
+        with paused_gc():
+            return self.index.encode()
 
 
 _QUALNAMES: dict[type, str] = {}
@@ -120,12 +146,22 @@ def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *,
 
 
 def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
-    live = walk(root, extra_root_children)
-    nodes: list[fmt.Node] = []
+    # One breadth-first pass over the live graph that builds the index columns directly: node i is
+    # the i-th object reached, under its shortest path (ties broken by edge order), as graph.walk
+    # orders them; cycles and shared objects are visited once.
+    root_adapter = find_adapter(root, what="the checkpoint root")
+    objs, adapters, paths, escs = [root], [root_adapter], [()], [""]
+    index_of = {id(root): 0}
+    extra = list(extra_root_children)
+    node_adapter: list[str] = []
+    node_type: list[str] = []
+    child_start, child_name, child_id = [0], [], []
+    attr_start, attr_name = [0], []
+    states: dict[int, Any] = {}
+    slots: dict[int, list] = {}
     tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = []
-    slot_nodes: list[fmt.Node] = []
+    node_of: list[int] = []
     pending_slots: list[tuple[int, Any]] = []
-    escaped: dict[tuple, str] = {}
     escaped_names: dict[str, str] = {}  # edge and attribute names repeat ("w", "VARIABLE_VALUE"): escape each once
 
     def escape(name: str) -> str:
@@ -135,62 +171,83 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         return esc
 
     value_suffix = f"/{ATTRIBUTES}/{escape(VARIABLE_VALUE)}"
-    for i, ln in enumerate(live):
-        adapter, obj = ln.adapter, ln.obj
-        # each path is escaped once, from its parent's (BFS: the parent, at path[:-1], came first)
-        p = ln.path
-        esc = escaped[p] = f"{escaped[p[:-1]]}/{escape(p[-1])}" if len(p) > 1 else object_path(p)
+    dtype_info = _DTYPE_INFO
+    i = 0
+    while i < len(objs):
+        obj, adapter, p, esc = objs[i], adapters[i], paths[i], escs[i]
         if type(adapter) is NumpyArrayAdapter and type(obj) is np.ndarray and esc:
-            # The built-in adapter, inlined (most leaves of numpy models): one VARIABLE_VALUE, no state,
-            # no slots; the common array (supported little-endian dtype, C order) is written as it is.
-            info = _DTYPE_INFO.get(obj.dtype)
+            # The built-in adapter, inlined (most leaves of numpy models): no children, one
+            # VARIABLE_VALUE, no state, no slots; the common array (supported little-endian dtype,
+            # C order) is written as it is.
+            info = dtype_info.get(obj.dtype)
             if info is not None and info[1] is obj.dtype and obj.flags.c_contiguous:
                 arr = obj.copy() if snapshot else obj
-                entry = fmt.TensorEntry(esc + value_suffix, info[0], arr.shape, 0, 0, arr.nbytes, 0)
-                nodes.append(fmt.Node(adapter.name, "numpy.ndarray", (), {VARIABLE_VALUE: entry}, None, ()))
-                tensors.append((entry, arr))
+                node_adapter.append(adapter.name)
+                node_type.append("numpy.ndarray")
+                child_start.append(len(child_id))
+                attr_name.append(VARIABLE_VALUE)
+                attr_start.append(len(attr_name))
+                tensors.append((fmt.TensorEntry(esc + value_suffix, info[0], arr.shape, 0, 0, arr.nbytes, 0), arr))
+                node_of.append(i)
+                i += 1
                 continue
-        # leaves share one empty tuple for "no children, no slots": fewer objects for the garbage collector
-        node = fmt.Node(getattr(adapter, "name", type(adapter).__name__), _qualname(obj), ln.children or (), {}, None, ())
+        node_adapter.append(getattr(adapter, "name", type(adapter).__name__))
+        node_type.append(_qualname(obj))
+        if i == 0 or not _is_leaf_adapter(adapter):
+            for name, child in live_children(obj, adapter, p, extra if i == 0 else ()):
+                j = index_of.get(id(child))
+                if j is None:
+                    cp = p + (name,)
+                    child_adapter = adapter_or_none(child)
+                    if child_adapter is None:  # the message is built only on failure
+                        child_adapter = find_adapter(child, what=f"dependency {display_path(cp)!r}")
+                    j = len(objs)
+                    index_of[id(child)] = j
+                    objs.append(child)
+                    adapters.append(child_adapter)
+                    paths.append(cp)
+                    escs.append(f"{esc}/{escape(name)}" if esc else escape(name))
+                child_name.append(name)
+                child_id.append(j)
+        child_start.append(len(child_id))
         attrs = adapter.attributes(obj)
         if attrs:
             key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
             for attr in attrs:
-                arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(ln.path)} ({attr})")
+                arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(p)} ({attr})")
                 if snapshot:
                     arr = arr.copy()
-                entry = fmt.TensorEntry(key_prefix + escape(attr), name, arr.shape, 0, 0, arr.nbytes, 0)
-                node.attributes[attr] = entry
-                tensors.append((entry, arr))
+                attr_name.append(attr)
+                tensors.append((fmt.TensorEntry(key_prefix + escape(attr), name, arr.shape, 0, 0, arr.nbytes, 0), arr))
+                node_of.append(i)
+        attr_start.append(len(attr_name))
         state = adapter.get_state(obj)
         if state is not None:
-            node.state = _check_state(state, display_path(ln.path))
-            if snapshot:
-                node.state = copy.deepcopy(node.state)
-        for slot in ln.adapter.slots(ln.obj) or ():
+            state = _check_state(state, display_path(p))
+            states[i] = copy.deepcopy(state) if snapshot else state
+        for slot in adapter.slots(obj) or ():
             pending_slots.append((i, slot))
-        nodes.append(node)
-    ids = {id(n.obj): i for i, n in enumerate(live)} if pending_slots else {}
+        i += 1
     for opt_id, slot in pending_slots:
-        var_id = ids.get(id(slot.variable))
+        var_id = index_of.get(id(slot.variable))
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
-        var_path, opt_path = live[var_id].path, live[opt_id].path
+        var_path, opt_path = paths[var_id], paths[opt_id]
         arr, name = _as_array(slot.value,
                               lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")
         if snapshot:
             arr = arr.copy()
-        entry = _entry(slot_key(var_path, opt_path, slot.name), arr, name)
-        slot_id = len(nodes) + len(slot_nodes)
-        slot_nodes.append(fmt.Node(adapter="ckptcore.slot", type=_qualname(slot.value), attributes={VARIABLE_VALUE: entry}))
-        opt_node = nodes[opt_id]
-        if not opt_node.slots:
-            opt_node.slots = []  # was the shared empty tuple
-        opt_node.slots.append((var_id, slot.name, slot_id))
-        tensors.append((entry, arr))
-    nodes.extend(slot_nodes)
-    index = fmt.Index(nodes=nodes, num_shards=1, shard_sizes=[0], metadata=dict(metadata or {}))
-    return SavePlan(index=index, tensors=tensors)
+        slot_id = len(node_adapter)
+        node_adapter.append("ckptcore.slot")
+        node_type.append(_qualname(slot.value))
+        child_start.append(len(child_id))
+        attr_name.append(VARIABLE_VALUE)
+        attr_start.append(len(attr_name))
+        tensors.append((_entry(slot_key(var_path, opt_path, slot.name), arr, name), arr))
+        node_of.append(slot_id)
+        slots.setdefault(opt_id, []).append((var_id, slot.name, slot_id))
+    graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
+    return SavePlan(graph, tensors, node_of, metadata)
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
@@ -326,7 +383,7 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
         storage.makedirs(d)
     shards = split_shards(plan.tensors, getattr(storage, "preferred_shard_bytes", None))
     n = len(shards)
-    plan.index.num_shards = n
+    plan.num_shards = n
     index_file = fmt.index_path(prefix)
     overwrite = storage.exists(index_file)
     if overwrite:
@@ -352,19 +409,17 @@ def _write_one(storage, prefix: str, plan: SavePlan, progress) -> None:
     writer = storage.open_writer(data)
     try:
         offset = _write_tensors(writer, plan.tensors, progress)
-        plan.index.shard_sizes = [offset]
+        plan.shard_sizes = [offset]
         if getattr(writer, "background_commit", False):
             # the data file's fsync waits on the disk on the helper thread while this one encodes the index
             committed = submit(writer.commit)
             try:
-                with paused_gc():
-                    encoded = plan.index.encode()
+                encoded = plan.encode_index()
             finally:
                 committed.result()  # never abort while the commit is still running
         else:
             writer.commit()
-            with paused_gc():
-                encoded = plan.index.encode()
+            encoded = plan.encode_index()
     except BaseException:
         writer.abort()
         raise
@@ -429,9 +484,8 @@ def _write_sharded(storage, prefix: str, plan: SavePlan, shards: list[list], pro
                 errors.append(e)
         if errors:
             raise errors[0]
-        plan.index.shard_sizes = sizes
-        with paused_gc():
-            encoded = plan.index.encode()
+        plan.shard_sizes = sizes
+        encoded = plan.encode_index()
     except BaseException:
         failed.set()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -194,3 +194,40 @@ def test_read_rows_names_the_tensor_a_truncated_file_cuts(prefix):
     with pytest.raises(ck.CorruptCheckpointError, match="truncated") as info:
         r.read_rows(rows, [None] * len(rows), [None] * len(rows))
     assert info.value.key == cut.key
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ckptcore import graph, saver  # noqa: E402
+
+
+@st.composite
+def _graphs(draw):
+    """Modules, lists and arrays with shared objects and cycles."""
+    n = draw(st.integers(1, 8))
+    mods = [ck.Module() for _ in range(n)]
+    leaves = [np.full(draw(st.integers(0, 3)), float(i)) for i in range(draw(st.integers(0, 5)))]
+    targets = st.sampled_from(range(n + len(leaves)))
+    for i, m in enumerate(mods):
+        for name in draw(st.lists(st.sampled_from(["a", "b", "c/d", "e.f", "g"]), max_size=3, unique=True)):
+            k = draw(targets)
+            value = mods[k] if k < n else leaves[k - n]
+            if draw(st.booleans()):
+                value = [value, leaves[0]] if leaves else [value]
+            setattr(m, name.replace("/", "_").replace(".", "_"), value)
+    return mods[0]
+
+
+@settings(max_examples=80, deadline=None)
+@given(_graphs())
+def test_save_plan_visits_the_graph_as_walk_does(root):
+    """The save traversal (inlined for speed) numbers objects and edges exactly as graph.walk does."""
+    live = graph.walk(root)
+    g = saver.plan_save(root).graph
+    assert len(g) == len(live)
+    for i, node in enumerate(live):
+        assert g.children(i) == node.children
+        assert g.adapter[i] == node.adapter.name
+    keys = [e.key for e, _ in saver.plan_save(root).tensors]
+    assert keys == [ck.naming.object_key(n.path, "VARIABLE_VALUE") for n in live if n.adapter.attributes(n.obj)]
