@@ -524,8 +524,8 @@ def _unalias(dests: list, callbacks: list) -> None:
     their setters copy it in.
     """
     live = [d for d in dests if d is not None]
-    if len({id(d) for d in live}) == len(live) and all(d.flags.owndata for d in live):
-        return  # distinct arrays that each own their memory cannot overlap
+    if len(set(map(id, live))) == len(live) and all(d.base is None for d in live):
+        return  # distinct arrays that each own their memory (no base) cannot overlap
     spans = []
     for i, dest in enumerate(dests):
         if dest is not None and dest.nbytes:
