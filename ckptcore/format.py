@@ -174,15 +174,33 @@ class Graph:
         return len(self.adapter)
 
     def children(self, nid: int) -> list[tuple[str, int]]:
+        """Node ``nid``'s edges as ``(name, node id)`` pairs, in order.
+
+        Example:
+            >>> Graph.from_nodes([Node(children=[("a", 1), ("b", 1)]), Node()]).children(0)
+            [('a', 1), ('b', 1)]
+        """
         a, b = self.child_start[nid], self.child_start[nid + 1]
         return list(zip(self.child_name[a:b], self.child[a:b]))
 
     def attributes(self, nid: int) -> range:
-        """The tensor ids (rows of the table) of node ``nid``'s attributes."""
+        """The tensor ids (rows of the table) of node ``nid``'s attributes.
+
+        Example:
+            >>> e = TensorEntry("k", "float32", (1,), 0, 0, 4, 0)
+            >>> list(Graph.from_nodes([Node(), Node(attributes={"VARIABLE_VALUE": e})]).attributes(1))
+            [0]
+        """
         return range(self.attr_start[nid], self.attr_start[nid + 1])
 
     @classmethod
     def from_nodes(cls, nodes: list[Node]) -> "Graph":
+        """The columns of a list of :class:`Node` (a version-1 index, or one built by hand).
+
+        Example:
+            >>> len(Graph.from_nodes([Node(), Node()]))
+            2
+        """
         counts = [len(n.children) for n in nodes]
         acounts = [len(n.attributes) for n in nodes]
         return cls([n.adapter for n in nodes], [n.type for n in nodes], [0, *accumulate(counts)],
@@ -215,25 +233,54 @@ class TensorTable:
         return len(self.key)
 
     def entry(self, t: int) -> TensorEntry:
+        """Row ``t`` as a :class:`TensorEntry` (a new object each call).
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 9)], [0]).entry(0).offset
+            64
+        """
         return TensorEntry(self.key[t], self.dtype[t], self.shape[t], self.shard[t], self.offset[t], self.nbytes[t],
                            self.crc32c[t])
 
     def entries(self) -> list[TensorEntry]:
+        """Every row as a :class:`TensorEntry`, in order.
+
+        Example:
+            >>> len(TensorTable.from_entries([], []).entries())
+            0
+        """
         return list(map(TensorEntry, self.key, self.dtype, self.shape, self.shard, self.offset, self.nbytes,
                         self.crc32c))
 
     def np_dtype(self, t: int) -> np.dtype:
+        """The numpy dtype of row ``t``.
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]).np_dtype(0)
+            dtype('int8')
+        """
         dt = _FAST_DTYPES.get(self.dtype[t])
         return dt if dt is not None else dtype_from_name(self.dtype[t])
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``shard``, ``offset`` and ``nbytes`` as int64 arrays (built once)."""
+        """``shard``, ``offset`` and ``nbytes`` as int64 arrays (built once).
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 0)], [0]).arrays()[1].tolist()
+            [64]
+        """
         if self._arrays is None:
             self._arrays = tuple(np.array(c, np.int64) for c in (self.shard, self.offset, self.nbytes))
         return self._arrays
 
     @classmethod
     def from_entries(cls, entries: list[TensorEntry], node: list[int]) -> "TensorTable":
+        """The table of ``entries``; ``node[i]`` is the node that holds entry ``i``.
+
+        Example:
+            >>> len(TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]))
+            1
+        """
         return cls([e.key for e in entries], [e.dtype for e in entries], [tuple(e.shape) for e in entries],
                    [e.shard for e in entries], [e.offset for e in entries], [e.nbytes for e in entries],
                    [e.crc32c for e in entries], node)
@@ -304,7 +351,13 @@ class Index:
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body
 
     def tensors(self):
-        """Every tensor entry, in node order (attributes in their order within a node)."""
+        """Every tensor entry, in node order (attributes in their order within a node).
+
+        Example:
+            >>> e = TensorEntry("k", "int8", (3,), 0, 0, 3, 0)
+            >>> [t.key for t in Index(nodes=[Node(attributes={"VARIABLE_VALUE": e})]).tensors()]
+            ['k']
+        """
         if self._nodes is None:
             return iter(self._table.entries())
         return (e for node in self._nodes for e in node.attributes.values())

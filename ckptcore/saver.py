@@ -62,12 +62,24 @@ class SavePlan:
 
     @property
     def index(self) -> fmt.Index:
-        """The index as it stands (offsets and checksums are final once the data is written)."""
+        """The index as it stands (offsets and checksums are final once the data is written).
+
+        Example:
+            >>> import numpy as np
+            >>> plan_save([np.zeros(2)]).index.table.key
+            ['0/.ATTRIBUTES/VARIABLE_VALUE']
+        """
         table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
         return fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
                          graph=self.graph, table=table)
 
     def encode_index(self) -> bytes:
+        """The index file's bytes (call after writing the data, which fills in the layout).
+
+        Example:
+            >>> plan_save([]).encode_index()[:8]
+            b'CKPTIDX1'
+        """
         with paused_gc():
             return self.index.encode()
 
