@@ -282,19 +282,22 @@ class RestoreSession:
 
     def restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter=None) -> None:
         """Match ``obj`` to checkpoint node ``node_id`` and everything below it."""
-        with _LOCK, paused_gc():
-            self._restore_subtree(obj, node_id, path, root_adapter)
-            # the temporaries (matches, reads) are gone here, before the collector runs again
-
-    def _restore_subtree(self, obj: Any, node_id: int, path: tuple, root_adapter) -> None:
-        matches, pending = self._match(obj, node_id, path, root_adapter)
-        (rows, dests, callbacks), after = self._plan_values(matches)
-        if rows:
-            self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
-        # only after the values arrived: a failed read marks nothing matched and queues nothing
-        self._commit_matches(matches, pending)
-        for fn in after:
-            fn()
+        with _LOCK:
+            # The collector is paused while tens of thousands of small objects are made (matching,
+            # planning, recording), not during the read: reading from an object store can take
+            # minutes, and other threads' garbage must not wait that long.
+            with paused_gc():
+                matches, pending = self._match(obj, node_id, path, root_adapter)
+                (rows, dests, callbacks), after = self._plan_values(matches)
+            if rows:
+                self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
+            del rows, dests, callbacks
+            # only after the values arrived: a failed read marks nothing matched and queues nothing
+            with paused_gc():
+                self._commit_matches(matches, pending)
+                del matches, pending  # gone before the collector runs again
+            for fn in after:
+                fn()
 
     def _match(self, obj, node_id, path, root_adapter):
         """Walk the saved graph from ``node_id`` alongside the live one from ``obj``.
