@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import threading
 import uuid
 from typing import Any, Iterable, Mapping
 
@@ -215,6 +216,8 @@ class _LocalWriter:
         self.path = path
         d = os.path.dirname(path) or "."
         self._tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+        self._unflushed = 0
+        self._flush = None  # the background write-back in flight, if any
         try:
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
@@ -238,6 +241,7 @@ class _LocalWriter:
         if sizes is None:
             sizes = [len(_bytes(b)) for b in bufs]
         bufs, sizes = list(bufs), list(sizes)
+        total = sum(sizes)
         i = 0
         n = len(bufs)
         while i < n:
@@ -251,8 +255,40 @@ class _LocalWriter:
             if wrote:  # retry the rest of a partly written buffer
                 bufs[i] = _bytes(bufs[i])[wrote:]
                 sizes[i] -= wrote
+        self._written(total)
+
+    #: once this many bytes are written since the last flush, they start going to the disk in the background
+    flush_behind_bytes = 64 << 20
+
+    def _written(self, nbytes: int) -> None:
+        """Start writing back what is written so far while the caller goes on (one flush at a time).
+
+        ``commit`` still ends with a full ``fsync``; this only lets the disk work while the
+        caller is still producing bytes, so that last ``fsync`` has less left to wait for.
+        """
+        self._unflushed += nbytes
+        if self._unflushed < self.flush_behind_bytes or (self._flush is not None and not self._flush.done()):
+            return
+        self._unflushed = 0
+        try:
+            self._flush = _flush_executor().submit(os.fdatasync, self._fd)
+        except RuntimeError:  # interpreter shutdown: no new threads; commit's fsync does it all
+            self._flush = None
+
+    def _wait_flush(self, raise_error: bool) -> None:
+        flush, self._flush = self._flush, None
+        if flush is None:
+            return
+        try:
+            flush.result()
+        except OSError:
+            # Linux reports a write-back error to one fsync of a file description only: an error the
+            # background flush saw would not reach commit's own fsync, so it is raised here.
+            if raise_error:
+                raise
 
     def commit(self) -> None:
+        self._wait_flush(raise_error=True)
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
@@ -260,6 +296,7 @@ class _LocalWriter:
         _fsync_dir(os.path.dirname(self.path) or ".")
 
     def abort(self) -> None:
+        self._wait_flush(raise_error=False)  # never close the descriptor under a flush still queued or running
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -267,6 +304,21 @@ class _LocalWriter:
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
+
+
+_flush_pool = None
+_flush_lock = threading.Lock()
+
+
+def _flush_executor():
+    """One thread that writes back data files while saves go on (see ``_LocalWriter._written``)."""
+    global _flush_pool
+    with _flush_lock:
+        if _flush_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _flush_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptcore-flush")
+        return _flush_pool
 
 
 def _fsync_dir(d: str) -> None:

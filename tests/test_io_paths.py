@@ -137,3 +137,63 @@ def test_checksums_run_inline_when_threads_are_refused(prefix, monkeypatch):
     ck.Checkpoint(a=out).read(path).assert_consumed()
     np.testing.assert_array_equal(out, a)
     assert ck.load_checkpoint(path).verify() == a.nbytes
+
+
+# -- write-behind: data goes to the disk while the save is still writing -----------------------------
+
+def test_large_saves_flush_in_the_background_and_stay_intact(prefix, monkeypatch):
+    calls = []
+    real = storage.os.fdatasync
+
+    def counting(fd):
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(storage.os, "fdatasync", counting)
+    monkeypatch.setattr(storage._LocalWriter, "flush_behind_bytes", 64 << 10)
+    src = ck.Module()
+    src.xs = [np.random.default_rng(i).random(20_000) for i in range(20)]  # 3.2 MB in 160 kB arrays
+    path = ck.Checkpoint(m=src).write(prefix)
+    assert calls, "no background flush was started"
+    dst = ck.Module()
+    dst.xs = [np.zeros(20_000) for _ in range(20)]
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    for a, b in zip(src.xs, dst.xs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_abort_waits_for_a_running_flush_before_closing(tmp_path, monkeypatch):
+    """The descriptor is never closed (and its number reused) under a flush."""
+    import threading
+    import time
+
+    started, seen_open = threading.Event(), []
+
+    def slow(fd):
+        started.set()
+        time.sleep(0.2)
+        os.fstat(fd)  # raises if the descriptor was closed meanwhile
+        seen_open.append(fd)
+
+    monkeypatch.setattr(storage.os, "fdatasync", slow)
+    monkeypatch.setattr(storage._LocalWriter, "flush_behind_bytes", 1)
+    w = storage._LocalWriter(str(tmp_path / "f"))
+    w.writev([np.zeros(8)], [64])
+    assert started.wait(5)
+    w.abort()
+    assert seen_open and not (tmp_path / "f").exists()
+
+
+def test_an_error_seen_by_the_background_flush_fails_the_commit(tmp_path, monkeypatch):
+    """Linux reports a write-back error to one fsync only: the one the flush saw must not be lost."""
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(storage.os, "fdatasync", failing)
+    monkeypatch.setattr(storage._LocalWriter, "flush_behind_bytes", 1)
+    w = storage._LocalWriter(str(tmp_path / "f"))
+    w.writev([np.zeros(8)], [64])
+    with pytest.raises(OSError, match="Input/output"):
+        w.commit()
+    w.abort()
+    assert not (tmp_path / "f").exists()
