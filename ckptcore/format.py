@@ -44,7 +44,7 @@ ALIGNMENT = 64
 MAX_INDEX_BYTES = 1 << 31  # 2 GiB of JSON is far beyond any sane graph
 MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
-FAST_DTYPES = _FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}  # stored name -> dtype, for hot paths
+FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}  # stored name -> dtype, for hot paths
 
 
 def crc32c(buf, value: int = 0, release_gil: bool = False) -> int:
@@ -109,7 +109,7 @@ class TensorEntry:
 
     @property
     def np_dtype(self) -> np.dtype:
-        dt = _FAST_DTYPES.get(self.dtype)
+        dt = FAST_DTYPES.get(self.dtype)
         return dt if dt is not None else dtype_from_name(self.dtype)
 
     def to_json(self) -> dict:
@@ -259,7 +259,7 @@ class TensorTable:
             >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]).np_dtype(0)
             dtype('int8')
         """
-        dt = _FAST_DTYPES.get(self.dtype[t])
+        dt = FAST_DTYPES.get(self.dtype[t])
         return dt if dt is not None else dtype_from_name(self.dtype[t])
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -579,7 +579,7 @@ def _parse_tensor(e: dict, key: str, path: str, sizes: list[int]) -> TensorEntry
                                                          e["crc32c"])
     except KeyError:
         return _parse_tensor_checked(e, key, path, sizes)
-    dt = _FAST_DTYPES.get(dtype_name) if type(dtype_name) is str else None
+    dt = FAST_DTYPES.get(dtype_name) if type(dtype_name) is str else None
     if (dt is not None and type(shape) is list and type(shard) is int and type(offset) is int and type(nbytes) is int
             and type(crc) is int and 0 <= shard < len(sizes) and 0 <= offset and 0 <= nbytes
             and 0 <= crc <= 0xFFFFFFFF and offset + nbytes <= sizes[shard]):
@@ -698,7 +698,7 @@ def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
     dtypes = []
     for name in dtype_names:
         try:
-            dtypes.append(_FAST_DTYPES.get(name) or dtype_from_name(name))
+            dtypes.append(FAST_DTYPES.get(name) or dtype_from_name(name))
         except ValueError as err:
             raise _bad(path, f"dtype table: {err}") from None
     dtype_ids = _column(t, "dtype", path, m, 0, len(dtype_names) - 1, keys)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import queue
-from itertools import accumulate
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np

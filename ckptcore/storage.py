@@ -267,8 +267,9 @@ class _LocalWriter:
         caller is still producing bytes, so that last ``fsync`` has less left to wait for.
         """
         self._unflushed += nbytes
-        if self._unflushed < self.flush_behind_bytes or (self._flush is not None and not self._flush.done()):
-            return
+        prev = self._flush
+        if self._unflushed < self.flush_behind_bytes or (prev is not None and (not prev.done() or prev.exception())):
+            return  # one flush at a time; a failed one is kept for commit to raise
         self._unflushed = 0
         try:
             self._flush = _flush_executor().submit(os.fdatasync, self._fd)

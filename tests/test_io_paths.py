@@ -197,3 +197,24 @@ def test_an_error_seen_by_the_background_flush_fails_the_commit(tmp_path, monkey
         w.commit()
     w.abort()
     assert not (tmp_path / "f").exists()
+
+
+def test_a_failed_flush_is_not_forgotten_by_later_writes(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_once(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(storage.os, "fdatasync", failing_once)
+    monkeypatch.setattr(storage._LocalWriter, "flush_behind_bytes", 1)
+    w = storage._LocalWriter(str(tmp_path / "f"))
+    w.writev([np.zeros(8)], [64])
+    w._flush.exception(timeout=5)  # the first flush has failed
+    for _ in range(3):
+        w.writev([np.zeros(8)], [64])
+    with pytest.raises(OSError, match="Input/output"):
+        w.commit()
+    w.abort()
+    assert len(calls) == 1
