@@ -48,17 +48,28 @@ class SavePlan:
         (0, 1)
     """
 
-    def __init__(self, graph: fmt.Graph, tensors: list, node_of: list[int], metadata: dict | None = None):
+    def __init__(self, graph: fmt.Graph, keys: list[str], dtypes: list[str], arrays: list[np.ndarray],
+                 node_of: list[int], metadata: dict | None = None):
         self.graph = graph
-        self.tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = tensors
+        self._columns = (keys, dtypes, arrays)
+        self._tensors: list[tuple[fmt.TensorEntry, np.ndarray]] | None = None
         self.node_of = node_of  # the node of each tensor
         self.metadata = dict(metadata or {})
         self.num_shards = 1
         self.shard_sizes = [0]
 
     @property
+    def tensors(self) -> list[tuple[fmt.TensorEntry, np.ndarray]]:
+        """``(entry, array)`` pairs; built on first use, which for an async save is on its writer thread."""
+        if self._tensors is None:
+            keys, dtypes, arrays = self._columns
+            self._tensors = [(fmt.TensorEntry(k, d, a.shape, 0, 0, a.nbytes, 0), a)
+                             for k, d, a in zip(keys, dtypes, arrays)]
+        return self._tensors
+
+    @property
     def nbytes(self) -> int:
-        return sum(e.nbytes for e, _ in self.tensors)
+        return sum(a.nbytes for a in self._columns[2])
 
     @property
     def index(self) -> fmt.Index:
@@ -129,10 +140,6 @@ def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
     return arr, name
 
 
-def _entry(key: str, arr: np.ndarray, name: str) -> fmt.TensorEntry:
-    return fmt.TensorEntry(key=key, dtype=name, shape=arr.shape, shard=0, offset=0, nbytes=arr.nbytes, crc32c=0)
-
-
 def _check_state(state: Any, where: str) -> Any:
     try:
         json.dumps(state, allow_nan=False)
@@ -171,7 +178,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     attr_start, attr_name = [0], []
     states: dict[int, Any] = {}
     slots: dict[int, list] = {}
-    tensors: list[tuple[fmt.TensorEntry, np.ndarray]] = []
+    keys: list[str] = []
+    dtypes: list[str] = []
+    arrays: list[np.ndarray] = []
     node_of: list[int] = []
     pending_slots: list[tuple[int, Any]] = []
     escaped_names: dict[str, str] = {}  # edge and attribute names repeat ("w", "VARIABLE_VALUE"): escape each once
@@ -193,13 +202,15 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
             # C order) is written as it is.
             info = dtype_info.get(obj.dtype)
             if info is not None and info[1] is obj.dtype and obj.flags.c_contiguous:
-                arr = obj.copy() if snapshot else obj
+                arr = obj
                 node_adapter.append(adapter.name)
                 node_type.append("numpy.ndarray")
                 child_start.append(len(child_id))
                 attr_name.append(VARIABLE_VALUE)
                 attr_start.append(len(attr_name))
-                tensors.append((fmt.TensorEntry(esc + value_suffix, info[0], arr.shape, 0, 0, arr.nbytes, 0), arr))
+                keys.append(esc + value_suffix)
+                dtypes.append(info[0])
+                arrays.append(arr)
                 node_of.append(i)
                 i += 1
                 continue
@@ -227,10 +238,10 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
             key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
             for attr in attrs:
                 arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(p)} ({attr})")
-                if snapshot:
-                    arr = arr.copy()
                 attr_name.append(attr)
-                tensors.append((fmt.TensorEntry(key_prefix + escape(attr), name, arr.shape, 0, 0, arr.nbytes, 0), arr))
+                keys.append(key_prefix + escape(attr))
+                dtypes.append(name)
+                arrays.append(arr)
                 node_of.append(i)
         attr_start.append(len(attr_name))
         state = adapter.get_state(obj)
@@ -247,19 +258,23 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         var_path, opt_path = paths[var_id], paths[opt_id]
         arr, name = _as_array(slot.value,
                               lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")
-        if snapshot:
-            arr = arr.copy()
         slot_id = len(node_adapter)
         node_adapter.append("ckptcore.slot")
         node_type.append(_qualname(slot.value))
         child_start.append(len(child_id))
         attr_name.append(VARIABLE_VALUE)
         attr_start.append(len(attr_name))
-        tensors.append((_entry(slot_key(var_path, opt_path, slot.name), arr, name), arr))
+        keys.append(slot_key(var_path, opt_path, slot.name))
+        dtypes.append(name)
+        arrays.append(arr)
         node_of.append(slot_id)
         slots.setdefault(opt_id, []).append((var_id, slot.name, slot_id))
+    if snapshot:
+        # every array copied in one tight pass after the walk (as fast as copying a list of arrays;
+        # copying inside the walk above cost ~15 % more for 20,000 small arrays)
+        arrays = [a.copy() for a in arrays]
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
-    return SavePlan(graph, tensors, node_of, metadata)
+    return SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
