@@ -169,7 +169,16 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     # the i-th object reached, under its shortest path (ties broken by edge order), as graph.walk
     # orders them; cycles and shared objects are visited once.
     root_adapter = find_adapter(root, what="the checkpoint root")
-    objs, adapters, paths, escs = [root], [root_adapter], [()], [""]
+    objs, adapters, escs = [root], [root_adapter], [""]
+    parents, names = [-1], [""]  # paths are rebuilt from these only when needed (no tuple per object)
+
+    def path_of(k: int) -> tuple[str, ...]:
+        out = []
+        while k > 0:
+            out.append(names[k])
+            k = parents[k]
+        return tuple(reversed(out))
+
     index_of = {id(root): 0}
     extra = list(extra_root_children)
     node_adapter: list[str] = []
@@ -195,7 +204,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     dtype_info = _DTYPE_INFO
     i = 0
     while i < len(objs):
-        obj, adapter, p, esc = objs[i], adapters[i], paths[i], escs[i]
+        obj, adapter, esc = objs[i], adapters[i], escs[i]
         if type(adapter) is NumpyArrayAdapter and type(obj) is np.ndarray and esc:
             # The built-in adapter, inlined (most leaves of numpy models): no children, one
             # VARIABLE_VALUE, no state, no slots; the common array (supported little-endian dtype,
@@ -217,18 +226,18 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         node_adapter.append(getattr(adapter, "name", type(adapter).__name__))
         node_type.append(_qualname(obj))
         if i == 0 or not _is_leaf_adapter(adapter):
-            for name, child in live_children(obj, adapter, p, extra if i == 0 else ()):
+            for name, child in live_children(obj, adapter, path_of(i), extra if i == 0 else ()):
                 j = index_of.get(id(child))
                 if j is None:
-                    cp = p + (name,)
                     child_adapter = adapter_or_none(child)
                     if child_adapter is None:  # the message is built only on failure
-                        child_adapter = find_adapter(child, what=f"dependency {display_path(cp)!r}")
+                        child_adapter = find_adapter(child, what=f"dependency {display_path(path_of(i) + (name,))!r}")
                     j = len(objs)
                     index_of[id(child)] = j
                     objs.append(child)
                     adapters.append(child_adapter)
-                    paths.append(cp)
+                    parents.append(i)
+                    names.append(name)
                     escs.append(f"{esc}/{escape(name)}" if esc else escape(name))
                 child_name.append(name)
                 child_id.append(j)
@@ -237,7 +246,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         if attrs:
             key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
             for attr in attrs:
-                arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(p)} ({attr})")
+                arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(path_of(i))} ({attr})")
                 attr_name.append(attr)
                 keys.append(key_prefix + escape(attr))
                 dtypes.append(name)
@@ -246,7 +255,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         attr_start.append(len(attr_name))
         state = adapter.get_state(obj)
         if state is not None:
-            state = _check_state(state, display_path(p))
+            state = _check_state(state, display_path(path_of(i)))
             states[i] = copy.deepcopy(state) if snapshot else state
         for slot in adapter.slots(obj) or ():
             pending_slots.append((i, slot))
@@ -255,7 +264,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         var_id = index_of.get(id(slot.variable))
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
-        var_path, opt_path = paths[var_id], paths[opt_id]
+        var_path, opt_path = path_of(var_id), path_of(opt_id)
         arr, name = _as_array(slot.value,
                               lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")
         slot_id = len(node_adapter)
