@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
