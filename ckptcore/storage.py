@@ -129,6 +129,20 @@ def _bytes(buf) -> memoryview:
     return memoryview(buf).cast("B")
 
 
+def _advance(bufs: list, sizes: list, i: int, moved: int) -> int:
+    """After a vectored call from ``bufs[i]`` moved ``moved`` bytes: the index of the first buffer
+    not yet complete; a partly moved one is replaced by its rest (``bufs``, ``sizes`` updated)."""
+    if moved == sum(sizes[i:i + _IOV_MAX]):  # the common case: every buffer of the call complete
+        return i + _IOV_MAX
+    while i < len(bufs) and moved >= sizes[i]:
+        moved -= sizes[i]
+        i += 1
+    if moved:
+        bufs[i] = _bytes(bufs[i])[moved:]
+        sizes[i] -= moved
+    return i
+
+
 def _check_regular(path: str) -> None:
     # a hostile checkpoint may put a directory, FIFO (open would hang) or device (endless data) in
     # place of a file: refuse anything but a regular file before opening it
@@ -183,15 +197,7 @@ class _LocalReader:
             if got == 0:
                 break
             total += got
-            if got == sum(sizes[i:i + _IOV_MAX]):  # the common case: every buffer of the call filled
-                i += _IOV_MAX
-                continue
-            while i < n and got >= sizes[i]:  # skip what was filled
-                got -= sizes[i]
-                i += 1
-            if got:  # continue inside a partly filled buffer
-                bufs[i] = _bytes(bufs[i])[got:]
-                sizes[i] -= got
+            i = _advance(bufs, sizes, i, got)
         return total
 
     def close(self) -> None:
@@ -245,16 +251,7 @@ class _LocalWriter:
         i = 0
         n = len(bufs)
         while i < n:
-            wrote = os.writev(self._fd, bufs[i:i + _IOV_MAX])
-            if wrote == sum(sizes[i:i + _IOV_MAX]):  # the common case: every buffer of the call written
-                i += _IOV_MAX
-                continue
-            while i < n and wrote >= sizes[i]:  # skip what was written
-                wrote -= sizes[i]
-                i += 1
-            if wrote:  # retry the rest of a partly written buffer
-                bufs[i] = _bytes(bufs[i])[wrote:]
-                sizes[i] -= wrote
+            i = _advance(bufs, sizes, i, os.writev(self._fd, bufs[i:i + _IOV_MAX]))
         self._written(total)
 
     #: once this many bytes are written since the last flush, they start going to the disk in the background

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import uuid
 
 import fsspec
 import pytest
+
+# --import-mode=importlib does not put this directory on sys.path: make the helper modules
+# (faulty_fs, ckpt_samples) importable from every test module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

@@ -16,21 +16,9 @@ from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore import format as fmt
+from ckpt_samples import V_KEY, W_KEY, fresh, model, open_every_way  # noqa: E402
 
-W_KEY = "model/w/.ATTRIBUTES/VARIABLE_VALUE"
-V_KEY = "model/sub/v/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def _model(w=None, v=None):
-    m = ck.Module()
-    m.w = np.arange(4.0) if w is None else w
-    m.sub = ck.Module()
-    m.sub.v = ck.Variable(np.ones((2, 2), np.float32) if v is None else v)
-    return m
-
-
-def _fresh():
-    return _model(np.zeros(4), np.zeros((2, 2), np.float32))
+_model, _fresh = model, fresh
 
 
 @pytest.fixture
@@ -58,14 +46,7 @@ def _write_index(path, doc_or_body, version=None):
         f.write(_encode(doc_or_body, version))
 
 
-def _restore_everything(path):
-    """Every way a user reads a checkpoint."""
-    r = ck.load_checkpoint(path)
-    for k in r.keys():
-        r.get_tensor(k)
-    r.verify()
-    ck.list_variables(path)
-    ck.Checkpoint(model=_fresh()).read(path).expect_partial()
+_restore_everything = open_every_way
 
 
 def test_valid_checkpoint_baseline(ckpt_path):

@@ -15,21 +15,9 @@ import pytest
 
 import ckptcore as ck
 from ckptcore import format as fmt
+from ckpt_samples import V_KEY, W_KEY, fresh, model, open_every_way  # noqa: E402
 
-W_KEY = "model/w/.ATTRIBUTES/VARIABLE_VALUE"
-V_KEY = "model/sub/v/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def _model(w=None, v=None):
-    m = ck.Module()
-    m.w = np.arange(4.0) if w is None else w
-    m.sub = ck.Module()
-    m.sub.v = ck.Variable(np.ones((2, 2), np.float32) if v is None else v)
-    return m
-
-
-def _fresh():
-    return _model(np.zeros(4), np.zeros((2, 2), np.float32))
+_model, _fresh = model, fresh
 
 
 @pytest.fixture
@@ -49,13 +37,7 @@ def _write(path, doc, version=2):
         f.write(struct.pack("<8sIIQI4x", fmt.MAGIC, version, 0, len(body), fmt.crc32c(body)) + body)
 
 
-def _open_every_way(path):
-    r = ck.load_checkpoint(path)
-    for k in r.keys():
-        r.get_tensor(k)
-    r.verify()
-    ck.list_variables(path)
-    ck.Checkpoint(model=_fresh()).read(path).expect_partial()
+_open_every_way = open_every_way
 
 
 def test_the_written_index_is_version_2_with_columns(ckpt_path):
