@@ -338,43 +338,9 @@ def _read_large(rd, path: str, entry: fmt.TensorEntry, arr: np.ndarray):
     return fut
 
 
-def _scatter_run(readv, path: str, items: list, i: int) -> tuple[int, list]:
-    """Read the run of neighbouring small tensors from ``items[i]`` with ``readv``, straight into their arrays.
-
-    The run ends before a large tensor, a gap over ``COALESCE_GAP``, ``COALESCE_MAX`` bytes, or a request
-    that shares bytes with the previous one. Returns the end of the run and the filled arrays.
-    """
-    bufs = []
-    sizes = []
-    arrs = []
-    start = pos = items[i][0].offset
-    empty = np.empty
-    n = len(items)
-    j = i
-    while j < n:
-        entry, dest, _cb = items[j]
-        offset, nbytes = entry.offset, entry.nbytes
-        if nbytes >= SMALL_READ or offset + nbytes - start > COALESCE_MAX:  # never the first: it is small
-            break
-        if offset != pos:
-            gap = offset - pos
-            if gap < 0 or gap > COALESCE_GAP:
-                break
-            bufs.append(_SCRATCH[:gap])  # alignment padding: read and dropped
-            sizes.append(gap)
-        arr = dest if dest is not None else empty(entry.shape, entry.np_dtype)
-        bufs.append(arr)  # C-contiguous: preadv fills it as it is, no byte view needed
-        sizes.append(nbytes)
-        arrs.append(arr)
-        pos = offset + nbytes
-        j += 1
-    if readv(start, bufs, sizes) != pos - start:
-        raise _short(items[j - 1][0], path)
-    return j, arrs
-
-
 def _block_run(rd, path: str, items: list, i: int) -> tuple[int, list]:
-    """``_scatter_run`` for storages without ``readv``: one block read, copied out tensor by tensor."""
+    """A run of neighbouring small tensors from ``items[i]``, for storages without ``readv``: one block
+    read, copied out tensor by tensor. Returns the end of the run and the filled arrays."""
     n = len(items)
     start = items[i][0].offset
     end = start + items[i][0].nbytes
@@ -402,9 +368,16 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
     Large tensors are read straight into their destination, their checksums
     computed on a helper thread while the next bytes are read; runs of small
     neighbouring tensors are read in one request (scattered into their
-    destinations where the storage has ``readv``, else copied out of a block).
+    destinations where the storage has ``readv``, by :func:`_read_rows_sorted`,
+    else copied out of a block).
     """
-    readv = getattr(rd, "readv", None)
+    if getattr(rd, "readv", None) is not None:  # scattered straight into the arrays: the rows' path
+        entries = [e for e, _d, _cb in items]
+        table = fmt.TensorTable.from_entries(entries, [0] * len(entries))
+        _shards, offs, nbs = table.arrays()
+        _read_rows_sorted(rd, path, table, list(range(len(entries))), offs, nbs, [d for _e, d, _cb in items],
+                          [cb for _e, _d, cb in items], verify)
+        return
     i = 0
     n = len(items)
     checking = []  # large tensors whose checksum is still being computed
@@ -421,7 +394,7 @@ def read_tensors(rd, path: str, items: list, verify: bool) -> None:
                 _finish(entry, arr, path, verify, cb)
             i += 1
             continue
-        j, arrs = _scatter_run(readv, path, items, i) if readv is not None else _block_run(rd, path, items, i)
+        j, arrs = _block_run(rd, path, items, i)
         run = items[i:j]
         if verify:
             # the run's checksums are computed on the helper thread while the next run is read
