@@ -339,7 +339,7 @@ class Index:
         return self._table
 
     def encode(self) -> bytes:
-        """The index file's bytes: header plus the JSON of this index's ``version``.
+        """The index file's bytes: header, the JSON of this index's ``version``, then (version 2) its binary columns.
 
         Example:
             >>> raw = Index(nodes=[Node(adapter="a")], num_shards=1, shard_sizes=[0]).encode()
@@ -348,10 +348,10 @@ class Index:
         """
         if self.version == 1:
             from ._format_v1 import encode_v1
-            body = encode_v1(self).encode("ascii")
+            body, columns = encode_v1(self).encode("ascii"), b""
         else:
-            body = _encode_v2(self).encode("ascii")
-        return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body
+            body, columns = _encode_v2(self)
+        return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body + columns
 
     def tensors(self):
         """Every tensor entry, in node order (attributes in their order within a node).
@@ -384,21 +384,36 @@ def _head(index: Index) -> str:
                    "shard_sizes": index.shard_sizes, "metadata": index.metadata})
 
 
-_SMALL_INTS = [str(i) for i in range(1024)]  # ids, counts and ranks repeat: formatted once
-
-
-def _ints(values: list) -> str:
-    if values and 0 <= min(values) and max(values) < 1024:
-        return ",".join(map(_SMALL_INTS.__getitem__, values))
-    return ",".join(map(str, values))
-
-
 def _strs(values) -> str:
     return ",".join(map(_json_str, values))
 
 
-def _encode_v2(index: Index) -> str:
-    """Version 2: the graph and the tensor table as columns (one JSON list per field)."""
+COLUMN_DTYPES = {"<u1": np.dtype("<u1"), "<u2": np.dtype("<u2"), "<u4": np.dtype("<u4"), "<u8": np.dtype("<u8")}
+COLUMN_ALIGNMENT = 8
+
+
+class _Columns:
+    """The binary section of a version-2 index: integer columns, each 8-byte aligned."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def ref(self, values) -> str:
+        """Store ``values`` (non-negative integers) in the narrowest unsigned type; the JSON that refers to them."""
+        arr = np.asarray(values, dtype=np.uint64)
+        top = int(arr.max()) if arr.size else 0
+        dt = "<u1" if top < 1 << 8 else "<u2" if top < 1 << 16 else "<u4" if top < 1 << 32 else "<u8"
+        data = arr.astype(dt).tobytes()
+        ref = f'{{"dtype":"{dt}","offset":{self.size},"count":{arr.size}}}'
+        pad = -len(data) % COLUMN_ALIGNMENT
+        self.parts.append(data + bytes(pad))
+        self.size += len(data) + pad
+        return ref
+
+
+def _encode_v2(index: Index) -> tuple[bytes, bytes]:
+    """Version 2: the JSON (names, keys, structure) and the binary integer columns it refers to."""
     g, t = index.graph, index.table
     adapters = {a: i for i, a in enumerate(dict.fromkeys(g.adapter))}
     types = {a: i for i, a in enumerate(dict.fromkeys(g.type))}
@@ -406,17 +421,20 @@ def _encode_v2(index: Index) -> str:
     states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
     slots = [f"[{i},{var},{_json_str(name)},{slot}]" for i in sorted(g.slots) for var, name, slot in g.slots[i]]
     cs, as_ = np.asarray(g.child_start), np.asarray(g.attr_start)
+    col = _Columns()
     graph = (f'{{"adapters":[{_strs(adapters)}],"types":[{_strs(types)}],'
-             f'"adapter":[{_ints(list(map(adapters.__getitem__, g.adapter)))}],'
-             f'"type":[{_ints(list(map(types.__getitem__, g.type)))}],'
-             f'"num_children":[{_ints(np.diff(cs).tolist())}],"child_name":[{_strs(g.child_name)}],'
-             f'"child":[{_ints(g.child)}],"num_attributes":[{_ints(np.diff(as_).tolist())}],'
+             f'"adapter":{col.ref(list(map(adapters.__getitem__, g.adapter)))},'
+             f'"type":{col.ref(list(map(types.__getitem__, g.type)))},'
+             f'"num_children":{col.ref(np.diff(cs))},"child_name":[{_strs(g.child_name)}],'
+             f'"child":{col.ref(g.child)},"num_attributes":{col.ref(np.diff(as_))},'
              f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":[{",".join(slots)}]}}')
     tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs(t.key)}],'
-               f'"dtype":[{_ints(list(map(dtypes.__getitem__, t.dtype)))}],"ndim":[{_ints(list(map(len, t.shape)))}],'
-               f'"dims":[{_ints(list(chain.from_iterable(t.shape)))}],"shard":[{_ints(t.shard)}],'
-               f'"offset":[{_ints(t.offset)}],"nbytes":[{_ints(t.nbytes)}],"crc32c":[{_ints(t.crc32c)}]}}')
-    return f'{_head(index)[:-1]},"nodes":{graph},"tensors":{tensors}}}'
+               f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
+               f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(t.shard)},'
+               f'"offset":{col.ref(t.offset)},"nbytes":{col.ref(t.nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
+    columns = b"".join(col.parts)
+    head = f'{_head(index)[:-1]},"columns":{{"nbytes":{len(columns)},"crc32c":{crc32c(columns)}}}'
+    return f'{head},"nodes":{graph},"tensors":{tensors}}}'.encode("ascii"), columns
 
 
 _json_str = json.encoder.encode_basestring_ascii  # a string as a JSON literal, exactly as json.dumps writes it
@@ -447,9 +465,10 @@ def decode_index(raw: bytes, path: str) -> Index:
     if version not in READABLE_VERSIONS:
         raise _bad(path, f"format version {version} is not supported (this ckptcore reads versions "
                          f"{READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}; a newer ckptcore wrote it?)")
-    body = raw[HEADER_SIZE:]
-    if length != len(body):
-        raise _bad(path, f"header says {length} bytes of JSON but {len(body)} follow (truncated?)")
+    rest = len(raw) - HEADER_SIZE
+    if length != rest if version == 1 else length > rest:  # version 2: binary columns follow the JSON
+        raise _bad(path, f"header says {length} bytes of JSON but {rest} follow (truncated?)")
+    body = raw[HEADER_SIZE:HEADER_SIZE + length]
     if crc32c(body) != crc:
         raise _bad(path, "index checksum mismatch")
     try:
@@ -460,7 +479,7 @@ def decode_index(raw: bytes, path: str) -> Index:
         if version == 1:
             from ._format_v1 import parse_v1
             return parse_v1(doc, path, version)
-        return _parse_doc_v2(doc, path, version)
+        return _parse_doc_v2(doc, path, version, memoryview(raw)[HEADER_SIZE + length:])
     except CorruptCheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -503,6 +522,35 @@ def _column(table: dict, name: str, path: str, n: int | None = None, lo: int = 0
     return col
 
 
+def _binary(table: dict, name: str, path: str, section, n: int | None = None, hi: int = 1 << 62,
+            keys: list | None = None) -> np.ndarray:
+    """The integer column ``table[name]`` refers to: ``n`` values in ``[0, hi]`` read from the binary section.
+
+    ``keys``: the tensor keys, for a column with one value per tensor (an error then names the key).
+    """
+    ref = table[name]
+    if type(ref) is not dict:
+        raise _bad(path, f"{name} must refer to a binary column")
+    dt = COLUMN_DTYPES.get(ref["dtype"]) if type(ref["dtype"]) is str else None
+    if dt is None:
+        raise _bad(path, f"{name} has column type {ref['dtype']!r}; expected one of {sorted(COLUMN_DTYPES)}")
+    offset = _int(ref["offset"], f"{name} offset", path)
+    count = _int(ref["count"], f"{name} count", path)
+    if offset % COLUMN_ALIGNMENT or offset + count * dt.itemsize > len(section):
+        raise _bad(path, f"{name} ({count} values at byte {offset}) lies outside the {len(section)} bytes of binary "
+                         "columns, or is not 8-byte aligned (truncated?)")
+    if n is not None and count != n:
+        raise _bad(path, f"{name} has {count} entries, expected {n}")
+    col = np.frombuffer(section, dt, count, offset)
+    if count and col.max() > hi:
+        i = int(np.flatnonzero(col > hi)[0])
+        if keys is not None:
+            raise CorruptCheckpointError(f"corrupt checkpoint index {path}: tensor {keys[i]!r}: {name} must be an "
+                                         f"integer in [0, {hi}], got {int(col[i])}", path=path, key=keys[i])
+        raise _bad(path, f"{name} must hold integers in [0, {hi}], got {int(col[i])}")
+    return col
+
+
 def _strings(table: dict, name: str, path: str, n: int | None = None) -> list:
     col = table[name]
     if type(col) is not list or (col and set(map(type, col)) != {str}):
@@ -512,7 +560,7 @@ def _strings(table: dict, name: str, path: str, n: int | None = None) -> list:
     return col
 
 
-def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
+def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     """Version 2 (columns). Every field is validated before any object is built."""
     if type(doc) is not dict or doc.get("format") != "ckptcore":
         raise _bad(path, "not a ckptcore index document")
@@ -521,22 +569,28 @@ def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
     metadata = doc.get("metadata", {})
     if type(metadata) is not dict:
         raise _bad(path, "metadata must be an object")
-    g, t = doc["nodes"], doc["tensors"]
-    if type(g) is not dict or type(t) is not dict:
-        raise _bad(path, "nodes and tensors must be objects")
+    g, t, c = doc["nodes"], doc["tensors"], doc["columns"]
+    if type(g) is not dict or type(t) is not dict or type(c) is not dict:
+        raise _bad(path, "nodes, tensors and columns must be objects")
+    if _int(c["nbytes"], "columns nbytes", path) != len(section):
+        raise _bad(path, f"the index records {c['nbytes']} bytes of binary columns but {len(section)} follow "
+                         "(truncated?)")
+    if crc32c(section) != _int(c["crc32c"], "columns crc32c", path, 0, 0xFFFFFFFF):
+        raise _bad(path, "binary column checksum mismatch")
 
     # -- the graph ------------------------------------------------------------------------
     adapters, types = _strings(g, "adapters", path), _strings(g, "types", path)
-    node_adapter = _column(g, "adapter", path, None, 0, len(adapters) - 1)
+    node_adapter = _binary(g, "adapter", path, section, None, len(adapters) - 1)
     n = len(node_adapter)
     if n == 0:
         raise _bad(path, "the object graph has no root node")
-    node_type = _column(g, "type", path, n, 0, len(types) - 1)
-    num_children = _column(g, "num_children", path, n)
-    num_attrs = _column(g, "num_attributes", path, n)
-    child_ids = _column(g, "child", path, sum(num_children), 0, n - 1)
+    node_type = _binary(g, "type", path, section, n, len(types) - 1)
+    # counts up to 2^30 each: their sums cannot overflow (an index holds fewer than 2^31 nodes)
+    num_children = _binary(g, "num_children", path, section, n, 1 << 30).astype(np.int64)
+    num_attrs = _binary(g, "num_attributes", path, section, n, 1 << 30).astype(np.int64)
+    child_ids = _binary(g, "child", path, section, int(num_children.sum()), n - 1).tolist()
     child_names = _strings(g, "child_name", path, len(child_ids))
-    attr_names = _strings(g, "attribute", path, sum(num_attrs))
+    attr_names = _strings(g, "attribute", path, int(num_attrs.sum()))
     states, slot_rows = g["state"], g["slots"]
     if type(states) is not list or type(slot_rows) is not list:
         raise _bad(path, "state and slots must be lists")
@@ -555,15 +609,17 @@ def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
             dtypes.append(FAST_DTYPES.get(name) or dtype_from_name(name))
         except ValueError as err:
             raise _bad(path, f"dtype table: {err}") from None
-    dtype_ids = _column(t, "dtype", path, m, 0, len(dtype_names) - 1, keys)
-    ndim = _column(t, "ndim", path, m, 0, MAX_NDIM, keys)
-    dims = _column(t, "dims", path, sum(ndim))
-    shard = _column(t, "shard", path, m, 0, num_shards - 1, keys)
-    offset = _column(t, "offset", path, m, keys=keys)
-    nbytes = _column(t, "nbytes", path, m, keys=keys)
-    crcs = _column(t, "crc32c", path, m, 0, 0xFFFFFFFF, keys)
+    dtype_ids = _binary(t, "dtype", path, section, m, len(dtype_names) - 1, keys)
+    ndim = _binary(t, "ndim", path, section, m, MAX_NDIM, keys).astype(np.int64)
+    dims = _binary(t, "dims", path, section, int(ndim.sum())).astype(np.int64)
+    shard = _binary(t, "shard", path, section, m, num_shards - 1, keys).astype(np.int64)
+    offset = _binary(t, "offset", path, section, m, keys=keys).astype(np.int64)
+    nbytes = _binary(t, "nbytes", path, section, m, keys=keys).astype(np.int64)
+    crcs = _binary(t, "crc32c", path, section, m, 0xFFFFFFFF, keys)
     if m:
         _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes)
+    dims, ndim = dims.tolist(), ndim.tolist()
+    num_children, num_attrs = num_children.tolist(), num_attrs.tolist()
 
     # -- per-node checks, then the columns restore works on -----------------------------------------
     child_start = [0, *accumulate(num_children)]
@@ -599,20 +655,22 @@ def _parse_doc_v2(doc: Any, path: str, version: int) -> Index:
         for k in ndim:
             shapes.append(tuple(dims[p:p + k]))
             p += k
-    graph = Graph(list(map(adapters.__getitem__, node_adapter)), list(map(types.__getitem__, node_type)), child_start,
+    graph = Graph(list(map(adapters.__getitem__, node_adapter.tolist())), list(map(types.__getitem__, node_type.tolist())),
+                  child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)
-    table = TensorTable(keys, list(map(dtype_names.__getitem__, dtype_ids)), shapes, shard, offset, nbytes, crcs,
-                        np.repeat(np.arange(n), num_attrs).tolist())
+    table = TensorTable(keys, list(map(dtype_names.__getitem__, dtype_ids.tolist())), shapes, shard.tolist(),
+                        offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs).tolist())
+    table._arrays = (shard, offset, nbytes)
     return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table)
 
 
 def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes) -> None:
     """Sizes and positions of every tensor, vectorized: ``nbytes`` is ``product(shape) * itemsize``
     (no shape of 2^62 bytes or more), and each tensor lies inside its data file."""
-    ndim_a = np.array(ndim, np.int64)
-    itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.array(dtype_ids, np.int64)]
-    if dims:
-        dims_a = np.array(dims, np.int64)
+    ndim_a = np.asarray(ndim, np.int64)
+    itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
+    if len(dims):
+        dims_a = np.asarray(dims, np.int64)
         starts = np.cumsum(ndim_a) - ndim_a
         has = ndim_a > 0
         # the size in bits of each shape first (zero dimensions count as 1), so that no product overflows
@@ -624,7 +682,8 @@ def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nby
         if huge.size:
             i = int(huge[0])
             raise CorruptCheckpointError(f"corrupt checkpoint index {path}: tensor {keys[i]!r} has an impossible "
-                                         f"shape {tuple(dims[starts[i]:starts[i] + ndim[i]])}", path=path, key=keys[i])
+                                         f"shape {tuple(int(d) for d in dims[starts[i]:starts[i] + ndim[i]])}",
+                                         path=path, key=keys[i])
         elems = np.ones(len(ndim), np.int64)
         elems[has] = np.multiply.reduceat(dims_a, starts[has])
     else:
@@ -635,7 +694,7 @@ def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nby
         i = int(wrong[0])
         raise CorruptCheckpointError(
             f"corrupt checkpoint index {path}: tensor {keys[i]!r} has {int(elems[i])} elements of "
-            f"{int(itemsize[i])} bytes but records {nbytes[i]} bytes", path=path, key=keys[i])
+            f"{int(itemsize[i])} bytes but records {int(nbytes[i])} bytes", path=path, key=keys[i])
     past = np.flatnonzero(np.array(offset, np.int64) + nbytes_a > np.array(sizes, np.int64)[np.array(shard, np.int64)])
     if past.size:
         i = int(past[0])

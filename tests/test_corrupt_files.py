@@ -34,16 +34,23 @@ def _index_doc(path):
     return json.loads(index.encode()[fmt.HEADER_SIZE:])
 
 
-def _encode(doc_or_body, version=None) -> bytes:
+def _encode(doc_or_body, version=None, section=b"") -> bytes:
+    """Header, JSON and (version 2) the binary columns that follow it."""
     body = doc_or_body if isinstance(doc_or_body, bytes) else json.dumps(doc_or_body).encode()
     if version is None:  # a document says its version; raw bytes get the current one
         version = doc_or_body.get("version", 1) if isinstance(doc_or_body, dict) else fmt.FORMAT_VERSION
-    return struct.pack("<8sIIQI4x", fmt.MAGIC, version, 0, len(body), fmt.crc32c(body)) + body
+    return struct.pack("<8sIIQI4x", fmt.MAGIC, version, 0, len(body), fmt.crc32c(body)) + body + section
 
 
-def _write_index(path, doc_or_body, version=None):
+def _write_index(path, doc_or_body, version=None, section=b""):
     with open(path + ".index", "wb") as f:
-        f.write(_encode(doc_or_body, version))
+        f.write(_encode(doc_or_body, version, section))
+
+
+def _parts(raw: bytes) -> tuple[bytes, bytes]:
+    """(JSON, binary columns) of an index file's bytes."""
+    length = struct.unpack_from("<Q", raw, 16)[0]
+    return raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + length], raw[fmt.HEADER_SIZE + length:]
 
 
 _restore_everything = open_every_way
@@ -253,11 +260,11 @@ def test_exponential_dag_terminates(ckpt_path):
 
 @pytest.mark.parametrize("depth", [50, 10_000, 200_000])
 def test_deeply_nested_json(ckpt_path, depth):
-    body = open(ckpt_path + ".index", "rb").read()[fmt.HEADER_SIZE:]
+    body, section = _parts(open(ckpt_path + ".index", "rb").read())
     doc_text = body.decode()
     nested = "[" * depth + "]" * depth
     hostile = doc_text[:-1] + ',"extra":' + nested + "}"
-    _write_index(ckpt_path, hostile.encode())
+    _write_index(ckpt_path, hostile.encode(), section=section)
     try:
         _restore_everything(ckpt_path)  # shallow nesting in an unknown field is harmless
     except ck.CheckpointError as e:
@@ -463,7 +470,8 @@ def _attempt(path):
 @given(data=st.data())
 def test_fuzz_index_json_mutations(fuzz_base, data):
     path, raw = fuzz_base
-    doc = json.loads(raw[fmt.HEADER_SIZE:])
+    body, section = _parts(raw)
+    doc = json.loads(body)
     for _ in range(data.draw(st.integers(1, 3))):
         spots = _positions(doc, [])
         parent, key = data.draw(st.sampled_from(spots))
@@ -476,7 +484,7 @@ def test_fuzz_index_json_mutations(fuzz_base, data):
             del parent[key]
         else:
             parent.pop(key)
-    _write_index(path, doc, version=struct.unpack_from("<I", raw, 8)[0])
+    _write_index(path, doc, version=struct.unpack_from("<I", raw, 8)[0], section=section)
     try:
         _attempt(path)
     finally:
@@ -487,7 +495,8 @@ def test_fuzz_index_json_mutations(fuzz_base, data):
 @given(data=st.data())
 def test_fuzz_index_bytes(fuzz_base, data):
     path, raw = fuzz_base
-    body = bytearray(raw[fmt.HEADER_SIZE:])
+    body = bytearray(raw[fmt.HEADER_SIZE:])  # the JSON, then (version 2) the binary columns
+    json_len = len(_parts(raw)[0])
     fix_crc = data.draw(st.booleans())
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(body) - 1))
@@ -498,10 +507,13 @@ def test_fuzz_index_bytes(fuzz_base, data):
             body[pos] = data.draw(st.sampled_from(list(b'0123456789-[]{}",:.eE ')))
         elif op == "delete":
             del body[pos]
+            json_len -= pos < json_len
         else:
             body.insert(pos, data.draw(st.integers(0, 255)))
-    if fix_crc:
-        _write_index(path, bytes(body), version=struct.unpack_from("<I", raw, 8)[0])
+            json_len += pos < json_len
+    if fix_crc:  # the header's checksum made right again for the (edited) JSON part
+        _write_index(path, bytes(body[:json_len]), version=struct.unpack_from("<I", raw, 8)[0],
+                     section=bytes(body[json_len:]))
     else:
         open(path + ".index", "wb").write(raw[:fmt.HEADER_SIZE] + bytes(body))
     try:

@@ -318,7 +318,8 @@ def test_format_page_matches_the_code(tmp_path):
     finally:
         ck.registry.unregister_plugin(plugin)
     raw = open(path + fmt.INDEX_SUFFIX, "rb").read()
-    doc = json.loads(raw[fmt.HEADER_SIZE:])
+    length = int.from_bytes(raw[16:24], "little")  # the JSON; the binary columns follow it
+    doc = json.loads(raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + length])
     fields = set(doc) | set(doc["nodes"]) | set(doc["tensors"])
     fields |= set(json.loads((tmp_path / state.STATE_FILENAME).read_text()))
     assert {"slots", "state", "attribute", "child", "crc32c", "dims"} <= fields
@@ -326,7 +327,9 @@ def test_format_page_matches_the_code(tmp_path):
     undocumented = sorted(f for f in fields if f"`{f}`" not in text)
     assert not undocumented, f"docs/format.md does not describe the fields {undocumented}"
     assert doc["version"] == fmt.FORMAT_VERSION
-    assert all(o % fmt.ALIGNMENT == 0 for o in doc["tensors"]["offset"])
+    offsets = fmt.decode_index(raw, "x").table.offset
+    assert offsets and all(o % fmt.ALIGNMENT == 0 for o in offsets)
+    assert set(doc["tensors"]["offset"]) == {"dtype", "offset", "count"}  # a binary column reference
     # version 1, still read, is documented too
     index = fmt.decode_index(raw, "x")
     index.version = 1

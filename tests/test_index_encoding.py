@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,32 +34,44 @@ def _reference(index: fmt.Index) -> bytes:
 
 
 def _reference_v2(index: fmt.Index) -> bytes:
-    """Version 2, built field by field as docs/format.md describes it."""
+    """Version 2, built field by field as docs/format.md describes it: JSON, then the binary columns."""
     adapters = list(dict.fromkeys(n.adapter for n in index.nodes))
     types = list(dict.fromkeys(n.type for n in index.nodes))
     entries = [e for n in index.nodes for e in n.attributes.values()]
     dtypes = list(dict.fromkeys(e.dtype for e in entries))
+    section = bytearray()
+
+    def column(values):  # the narrowest unsigned little-endian type, each column 8-byte aligned
+        top = max(values, default=0)
+        dtype = next(d for d, bits in (("<u1", 8), ("<u2", 16), ("<u4", 32), ("<u8", 64)) if top < 1 << bits)
+        ref = {"dtype": dtype, "offset": len(section), "count": len(values)}
+        section.extend(np.array(values, np.uint64).astype(dtype).tobytes())
+        section.extend(bytes(-len(section) % 8))
+        return ref
+
     nodes = {
         "adapters": adapters, "types": types,
-        "adapter": [adapters.index(n.adapter) for n in index.nodes],
-        "type": [types.index(n.type) for n in index.nodes],
-        "num_children": [len(n.children) for n in index.nodes],
+        "adapter": column([adapters.index(n.adapter) for n in index.nodes]),
+        "type": column([types.index(n.type) for n in index.nodes]),
+        "num_children": column([len(n.children) for n in index.nodes]),
         "child_name": [name for n in index.nodes for name, _ in n.children],
-        "child": [c for n in index.nodes for _, c in n.children],
-        "num_attributes": [len(n.attributes) for n in index.nodes],
+        "child": column([c for n in index.nodes for _, c in n.children]),
+        "num_attributes": column([len(n.attributes) for n in index.nodes]),
         "attribute": [a for n in index.nodes for a in n.attributes],
         "state": [[i, n.state] for i, n in enumerate(index.nodes) if n.state is not None],
         "slots": [[i, v, name, s] for i, n in enumerate(index.nodes) for v, name, s in n.slots],
     }
     tensors = {
-        "dtypes": dtypes, "key": [e.key for e in entries], "dtype": [dtypes.index(e.dtype) for e in entries],
-        "ndim": [len(e.shape) for e in entries], "dims": [d for e in entries for d in e.shape],
-        "shard": [e.shard for e in entries], "offset": [e.offset for e in entries],
-        "nbytes": [e.nbytes for e in entries], "crc32c": [e.crc32c for e in entries],
+        "dtypes": dtypes, "key": [e.key for e in entries],
+        "dtype": column([dtypes.index(e.dtype) for e in entries]), "ndim": column([len(e.shape) for e in entries]),
+        "dims": column([d for e in entries for d in e.shape]), "shard": column([e.shard for e in entries]),
+        "offset": column([e.offset for e in entries]), "nbytes": column([e.nbytes for e in entries]),
+        "crc32c": column([e.crc32c for e in entries]),
     }
     doc = {"format": "ckptcore", "version": 2, "num_shards": index.num_shards, "shard_sizes": index.shard_sizes,
-           "metadata": index.metadata, "nodes": nodes, "tensors": tensors}
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+           "metadata": index.metadata, "columns": {"nbytes": len(section), "crc32c": fmt.crc32c(bytes(section))},
+           "nodes": nodes, "tensors": tensors}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8") + bytes(section)
 
 
 def _graph(index: fmt.Index) -> list:
