@@ -181,7 +181,7 @@ class CheckpointReader:
         verify = self.verify_checksums if verify is None else verify
         self.check_data_files()
         if self.index.num_shards == 1:
-            reqs = sorted(requests, key=_offset_of)  # already in file order when restoring: one pass
+            reqs = sorted(requests, key=_offset_of)  # one pass when already in file order
         else:
             reqs = sorted(requests, key=_shard_offset_of)
         by_shard: dict[int, list] = {}
