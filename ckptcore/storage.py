@@ -183,7 +183,7 @@ class _LocalReader:
         a byte view per array); ``sizes``, if given, holds their lengths in bytes.
         """
         if sizes is None:
-            sizes = [memoryview(b).nbytes for b in bufs]
+            sizes = [len(_bytes(b)) for b in bufs]
         if 0 in sizes:
             keep = [i for i, s in enumerate(sizes) if s]
             bufs, sizes = [bufs[i] for i in keep], [sizes[i] for i in keep]

@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore import format as fmt
-from ckpt_samples import V_KEY, W_KEY, fresh, model, open_every_way  # noqa: E402
-
-_model, _fresh = model, fresh
-
+from ckpt_samples import V_KEY, W_KEY, open_every_way
+from ckpt_samples import fresh as _fresh
+from ckpt_samples import model as _model
 
 @pytest.fixture
 def ckpt_path(tmp_path):
@@ -53,11 +52,8 @@ def _parts(raw: bytes) -> tuple[bytes, bytes]:
     return raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + length], raw[fmt.HEADER_SIZE + length:]
 
 
-_restore_everything = open_every_way
-
-
 def test_valid_checkpoint_baseline(ckpt_path):
-    _restore_everything(ckpt_path)
+    open_every_way(ckpt_path)
 
 
 # -- integrity of data -----------------------------------------------------------------
@@ -216,7 +212,7 @@ def test_hostile_index_raises_checkpoint_error(ckpt_path, name):
     HOSTILE[name](doc)
     _write_index(ckpt_path, doc)
     with pytest.raises(ck.CheckpointError) as info:
-        _restore_everything(ckpt_path)
+        open_every_way(ckpt_path)
     assert ckpt_path in str(info.value)
 
 
@@ -266,7 +262,7 @@ def test_deeply_nested_json(ckpt_path, depth):
     hostile = doc_text[:-1] + ',"extra":' + nested + "}"
     _write_index(ckpt_path, hostile.encode(), section=section)
     try:
-        _restore_everything(ckpt_path)  # shallow nesting in an unknown field is harmless
+        open_every_way(ckpt_path)  # shallow nesting in an unknown field is harmless
     except ck.CheckpointError as e:
         assert ckpt_path in str(e)
 
@@ -278,7 +274,7 @@ def test_deeply_nested_state(ckpt_path):
                            + b', "adapter": "ckptcore.module"', 1)
     _write_index(ckpt_path, hostile, version=1)
     with pytest.raises(ck.CorruptCheckpointError, match="index"):
-        _restore_everything(ckpt_path)
+        open_every_way(ckpt_path)
 
 
 def test_non_utf8_and_non_json_bodies(ckpt_path):
@@ -461,7 +457,7 @@ def fuzz_base(tmp_path_factory, request):
 
 def _attempt(path):
     try:
-        _restore_everything(path)
+        open_every_way(path)
     except ck.CheckpointError as e:
         assert str(e)
 
@@ -571,7 +567,7 @@ def test_special_file_in_place_of_a_checkpoint_file(ckpt_path, which, kind):
     else:
         os.mkfifo(target)  # opening it for reading would block forever
     with pytest.raises(ck.CheckpointError) as info:
-        _restore_everything(ckpt_path)
+        open_every_way(ckpt_path)
     assert target in str(info.value) or ckpt_path in str(info.value)
 
 

@@ -110,6 +110,9 @@ def test_readv_sizes_and_zero_length_buffers(tmp_path):
         assert a.view(np.uint8).tolist() == list(range(4, 20)) and b.tolist() == [20, 21, 22]
         c = np.zeros(5, np.uint8)
         assert rd.readv(38, [c], [5]) == 2  # past the end: a short count, never an error
+        import ml_dtypes  # without sizes, byte lengths come from the arrays, whatever their dtype
+        bf = np.zeros(3, ml_dtypes.bfloat16)
+        assert rd.readv(0, [bf]) == 6 and bf.view(np.uint8).tolist() == list(range(6))
     finally:
         rd.close()
 

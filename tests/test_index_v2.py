@@ -17,10 +17,9 @@ import pytest
 
 import ckptcore as ck
 from ckptcore import format as fmt
-from ckpt_samples import V_KEY, W_KEY, fresh, model, open_every_way  # noqa: E402
-
-_model, _fresh = model, fresh
-
+from ckpt_samples import V_KEY, W_KEY, open_every_way
+from ckpt_samples import fresh as _fresh
+from ckpt_samples import model as _model
 
 @pytest.fixture
 def ckpt_path(tmp_path):
@@ -78,9 +77,6 @@ def _write(path, doc):
     _write_raw(path, *_encode(doc))
 
 
-_open_every_way = open_every_way
-
-
 def test_the_written_index_is_version_2_with_columns(ckpt_path):
     doc = _doc(ckpt_path)
     assert doc["version"] == 2
@@ -88,7 +84,7 @@ def test_the_written_index_is_version_2_with_columns(ckpt_path):
     assert g["child_name"] == ["model", "w", "sub", "v"] and len(g["adapter"]) == 5
     assert t["key"] == [W_KEY, V_KEY] and t["ndim"] == [1, 2] and t["dims"] == [4, 2, 2]
     assert [t["dtypes"][i] for i in t["dtype"]] == ["float64", "float32"]
-    _open_every_way(ckpt_path)
+    open_every_way(ckpt_path)
 
 
 def _set(table, field, value):
@@ -177,7 +173,7 @@ def test_hostile_v2_index_raises_checkpoint_error(ckpt_path, name):
     HOSTILE[name](doc)
     _write(ckpt_path, doc)
     with pytest.raises(ck.CheckpointError) as info:
-        _open_every_way(ckpt_path)
+        open_every_way(ckpt_path)
     assert ckpt_path in str(info.value)
     fresh = _fresh()
     with pytest.raises(ck.CheckpointError):
@@ -240,7 +236,7 @@ def test_hostile_binary_columns_raise_checkpoint_error(ckpt_path, name):
     section = FRAMING[name](doc, section)  # "section checksum": the JSON keeps the old checksum
     _write_raw(ckpt_path, json.dumps(doc).encode(), section)
     with pytest.raises(ck.CorruptCheckpointError) as info:
-        _open_every_way(ckpt_path)
+        open_every_way(ckpt_path)
     assert ckpt_path in str(info.value)
 
 
