@@ -648,12 +648,16 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
         opt = _int(row[0], "slot optimizer", path, 0, n - 1)
         node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
                                                _str(row[2], "slot name", path), _int(row[3], "slot node", path, 0, n - 1)))
-    if all(d == 1 for d in ndim):  # the common case: vectors, one C-level pass
-        shapes = list(zip(dims))
+    # Equal shapes share one tuple: models repeat a few shapes many times, and tens of thousands of
+    # tuples would be that many more objects for the garbage collector to scan after a restore.
+    if all(d == 1 for d in ndim):  # the common case: vectors, C-level passes
+        one = {d: (d,) for d in set(dims)}
+        shapes = list(map(one.__getitem__, dims))
     else:
-        shapes, p = [], 0
+        shapes, p, seen = [], 0, {}
         for k in ndim:
-            shapes.append(tuple(dims[p:p + k]))
+            shape = tuple(dims[p:p + k])
+            shapes.append(seen.setdefault(shape, shape))
             p += k
     graph = Graph(list(map(adapters.__getitem__, node_adapter.tolist())), list(map(types.__getitem__, node_type.tolist())),
                   child_start,

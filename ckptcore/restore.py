@@ -226,8 +226,12 @@ class RestoreSession:
         self._root_ref = _ref(root)
         self._extra_refs = [(n, _ref(c)) for n, c in extra_root_children]  # weak: keeps nothing alive
         self.ignore_live_names = set(ignore_live_names)
-        self.node_objs: dict[int, list] = {}   # node id -> weakrefs of live objects
-        self.matched = WeakIdTable()           # live object -> node id
+        # node id -> weakref of its live object, or a list of them when several matched it
+        self.node_objs: dict[int, Any] = {}
+        # live object -> node id, as two id-keyed dicts (weakref; node id): no tuple per object,
+        # so the collector has tens of thousands fewer objects to scan after a large restore
+        self._matched_ref: dict[int, Any] = {}
+        self._matched_nid: dict[int, int] = {}
         self.unused_attrs: set[str] = set()    # keys whose node matched but attribute is absent live
         self.restored_slots: set[int] = set()
         self.expect_partial = False
@@ -285,7 +289,8 @@ class RestoreSession:
         with _LOCK:
             # The collector is paused while tens of thousands of small objects are made (matching,
             # planning, recording), not during the read: reading from an object store can take
-            # minutes, and other threads' garbage must not wait that long.
+            # minutes, and other threads' garbage must not wait that long. (A local restore pauses
+            # it throughout: Checkpoint.restore.)
             with paused_gc():
                 matches, pending = self._match(obj, node_id, path, root_adapter)
                 (rows, dests, callbacks), after = self._plan_values(matches)
@@ -312,14 +317,14 @@ class RestoreSession:
         seen: set[tuple[int, int]] = set()
         queue = deque([(obj, node_id, tuple(path), root_adapter)])
         pop, push, add = queue.popleft, queue.append, matches.append
-        matched = self.matched if len(self.matched._d) else None  # nothing matched yet: nothing to look up
+        matched = self if self._matched_ref else None  # nothing matched yet: nothing to look up
         while queue:
             o, nid, p, adapter = pop()
             key = (id(o), nid)
             if key in seen:
                 continue
             seen.add(key)
-            if matched is not None and matched.get(o) == nid:
+            if matched is not None and matched.matched_node(o) == nid:
                 continue  # already restored by this session (shared object)
             if adapter is None:
                 adapter = adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
@@ -407,29 +412,46 @@ class RestoreSession:
         _unalias(dests, callbacks)
         return (rows, dests, callbacks), after
 
+    def matched_node(self, obj) -> int | None:
+        """The checkpoint node ``obj`` was matched to by this session, or None.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> a = np.zeros(1); path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/matched_node/c")
+            >>> s = ck.Checkpoint(a=a).read(path).session
+            >>> s.matched_node(a) is not None, s.matched_node(np.zeros(1))
+            (True, None)
+        """
+        key = id(obj)
+        ref = self._matched_ref.get(key)
+        if ref is not None and ref() is obj:
+            return self._matched_nid[key]
+        return None
+
     def _commit_matches(self, matches: list[tuple], pending) -> None:
-        table = self.matched._d
+        refs, nids = self._matched_ref, self._matched_nid
         node_objs = self.node_objs
         ref_to = weakref.ref
         for obj, _adapter, nid, _path in matches:
-            # One weak reference serves both tables (WeakIdTable.put, inlined: one call per object adds
-            # up). A plain reference, without the table's removal callback: an entry of a collected
-            # object only lingers until this session ends, and every lookup checks identity anyway.
+            # One weak reference serves both tables. A plain reference, without a removal callback:
+            # an entry of a collected object only lingers until this session ends, and every lookup
+            # checks identity anyway.
             key = id(obj)
-            entry = table.get(key)
-            if entry is not None and entry[0]() is obj:
-                ref = entry[0]
-            else:
+            ref = refs.get(key)
+            if ref is None or ref() is not obj:
                 try:
                     ref = ref_to(obj)
                 except TypeError:
                     ref = _Strong(obj)
-            table[key] = (ref, nid)
+                refs[key] = ref
+            nids[key] = nid
             objs = node_objs.get(nid)
             if objs is None:
-                node_objs[nid] = [ref]
-            else:
+                node_objs[nid] = ref
+            elif type(objs) is list:
                 objs.append(ref)
+            else:
+                node_objs[nid] = [objs, ref]
         if pending:
             install_creation_hooks(notify_dependency_added)
         for parent, name, cid, p in pending:
@@ -453,7 +475,13 @@ class RestoreSession:
                     self._try_slot(opt_id, nid, name, slot_id)
 
     def _live(self, node_id: int) -> list:
-        return [o for o in (r() for r in self.node_objs.get(node_id, ())) if o is not None]
+        refs = self.node_objs.get(node_id)
+        if refs is None:
+            return []
+        if type(refs) is not list:
+            o = refs()
+            return [] if o is None else [o]
+        return [o for o in (r() for r in refs) if o is not None]
 
     def _try_slot(self, opt_id: int, var_id: int, name: str, slot_id: int) -> None:
         opts, vars_ = self._live(opt_id), self._live(var_id)
@@ -495,7 +523,7 @@ class RestoreSession:
         for ln in live[1:]:
             if ln.path and ln.path[0] in self.ignore_live_names and len(ln.path) == 1:
                 continue
-            nid = self.matched.get(ln.obj)
+            nid = self.matched_node(ln.obj)
             attrs = list(ln.adapter.attributes(ln.obj))
             if nid is None:
                 # As in TF, only objects that hold values count: an unmatched Module or container
