@@ -270,10 +270,6 @@ class RestoreSession:
                 out.append((n, c))
         return out
 
-    def _children_of(self, obj, adapter, path):
-        extra = self._extra_children() if path == () and obj is self.root() else ()
-        return live_children(obj, adapter, path, extra)
-
     # -- matching and restoring -------------------------------------------------------
     def run(self) -> None:
         """Restore everything whose object exists; queue the rest."""
@@ -293,7 +289,7 @@ class RestoreSession:
             # it throughout: Checkpoint.restore.)
             with paused_gc():
                 matches, pending = self._match(obj, node_id, path, root_adapter)
-                (rows, dests, callbacks), after = self._plan_values(matches)
+                (rows, dests, callbacks), after = self._plan_values(matches, tuple(path))
             if rows:
                 self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
             del rows, dests, callbacks
@@ -307,41 +303,65 @@ class RestoreSession:
     def _match(self, obj, node_id, path, root_adapter):
         """Walk the saved graph from ``node_id`` alongside the live one from ``obj``.
 
-        Returns the matches, ``(obj, adapter, node id, path)`` each, and the edges whose
-        live child does not exist yet, ``(parent, name, node id, path)`` each.
+        Returns the matches, ``(obj, adapter, node id, index of the parent's match, edge name)``
+        each, in breadth-first order (``matches[0]`` is ``obj``; :func:`_path` rebuilds a path
+        from the parent links, so no path tuple is made per object), and the edges whose live
+        child does not exist yet, ``(parent, name, node id, path)`` each.
         """
         g = self.graph
         child_start, child_name, child_id = g.child_start, g.child_name, g.child
-        matches: list[tuple] = []
-        pending: list[tuple[Any, str, int, tuple]] = []
-        seen: set[tuple[int, int]] = set()
-        queue = deque([(obj, node_id, tuple(path), root_adapter)])
-        pop, push, add = queue.popleft, queue.append, matches.append
+        shared = self._shared_nodes()  # nodes more than one edge leads to: the only ones to check for revisits
         matched = self if self._matched_ref else None  # nothing matched yet: nothing to look up
-        while queue:
-            o, nid, p, adapter = pop()
-            key = (id(o), nid)
-            if key in seen:
-                continue
-            seen.add(key)
-            if matched is not None and matched.matched_node(o) == nid:
-                continue  # already restored by this session (shared object)
-            if adapter is None:
-                adapter = adapter_or_none(o) or find_adapter(o, what=f"object {display_path(p)!r}")
-            add((o, adapter, nid, p))
+        if matched is not None and matched.matched_node(obj) == node_id:
+            return [], []  # already restored by this session (shared object)
+        if root_adapter is None:
+            root_adapter = adapter_or_none(obj) or find_adapter(obj, what=f"object {display_path(path)!r}")
+        matches: list[tuple] = [(obj, root_adapter, node_id, -1, None)]
+        pending: list[tuple[Any, str, int, tuple]] = []
+        seen: set[tuple[int, int]] = {(id(obj), node_id)}
+        add = matches.append
+        root = self.root() if node_id == 0 else None
+        k = 0
+        while k < len(matches):
+            o, adapter, nid, _parent, _name = matches[k]
             a, b = child_start[nid], child_start[nid + 1]
-            if a == b:
-                continue
-            get = dict(self._children_of(o, adapter, p)).get
-            for name, cid in zip(child_name[a:b], child_id[a:b]):
-                child = get(name)
-                if child is None:
-                    pending.append((o, name, cid, p + (name,)))
+            if a != b:
+                if o is root and k == 0:
+                    children = live_children(o, adapter, path, self._extra_children())
                 else:
-                    push((child, cid, p + (name,), None))
+                    children = adapter.children(o)
+                    if type(children) is not list or not _plain_names(children):
+                        children = live_children(o, adapter, _path(matches, k, path))
+                get = dict(children).get
+                for name, cid in zip(child_name[a:b], child_id[a:b]):
+                    child = get(name)
+                    if child is None:
+                        pending.append((o, name, cid, _path(matches, k, path) + (name,)))
+                        continue
+                    if cid in shared:
+                        key = (id(child), cid)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    if matched is not None and matched.matched_node(child) == cid:
+                        continue
+                    child_adapter = adapter_or_none(child)
+                    if child_adapter is None:  # the message is built only on failure
+                        child_adapter = find_adapter(
+                            child, what=f"object {display_path(_path(matches, k, path) + (name,))!r}")
+                    add((child, child_adapter, cid, k, name))
+            k += 1
         return matches, pending
 
-    def _plan_values(self, matches: list[tuple]):
+    def _shared_nodes(self) -> set[int]:
+        """Node ids more than one edge leads to, and the root: a walk can reach only these twice."""
+        shared = self.__dict__.get("_shared")
+        if shared is None:
+            indeg = np.bincount(np.asarray(self.graph.child, np.int64), minlength=len(self.graph))
+            shared = self._shared = set(np.flatnonzero(indeg > 1).tolist()) | {0}
+        return shared
+
+    def _plan_values(self, matches: list[tuple], base: tuple = ()):
         """Check every value first (nothing is assigned if any check fails).
 
         Returns the reads, as three parallel lists (table rows, destinations, callbacks),
@@ -355,7 +375,7 @@ class RestoreSession:
         after = []
         errors = []
         fast_dtypes = fmt.FAST_DTYPES
-        for match in matches:
+        for k, match in enumerate(matches):
             nid = match[2]
             a, b = attr_start[nid], attr_start[nid + 1]
             if a != b:
@@ -383,7 +403,7 @@ class RestoreSession:
                     try:
                         shape, dtype = spec(obj, attr)
                     except CheckpointError as e:
-                        errors.append(type(e)(f"cannot restore {display_path(match[3])} ({table.key[t]}): {e}"))
+                        errors.append(type(e)(f"cannot restore {display_path(_path(matches, k, base))} ({table.key[t]}): {e}"))
                         continue
                     np_dtype = fast_dtypes.get(t_dtype[t])
                     if np_dtype is None:
@@ -391,7 +411,7 @@ class RestoreSession:
                     entry_shape = t_shape[t]
                     if not (type(shape) is tuple and shape == entry_shape and dtype is np_dtype):
                         # messages are built only here, off the common case
-                        err = _spec_error(match, table.entry(t), shape, dtype)
+                        err = _spec_error(_path(matches, k, base), table.entry(t), shape, dtype)
                         if err is not None:
                             errors.append(err)
                             continue
@@ -405,7 +425,7 @@ class RestoreSession:
                     add_cb(partial(set_value, obj, attr))  # set_value(obj, attr, arr)
             state = states.get(nid) if states else None
             if state is not None:
-                after.append(_state_setter(match[1], match[0], state, match[3]))
+                after.append(_state_setter(match[1], match[0], state))
         if errors:
             raise errors[0] if len(errors) == 1 else type(errors[0])(
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
@@ -432,7 +452,7 @@ class RestoreSession:
         refs, nids = self._matched_ref, self._matched_nid
         node_objs = self.node_objs
         ref_to = weakref.ref
-        for obj, _adapter, nid, _path in matches:
+        for obj, _adapter, nid, _parent, _name in matches:
             # One weak reference serves both tables. A plain reference, without a removal callback:
             # an entry of a collected object only lingers until this session ends, and every lookup
             # checks identity anyway.
@@ -580,9 +600,9 @@ def _fill(dest: np.ndarray, value: np.ndarray) -> None:
     dest[...] = value
 
 
-def _spec_error(match: tuple, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
+def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
     """The error for a live spec that does not match ``entry``, or None if it matches after all."""
-    where = display_path(match[3])
+    where = display_path(path)
     shape = tuple(int(d) for d in shape)
     if shape != tuple(entry.shape):
         return ShapeMismatchError(
@@ -596,7 +616,26 @@ def _spec_error(match: tuple, entry: fmt.TensorEntry, shape, dtype) -> Checkpoin
     return None
 
 
-def _state_setter(adapter, obj, state, path):
+def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
+    """The path of ``matches[k]`` (see ``RestoreSession._match``), below ``base``, the first match's."""
+    names = []
+    while k > 0:
+        m = matches[k]
+        names.append(m[4])
+        k = m[3]
+    return base + tuple(reversed(names))
+
+
+def _plain_names(children: list) -> bool:
+    """Whether ``children`` are ``(name, child)`` pairs with distinct string names (no checks needed)."""
+    try:
+        names = dict(children)
+    except (TypeError, ValueError):
+        return False
+    return len(names) == len(children) and all(type(n) is str for n in names)
+
+
+def _state_setter(adapter, obj, state):
     def assign():
         adapter.set_state(obj, state)
     return assign
