@@ -618,6 +618,7 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     crcs = _binary(t, "crc32c", path, section, m, 0xFFFFFFFF, keys)
     if m:
         _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes)
+    vectors = bool((ndim == 1).all())
     dims, ndim = dims.tolist(), ndim.tolist()
     num_children, num_attrs = num_children.tolist(), num_attrs.tolist()
 
@@ -650,7 +651,7 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
                                                _str(row[2], "slot name", path), _int(row[3], "slot node", path, 0, n - 1)))
     # Equal shapes share one tuple: models repeat a few shapes many times, and tens of thousands of
     # tuples would be that many more objects for the garbage collector to scan after a restore.
-    if all(d == 1 for d in ndim):  # the common case: vectors, C-level passes
+    if vectors:  # the common case: C-level passes
         one = {d: (d,) for d in set(dims)}
         shapes = list(map(one.__getitem__, dims))
     else:
@@ -659,13 +660,19 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
             shape = tuple(dims[p:p + k])
             shapes.append(seen.setdefault(shape, shape))
             p += k
-    graph = Graph(list(map(adapters.__getitem__, node_adapter.tolist())), list(map(types.__getitem__, node_type.tolist())),
-                  child_start,
+    graph = Graph(_gather(adapters, node_adapter), _gather(types, node_type), child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)
-    table = TensorTable(keys, list(map(dtype_names.__getitem__, dtype_ids.tolist())), shapes, shard.tolist(),
+    table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard.tolist(),
                         offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs).tolist())
     table._arrays = (shard, offset, nbytes)
     return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table)
+
+
+def _gather(names: list[str], ids: np.ndarray) -> list[str]:
+    """``[names[i] for i in ids]``, in one numpy pass (the ids are already range-checked)."""
+    table = np.empty(len(names), object)
+    table[:] = names
+    return table[ids].tolist()
 
 
 def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes) -> None:
