@@ -2,8 +2,9 @@
 
 A checkpoint at prefix ``P`` is two kinds of file:
 
-* ``P.data-00000-of-00001``: tensor bytes, each starting at a 64-byte aligned
-  offset, little-endian, C order; nothing else (no pickles, no headers);
+* ``P.data-00000-of-00001``: tensor bytes, each starting at an aligned
+  offset (:func:`tensor_alignment`), little-endian, C order; nothing else
+  (no pickles, no headers);
 * ``P.index``: a 32-byte header (magic ``CKPTIDX1``, format version, JSON
   length, CRC32C of the JSON) followed by UTF-8 JSON that holds the object
   graph, each object's adapter, and per tensor its key, dtype, shape, offset,
@@ -79,14 +80,39 @@ def data_path(prefix: str, shard: int, num_shards: int) -> str:
     return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
 
 
-def align(offset: int) -> int:
-    """Round ``offset`` up to the tensor alignment.
+ALIGNED_TENSOR_BYTES = 1 << 16  # tensors this big or bigger start at a multiple of ALIGNMENT
+_DTYPE_ALIGNMENT: dict[str, int] = {}
+
+
+def tensor_alignment(nbytes: int, dtype: str) -> int:
+    """Where a tensor of ``nbytes`` bytes of the stored dtype ``dtype`` may start in a data file.
+
+    Tensors of 64 KiB or more start at a multiple of 64 bytes (:data:`ALIGNMENT`); smaller
+    ones at a multiple of their dtype's alignment (numpy's ``dtype.alignment``: 4 for
+    ``float32``, 2 for ``bfloat16``). Either way a view of a mapped data file is an aligned
+    numpy array; small tensors are packed without 64-byte padding, which a restore of many
+    small arrays would otherwise read into a scratch buffer between every two of them.
 
     Example:
-        >>> align(1), align(64), align(65)
-        (64, 64, 128)
+        >>> tensor_alignment(1 << 20, "float32"), tensor_alignment(400, "float32"), tensor_alignment(3, "int8")
+        (64, 4, 1)
     """
-    return (offset + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+    if nbytes >= ALIGNED_TENSOR_BYTES:
+        return ALIGNMENT
+    a = _DTYPE_ALIGNMENT.get(dtype)
+    if a is None:
+        a = _DTYPE_ALIGNMENT[dtype] = (FAST_DTYPES.get(dtype) or dtype_from_name(dtype)).alignment
+    return a
+
+
+def align(offset: int, alignment: int = ALIGNMENT) -> int:
+    """Round ``offset`` up to a multiple of ``alignment`` (the 64-byte tensor alignment by default).
+
+    Example:
+        >>> align(1), align(64), align(65), align(5, 4)
+        (64, 64, 128, 8)
+    """
+    return (offset + alignment - 1) // alignment * alignment
 
 
 @dataclass(slots=True)

@@ -303,7 +303,7 @@ def _set_crcs(items: list) -> None:
 
 
 def _write_tensors(writer, tensors, progress) -> int:
-    """Lay tensors out 64-byte aligned; write neighbours together with one ``writev``. Returns the size."""
+    """Lay tensors out (``fmt.tensor_alignment``); write neighbours together with one ``writev``. Returns the size."""
     writev = getattr(writer, "writev", None)
     arrays = writev is not None and getattr(writer, "accepts_arrays", False)  # local files: arrays as they are
     if writev is None:
@@ -315,15 +315,16 @@ def _write_tensors(writer, tensors, progress) -> int:
     batch_bytes = 0
     small: list = []  # (entry, buffer) of the batch's small tensors: checksummed together
     pending = []
+    aligned_bytes, alignment = fmt.ALIGNED_TENSOR_BYTES, fmt.tensor_alignment
     try:
         for entry, arr in tensors:
-            pad = -offset % fmt.ALIGNMENT
+            nbytes = entry.nbytes
+            pad = -offset % (fmt.ALIGNMENT if nbytes >= aligned_bytes else alignment(nbytes, entry.dtype))
             if pad:
                 batch.append(_ZEROS[:pad])
                 sizes.append(pad)
             buf = arr if arrays else _byte_view(arr)  # arr is C-contiguous (plan_save): CRC32C takes it as it is
             entry.offset = offset + pad
-            nbytes = entry.nbytes
             if nbytes >= SMALL_TENSOR:
                 pending.append(submit(_set_crc, entry, arr))
             else:
@@ -358,7 +359,7 @@ def split_shards(tensors: list, shard_bytes: int | None) -> list[list]:
     """Group ``(entry, array)`` pairs into data shards of at most ``shard_bytes``.
 
     A tensor of ``shard_bytes`` or more is a shard of its own. The others are
-    packed, in order, 64-byte aligned: a shard closes when the next one would
+    packed, in order, aligned (``fmt.tensor_alignment``): a shard closes when the next one would
     make it larger than ``shard_bytes``. ``None`` (local disk) means one shard.
     There is always at least one shard.
 
@@ -386,7 +387,7 @@ def split_shards(tensors: list, shard_bytes: int | None) -> list[list]:
         if nbytes >= shard_bytes:
             shards.append([item])
             continue
-        end = size + (-size % fmt.ALIGNMENT) + nbytes
+        end = size + (-size % fmt.tensor_alignment(nbytes, item[0].dtype)) + nbytes
         if cur and end > shard_bytes:
             shards.append(cur)
             cur, end = [], nbytes

@@ -327,8 +327,10 @@ def test_format_page_matches_the_code(tmp_path):
     undocumented = sorted(f for f in fields if f"`{f}`" not in text)
     assert not undocumented, f"docs/format.md does not describe the fields {undocumented}"
     assert doc["version"] == fmt.FORMAT_VERSION
-    offsets = fmt.decode_index(raw, "x").table.offset
-    assert offsets and all(o % fmt.ALIGNMENT == 0 for o in offsets)
+    table = fmt.decode_index(raw, "x").table
+    assert table.offset and all(o % fmt.tensor_alignment(n, d) == 0
+                                for o, n, d in zip(table.offset, table.nbytes, table.dtype))
+    assert f"{fmt.ALIGNED_TENSOR_BYTES // 1024} KiB or more starts at an offset" in text
     assert set(doc["tensors"]["offset"]) == {"dtype", "offset", "count"}  # a binary column reference
     # version 1, still read, is documented too
     index = fmt.decode_index(raw, "x")

@@ -287,3 +287,26 @@ def test_many_shapes_and_dtypes_round_trip(tmp_path):
     for a, b in zip(src.xs, dst.xs):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_with_every_tensor_64_byte_aligned_still_restore(tmp_path, monkeypatch):
+    """Checkpoints written before small tensors were packed at their dtype's alignment (every
+    tensor at a multiple of 64 bytes, zero padding between) restore the same way."""
+    from ckptcore import format as fmt
+
+    rng = np.random.default_rng(1)
+    src = ck.Module()
+    src.xs = [rng.random(n).astype(d) for n, d in zip([3, 5, 1, 7, 2] * 20, [np.float32, np.int8, np.float64,
+                                                                          np.uint16, np.complex64] * 20)]
+    with monkeypatch.context() as m:
+        m.setattr(fmt, "ALIGNED_TENSOR_BYTES", 0)  # the old rule: 64 bytes for every tensor
+        path = ck.Checkpoint(model=src).write(str(tmp_path / "old"))
+    table = ck.load_checkpoint(path).index.table
+    assert all(o % 64 == 0 for o in table.offset) and len(set(n % 64 for n in table.nbytes)) > 1  # padded
+    dst = ck.Module()
+    dst.xs = [np.zeros_like(a) for a in src.xs]
+    ck.Checkpoint(model=dst).read(path).assert_consumed()
+    for a, b in zip(src.xs, dst.xs):
+        np.testing.assert_array_equal(a, b)
+    packed = ck.Checkpoint(model=src).write(str(tmp_path / "new"))
+    assert ck.load_checkpoint(packed).index.shard_sizes[0] < ck.load_checkpoint(path).index.shard_sizes[0]

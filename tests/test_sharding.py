@@ -24,7 +24,7 @@ def _entries(sizes: list[int]) -> list:
 def _aligned_size(items: list) -> int:
     size = 0
     for e, _ in items:
-        size += (-size % fmt.ALIGNMENT) + e.nbytes
+        size += (-size % fmt.tensor_alignment(e.nbytes, e.dtype)) + e.nbytes
     return size
 
 
