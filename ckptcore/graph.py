@@ -49,7 +49,17 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str], extra: Iterable[t
         ['w']
     """
     children = adapter.children(obj)
-    if not extra and type(children) in (list, tuple) and not children:  # leaves: the common case
+    if not extra and type(children) is list:  # the common cases, without a check per child:
+        if not children:  # leaves
+            return []
+        try:  # pairs with distinct string names, as Module and the tracked containers give
+            names = dict(children)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if len(names) == len(children) and all(type(n) is str for n in names):
+                return children
+    elif not extra and type(children) is tuple and not children:
         return []
     out: list[tuple[str, Any]] = []
     seen: dict[str, Any] = {}

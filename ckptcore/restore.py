@@ -329,9 +329,7 @@ class RestoreSession:
                 if o is root and k == 0:
                     children = live_children(o, adapter, path, self._extra_children())
                 else:
-                    children = adapter.children(o)
-                    if type(children) is not list or not _plain_names(children):
-                        children = live_children(o, adapter, _path(matches, k, path))
+                    children = live_children(o, adapter, _path(matches, k, path))
                 get = dict(children).get
                 for name, cid in zip(child_name[a:b], child_id[a:b]):
                     child = get(name)
@@ -626,13 +624,6 @@ def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
     return base + tuple(reversed(names))
 
 
-def _plain_names(children: list) -> bool:
-    """Whether ``children`` are ``(name, child)`` pairs with distinct string names (no checks needed)."""
-    try:
-        names = dict(children)
-    except (TypeError, ValueError):
-        return False
-    return len(names) == len(children) and all(type(n) is str for n in names)
 
 
 def _state_setter(adapter, obj, state):
