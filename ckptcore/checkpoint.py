@@ -138,6 +138,7 @@ class Checkpoint(Module):
         self._ck_save_counter: Variable | None = None
         self._ck_sessions: list[RestoreSession] = []
         self._ck_async = _AsyncWriter()
+        self._ck_save_lock = threading.Lock()  # save() from several threads: one number each, in order
         # Unused checkpoint values are reported by each RestoreSession when it is collected: with this
         # Checkpoint, or later if restores still wait on live objects (see ckptcore.restore).
         if root is not None:
@@ -206,14 +207,15 @@ class Checkpoint(Module):
             ('memory://doc/save/ckpt-1', 'memory://doc/save/ckpt-2')
         """
         options = options or CheckpointOptions()
-        self._ck_async.wait()
-        counter = self.save_counter
-        number = int(counter.assign_add(1))
-        try:
-            return self._ck_write(f"{os.fspath(file_prefix)}-{number}", options, record=True)
-        except BaseException:
-            counter.assign_sub(1)
-            raise
+        with self._ck_save_lock:  # an async save holds it only while it plans (the blocking part)
+            self._ck_async.wait()
+            counter = self.save_counter
+            number = int(counter.assign_add(1))
+            try:
+                return self._ck_write(f"{os.fspath(file_prefix)}-{number}", options, record=True)
+            except BaseException:
+                counter.assign_sub(1)
+                raise
 
     def _ck_write(self, path: str, options: CheckpointOptions, record: bool,
                   after_commit: Callable[[], None] | None = None) -> str:

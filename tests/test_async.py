@@ -271,3 +271,36 @@ def test_checkpoint_options_are_keyword_only_and_immutable():
     with pytest.raises(TypeError):
         opts.storage_options["anon"] = False
     assert opts == ck.CheckpointOptions(enable_async=True, storage_options={"anon": True})
+
+
+@pytest.mark.parametrize("enable_async", [False, True])
+def test_saves_from_several_threads_get_distinct_numbers_in_order(tmp_path, enable_async):
+    """One Checkpoint saved from 4 threads at once: every save gets its own number, each written
+    checkpoint holds its own number as save_counter, and the state file ends at the last one."""
+    v = ck.Variable(np.zeros(3))
+    ckpt = ck.Checkpoint(v=v)
+    prefix = str(tmp_path / "ckpt")
+    paths, errors = [], []
+    start = threading.Barrier(4)
+
+    def worker():
+        start.wait()
+        try:
+            for _ in range(10):
+                paths.append(ckpt.save(prefix, options=ck.CheckpointOptions(enable_async=enable_async)))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ckpt.sync()
+    assert not errors
+    assert sorted(paths, key=lambda p: int(p.rsplit("-", 1)[1])) == [f"{prefix}-{i}" for i in range(1, 41)]
+    assert int(ckpt.save_counter) == 40
+    for p in (paths[0], paths[-1], f"{prefix}-17"):
+        got = ck.load_checkpoint(p).get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+        assert int(got) == int(p.rsplit("-", 1)[1])
+    assert ck.latest_checkpoint(str(tmp_path)) == f"{prefix}-40"
