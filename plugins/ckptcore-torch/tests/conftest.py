@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
+
+# --import-mode=importlib does not put this directory on sys.path: make the helper module
+# (training_loop) importable from every test module
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

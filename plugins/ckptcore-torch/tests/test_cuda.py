@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ckptcore as ck
+from training_loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -25,17 +26,6 @@ def _batches(n, device="cuda", seed=7):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(32, 8, generator=g).to(device), torch.randn(32, 4, generator=g).to(device))
             for _ in range(n)]
-
-
-def _train(model, opt, data):
-    losses = []
-    for x, y in data:
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -84,11 +74,11 @@ def test_non_contiguous_and_float8_gpu_tensors(prefix):
 def test_gpu_training_resumes_bit_identically(prefix, make_opt):
     data = _batches(8)
     ref = _net()
-    ref_losses = _train(ref, make_opt(ref.parameters()), data)
+    ref_losses = train(ref, make_opt(ref.parameters()), data)
 
     first = _net()
     opt = make_opt(first.parameters())
-    losses = _train(first, opt, data[:4])
+    losses = train(first, opt, data[:4])
     path = ck.Checkpoint(model=first, optimizer=opt).write(prefix)
 
     model = _net(seed=99)
@@ -98,7 +88,7 @@ def test_gpu_training_resumes_bit_identically(prefix, make_opt):
         for name, t in opt2.state[p].items():
             if torch.is_tensor(t) and name != "step":
                 assert t.device == p.device, name
-    losses += _train(model, opt2, data[4:])
+    losses += train(model, opt2, data[4:])
     assert losses == ref_losses
     for a, b in zip(ref.parameters(), model.parameters()):
         assert torch.equal(a, b)

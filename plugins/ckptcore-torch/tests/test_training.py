@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ckptcore as ck
+from training_loop import train
 
 
 def make_model(seed=0):
@@ -17,19 +18,6 @@ def make_model(seed=0):
 def batches(n, seed=123):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)) for _ in range(n)]
-
-
-def train(model, opt, data, sched=None):
-    losses = []
-    for x, y in data:
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        losses.append(loss.item())
-    return losses
 
 
 OPTIMIZERS = {
@@ -197,21 +185,11 @@ def test_slots_restored_when_parameters_arrive_after_restore(prefix):
     """restore_slot can run after the optimizer's state: a layer appended after restore() gets its slots."""
     data = batches(4)
 
-    def run(m, o, d):
-        out = []
-        for x, y in d:
-            o.zero_grad()
-            loss = torch.nn.functional.mse_loss(m(x), y)
-            loss.backward()
-            o.step()
-            out.append(loss.item())
-        return out
-
     model = torch.nn.Sequential(torch.nn.Linear(4, 1))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    run(model, opt, data[:2])
+    train(model, opt, data[:2])
     path = ck.Checkpoint(model=model, optimizer=opt).write(prefix)
-    ref = run(model, opt, data[2:])
+    ref = train(model, opt, data[2:])
 
     layer = torch.nn.Linear(4, 1)
     fresh_opt = torch.optim.Adam(layer.parameters(), lr=0.5)
@@ -222,7 +200,7 @@ def test_slots_restored_when_parameters_arrive_after_restore(prefix):
     fresh.append(layer)                                 # module registration hook: restored now
     assert set(fresh_opt.state[layer.weight]) == {"step", "exp_avg", "exp_avg_sq"}
     status.assert_consumed()
-    assert run(fresh, fresh_opt, data[2:]) == ref
+    assert train(fresh, fresh_opt, data[2:]) == ref
 
 
 def test_bfloat16_model_with_named_parameters_resumes_bit_identically(prefix):
