@@ -107,7 +107,7 @@ def test_deferred_restore_onto_a_gpu_module(prefix):
 
 def test_async_save_captures_gpu_values_before_returning(prefix):
     big = torch.randn(4096, 1024, device="cuda")   # 16 MiB
-    expected = big.cpu()
+    expected = big.cpu().clone()
     ckpt = ck.Checkpoint(t=big)
     path = ckpt.save(prefix, options=ck.CheckpointOptions(enable_async=True))
     big.mul_(0)                                    # the training step that follows the save
