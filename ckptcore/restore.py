@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from collections import deque
 from functools import partial
 from typing import Any, Iterable
 
@@ -242,6 +241,7 @@ class RestoreSession:
             for var_id, name, slot_id in rows:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
         self._has_slots = bool(self._slots_by_var)
+        self._shared: set[int] | None = None  # see _shared_nodes
 
     def __del__(self):
         # One summary of unused values, once nothing can fill them any more: the Checkpoint, its
@@ -310,6 +310,7 @@ class RestoreSession:
         """
         g = self.graph
         child_start, child_name, child_id = g.child_start, g.child_name, g.child
+        path = tuple(path)
         shared = self._shared_nodes()  # nodes more than one edge leads to: the only ones to check for revisits
         matched = self if self._matched_ref else None  # nothing matched yet: nothing to look up
         if matched is not None and matched.matched_node(obj) == node_id:
@@ -353,11 +354,10 @@ class RestoreSession:
 
     def _shared_nodes(self) -> set[int]:
         """Node ids more than one edge leads to, and the root: a walk can reach only these twice."""
-        shared = self.__dict__.get("_shared")
-        if shared is None:
+        if self._shared is None:
             indeg = np.bincount(np.asarray(self.graph.child, np.int64), minlength=len(self.graph))
-            shared = self._shared = set(np.flatnonzero(indeg > 1).tolist()) | {0}
-        return shared
+            self._shared = set(np.flatnonzero(indeg > 1).tolist()) | {0}
+        return self._shared
 
     def _plan_values(self, matches: list[tuple], base: tuple = ()):
         """Check every value first (nothing is assigned if any check fails).
@@ -622,8 +622,6 @@ def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
         names.append(m[4])
         k = m[3]
     return base + tuple(reversed(names))
-
-
 
 
 def _state_setter(adapter, obj, state):
