@@ -105,14 +105,14 @@ def tensor_alignment(nbytes: int, dtype: str) -> int:
     return a
 
 
-def align(offset: int, alignment: int = ALIGNMENT) -> int:
-    """Round ``offset`` up to a multiple of ``alignment`` (the 64-byte tensor alignment by default).
+def align(offset: int) -> int:
+    """Round ``offset`` up to a multiple of :data:`ALIGNMENT` (64 bytes).
 
     Example:
-        >>> align(1), align(64), align(65), align(5, 4)
-        (64, 64, 128, 8)
+        >>> align(1), align(64), align(65)
+        (64, 64, 128)
     """
-    return (offset + alignment - 1) // alignment * alignment
+    return (offset + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
 @dataclass(slots=True)

@@ -315,11 +315,11 @@ def _write_tensors(writer, tensors, progress) -> int:
     batch_bytes = 0
     small: list = []  # (entry, buffer) of the batch's small tensors: checksummed together
     pending = []
-    aligned_bytes, alignment = fmt.ALIGNED_TENSOR_BYTES, fmt.tensor_alignment
+    alignment = fmt.tensor_alignment
     try:
         for entry, arr in tensors:
             nbytes = entry.nbytes
-            pad = -offset % (fmt.ALIGNMENT if nbytes >= aligned_bytes else alignment(nbytes, entry.dtype))
+            pad = -offset % alignment(nbytes, entry.dtype)
             if pad:
                 batch.append(_ZEROS[:pad])
                 sizes.append(pad)
