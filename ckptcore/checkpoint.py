@@ -296,6 +296,8 @@ class Checkpoint(Module):
         with paused_gc() if isinstance(storage, LocalStorage) else nullcontext():
             reader = CheckpointReader(save_path, storage=storage, storage_path=spath,
                                       verify=options.verify_checksums)
+            if options.verify_before_restore:
+                reader.verify()  # a corrupt checkpoint raises here, before any live object changes
             root, extra = self._ck_graph()
             session = RestoreSession(reader, root, extra, ignore_live_names=ignore, verify=options.verify_checksums)
             session.run()

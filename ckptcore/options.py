@@ -26,6 +26,12 @@ class CheckpointOptions:
             waits for it and re-raises its failure.
         storage_options: passed to fsspec (credentials, endpoint, ...).
         verify_checksums: verify each tensor's CRC32C on restore (default on).
+        verify_before_restore: on restore, first read the whole checkpoint and
+            check every checksum, and only then assign values (default off).
+            Restores read values straight into live arrays, so a corrupt tensor
+            is found after its bytes are in place; with this option a corrupt
+            checkpoint raises before any object changes. Costs one more read of
+            the data (bounded memory: ``CheckpointReader.verify``).
         experimental_io_device: accepted for ``tf.train`` compatibility; ignored.
         max_retries: retries of each failed request to an object store (5xx,
             throttling, connection resets), with exponential backoff; None
@@ -35,11 +41,14 @@ class CheckpointOptions:
         >>> import ckptcore as ck
         >>> ck.CheckpointOptions(storage_options={"anon": True}).storage_options["anon"]
         True
+        >>> ck.CheckpointOptions(verify_before_restore=True).verify_before_restore
+        True
     """
 
     enable_async: bool = False
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     verify_checksums: bool = True
+    verify_before_restore: bool = False
     experimental_io_device: str | None = None
     max_retries: int | None = None
 

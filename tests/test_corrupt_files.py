@@ -79,6 +79,85 @@ def test_flipped_byte_in_data_raises_naming_the_key(ckpt_path):
     assert fresh.w.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_verify_before_restore_leaves_every_live_object_as_it_was(tmp_path):
+    """A corrupt tensor anywhere: with verify_before_restore the restore raises before any
+    object changes; without it, the values read before the corrupt one are already in place."""
+    src = ck.Module()
+    src.xs = [np.full(1000, float(i), np.float32) for i in range(5)]
+    src.v = ck.Variable(np.arange(3.0))
+    path = ck.Checkpoint(model=src).write(str(tmp_path / "c"))
+    key = "model/xs/3/.ATTRIBUTES/VARIABLE_VALUE"
+    data = path + ".data-00000-of-00001"
+    raw = bytearray(open(data, "rb").read())
+    raw[ck.load_checkpoint(path).entry(key).offset + 100] ^= 0x01
+    open(data, "wb").write(bytes(raw))
+
+    def live():
+        m = ck.Module()
+        m.xs = [np.full(1000, -1.0, np.float32) for _ in range(5)]
+        m.v = ck.Variable(np.full(3, -1.0))
+        return m
+
+    dst = live()
+    with pytest.raises(ck.CorruptCheckpointError) as info:
+        ck.Checkpoint(model=dst).read(path, options=ck.CheckpointOptions(verify_before_restore=True))
+    assert info.value.key == key and data in str(info.value)
+    assert all((x == -1.0).all() for x in dst.xs) and (dst.v.numpy() == -1.0).all()
+    assert not ck.has_pending(dst)  # nothing queued either
+
+    dst = live()
+    with pytest.raises(ck.CorruptCheckpointError):
+        ck.Checkpoint(model=dst).read(path)
+    assert (dst.xs[0] == 0.0).all()  # the documented caveat: values read before the corrupt one are in place
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=8), chunk=st.integers(1, 5000),
+       data=st.data())
+def test_verify_reads_through_a_bounded_buffer_and_finds_any_flipped_byte(tmp_path_factory, sizes, chunk, data):
+    from unittest import mock
+
+    from ckptcore import reader
+
+    with mock.patch.object(reader, "VERIFY_CHUNK", chunk):
+        _verify_case(tmp_path_factory.mktemp("verify"), sizes, data)
+
+
+def _verify_case(d, sizes, data):
+    arrays = {f"a{i}": np.arange(n, dtype=np.uint8) for i, n in enumerate(sizes)}
+    path = ck.Checkpoint(**arrays).write(str(d / "c"))
+    assert ck.load_checkpoint(path).verify() == sum(sizes)
+    nonempty = [k for k, a in arrays.items() if a.size]
+    if not nonempty:
+        return
+    name = data.draw(st.sampled_from(nonempty))
+    key = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+    at = ck.load_checkpoint(path).entry(key).offset + data.draw(st.integers(0, arrays[name].size - 1))
+    f = path + ".data-00000-of-00001"
+    raw = bytearray(open(f, "rb").read())
+    raw[at] ^= 0x80
+    open(f, "wb").write(bytes(raw))
+    with pytest.raises(ck.CorruptCheckpointError) as info:
+        ck.load_checkpoint(path).verify()
+    assert info.value.key == key
+
+
+def test_verify_memory_stays_bounded_for_a_large_tensor(tmp_path):
+    import tracemalloc
+
+    from ckptcore import reader
+
+    path = ck.Checkpoint(big=np.ones(48 << 20, np.uint8)).write(str(tmp_path / "c"))  # 48 MiB
+    r = ck.load_checkpoint(path)
+    tracemalloc.start()
+    try:
+        assert r.verify() == 48 << 20
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < reader.VERIFY_CHUNK + (4 << 20)  # one buffer, not a copy of the tensor
+
+
 @pytest.mark.parametrize("keep", [0, 1, -1])
 def test_truncated_data_file(ckpt_path, keep):
     data = ckpt_path + ".data-00000-of-00001"
