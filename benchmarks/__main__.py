@@ -158,6 +158,10 @@ def _bench(a, runs, skip, methods, workloads, root, results) -> None:
             rows.append(row)
     print("\nTime, ratio to raw (lower is better); ckptcore load = restore into existing arrays\n")
     print(_table(rows))
+    if "raw-arrays" in methods and "ckptcore" in methods:
+        print("\nckptcore load against raw-arrays (preadv straight into the model's own arrays): " + ", ".join(
+            f"{w} {_med(res['load']['ckptcore']) / _med(res['load']['raw-arrays']):.2f}x"
+            for w, res in results["timing"].items()))
     # 2. async save
     if "async" not in skip:
         rows = [["workload", "memcpy of the state", "async save() blocks", "ratio (target <= 1.5x)"]]
