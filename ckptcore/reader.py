@@ -189,7 +189,7 @@ class CheckpointReader:
                         crc = fmt.crc32c(scratch[pos - lo:stop - lo], crc)
                         pos = stop
                     if crc != t.crc32c[r]:
-                        _finish(t.entry(r), None, f, True, None, crc=crc)  # raises, naming key and file
+                        raise _mismatch(t.entry(r), f)
         return sum(nbytes)
 
     def read(self, requests: Iterable[tuple[fmt.TensorEntry, np.ndarray | None, Callable | None]],
@@ -325,12 +325,16 @@ def _finish(entry: fmt.TensorEntry, arr: np.ndarray, path: str, verify: bool, ca
         if crc is None:
             crc = fmt.crc32c(_bytes_of(arr))
         if crc != entry.crc32c:
-            raise CorruptCheckpointError(f"checksum mismatch for tensor {entry.key!r} in {path}: the checkpoint is "
-                                         "corrupt", path=path, key=entry.key)
+            raise _mismatch(entry, path)
     if not np.little_endian:  # pragma: no cover - big-endian hosts
         arr = arr.byteswap().view(arr.dtype.newbyteorder())
     if callback is not None:
         callback(arr)
+
+
+def _mismatch(entry: fmt.TensorEntry, path: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"checksum mismatch for tensor {entry.key!r} in {path}: the checkpoint is corrupt",
+                                  path=path, key=entry.key)
 
 
 def _short(entry: fmt.TensorEntry, path: str) -> CorruptCheckpointError:
