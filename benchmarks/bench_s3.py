@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--small", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--part-mb", type=int, default=None,
-                   help="ckptcore part/range size in MiB (default: ckptcore.cloud.DEFAULT_PART_SIZE)")
+                   help="ckptcore part/range size in MiB (default: ckptcore.storage.cloud.DEFAULT_PART_SIZE)")
     args = p.parse_args([] if argv is None else argv)
     if args.part_mb:
-        from ckptcore import cloud
+        from ckptcore.storage import cloud
 
         cloud.DEFAULT_PART_SIZE = args.part_mb << 20
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

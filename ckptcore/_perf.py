@@ -61,7 +61,7 @@ def crc_executor():
     """The shared one-thread executor large checksums run on (created on first use).
 
     Example:
-        >>> from ckptcore import format as fmt
+        >>> from ckptcore.formats import ckpt as fmt
         >>> crc_executor().submit(fmt.crc32c, b"123456789").result()
         3808858755
     """

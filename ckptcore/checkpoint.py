@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import format as fmt
+from .formats import ckpt as fmt
 from ._perf import paused_gc
 from .errors import NotTrackableError
 from .module import Module, wrap

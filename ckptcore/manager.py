@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from . import format as fmt
+from .formats import ckpt as fmt
 from .checkpoint import Checkpoint
 from .errors import CorruptCheckpointError, NotFoundError
 from .options import CheckpointOptions

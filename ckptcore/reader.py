@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import format as fmt
+from .formats import ckpt as fmt
 from ._perf import paused_gc, submit
 from .errors import CorruptCheckpointError, KeyNotFoundError, NotFoundError
 from .storage import open_storage

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import format as fmt
+from .formats import ckpt as fmt
 from ._perf import paused_gc, submit
 from .dtypes import dtype_name, storage_dtype
 from .builtin.numpy_adapters import NumpyArrayAdapter

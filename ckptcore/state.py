@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import format as fmt
+from .formats import ckpt as fmt
 from .errors import CorruptCheckpointError, NotFoundError
 from .storage import open_storage
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
+from ckptcore.formats import ckpt as fmt
 
 KEY_A = "a/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -227,7 +228,7 @@ def test_checkpoint_describes_itself(prefix):
     model.xs = [np.ones(1)]
     path = ck.Checkpoint(model=model).write(prefix)
     index = ck.load_checkpoint(path).index
-    assert index.version == ck.format.FORMAT_VERSION == 2
+    assert index.version == fmt.FORMAT_VERSION == 2
     adapters = {n.type.rsplit(".", 1)[-1]: n.adapter for n in index.nodes}
     assert adapters == {"Checkpoint": "ckptcore.checkpoint", "Module": "ckptcore.module", "ndarray": "ckptcore.numpy",
                         "Variable": "ckptcore.variable", "TrackedList": "ckptcore.container"}

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import format as fmt
+from ckptcore.formats import ckpt as fmt
 from ckpt_samples import V_KEY, W_KEY, open_every_way
 from ckpt_samples import fresh as _fresh
 from ckpt_samples import model as _model

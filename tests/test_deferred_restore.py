@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import restore as core_restore
+from ckptcore.restore import session as core_restore
 
 
 def _saved(prefix, **deps):

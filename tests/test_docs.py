@@ -287,7 +287,7 @@ def test_format_page_matches_the_code(tmp_path):
 
     import numpy as np
 
-    from ckptcore import format as fmt
+    from ckptcore.formats import ckpt as fmt
     from ckptcore import state
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import reader, storage
+from ckptcore import reader
+from ckptcore.storage import local as storage
 
 
 def _save(prefix, **arrays):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptcore import format as fmt
+from ckptcore.formats import ckpt as fmt
 
 names = st.text(max_size=12)
 json_values = st.recursive(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import format as fmt
+from ckptcore.formats import ckpt as fmt
 from ckpt_samples import V_KEY, W_KEY, open_every_way
 from ckpt_samples import fresh as _fresh
 from ckpt_samples import model as _model
@@ -292,7 +292,7 @@ def test_many_shapes_and_dtypes_round_trip(tmp_path):
 def test_checkpoints_with_every_tensor_64_byte_aligned_still_restore(tmp_path, monkeypatch):
     """Checkpoints written before small tensors were packed at their dtype's alignment (every
     tensor at a multiple of 64 bytes, zero padding between) restore the same way."""
-    from ckptcore import format as fmt
+    from ckptcore.formats import ckpt as fmt
 
     rng = np.random.default_rng(1)
     src = ck.Module()

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import _perf, reader, storage
+from ckptcore import _perf, reader
+from ckptcore.storage import local as storage
 
 DTYPES = [np.float32, np.float64, np.int8, np.uint16, np.bool_, ml_dtypes.bfloat16, np.dtype("<U3")]
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 import ckptcore as ck
-from ckptcore import format as fmt
+from ckptcore.formats import ckpt as fmt
 from ckptcore import saver
 from ckptcore.reader import CheckpointReader
 from ckptcore.storage import LocalStorage

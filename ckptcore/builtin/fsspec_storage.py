@@ -44,7 +44,7 @@ def fsspec_factory(protocol: str, storage_options: Mapping[str, Any], url: str):
                            "storage_options for this URL.") from e
     if protocol == "file":
         return LocalStorage(), path
-    from ..cloud import OBJECT_STORE_PROTOCOLS, CloudStorage
+    from ..storage.cloud import OBJECT_STORE_PROTOCOLS, CloudStorage
 
     if protocol in OBJECT_STORE_PROTOCOLS:
         return CloudStorage(fs, protocol=protocol), path

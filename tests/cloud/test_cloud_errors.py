@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore.cloud import CloudStorage
+from ckptcore.storage.cloud import CloudStorage
 
 pytestmark = pytest.mark.cloud
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import retry as ck_retry
+from ckptcore.storage import retry as ck_retry
 
 pytestmark = pytest.mark.cloud
 
@@ -105,7 +105,7 @@ def _assert_intact(store, faults, expected: dict[str, np.ndarray]) -> None:
 
 def test_saves_survive_or_fail_cleanly_under_faults(faulty, monkeypatch):
     store, faults = faulty
-    from ckptcore import cloud
+    from ckptcore.storage import cloud
 
     # 6 MB of data: on S3 a 2-part multipart upload (5 MiB minimum part), on GCS a 6-part composite
     # upload; read back in 6 concurrent ranged GETs.

@@ -56,7 +56,7 @@ def test_20000_variables_is_a_handful_of_requests_gcs(gcs, gcs_requests):
 
 
 def test_large_tensor_uses_parallel_parts_and_ranges_s3(s3, s3_requests, monkeypatch):
-    from ckptcore import cloud
+    from ckptcore.storage import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 5 << 20)
     monkeypatch.setattr(cloud, "DEFAULT_SINGLE_PUT", 0)     # larger than one part: a multipart upload
@@ -81,7 +81,7 @@ def test_large_tensor_uses_parallel_parts_and_ranges_s3(s3, s3_requests, monkeyp
 
 def test_read_ahead_spans_tensors_and_partial_reads_are_exact(s3, s3_requests, monkeypatch):
     """Many mid-size tensors come through a few big ranged GETs; a partial read returns exact values."""
-    from ckptcore import cloud
+    from ckptcore.storage import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_READ_BLOCK", 4 << 20)
     monkeypatch.setattr(cloud, "DEFAULT_READ_AHEAD", 3)
@@ -117,7 +117,7 @@ def test_aborted_multipart_upload_leaves_nothing(s3):
 
 def test_large_object_is_a_parallel_composite_upload_gcs(gcs, gcs_requests, monkeypatch):
     """GCS: parts go up as temporary objects, are composed in a tree (32 per compose) and deleted."""
-    from ckptcore import cloud
+    from ckptcore.storage import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 64 << 10)
     monkeypatch.setattr(cloud, "DEFAULT_SINGLE_PUT", 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore.cloud import CloudStorage
+from ckptcore.storage.cloud import CloudStorage
 
 pytestmark = pytest.mark.cloud
 
@@ -79,7 +79,7 @@ def test_async_save_snapshots_and_syncs(store):
 
 def test_large_tensor_roundtrip_multipart_and_ranged(store, monkeypatch):
     """A tensor bigger than several parts goes up in parts and comes back by ranges, bit-exact."""
-    from ckptcore import cloud
+    from ckptcore.storage import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_PART_SIZE", 1 << 20)   # small parts keep the test small (S3: 5 MiB)
     monkeypatch.setattr(cloud, "DEFAULT_READ_BLOCK", 1 << 20)

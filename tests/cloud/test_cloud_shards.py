@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import retry as ck_retry
+from ckptcore.storage import retry as ck_retry
 
 pytestmark = pytest.mark.cloud
 
@@ -15,7 +15,7 @@ SHARD = 256 << 10   # a shard per 256 KiB of tensors in these tests (64 MiB by d
 
 @pytest.fixture(autouse=True)
 def small_shards(monkeypatch):
-    from ckptcore import cloud
+    from ckptcore.storage import cloud
 
     monkeypatch.setattr(cloud, "DEFAULT_SHARD_BYTES", SHARD)
     monkeypatch.setattr(cloud, "DEFAULT_SHARD_CONCURRENCY", 3)

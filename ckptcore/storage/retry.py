@@ -3,7 +3,7 @@
 Object stores fail now and then: a ``503 SlowDown``, a ``500 InternalError``,
 a connection reset. Every request ckptcore makes to a remote store is
 idempotent (whole-object PUTs, ranged GETs, HEADs, DELETEs, one multipart part
-at a time), so :class:`~ckptcore.cloud.CloudStorage` simply repeats it.
+at a time), so :class:`~ckptcore.storage.cloud.CloudStorage` simply repeats it.
 Errors that are not transient (missing key, denied access, bad request) are
 raised at once.
 
@@ -11,7 +11,7 @@ The number of attempts comes from ``CheckpointOptions(max_retries=...)``
 (default 5 retries after the first attempt).
 
 Example:
-    >>> from ckptcore.retry import RetryPolicy, call_with_retry, is_transient
+    >>> from ckptcore.storage.retry import RetryPolicy, call_with_retry, is_transient
     >>> is_transient(ConnectionResetError()), is_transient(FileNotFoundError("k"))
     (True, False)
     >>> calls = []
@@ -59,7 +59,7 @@ class TransientError(OSError):
     """Raise (or subclass) this from a storage plugin to ask for a retry.
 
     Example:
-        >>> from ckptcore.retry import TransientError, is_transient
+        >>> from ckptcore.storage.retry import TransientError, is_transient
         >>> is_transient(TransientError("503 from my store"))
         True
     """
@@ -119,7 +119,7 @@ def is_transient(exc: BaseException) -> bool:
     and everything else.
 
     Example:
-        >>> from ckptcore.retry import is_transient
+        >>> from ckptcore.storage.retry import is_transient
         >>> is_transient(OSError(5, "We encountered an internal error (InternalError)")), is_transient(ValueError())
         (True, False)
     """
@@ -139,7 +139,7 @@ class RetryPolicy:
     """How often and how patiently to retry: delay ``initial_delay * multiplier**n``, capped, with jitter.
 
     Example:
-        >>> from ckptcore.retry import RetryPolicy
+        >>> from ckptcore.storage.retry import RetryPolicy
         >>> p = RetryPolicy(max_retries=3, initial_delay=0.1, jitter=0)
         >>> [p.delay(n) for n in range(3)]
         [0.1, 0.2, 0.4]
@@ -165,7 +165,7 @@ def call_with_retry(policy: RetryPolicy, fn: Callable[..., T], *args: Any, **kwa
     """Call ``fn(*args, **kwargs)``, retrying transient errors per ``policy``; re-raise the last error.
 
     Example:
-        >>> from ckptcore.retry import RetryPolicy, call_with_retry
+        >>> from ckptcore.storage.retry import RetryPolicy, call_with_retry
         >>> call_with_retry(RetryPolicy(max_retries=0), lambda: 42)
         42
     """
@@ -185,7 +185,7 @@ async def acall_with_retry(policy: RetryPolicy, fn: Callable[..., Any], *args: A
 
     Example:
         >>> import asyncio
-        >>> from ckptcore.retry import RetryPolicy, acall_with_retry
+        >>> from ckptcore.storage.retry import RetryPolicy, acall_with_retry
         >>> async def f(): return 1
         >>> asyncio.run(acall_with_retry(RetryPolicy(), f))
         1

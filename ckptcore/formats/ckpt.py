@@ -15,7 +15,7 @@ A checkpoint at prefix ``P`` is two kinds of file:
 Everything read back is validated before use; nothing is unpickled or evaluated.
 
 Example:
-    >>> from ckptcore import format as fmt
+    >>> from ckptcore.formats import ckpt as fmt
     >>> fmt.index_path("/tmp/ckpt-1"), fmt.data_path("/tmp/ckpt-1", 0, 1)
     ('/tmp/ckpt-1.index', '/tmp/ckpt-1.data-00000-of-00001')
 """
@@ -32,8 +32,8 @@ from typing import Any
 import crc32c as _crc32c
 import numpy as np
 
-from .dtypes import SUPPORTED, dtype_from_name
-from .errors import CorruptCheckpointError
+from ..dtypes import SUPPORTED, dtype_from_name
+from ..errors import CorruptCheckpointError
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -373,7 +373,7 @@ class Index:
             (b'CKPTIDX1', 'a')
         """
         if self.version == 1:
-            from ._format_v1 import encode_v1
+            from .ckpt_v1 import encode_v1
             body, columns = encode_v1(self).encode("ascii"), b""
         else:
             body, columns = _encode_v2(self)
@@ -503,7 +503,7 @@ def decode_index(raw: bytes, path: str) -> Index:
         raise _bad(path, f"invalid JSON ({e})") from None
     try:
         if version == 1:
-            from ._format_v1 import parse_v1
+            from .ckpt_v1 import parse_v1
             return parse_v1(doc, path, version)
         return _parse_doc_v2(doc, path, version, memoryview(raw)[HEADER_SIZE + length:])
     except CorruptCheckpointError:

@@ -39,7 +39,7 @@ import threading
 import uuid
 from typing import Any, Iterable, Mapping
 
-from .errors import NotFoundError, StorageError
+from ..errors import NotFoundError, StorageError
 
 __all__ = ["Storage", "FsspecStorage", "LocalStorage", "open_storage", "split_protocol"]
 
@@ -552,14 +552,14 @@ def open_storage(url: str, storage_options: Mapping[str, Any] | None = None, *,
 
     ``max_retries`` (from ``CheckpointOptions``) is applied to storages that
     retry (those with a ``max_retries`` attribute, such as
-    :class:`~ckptcore.cloud.CloudStorage`).
+    :class:`~ckptcore.storage.cloud.CloudStorage`).
 
     Example:
         >>> st, path = open_storage("/tmp/ckpt")
         >>> type(st).__name__, path
         ('LocalStorage', '/tmp/ckpt')
     """
-    from .registry import find_storage_factory
+    from ..registry import find_storage_factory
 
     url = os.fspath(url)
     protocol, _ = split_protocol(url)

@@ -5,7 +5,7 @@ URLs (``s3://``, ``gs://``, ``az://``, ...). Compared with the plain
 :class:`~ckptcore.storage.FsspecStorage` it
 
 * retries every request that fails transiently (5xx, throttling, connection
-  resets) with exponential backoff (:mod:`ckptcore.retry`);
+  resets) with exponential backoff (:mod:`ckptcore.storage.retry`);
 * reads data objects through a read-ahead window of concurrent ranged GETs
   (``read_block_size`` each, ``read_ahead`` in flight), so the next tensors
   download while one is checksummed; a small single read is one GET;
@@ -26,7 +26,7 @@ the ``.index`` object is written last and is the commit point, and the
 
 Example:
     >>> import fsspec
-    >>> from ckptcore.cloud import CloudStorage
+    >>> from ckptcore.storage.cloud import CloudStorage
     >>> st = CloudStorage(fsspec.filesystem("memory"), protocol="memory")
     >>> st.write_atomic("/doc/cloud/x", b"hello"); st.read_bytes("/doc/cloud/x")
     b'hello'
@@ -43,9 +43,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
-from .errors import CheckpointError, NotFoundError, StorageError
+from ..errors import CheckpointError, NotFoundError, StorageError
 from .retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
-from .storage import FsspecStorage
+from .local import FsspecStorage
 
 __all__ = ["CloudStorage", "OBJECT_STORE_PROTOCOLS", "DEFAULT_PART_SIZE", "DEFAULT_MAX_CONCURRENCY",
            "DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_CONCURRENCY", "DEFAULT_SINGLE_PUT"]
@@ -96,7 +96,7 @@ class CloudStorage(FsspecStorage):
     Args:
         fs: the fsspec filesystem (``s3fs.S3FileSystem``, ``gcsfs.GCSFileSystem``, ...).
         protocol: the URL scheme the user wrote, for error messages.
-        retry: a :class:`~ckptcore.retry.RetryPolicy`; ``max_retries`` can also be set directly.
+        retry: a :class:`~ckptcore.storage.retry.RetryPolicy`; ``max_retries`` can also be set directly.
         part_size: bytes per multipart/composite upload part.
         max_concurrency: parts in flight at once for one object being written.
         read_block_size: bytes per ranged GET of the read-ahead window.

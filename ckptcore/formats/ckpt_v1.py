@@ -3,10 +3,10 @@
 Checkpoints of ckptcore before format version 2 store their index this way (see
 ``docs/format.md``, "Version 1"). ckptcore still reads them, with the same
 validation, and writes them when asked for ``Index(version=1)``; the current
-format lives in :mod:`ckptcore.format`.
+format lives in :mod:`ckptcore.formats.ckpt`.
 
 Example:
-    >>> from ckptcore import format as fmt
+    >>> from ckptcore.formats import ckpt as fmt
     >>> raw = fmt.Index(nodes=[fmt.Node(adapter="a")], version=1).encode()
     >>> b'"nodes":[{"adapter":"a"' in raw, fmt.decode_index(raw, "x.index").version
     (True, 1)
@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .dtypes import dtype_from_name
-from .errors import CorruptCheckpointError
-from .format import (FAST_DTYPES, MAX_NDIM, Index, Node, TensorEntry, _bad, _dumps, _head, _int, _json_str,
+from ..dtypes import dtype_from_name
+from ..errors import CorruptCheckpointError
+from .ckpt import (FAST_DTYPES, MAX_NDIM, Index, Node, TensorEntry, _bad, _dumps, _head, _int, _json_str,
                      _str)
 
 __all__ = ["encode_v1", "parse_v1"]

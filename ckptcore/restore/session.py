@@ -29,17 +29,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import format as fmt
-from ._perf import paused_gc
-from .dtypes import storage_dtype
-from .errors import (AssertionFailedError, CheckpointError, DtypeMismatchError, PartialRestoreWarning,
+from ..formats import ckpt as fmt
+from .._perf import paused_gc
+from ..dtypes import storage_dtype
+from ..errors import (CheckpointError, DtypeMismatchError, PartialRestoreWarning,
                      ShapeMismatchError)
-from .builtin.numpy_adapters import NumpyArrayAdapter
-from .graph import live_children, walk
-from .naming import VARIABLE_VALUE, display_path
-from .registry import adapter_or_none, find_adapter, install_creation_hooks
+from ..builtin.numpy_adapters import NumpyArrayAdapter
+from ..graph import live_children, walk
+from ..naming import VARIABLE_VALUE, display_path
+from ..registry import adapter_or_none, find_adapter, install_creation_hooks
 
-__all__ = ["RestoreSession", "LoadStatus", "InitializationOnlyStatus", "has_pending", "notify_dependency_added"]
+__all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
 
 _LOCK = threading.RLock()
 MAX_LISTED = 5
@@ -634,131 +634,3 @@ def _summary(kind: str, items: list[str]) -> str:
     shown = ", ".join(items[:MAX_LISTED])
     more = f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
     return f"{len(items)} {kind}: {shown}{more}"
-
-
-class LoadStatus:
-    """What a ``restore()``/``read()`` matched; assertions re-check the live graph each call.
-
-    Every method returns the status, so calls chain.
-
-    Example:
-        >>> import numpy as np, ckptcore as ck
-        >>> path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/status/c")
-        >>> ck.Checkpoint(a=np.zeros(1)).read(path).assert_consumed().assert_nontrivial_match() is not None
-        True
-    """
-
-    def __init__(self, session: RestoreSession, keepalive: Any = None):
-        self.session = session
-        # The status keeps the graph root alive (as TF's does), so assertions
-        # still see it; nothing else holds user objects.
-        self._keepalive = keepalive
-
-    def assert_consumed(self) -> "LoadStatus":
-        """Fail unless every checkpointed value was restored and every live object matched.
-
-        Example:
-            >>> import numpy as np, ckptcore as ck
-            >>> path = ck.Checkpoint(a=np.ones(1), b=np.ones(1)).write("memory://doc/consumed/c")
-            >>> try:
-            ...     ck.Checkpoint(a=np.zeros(1)).read(path).assert_consumed()
-            ... except AssertionError as e:
-            ...     print(str(e).splitlines()[1])
-            1 checkpoint values without a matching object: b/.ATTRIBUTES/VARIABLE_VALUE
-        """
-        unused = self.session.unmatched_checkpoint_keys()
-        live = self.session.unmatched_live_paths()
-        if unused or live:
-            lines = [f"restore of {self.session.path!r} is not complete (assert_consumed):"]
-            if unused:
-                lines.append(_summary("checkpoint values without a matching object", unused))
-            if live:
-                lines.append(_summary("live objects without a value in the checkpoint", live))
-            raise AssertionFailedError("\n".join(lines))
-        return self
-
-    def assert_existing_objects_matched(self) -> "LoadStatus":
-        """Fail if any live object in the graph got no value; unused checkpoint values are fine.
-
-        Example:
-            >>> import numpy as np, ckptcore as ck
-            >>> path = ck.Checkpoint(a=np.ones(1), b=np.ones(1)).write("memory://doc/existing/c")
-            >>> ck.Checkpoint(a=np.zeros(1)).read(path).assert_existing_objects_matched() is not None
-            True
-        """
-        live = self.session.unmatched_live_paths()
-        if live:
-            raise AssertionFailedError(
-                f"restore of {self.session.path!r} left existing objects unmatched "
-                f"(assert_existing_objects_matched):\n" + _summary("live objects without a value in the checkpoint", live))
-        return self
-
-    def assert_nontrivial_match(self) -> "LoadStatus":
-        """Fail unless something besides the root (and ``save_counter``) was matched.
-
-        Example:
-            >>> import numpy as np, ckptcore as ck
-            >>> path = ck.Checkpoint(a=np.ones(1)).write("memory://doc/nontrivial/c")
-            >>> try:
-            ...     ck.Checkpoint(b=np.zeros(1)).read(path).assert_nontrivial_match()
-            ... except AssertionError:
-            ...     print("nothing matched")
-            nothing matched
-        """
-        if not self.session.nontrivial():
-            raise AssertionFailedError(
-                f"nothing except the root was matched when restoring {self.session.path!r} "
-                "(assert_nontrivial_match): is this the checkpoint of this model?")
-        return self
-
-    def expect_partial(self) -> "LoadStatus":
-        """Silence the warning about unused checkpoint values.
-
-        Example:
-            >>> import numpy as np, ckptcore as ck
-            >>> ck.Checkpoint().restore(None).expect_partial() is not None
-            True
-        """
-        self.session.expect_partial = True
-        return self
-
-    def run_restore_ops(self, session=None) -> None:
-        """No-op, for ``tf.train`` compatibility (restores run eagerly)."""
-
-    def initialize_or_restore(self, session=None) -> None:
-        """No-op, for ``tf.train`` compatibility (restores run eagerly)."""
-
-
-class InitializationOnlyStatus:
-    """Returned by ``restore(None)``: nothing was restored, so every assertion fails.
-
-    Example:
-        >>> import ckptcore as ck
-        >>> s = ck.Checkpoint().restore(None)
-        >>> try:
-        ...     s.assert_existing_objects_matched()
-        ... except AssertionError:
-        ...     print("no checkpoint")
-        no checkpoint
-    """
-
-    def _fail(self, what: str):
-        raise AssertionFailedError(f"no checkpoint was given (save_path=None), so nothing was restored ({what})")
-
-    def assert_consumed(self):
-        self._fail("assert_consumed")
-
-    def assert_existing_objects_matched(self):
-        self._fail("assert_existing_objects_matched")
-
-    def assert_nontrivial_match(self):
-        self._fail("assert_nontrivial_match")
-
-    def expect_partial(self):
-        return self
-
-    def run_restore_ops(self, session=None) -> None:
-        """No-op."""
-
-    def initialize_or_restore(self, session=None) -> None:
-        """No-op."""
