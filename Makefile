@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: venv test demo bench docs clean
+.PHONY: venv test lint demo bench docs clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	for p in $(dir $(PLUGINS)); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
 	touch $(STAMP)
 
-test: venv
+test: venv lint
 	$(BIN)/python -m pytest -q
+
+# ruff and mypy read their settings from pyproject.toml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 demo: venv
 	$(BIN)/python examples/demo.py

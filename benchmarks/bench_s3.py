@@ -55,7 +55,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
         except Exception:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("moto server did not start (pip install 'moto[server]')")
+                raise RuntimeError("moto server did not start (pip install 'moto[server]')") from None
             time.sleep(0.1)
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                       AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
@@ -98,7 +98,7 @@ def bench_large(fs, bucket: str, total_mb: int, n_tensors: int, repeat: int) -> 
         dck.read(prefix).assert_consumed()
 
     def s3_get():
-        for i, a in enumerate(arrays):
+        for i in range(len(arrays)):
             np.frombuffer(fs.cat_file(f"{bucket}/plain-large/t{i}"), np.float32)
 
     blob = b"".join(a.tobytes() for a in arrays)   # the same bytes as one object, like ckptcore's data object

@@ -19,9 +19,20 @@ from __future__ import annotations
 from . import naming, registry, storage
 from .adapters import Adapter, AdapterRegistration, SlotVariable, StorageRegistration
 from .checkpoint import Checkpoint
-from .errors import (AdapterConflictError, AssertionFailedError, CheckpointError, CorruptCheckpointError,
-                     DtypeMismatchError, KeyNotFoundError, NotFoundError, NotTrackableError, PartialRestoreWarning,
-                     ShapeMismatchError, StorageError, UnsupportedDtypeError)
+from .errors import (
+    AdapterConflictError,
+    AssertionFailedError,
+    CheckpointError,
+    CorruptCheckpointError,
+    DtypeMismatchError,
+    KeyNotFoundError,
+    NotFoundError,
+    NotTrackableError,
+    PartialRestoreWarning,
+    ShapeMismatchError,
+    StorageError,
+    UnsupportedDtypeError,
+)
 from .hookspec import hookimpl
 from .module import Module, TrackedDict, TrackedList
 from .options import CheckpointOptions

@@ -20,15 +20,16 @@ import atexit
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .formats import ckpt as fmt
 from ._perf import paused_gc
 from .errors import NotTrackableError
+from .formats import ckpt as fmt
 from .module import Module, wrap
 from .options import CheckpointOptions
 from .reader import CheckpointReader
@@ -95,7 +96,7 @@ def _note_failure(fut: Future) -> None:
 
 def _collected(fut: Future) -> None:
     with _UNCOLLECTED_LOCK:
-        fut._ck_collected = True
+        fut._ck_collected = True  # type: ignore[attr-defined]
         _UNCOLLECTED.pop(id(fut), None)
 
 
@@ -249,7 +250,8 @@ class Checkpoint(Module):
         self._ck_async.wait()
 
     # -- restoring -------------------------------------------------------------------------
-    def restore(self, save_path: str | None, options: CheckpointOptions | None = None):
+    def restore(self, save_path: str | None,
+                options: CheckpointOptions | None = None) -> LoadStatus | InitializationOnlyStatus:
         """Restore a checkpoint made by ``save()``; values for missing objects wait for them.
 
         ``save_path=None`` returns a status whose assertions fail. A directory
@@ -262,12 +264,13 @@ class Checkpoint(Module):
             array([1.])
         """
         if save_path is None:
-            self.save_counter  # created so a later restore can fill it
+            self.save_counter  # noqa: B018 -- created so a later restore can fill it
             return InitializationOnlyStatus()
         self.save_counter  # noqa: B018 -- part of the graph before matching, with or without root=
         return self._ck_read(save_path, options, ignore=())
 
-    def read(self, save_path: str, options: CheckpointOptions | None = None):
+    def read(self, save_path: str | None,
+             options: CheckpointOptions | None = None) -> LoadStatus | InitializationOnlyStatus:
         """Like ``restore()``, for checkpoints made by ``write()``: ``save_counter`` is not expected.
 
         Example:

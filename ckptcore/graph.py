@@ -13,8 +13,9 @@ Example:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .adapters import Adapter
 from .errors import CheckpointError
@@ -39,7 +40,8 @@ class LiveNode:
     children: list[tuple[str, int]] = field(default_factory=list)
 
 
-def live_children(obj: Any, adapter: Any, path: Sequence[str], extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+def live_children(obj: Any, adapter: Any, path: Sequence[str],
+                  extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
     """``adapter.children(obj)`` plus ``extra``, checked for duplicate names.
 
     Example:

@@ -38,7 +38,7 @@ PROJECT = "ckptcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 
-class _HookimplMarker(pluggy.HookimplMarker):
+class _HookimplMarker(pluggy.HookimplMarker):  # type: ignore[misc]  # final in pluggy's stubs
     """Marks a function as a ckptcore hook implementation (``@ck.hookimpl``).
 
     Example:

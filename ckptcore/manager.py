@@ -29,13 +29,14 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from .formats import ckpt as fmt
 from .checkpoint import Checkpoint
 from .errors import CorruptCheckpointError, NotFoundError
+from .formats import ckpt as fmt
 from .options import CheckpointOptions
 from .saver import checkpoint_files
 from .state import STATE_FILENAME, CheckpointState, join_url, read_state, write_state
@@ -310,7 +311,7 @@ class CheckpointManager:
 
             try:
                 if checkpoint_number is None:
-                    checkpoint_number = counter if self._step_counter is None else self._step_counter
+                    checkpoint_number = counter if self._step_counter is None else self._step_counter  # type: ignore[assignment]
                 name = f"{self._checkpoint_name}-{_as_int(checkpoint_number, 'checkpoint_number')}"
                 path = join_url(self._directory, name)
                 self._checkpoint._ck_write(path, options, record=False, after_commit=after_commit)

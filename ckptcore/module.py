@@ -19,7 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, SupportsIndex
 
 __all__ = ["Module", "TrackedList", "TrackedDict", "wrap"]
 
@@ -158,7 +159,7 @@ class TrackedList(list):
         super().extend(wrap(v) for v in values)
         self._ck_notify_all()
 
-    def insert(self, index: int, value: Any) -> None:
+    def insert(self, index: SupportsIndex, value: Any) -> None:
         super().insert(index, wrap(value))
         self._ck_notify_all()
 
@@ -169,7 +170,7 @@ class TrackedList(list):
             super().__setitem__(index, wrap(value))
         self._ck_notify_all()
 
-    def __iadd__(self, values):
+    def __iadd__(self, values):  # type: ignore[misc]
         self.extend(values)
         return self
 
@@ -207,7 +208,7 @@ class TrackedDict(dict):
             self[key] = default
         return self[key]
 
-    def __ior__(self, other):
+    def __ior__(self, other):  # type: ignore[misc]
         self.update(other)
         return self
 

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 ESCAPE_CHAR = "."
 ATTRIBUTES = ".ATTRIBUTES"

@@ -15,15 +15,16 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate, groupby
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
-from .formats import ckpt as fmt
 from ._perf import paused_gc, submit
 from .errors import CorruptCheckpointError, KeyNotFoundError, NotFoundError
+from .formats import ckpt as fmt
 from .storage import open_storage
 
 __all__ = ["CheckpointReader", "load_checkpoint", "list_variables", "read_tensors"]
@@ -56,9 +57,9 @@ class CheckpointReader:
         if storage is None:
             storage, storage_path = open_storage(self.path, storage_options)
         self.storage = storage
-        self.prefix = storage_path
+        self.prefix: str = storage_path  # type: ignore[assignment]  # given together with storage
         self.verify_checksums = verify
-        self.index_file = fmt.index_path(storage_path)
+        self.index_file = fmt.index_path(self.prefix)
         try:
             size = storage.size(self.index_file)
         except (NotFoundError, FileNotFoundError):
@@ -71,7 +72,7 @@ class CheckpointReader:
         raw = storage.read_bytes(self.index_file)
         with paused_gc():
             self.index = fmt.decode_index(raw, self.index_file)
-            self.index.table  # version 1 and saved indexes: the columns, built once
+            self.index.table  # noqa: B018 -- version 1 and saved indexes: the columns, built once
         self._row_of: dict[str, int] | None = None  # key -> row of the tensor table, built when first needed
         self._checked_sizes = False
 
@@ -171,7 +172,7 @@ class CheckpointReader:
         t = self.index.table
         shard, offset, nbytes = t.shard, t.offset, t.nbytes
         sizes = self.index.shard_sizes
-        scratch = memoryview(np.empty(min(VERIFY_CHUNK, max(sizes, default=0)), np.uint8))
+        scratch = memoryview(np.empty(min(VERIFY_CHUNK, max(sizes, default=0)), np.uint8))  # type: ignore[arg-type]
         order = sorted(range(len(t)), key=lambda r: (shard[r], offset[r]))
         for s, rows in groupby(order, key=shard.__getitem__):
             f = self.data_file(s)
@@ -352,7 +353,7 @@ def _read_large(rd, path: str, entry: fmt.TensorEntry, arr: np.ndarray):
 
     Returns the future of the whole tensor's CRC32C.
     """
-    buf = memoryview(_bytes_of(arr))
+    buf = memoryview(_bytes_of(arr))  # type: ignore[arg-type]  # numpy's stubs: a Buffer from 3.12 on
     fut = None
     # local files are read in pieces; other readers (which may split one request into parallel
     # ranged GETs) get one request per tensor, its checksum overlapping the next tensor's read
@@ -467,7 +468,8 @@ def _read_rows_sorted(rd, path: str, table: fmt.TensorTable, rows: list, offs: n
     for i, j in zip(starts, starts[1:]):
         arrs = dests[i:j]
         if missing[j] != missing[i]:  # (not "None in arrs": that compares arrays elementwise)
-            arrs = [d if d is not None else np.empty(table.shape[t], table.np_dtype(t)) for d, t in zip(arrs, rows[i:j])]
+            arrs = [d if d is not None else np.empty(table.shape[t], table.np_dtype(t))
+                    for d, t in zip(arrs, rows[i:j])]
         if large_l[i]:  # a run of its own
             entry, arr, cb = table.entry(rows[i]), arrs[0], callbacks[i]
             if verify:

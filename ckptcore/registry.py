@@ -17,7 +17,8 @@ import dataclasses
 import importlib
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -217,7 +218,10 @@ def _describe(reg) -> str:
     return str(getattr(reg.adapter, "name", reg.adapter))
 
 
-def _pick(candidates: list[AdapterRegistration], what: str):
+_Reg = TypeVar("_Reg", AdapterRegistration, StorageRegistration)
+
+
+def _pick(candidates: list[_Reg], what: str) -> _Reg:
     candidates = sorted(candidates, key=lambda r: -r.priority)
     if len(candidates) > 1 and candidates[0].priority == candidates[1].priority:
         a, b = candidates[0], candidates[1]

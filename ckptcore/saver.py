@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-from .formats import ckpt as fmt
 from ._perf import paused_gc, submit
-from .dtypes import dtype_name, storage_dtype
 from .builtin.numpy_adapters import NumpyArrayAdapter
+from .dtypes import dtype_name, storage_dtype
 from .errors import CheckpointError, UnsupportedDtypeError
+from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
 from .registry import adapter_or_none, find_adapter
@@ -182,7 +183,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     extra = list(extra_root_children)
     node_adapter: list[str] = []
     node_type: list[str] = []
-    child_start, child_name, child_id = [0], [], []
+    child_start: list[int] = [0]
+    child_name: list[str] = []
+    child_id: list[int] = []
     attr_start, attr_name = [0], []
     states: dict[int, Any] = {}
     slots: dict[int, list] = {}
@@ -245,7 +248,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         if attrs:
             key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
             for attr in attrs:
-                arr, name = _as_array(adapter.get_value(obj, attr), lambda: f"{display_path(path_of(i))} ({attr})")
+                arr, name = _as_array(adapter.get_value(obj, attr),
+                                      lambda: f"{display_path(path_of(i))} ({attr})")  # noqa: B023 -- called at once
                 attr_name.append(attr)
                 keys.append(key_prefix + escape(attr))
                 dtypes.append(name)
@@ -265,7 +269,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
         var_path, opt_path = path_of(var_id), path_of(opt_id)
         arr, name = _as_array(slot.value,
-                              lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")
+                              lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")  # noqa: B023
         slot_id = len(node_adapter)
         node_adapter.append("ckptcore.slot")
         node_type.append(_qualname(slot.value))
@@ -286,7 +290,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
-    return memoryview(arr.reshape(-1).view(np.uint8))  # works for every dtype (bfloat16, strings, ...)
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # works for every dtype (bfloat16, strings, ...)
 
 
 _ZEROS = bytes(fmt.ALIGNMENT)
@@ -307,7 +311,7 @@ def _write_tensors(writer, tensors, progress) -> int:
     writev = getattr(writer, "writev", None)
     arrays = writev is not None and getattr(writer, "accepts_arrays", False)  # local files: arrays as they are
     if writev is None:
-        def writev(bufs):
+        def writev(bufs, sizes=None):
             writer.write(b"".join(bufs))
     offset = 0
     batch: list = []
@@ -568,6 +572,7 @@ def checkpoint_files(storage, prefix: str) -> list[str]:
     base = storage.basename(prefix)
     out = []
     for name in storage.listdir(d):
-        if name == base + fmt.INDEX_SUFFIX or (name.startswith(base + ".data-") and name[len(base) + 6:].replace("-of-", "").isdigit()):
+        if name == base + fmt.INDEX_SUFFIX or (name.startswith(base + ".data-")
+                                               and name[len(base) + 6:].replace("-of-", "").isdigit()):
             out.append(storage.join(d, name))
     return out

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from .formats import ckpt as fmt
 from .errors import CorruptCheckpointError, NotFoundError
+from .formats import ckpt as fmt
 from .storage import open_storage
 
 __all__ = ["CheckpointState", "read_state", "write_state", "latest_checkpoint", "join_url", "STATE_FILENAME"]
@@ -100,7 +101,8 @@ def read_state(storage, directory: str, filename: str = STATE_FILENAME) -> Check
             raise ValueError(f"invalid checkpoint name {latest!r}")
         if not isinstance(names, list) or not all(_valid_name(n) for n in names):
             raise ValueError("invalid all_model_checkpoint_paths")
-        if not isinstance(stamps, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in stamps):
+        if not isinstance(stamps, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                                   for t in stamps):
             raise ValueError("invalid timestamps")
         if preserved is not None and (not isinstance(preserved, (int, float)) or isinstance(preserved, bool)):
             raise ValueError("invalid last_preserved_timestamp")

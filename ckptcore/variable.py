@@ -29,6 +29,7 @@ class Variable:
     """
 
     __slots__ = ("_value", "name", "trainable", "__weakref__")
+    _value: np.ndarray
 
     def __init__(self, initial_value: Any, dtype: Any = None, name: str | None = None, trainable: bool = True):
         if isinstance(initial_value, Variable):
@@ -76,7 +77,7 @@ class Variable:
         v.flags.writeable = False
         return v
 
-    def assign(self, value: Any) -> "Variable":
+    def assign(self, value: Any) -> Variable:
         """Set the value; the shape must match (scalars broadcast).
 
         Example:
@@ -93,7 +94,7 @@ class Variable:
         np.copyto(self._value, arr, casting="same_kind")
         return self
 
-    def assign_add(self, delta: Any) -> "Variable":
+    def assign_add(self, delta: Any) -> Variable:
         """Add ``delta`` in place.
 
         Example:
@@ -103,7 +104,7 @@ class Variable:
         """
         return self.assign(self._value + np.asarray(delta))
 
-    def assign_sub(self, delta: Any) -> "Variable":
+    def assign_sub(self, delta: Any) -> Variable:
         """Subtract ``delta`` in place.
 
         Example:

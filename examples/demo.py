@@ -117,7 +117,7 @@ def main(workdir: str) -> int:
     status.assert_consumed()
     print("   after the first step created the momentum slots, assert_consumed() passes")
     same = np.array_equal(np.array(reference), np.array(resumed))
-    print(f"   resumed losses {['%.5f' % v for v in resumed]}")
+    print(f"   resumed losses {[f'{v:.5f}' for v in resumed]}")
     print(f"   identical to uninterrupted training: {same}")
     print("== checkpoint contents:")
     for key, shape in ck.list_variables(latest):

@@ -148,7 +148,8 @@ def test_list_variables_and_reader_methods(prefix):
     np.testing.assert_array_equal(r.get_tensor(KEY_A), np.arange(6).reshape(2, 3))
     assert r.get_tensor(KEY_A).dtype == np.int32
     assert r.get_variable_to_shape_map() == {KEY_A: [2, 3], "v/.ATTRIBUTES/VARIABLE_VALUE": []}
-    assert r.get_variable_to_dtype_map() == {KEY_A: np.dtype(np.int32), "v/.ATTRIBUTES/VARIABLE_VALUE": np.dtype(np.float16)}
+    assert r.get_variable_to_dtype_map() == {KEY_A: np.dtype(np.int32),
+                                             "v/.ATTRIBUTES/VARIABLE_VALUE": np.dtype(np.float16)}
     assert r.get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == np.float16(2.5)
     assert r.verify() == 6 * 4 + 2
     with pytest.raises(ck.KeyNotFoundError, match="nope"):

@@ -11,14 +11,15 @@ import struct
 
 import numpy as np
 import pytest
+from ckpt_samples import V_KEY, W_KEY, open_every_way
+from ckpt_samples import fresh as _fresh
+from ckpt_samples import model as _model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
-from ckpt_samples import V_KEY, W_KEY, open_every_way
-from ckpt_samples import fresh as _fresh
-from ckpt_samples import model as _model
+
 
 @pytest.fixture
 def ckpt_path(tmp_path):

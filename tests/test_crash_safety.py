@@ -51,7 +51,7 @@ while limit < 0 or int(step) < limit:
     manager.save(checkpoint_number=None if parity < 0 else 2 * s + parity, options=options)
     print("saved", s, flush=True)
 manager.sync()
-""" % {"N": N, "ARRAYS": ARRAYS}
+""" % {"N": N, "ARRAYS": ARRAYS}  # noqa: UP031 -- the child script has its own braces
 
 PARTIAL = re.compile(r"^\..*\.tmp-[0-9a-f]{32}$|^(?P<base>.+)\.data-\d{5}-of-\d{5}$")
 
@@ -100,7 +100,7 @@ def test_sigkill_at_random_moments_never_exposes_a_torn_checkpoint(tmp_path, mod
     d = str(tmp_path)
     mid_write = 0
     newest_seen = 0
-    for k in range(kills):
+    for _ in range(kills):
         child = spawn(d, mode)
         line = child.stdout.readline()
         assert line.startswith("ready"), child.stderr.read()

@@ -287,15 +287,15 @@ def test_format_page_matches_the_code(tmp_path):
 
     import numpy as np
 
-    from ckptcore.formats import ckpt as fmt
     from ckptcore import state
+    from ckptcore.formats import ckpt as fmt
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     assert f'struct.Struct("{fmt._HEADER.format}")' in text and fmt.HEADER_SIZE == 32
     assert f"`{fmt.MAGIC.decode()}`" in text
     assert f"# Checkpoint format (version {fmt.FORMAT_VERSION})" in text
     assert f"multiple of {fmt.ALIGNMENT} bytes" in text
-    assert f"`P{fmt.INDEX_SUFFIX}`" in text and f"`P.data-00000-of-00001`" in text
+    assert f"`P{fmt.INDEX_SUFFIX}`" in text and "`P.data-00000-of-00001`" in text
     assert f"`{state.STATE_FILENAME}`" in text
     # Every JSON field the code writes is documented.
     class Opt(ck.Adapter):
@@ -336,8 +336,9 @@ def test_format_page_matches_the_code(tmp_path):
     index = fmt.decode_index(raw, "x")
     index.version = 1
     old = json.loads(index.encode()[fmt.HEADER_SIZE:])
-    v1_fields = {f for n in old["nodes"] for f in n} | {f for n in old["nodes"] for e in n.get("attributes", {}).values()
-                                                         for f in e} | {f for n in old["nodes"] for s in n.get("slots", [])
-                                                                        for f in s}
+    nodes = old["nodes"]
+    v1_fields = ({f for n in nodes for f in n}
+                 | {f for n in nodes for e in n.get("attributes", {}).values() for f in e}
+                 | {f for n in nodes for s in n.get("slots", []) for f in s})
     section = text[text.index("### Version 1 (still read)"):text.index("## The data file")]
     assert not sorted(f for f in v1_fields if f"`{f}`" not in section)

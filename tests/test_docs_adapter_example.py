@@ -15,12 +15,11 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
+import tomllib
 
 import ckptcore as ck
 from ckptcore import hookspec, registry
@@ -38,7 +37,8 @@ class _TryMustRaise(ast.NodeTransformer):
     def visit_Try(self, node: ast.Try) -> ast.Try:
         self.generic_visit(node)
         if node.handlers and not node.orelse:
-            node.orelse = [ast.parse(f"raise AssertionError('the try block at line {node.lineno} did not raise')").body[0]]
+            msg = f"the try block at line {node.lineno} did not raise"
+            node.orelse = [ast.parse(f"raise AssertionError({msg!r})").body[0]]
         return node
 
 
@@ -133,7 +133,8 @@ def test_the_conformance_example_on_the_page_passes(project, pytester, ckptcore_
     root, pyproject = project
     make_dist_info(root, pyproject)
     pytester.makepyfile(test_stdarray_conformance=(root / "test_stdarray_conformance.py").read_text())
-    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", "-W", "error::pytest.PytestUnknownMarkWarning")
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider",
+                                          "-W", "error::pytest.PytestUnknownMarkWarning")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()
     assert outcomes["passed"] >= 12

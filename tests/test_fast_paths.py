@@ -213,7 +213,7 @@ def _graphs(draw):
     mods = [ck.Module() for _ in range(n)]
     leaves = [np.full(draw(st.integers(0, 3)), float(i)) for i in range(draw(st.integers(0, 5)))]
     targets = st.sampled_from(range(n + len(leaves)))
-    for i, m in enumerate(mods):
+    for m in mods:
         for name in draw(st.lists(st.sampled_from(["a", "b", "c/d", "e.f", "g"]), max_size=3, unique=True)):
             k = draw(targets)
             value = mods[k] if k < n else leaves[k - n]

@@ -14,12 +14,13 @@ import struct
 
 import numpy as np
 import pytest
-
-import ckptcore as ck
-from ckptcore.formats import ckpt as fmt
 from ckpt_samples import V_KEY, W_KEY, open_every_way
 from ckpt_samples import fresh as _fresh
 from ckpt_samples import model as _model
+
+import ckptcore as ck
+from ckptcore.formats import ckpt as fmt
+
 
 @pytest.fixture
 def ckpt_path(tmp_path):
@@ -302,7 +303,7 @@ def test_checkpoints_with_every_tensor_64_byte_aligned_still_restore(tmp_path, m
         m.setattr(fmt, "ALIGNED_TENSOR_BYTES", 0)  # the old rule: 64 bytes for every tensor
         path = ck.Checkpoint(model=src).write(str(tmp_path / "old"))
     table = ck.load_checkpoint(path).index.table
-    assert all(o % 64 == 0 for o in table.offset) and len(set(n % 64 for n in table.nbytes)) > 1  # padded
+    assert all(o % 64 == 0 for o in table.offset) and len({n % 64 for n in table.nbytes}) > 1  # padded
     dst = ck.Module()
     dst.xs = [np.zeros_like(a) for a in src.xs]
     ck.Checkpoint(model=dst).read(path).assert_consumed()

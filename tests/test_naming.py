@@ -34,8 +34,11 @@ def test_escape_roundtrips_and_never_contains_slash(name):
     assert naming.unescape_local_name(escaped) == name
 
 
-@given(st.lists(st.text(alphabet=st.sampled_from(["a", ".", "/", "S"]), min_size=1, max_size=5), min_size=1, max_size=4),
-       st.lists(st.text(alphabet=st.sampled_from(["a", ".", "/", "S"]), min_size=1, max_size=5), min_size=1, max_size=4))
+_PATHS = st.lists(st.text(alphabet=st.sampled_from(["a", ".", "/", "S"]), min_size=1, max_size=5),
+                  min_size=1, max_size=4)
+
+
+@given(_PATHS, _PATHS)
 def test_distinct_paths_give_distinct_keys(p1, p2):
     if p1 != p2:
         assert naming.object_key(p1, naming.VARIABLE_VALUE) != naming.object_key(p2, naming.VARIABLE_VALUE)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 import ckptcore as ck
-from ckptcore.formats import ckpt as fmt
 from ckptcore import saver
+from ckptcore.formats import ckpt as fmt
 from ckptcore.reader import CheckpointReader
 from ckptcore.storage import LocalStorage
 

@@ -10,7 +10,8 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import StorageError
 from ..hookspec import hookimpl

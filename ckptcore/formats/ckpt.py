@@ -219,7 +219,7 @@ class Graph:
         return range(self.attr_start[nid], self.attr_start[nid + 1])
 
     @classmethod
-    def from_nodes(cls, nodes: list[Node]) -> "Graph":
+    def from_nodes(cls, nodes: list[Node]) -> Graph:
         """The columns of a list of :class:`Node` (a version-1 index, or one built by hand).
 
         Example:
@@ -299,7 +299,7 @@ class TensorTable:
         return self._arrays
 
     @classmethod
-    def from_entries(cls, entries: list[TensorEntry], node: list[int]) -> "TensorTable":
+    def from_entries(cls, entries: list[TensorEntry], node: list[int]) -> TensorTable:
         """The table of ``entries``; ``node[i]`` is the node that holds entry ``i``.
 
         Example:
@@ -342,7 +342,7 @@ class Index:
     @property
     def nodes(self) -> list[Node]:
         if self._nodes is None:
-            self._nodes = _nodes_from_columns(self._graph, self._table)
+            self._nodes = _nodes_from_columns(self.graph, self.table)  # both set when _nodes is None
         return self._nodes
 
     @nodes.setter
@@ -352,13 +352,13 @@ class Index:
     @property
     def graph(self) -> Graph:
         if self._graph is None:
-            self._graph = Graph.from_nodes(self._nodes)
+            self._graph = Graph.from_nodes(self.nodes)  # _nodes is set when _graph is None
         return self._graph
 
     @property
     def table(self) -> TensorTable:
         if self._table is None:
-            nodes = self._nodes
+            nodes = self.nodes  # _nodes is set when _table is None
             self._table = TensorTable.from_entries(
                 [e for n in nodes for e in n.attributes.values()],
                 [i for i, n in enumerate(nodes) for _ in range(len(n.attributes))])
@@ -414,7 +414,7 @@ def _strs(values) -> str:
     return ",".join(map(_json_str, values))
 
 
-COLUMN_DTYPES = {"<u1": np.dtype("<u1"), "<u2": np.dtype("<u2"), "<u4": np.dtype("<u4"), "<u8": np.dtype("<u8")}
+COLUMN_DTYPES: dict[str, np.dtype] = {t: np.dtype(t) for t in ("<u1", "<u2", "<u4", "<u8")}
 COLUMN_ALIGNMENT = 8
 
 
@@ -626,7 +626,7 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     keys = _strings(t, "key", path, m)
     if len(set(keys)) != m:
         seen: set[str] = set()
-        dup = next(k for k in keys if k in seen or seen.add(k))
+        dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise _bad(path, f"tensor key {dup!r} appears twice")
     dtype_names = _strings(t, "dtypes", path)
     dtypes = []
@@ -674,17 +674,19 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
             raise _bad(path, "a slot entry must be [optimizer node, variable node, name, slot node]")
         opt = _int(row[0], "slot optimizer", path, 0, n - 1)
         node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
-                                               _str(row[2], "slot name", path), _int(row[3], "slot node", path, 0, n - 1)))
+                                               _str(row[2], "slot name", path),
+                                               _int(row[3], "slot node", path, 0, n - 1)))
     # Equal shapes share one tuple: models repeat a few shapes many times, and tens of thousands of
     # tuples would be that many more objects for the garbage collector to scan after a restore.
     if vectors:  # the common case: C-level passes
         one = {d: (d,) for d in set(dims)}
         shapes = list(map(one.__getitem__, dims))
     else:
-        shapes, p, seen = [], 0, {}
+        shapes, p = [], 0
+        seen_shapes: dict[tuple, tuple] = {}
         for k in ndim:
             shape = tuple(dims[p:p + k])
-            shapes.append(seen.setdefault(shape, shape))
+            shapes.append(seen_shapes.setdefault(shape, shape))
             p += k
     graph = Graph(_gather(adapters, node_adapter), _gather(types, node_type), child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)

@@ -19,8 +19,7 @@ from typing import Any
 
 from ..dtypes import dtype_from_name
 from ..errors import CorruptCheckpointError
-from .ckpt import (FAST_DTYPES, MAX_NDIM, Index, Node, TensorEntry, _bad, _dumps, _head, _int, _json_str,
-                     _str)
+from .ckpt import FAST_DTYPES, MAX_NDIM, Index, Node, TensorEntry, _bad, _dumps, _head, _int, _json_str, _str
 
 __all__ = ["encode_v1", "parse_v1"]
 
@@ -41,14 +40,14 @@ _TENSOR_JSON = '{"key":%s,"dtype":%s,"shape":[%s],"shard":%d,"offset":%d,"nbytes
 
 
 def _tensor_json(e: TensorEntry) -> str:
-    return _TENSOR_JSON % (_json_str(e.key), _json_str(e.dtype), ",".join(["%d" % d for d in e.shape]),
+    return _TENSOR_JSON % (_json_str(e.key), _json_str(e.dtype), ",".join([str(int(d)) for d in e.shape]),
                            e.shard, e.offset, e.nbytes, e.crc32c)
 
 
 def _node_json(n: Node) -> str:
     """``_dumps(n.to_json())``, formatted directly."""
     out = (f'{{"adapter":{_json_str(n.adapter)},"type":{_json_str(n.type)},"children":['
-           f'{",".join(["[%s,%d]" % (_json_str(name), i) for name, i in n.children])}]')
+           f'{",".join([f"[{_json_str(name)},{int(i)}]" for name, i in n.children])}]')
     if n.attributes:
         out += f',"attributes":{{{",".join([_json_str(a) + ":" + _tensor_json(e) for a, e in n.attributes.items()])}}}'
     if n.state is not None:
@@ -90,10 +89,10 @@ def parse_v1(doc: Any, path: str, version: int) -> Index:
         children, slots = get("children", ()), get("slots", ())
         # most nodes (leaves) have neither children nor slots: they share one empty tuple, which keeps
         # tens of thousands of empty lists away from the garbage collector
-        node = Node(adapter, typ, [] if children else (), {}, get("state"), [] if slots else ())
+        node = Node(adapter, typ, [] if children else (), {}, get("state"), [] if slots else ())  # type: ignore[arg-type]
         if type(children) is not list and children != ():
             raise _bad(path, f"node {i} children must be a list")
-        names = set() if children else None
+        names: Any = set() if children else None
         for c in children:
             if not isinstance(c, list) or len(c) != 2:
                 raise _bad(path, f"node {i} has a malformed child reference")

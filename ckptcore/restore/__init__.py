@@ -13,8 +13,7 @@ Example:
     True
 """
 
-from .session import (RestoreSession, WeakIdTable, has_pending, notify_dependency_added,  # noqa: F401
-                      pending_count)
+from .session import RestoreSession, WeakIdTable, has_pending, notify_dependency_added, pending_count  # noqa: F401
 from .status import InitializationOnlyStatus, LoadStatus
 
 __all__ = ["RestoreSession", "LoadStatus", "InitializationOnlyStatus", "WeakIdTable", "has_pending",

@@ -24,17 +24,17 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
+from collections.abc import Iterable
 from functools import partial
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..formats import ckpt as fmt
 from .._perf import paused_gc
-from ..dtypes import storage_dtype
-from ..errors import (CheckpointError, DtypeMismatchError, PartialRestoreWarning,
-                     ShapeMismatchError)
 from ..builtin.numpy_adapters import NumpyArrayAdapter
+from ..dtypes import storage_dtype
+from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
+from ..formats import ckpt as fmt
 from ..graph import live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
@@ -368,7 +368,9 @@ class RestoreSession:
         g, table = self.graph, self.table
         attr_start, attr_name, states = g.attr_start, g.attr_name, g.state
         t_dtype, t_shape = table.dtype, table.shape
-        rows, dests, callbacks = [], [], []
+        rows: list[int] = []
+        dests: list[Any] = []
+        callbacks: list[Any] = []
         add_row, add_dest, add_cb = rows.append, dests.append, callbacks.append
         after = []
         errors = []
@@ -401,7 +403,8 @@ class RestoreSession:
                     try:
                         shape, dtype = spec(obj, attr)
                     except CheckpointError as e:
-                        errors.append(type(e)(f"cannot restore {display_path(_path(matches, k, base))} ({table.key[t]}): {e}"))
+                        where = display_path(_path(matches, k, base))
+                        errors.append(type(e)(f"cannot restore {where} ({table.key[t]}): {e}"))
                         continue
                     np_dtype = fast_dtypes.get(t_dtype[t])
                     if np_dtype is None:

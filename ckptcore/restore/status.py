@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import AssertionFailedError
 from .session import RestoreSession, _summary
@@ -38,7 +38,7 @@ class LoadStatus:
         # still see it; nothing else holds user objects.
         self._keepalive = keepalive
 
-    def assert_consumed(self) -> "LoadStatus":
+    def assert_consumed(self) -> LoadStatus:
         """Fail unless every checkpointed value was restored and every live object matched.
 
         Example:
@@ -61,7 +61,7 @@ class LoadStatus:
             raise AssertionFailedError("\n".join(lines))
         return self
 
-    def assert_existing_objects_matched(self) -> "LoadStatus":
+    def assert_existing_objects_matched(self) -> LoadStatus:
         """Fail if any live object in the graph got no value; unused checkpoint values are fine.
 
         Example:
@@ -74,10 +74,11 @@ class LoadStatus:
         if live:
             raise AssertionFailedError(
                 f"restore of {self.session.path!r} left existing objects unmatched "
-                f"(assert_existing_objects_matched):\n" + _summary("live objects without a value in the checkpoint", live))
+                f"(assert_existing_objects_matched):\n"
+                + _summary("live objects without a value in the checkpoint", live))
         return self
 
-    def assert_nontrivial_match(self) -> "LoadStatus":
+    def assert_nontrivial_match(self) -> LoadStatus:
         """Fail unless something besides the root (and ``save_counter``) was matched.
 
         Example:
@@ -95,7 +96,7 @@ class LoadStatus:
                 "(assert_nontrivial_match): is this the checkpoint of this model?")
         return self
 
-    def expect_partial(self) -> "LoadStatus":
+    def expect_partial(self) -> LoadStatus:
         """Silence the warning about unused checkpoint values.
 
         Example:
@@ -126,19 +127,19 @@ class InitializationOnlyStatus:
         no checkpoint
     """
 
-    def _fail(self, what: str):
+    def _fail(self, what: str) -> NoReturn:
         raise AssertionFailedError(f"no checkpoint was given (save_path=None), so nothing was restored ({what})")
 
-    def assert_consumed(self):
+    def assert_consumed(self) -> NoReturn:
         self._fail("assert_consumed")
 
-    def assert_existing_objects_matched(self):
+    def assert_existing_objects_matched(self) -> NoReturn:
         self._fail("assert_existing_objects_matched")
 
-    def assert_nontrivial_match(self):
+    def assert_nontrivial_match(self) -> NoReturn:
         self._fail("assert_nontrivial_match")
 
-    def expect_partial(self):
+    def expect_partial(self) -> InitializationOnlyStatus:
         return self
 
     def run_restore_ops(self, session=None) -> None:

@@ -40,12 +40,13 @@ import asyncio
 import contextlib
 import posixpath
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import CheckpointError, NotFoundError, StorageError
-from .retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 from .local import FsspecStorage
+from .retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 
 __all__ = ["CloudStorage", "OBJECT_STORE_PROTOCOLS", "DEFAULT_PART_SIZE", "DEFAULT_MAX_CONCURRENCY",
            "DEFAULT_SHARD_BYTES", "DEFAULT_SHARD_CONCURRENCY", "DEFAULT_SINGLE_PUT"]
@@ -369,7 +370,7 @@ class _RangeReader:
             return 0
         B = self._block
         if n < self.SMALL_READ and not (offset // B in self._blocks and (offset + n - 1) // B in self._blocks):
-            data = self._read_range(offset, offset + n)
+            data: Any = self._read_range(offset, offset + n)
             mv[:len(data)] = data
             return len(data)
         size = self._file_size()
@@ -419,7 +420,7 @@ class _BufferedWriter:
         self._st = storage
         self.path = path
         self._buf = bytearray()
-        self._f = None
+        self._f: Any = None
 
     def write(self, buf) -> None:
         mv = memoryview(buf).cast("B")
@@ -472,7 +473,7 @@ class _BufferedWriter:
         _rm_quietly(self._st, self.path)
 
 
-def _rm_quietly(storage: "CloudStorage", path: str) -> None:
+def _rm_quietly(storage: CloudStorage, path: str) -> None:
     """Best-effort removal of an aborted upload's object (it may never have been created)."""
     try:
         storage.fs.rm_file(path)
@@ -497,7 +498,7 @@ class _PartSplitter:
         """Yield every chunk that ``mv`` completes; the remainder stays buffered."""
         while len(mv):
             if not self.buf and len(mv) >= self.part:
-                chunk = bytes(mv[:self.part])   # one copy, not two
+                chunk: bytes | bytearray = bytes(mv[:self.part])   # one copy, not two
                 mv = mv[self.part:]
                 yield chunk
                 continue

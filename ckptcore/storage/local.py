@@ -37,7 +37,8 @@ import posixpath
 import stat
 import threading
 import uuid
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import NotFoundError, StorageError
 

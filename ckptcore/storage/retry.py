@@ -30,8 +30,9 @@ import asyncio
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["RetryPolicy", "is_transient", "call_with_retry", "TransientError", "DEFAULT_POLICY"]
 

@@ -32,7 +32,8 @@ objects as it needs.
     object's graph through the registry and copies every attribute
     (``adapter.get_value``), every ``get_state`` and every slot variable.
 
-``make_late_child`` and ``attach`` (optional, together) -> ``Callable[[int], object]`` and ``Callable[[object, str, object], None]``
+``make_late_child`` and ``attach`` (optional, together) -> ``Callable[[int], object]`` and
+``Callable[[object, str, object], None]``
     For frameworks whose own parents report children created after
     ``restore()`` (through ``ckptcore_install_creation_hooks`` or
     :func:`ckptcore.notify_dependency_added`). ``make_late_child(seed)``

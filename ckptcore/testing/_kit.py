@@ -7,7 +7,8 @@ import json
 import os
 import warnings
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,7 +180,7 @@ class AdapterConformance:
             return owner is not AdapterConformance
 
         if not (defined_below_kit("make_late_child") and defined_below_kit("attach")):
-            cls.test_deferred_restore_native = None
+            cls.test_deferred_restore_native = None  # type: ignore[method-assign,assignment]
 
     # -- fixtures with defaults ------------------------------------------------------------
     @pytest.fixture

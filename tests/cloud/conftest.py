@@ -49,7 +49,7 @@ def _start(cmd: list[str], url: str, env: dict[str, str], log_path) -> subproces
         except Exception:
             if time.monotonic() > deadline:
                 _stop(proc)
-                raise RuntimeError(f"{cmd} did not answer on {url} within 60 s")
+                raise RuntimeError(f"{cmd} did not answer on {url} within 60 s") from None
             time.sleep(0.1)
     proc._ckpt_log = log  # type: ignore[attr-defined]
     return proc

@@ -245,7 +245,7 @@ def test_sharded_saves_and_restores_under_random_faults(random_faults):
     faults["rate"] = 0.0
     indexes = [n[:-len(".index")] for n in _names(store, "run") if n.endswith(".index")]
     assert sorted(store.url("run", n) for n in indexes) == sorted(outcomes)   # a failed save leaves no index
-    for path, i in outcomes.items():
+    for path in outcomes:
         assert ck.load_checkpoint(path, storage_options=so).verify() > 0
     # reading several shards at once, each ranged GET retried on its own
     faults["rate"] = 0.2
@@ -272,7 +272,8 @@ def test_manager_cleans_up_shards_left_by_a_crashed_save(store):
     second = mgr.save()
     names = _names(store, "run")
     assert not set(crashed) & set(names)
-    assert sum(n.startswith("ckpt-1.data-") for n in names) == 4 and sum(n.startswith("ckpt-2.data-") for n in names) == 4
+    assert sum(n.startswith("ckpt-1.data-") for n in names) == 4
+    assert sum(n.startswith("ckpt-2.data-") for n in names) == 4
     assert ck.load_checkpoint(second, storage_options=so).verify() > 0
 
 

@@ -43,7 +43,8 @@ import re
 import sys
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -337,9 +338,9 @@ def install_keras_hooks(notify: Callable[[Any, str, Any], None] | None = None) -
         if _installed:
             return True
         try:
+            from keras.src.backend.common.variables import Variable
             from keras.src.layers.layer import Layer
             from keras.src.optimizers.base_optimizer import BaseOptimizer
-            from keras.src.backend.common.variables import Variable
             from keras.src.random.seed_generator import SeedGenerator
         except ImportError:
             return False

@@ -148,7 +148,7 @@ class KerasVariableAdapter(VariableLikeAdapter):
         try:
             return tuple(int(d) for d in obj.shape), to_numpy_dtype(obj.dtype)
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"keras variable {getattr(obj, 'path', obj)!r} has no static shape/dtype: {e}")
+            raise CheckpointError(f"keras variable {getattr(obj, 'path', obj)!r} has no static shape/dtype: {e}") from e
 
     def set_value(self, obj, attr, value):
         value = _assignable(value)

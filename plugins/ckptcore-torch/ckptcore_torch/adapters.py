@@ -19,13 +19,13 @@ import weakref
 from typing import Any
 
 import numpy as np
+
 from ckptcore.adapters import Adapter
 from ckptcore.errors import CheckpointError
 from ckptcore.naming import VARIABLE_VALUE
 from ckptcore.restore import WeakIdTable
 
-from . import codec
-from . import hooks
+from . import codec, hooks
 from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
 
 __all__ = ["ModuleAdapter", "TensorAdapter", "GeneratorAdapter", "StateDictAdapter", "LRSchedulerAdapter",

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ckptcore.errors import CheckpointError
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+
 from ckptcore.errors import CheckpointError, UnsupportedDtypeError
 
 __all__ = ["numpy_dtype", "to_numpy", "from_numpy", "writable_view", "is_materialized"]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["set_notify", "ensure_installed", "installed"]
 

@@ -19,8 +19,12 @@ Example:
     >>> net = torch.nn.Linear(2, 1); opt = torch.optim.Adam(net.parameters())
     >>> net(torch.ones(1, 2)).sum().backward(); opt.step()
     >>> path = ck.Checkpoint(model=net, optimizer=opt).write("memory://doc/torch/opt")
-    >>> [k for k in ck.load_checkpoint(path).keys() if k.startswith("model/weight/.OPTIMIZER_SLOT")]
-    ['model/weight/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE', 'model/weight/.OPTIMIZER_SLOT/optimizer/exp_avg_sq/.ATTRIBUTES/VARIABLE_VALUE', 'model/weight/.OPTIMIZER_SLOT/optimizer/step/.ATTRIBUTES/VARIABLE_VALUE']
+    >>> for k in ck.load_checkpoint(path).keys():
+    ...     if k.startswith("model/weight/.OPTIMIZER_SLOT"):
+    ...         print(k)
+    model/weight/.OPTIMIZER_SLOT/optimizer/exp_avg/.ATTRIBUTES/VARIABLE_VALUE
+    model/weight/.OPTIMIZER_SLOT/optimizer/exp_avg_sq/.ATTRIBUTES/VARIABLE_VALUE
+    model/weight/.OPTIMIZER_SLOT/optimizer/step/.ATTRIBUTES/VARIABLE_VALUE
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from ckptcore.adapters import Adapter, SlotVariable
 from ckptcore.errors import CheckpointError
 from ckptcore.restore import WeakIdTable
@@ -55,7 +60,7 @@ def _encode_groups(opt):
     for gi, group in enumerate(opt.param_groups):
         hyper = {k: v for k, v in group.items() if k != "params"}
         enc, ts = codec.encode(hyper, what=f"param_groups[{gi}] of {_opt_name(opt)}",
-                               tensor_name=lambda path, gi=gi: "/".join([_GROUP_PREFIX, str(gi)] + [str(p) for p in path]))
+                               tensor_name=lambda path, gi=gi: "/".join([_GROUP_PREFIX, str(gi), *map(str, path)]))
         groups.append(enc)
         tensors.update(ts)
     return groups, tensors
@@ -178,7 +183,7 @@ class OptimizerAdapter(Adapter):
                 f"the live one {len(obj.param_groups)} of sizes {live_sizes}. Build the optimizer over the same "
                 "parameters, in the same groups, as the one that was saved.")
         _, live_tensors = _encode_groups(obj)
-        for gi, (group, enc) in enumerate(zip(obj.param_groups, saved_groups)):
+        for group, enc in zip(obj.param_groups, saved_groups):
             hyper = codec.decode(enc, _LiveTensors(live_tensors, where))
             params = group["params"]
             names = group.get("param_names")

@@ -15,8 +15,14 @@ from ckptcore.adapters import AdapterRegistration
 from ckptcore.hookspec import hookimpl
 
 from . import hooks
-from .adapters import (GeneratorAdapter, LRSchedulerAdapter, ModuleAdapter, StateDictAdapter, TensorAdapter,
-                       has_state_dict)
+from .adapters import (
+    GeneratorAdapter,
+    LRSchedulerAdapter,
+    ModuleAdapter,
+    StateDictAdapter,
+    TensorAdapter,
+    has_state_dict,
+)
 from .optim import OptimizerAdapter
 
 #: Priority of the ``state_dict()`` fallback: any specific claim wins over it.

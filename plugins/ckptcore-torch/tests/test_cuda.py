@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_loop import train
 
 import ckptcore as ck
-from training_loop import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

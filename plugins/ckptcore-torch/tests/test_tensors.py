@@ -28,8 +28,8 @@ def _values(dtype, shape, seed):
 
 
 def _bits(t):
-    return t.view(torch.uint8) if t.element_size() == 1 else t.view({2: torch.int16, 4: torch.int32,
-                                                                        8: torch.int64, 16: torch.int64}[t.element_size()])
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.int64}
+    return t.view(torch.uint8) if t.element_size() == 1 else t.view(ints[t.element_size()])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -114,7 +114,8 @@ def test_tied_weights_saved_once_and_stay_tied(prefix):
 
     src = Tied()
     path = ck.Checkpoint(model=src).write(prefix)
-    assert [k for k in ck.load_checkpoint(path).keys() if "weight" in k] == ["model/enc/weight/.ATTRIBUTES/VARIABLE_VALUE"]
+    keys = [k for k in ck.load_checkpoint(path).keys() if "weight" in k]
+    assert keys == ["model/enc/weight/.ATTRIBUTES/VARIABLE_VALUE"]
     dst = Tied()
     ck.Checkpoint(model=dst).read(path).assert_consumed()
     assert dst.dec.weight is dst.enc.weight and torch.equal(dst.enc.weight, src.enc.weight)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_loop import train
 
 import ckptcore as ck
-from training_loop import train
 
 
 def make_model(seed=0):
@@ -91,7 +91,7 @@ def _steps(model, opt, data):
     for x, y in data:
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss = torch.nn.functional.mse_loss(model(x), y)  # noqa: B023 -- opt.step(closure) calls it at once
             loss.backward()
             return loss
         losses.append(opt.step(closure).item())
