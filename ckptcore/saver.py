@@ -246,7 +246,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         child_start.append(len(child_id))
         attrs = adapter.attributes(obj)
         if attrs:
-            key_prefix = f"{esc}/{ATTRIBUTES}/" if esc else f"{ATTRIBUTES}/"  # as naming.object_key
+            key_prefix = f"{esc}/{ATTRIBUTES}/"  # as naming.object_key: the root's are "/.ATTRIBUTES/..."
             for attr in attrs:
                 arr, name = _as_array(adapter.get_value(obj, attr),
                                       lambda: f"{display_path(path_of(i))} ({attr})")  # noqa: B023 -- called at once

@@ -48,7 +48,7 @@ def test_key_format():
     assert naming.object_key(["model", "sub", "k"], naming.VARIABLE_VALUE) == \
         "model/sub/k/.ATTRIBUTES/VARIABLE_VALUE"
     assert naming.object_key(["save_counter"], naming.VARIABLE_VALUE) == "save_counter/.ATTRIBUTES/VARIABLE_VALUE"
-    assert naming.object_key([], "x") == ".ATTRIBUTES/x"
+    assert naming.object_key([], "x") == "/.ATTRIBUTES/x"  # TF's checkpoint_key("", "x")
     assert naming.display_path([]) == "(root)"
 
 

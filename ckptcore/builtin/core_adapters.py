@@ -62,14 +62,23 @@ class TrackedContainerAdapter(Adapter):
 
 
 class SequenceAdapter(Adapter):
-    """Plain lists and tuples met inside a graph: trackable items named by index."""
+    """Plain lists and tuples met inside a graph: trackable items named by index.
+
+    A namedtuple's items are named by field first, then by index, as TensorFlow's
+    ``_TupleWrapper`` tracks them: keys use the field names (the first, shortest path),
+    and checkpoints that named them by index still restore.
+    """
 
     name = "ckptcore.sequence"
 
     def children(self, obj):
         from ..registry import adapter_or_none
 
-        return [(str(i), v) for i, v in enumerate(obj) if adapter_or_none(v) is not None]
+        items = [(str(i), v) for i, v in enumerate(obj) if adapter_or_none(v) is not None]
+        fields = getattr(type(obj), "_fields", None) if isinstance(obj, tuple) else None
+        if fields and items and len(fields) == len(obj) and all(type(f) is str for f in fields):
+            items = [(fields[int(i)], v) for i, v in items] + items
+        return items
 
 
 class MappingAdapter(Adapter):

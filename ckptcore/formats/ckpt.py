@@ -504,12 +504,50 @@ def decode_index(raw: bytes, path: str) -> Index:
     try:
         if version == 1:
             from .ckpt_v1 import parse_v1
-            return parse_v1(doc, path, version)
-        return _parse_doc_v2(doc, path, version, memoryview(raw)[HEADER_SIZE + length:])
+            index = parse_v1(doc, path, version)
+        else:
+            index = _parse_doc_v2(doc, path, version, memoryview(raw)[HEADER_SIZE + length:])
     except CorruptCheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise _bad(path, f"malformed content ({type(e).__name__}: {e})") from None
+    _upgrade_legacy_keys(index, path)
+    return index
+
+
+def _upgrade_legacy_keys(index: Index, path: str) -> None:
+    """Give the keys of checkpoints from before ckptcore followed TF's root keys TF's form.
+
+    Only the root's attributes and the slots of a root variable or optimizer can differ
+    (:func:`ckptcore.naming.upgrade_legacy_key`): they are found from the graph, so an index
+    costs nothing per tensor here.
+    """
+    from ..naming import upgrade_legacy_key
+
+    g, t = index.graph, index.table
+    rows = [(r, False) for r in g.attributes(0)]
+    for opt, entries in g.slots.items():
+        for var, _name, slot in entries:
+            if opt == 0 or var == 0:
+                rows.extend((r, opt == 0) for r in g.attributes(slot))
+    changed = {}
+    for r, opt_root in rows:
+        key = t.key[r]
+        new = upgrade_legacy_key(key, optimizer_is_root=opt_root)
+        if new != key:
+            changed[r] = new
+    if not changed:
+        return
+    keys = set(t.key)
+    for r, new in changed.items():
+        if new in keys:
+            raise _bad(path, f"tensor key {t.key[r]!r} read as {new!r}, which another tensor has")
+        keys.add(new)
+        t.key[r] = new
+    if index._nodes is not None:  # version 1: the nodes hold the entries the table was built from
+        flat = [e for n in index._nodes for e in n.attributes.values()]
+        for r, new in changed.items():
+            flat[r].key = new
 
 
 def _int(v: Any, what: str, path: str, lo: int = 0, hi: int = 1 << 62) -> int:
