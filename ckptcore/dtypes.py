@@ -13,8 +13,8 @@ Example:
 from __future__ import annotations
 
 import re
+import sys
 
-import ml_dtypes
 import numpy as np
 
 from .errors import UnsupportedDtypeError
@@ -28,19 +28,51 @@ for _extra in ("float128", "complex256", "float96", "complex192"):
     if hasattr(np, _extra):
         _NUMPY_NAMES.append(_extra)
 
-_ML_NAMES = [
-    n for n in (
-        "bfloat16", "float8_e3m4", "float8_e4m3", "float8_e4m3b11fnuz", "float8_e4m3fn", "float8_e4m3fnuz",
-        "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn",
-        "int2", "int4", "uint2", "uint4",
-    ) if hasattr(ml_dtypes, n)
-]
+# Names ml_dtypes may provide. ml_dtypes is imported only when one of them is met (its extension
+# takes most of a second to import): a checkpoint holding such a tensor, or an array of such a
+# dtype (whose owner imported ml_dtypes already).
+_ML_CANDIDATES = (
+    "bfloat16", "float8_e3m4", "float8_e4m3", "float8_e4m3b11fnuz", "float8_e4m3fn", "float8_e4m3fnuz",
+    "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn",
+    "int2", "int4", "uint2", "uint4",
+)
+_ML_CANDIDATE_SET = frozenset(_ML_CANDIDATES)
+_ML_NAMES: list[str] = []   # the candidates this ml_dtypes has, once loaded
 
 _BY_NAME: dict[str, np.dtype] = {n: np.dtype(n) for n in _NUMPY_NAMES}
-_BY_NAME.update({n: np.dtype(getattr(ml_dtypes, n)) for n in _ML_NAMES})
 _STRING_RE = re.compile(r"^(S|U)([0-9]{1,9})$")
+_ml_loaded = False
 
-SUPPORTED = tuple(_BY_NAME)
+
+def _load_ml_dtypes() -> None:
+    """Add ml_dtypes' dtypes (bfloat16, float8, ...) to the allowlist; imports ml_dtypes once."""
+    global _ml_loaded
+    if _ml_loaded:
+        return
+    import ml_dtypes
+
+    names = [n for n in _ML_CANDIDATES if hasattr(ml_dtypes, n)]
+    _BY_NAME.update({n: np.dtype(getattr(ml_dtypes, n)) for n in names})
+    _ML_NAMES[:] = names
+    _ml_loaded = True
+
+
+def ml_dtypes_loaded() -> bool:
+    """Whether ml_dtypes has been imported (by ckptcore or anyone else).
+
+    Example:
+        >>> isinstance(ml_dtypes_loaded(), bool)
+        True
+    """
+    return "ml_dtypes" in sys.modules
+
+
+def __getattr__(name: str):
+    # SUPPORTED names every dtype, ml_dtypes' included, so asking for it loads ml_dtypes
+    if name == "SUPPORTED":
+        _load_ml_dtypes()
+        return tuple(_BY_NAME)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dtype_name(dtype: np.dtype) -> str:
@@ -54,13 +86,15 @@ def dtype_name(dtype: np.dtype) -> str:
     if dtype.kind in ("S", "U"):
         return f"{dtype.kind}{dtype.itemsize // (4 if dtype.kind == 'U' else 1)}"
     name = dtype.name
+    if not _ml_loaded and dtype.kind == "V" and name in _ML_CANDIDATE_SET:
+        _load_ml_dtypes()  # an ml_dtypes array: its owner imported ml_dtypes already
     if name in _BY_NAME and _BY_NAME[name] == dtype.newbyteorder("="):
         return name
     if dtype.byteorder in (">", "<") and dtype.newbyteorder("=").name in _BY_NAME:
         return dtype.newbyteorder("=").name
     raise UnsupportedDtypeError(
         f"dtype {dtype!r} ({dtype.kind!r}) cannot be stored in a checkpoint; supported: numeric and bool "
-        f"numpy dtypes, ml_dtypes ({', '.join(_ML_NAMES[:3])}, ...) and fixed-width strings (S/U). "
+        f"numpy dtypes, ml_dtypes ({', '.join(_ML_CANDIDATES[:3])}, ...) and fixed-width strings (S/U). "
         "object and structured arrays are refused because reading them would need unpickling.")
 
 
@@ -76,6 +110,11 @@ def dtype_from_name(name: str) -> np.dtype:
     dt = _BY_NAME.get(name)
     if dt is not None:
         return dt
+    if name in _ML_CANDIDATE_SET and not _ml_loaded:
+        _load_ml_dtypes()
+        dt = _BY_NAME.get(name)
+        if dt is not None:
+            return dt
     m = _STRING_RE.match(name)
     if m and int(m.group(2)) > 0:
         return np.dtype(f"<{m.group(1)}{m.group(2)}")

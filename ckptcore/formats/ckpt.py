@@ -29,10 +29,9 @@ from itertools import accumulate, chain
 from types import MappingProxyType
 from typing import Any
 
-import crc32c as _crc32c
 import numpy as np
 
-from ..dtypes import SUPPORTED, dtype_from_name
+from ..dtypes import _BY_NAME, dtype_from_name
 from ..errors import CorruptCheckpointError
 
 FORMAT_VERSION = 2
@@ -44,7 +43,8 @@ ALIGNMENT = 64
 MAX_INDEX_BYTES = 1 << 31  # 2 GiB of JSON is far beyond any sane graph
 MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
-FAST_DTYPES = {name: dtype_from_name(name) for name in SUPPORTED}  # stored name -> dtype, for hot paths
+# stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
+FAST_DTYPES = _BY_NAME
 
 
 def crc32c(buf, value: int = 0, release_gil: bool = False) -> int:
@@ -57,7 +57,22 @@ def crc32c(buf, value: int = 0, release_gil: bool = False) -> int:
         >>> crc32c(b"123456789")
         3808858755
     """
-    return _crc32c.crc32c(buf, value, 1 if release_gil else -1)
+    fn = _crc32c_fn
+    if fn is None:
+        fn = _load_crc32c()
+    return fn(buf, value, 1 if release_gil else -1)
+
+
+_crc32c_fn = None
+
+
+def _load_crc32c():
+    """Import the ``crc32c`` package on first use (its ``__init__`` imports ``importlib.metadata``: ~20 ms)."""
+    global _crc32c_fn
+    import crc32c as _crc32c
+
+    _crc32c_fn = _crc32c.crc32c
+    return _crc32c_fn
 
 
 def index_path(prefix: str) -> str:

@@ -4,7 +4,8 @@ numpy has no bfloat16 or float8; ml_dtypes does. A tensor of such a dtype is
 viewed as a same-width integer tensor, converted with ``.numpy()`` (sharing
 memory) and viewed again as the ml_dtypes dtype, so no byte is copied or
 rounded. ``torch`` is imported inside the functions: importing this module
-does not import torch.
+does not import torch, and ml_dtypes (most of a second to import) is imported
+only when a tensor or array of such a dtype is met.
 
 Example:
     >>> import torch
@@ -16,9 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from ckptcore.errors import CheckpointError, UnsupportedDtypeError
@@ -31,7 +32,12 @@ _INT_VIEW = {1: "uint8", 2: "int16"}
 _table: dict[Any, tuple[np.dtype, Any]] | None = None
 
 
+_by_numpy: dict[np.dtype, Any] = {}   # inverse of _table
+_ml_loaded = False
+
+
 def _dtype_table() -> dict:
+    """torch dtype -> (numpy dtype, bit-view torch dtype or None); ml_dtypes' entries once loaded."""
     global _table
     if _table is None:
         import torch
@@ -47,13 +53,38 @@ def _dtype_table() -> dict:
             tdt = getattr(torch, name, None)
             if tdt is not None:
                 table[tdt] = (np.dtype(npd), None)
-        for name in _ML_NAMES:
-            tdt, mld = getattr(torch, name, None), getattr(ml_dtypes, name, None)
-            if tdt is not None and mld is not None:
-                npd = np.dtype(mld)
-                table[tdt] = (npd, getattr(torch, _INT_VIEW[npd.itemsize]))
+                _by_numpy.setdefault(np.dtype(npd), tdt)
         _table = table
+        if "ml_dtypes" in sys.modules:  # imported already (by the user or ckptcore): no cost
+            _load_ml()
     return _table
+
+
+def _load_ml() -> None:
+    """Add bfloat16/float8 to the table; imports ml_dtypes (once)."""
+    global _ml_loaded
+    if _ml_loaded:
+        return
+    import ml_dtypes
+    import torch
+
+    table = _dtype_table()
+    for name in _ML_NAMES:
+        tdt, mld = getattr(torch, name, None), getattr(ml_dtypes, name, None)
+        if tdt is not None and mld is not None:
+            npd = np.dtype(mld)
+            table[tdt] = (npd, getattr(torch, _INT_VIEW[npd.itemsize]))
+            _by_numpy.setdefault(npd, tdt)
+    _ml_loaded = True
+
+
+def _entry(torch_dtype: Any):
+    """``_dtype_table()[torch_dtype]``, loading ml_dtypes for its dtypes on first need; None if absent."""
+    e = _dtype_table().get(torch_dtype)
+    if e is None and not _ml_loaded and str(torch_dtype).removeprefix("torch.") in _ML_NAMES:
+        _load_ml()
+        e = _table.get(torch_dtype)
+    return e
 
 
 def numpy_dtype(torch_dtype: Any) -> np.dtype:
@@ -67,12 +98,12 @@ def numpy_dtype(torch_dtype: Any) -> np.dtype:
         >>> numpy_dtype(torch.float8_e4m3fn).name
         'float8_e4m3fn'
     """
-    try:
-        return _dtype_table()[torch_dtype][0]
-    except KeyError:
-        raise UnsupportedDtypeError(
+    e = _entry(torch_dtype)
+    if e is not None:
+        return e[0]
+    raise UnsupportedDtypeError(
             f"torch dtype {torch_dtype} has no numpy/ml_dtypes counterpart and cannot be checkpointed; "
-            "supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 types, complex64/128") from None
+            "supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 types, complex64/128")
 
 
 def torch_dtype_for(np_dtype: np.dtype) -> Any:
@@ -84,9 +115,13 @@ def torch_dtype_for(np_dtype: np.dtype) -> Any:
         torch.bfloat16
     """
     np_dtype = np.dtype(np_dtype)
-    for tdt, (npd, _) in _dtype_table().items():
-        if npd == np_dtype:
-            return tdt
+    _dtype_table()
+    tdt = _by_numpy.get(np_dtype)
+    if tdt is None and not _ml_loaded and np_dtype.kind == "V":  # an ml_dtypes array: ml_dtypes is loaded
+        _load_ml()
+        tdt = _by_numpy.get(np_dtype)
+    if tdt is not None:
+        return tdt
     raise UnsupportedDtypeError(f"numpy dtype {np_dtype} has no torch counterpart")
 
 
@@ -134,7 +169,7 @@ def to_numpy(tensor: Any) -> np.ndarray:
         [0, 1, 2]
     """
     check_materialized(tensor)
-    npd, view = _dtype_table().get(tensor.dtype, (None, None))
+    npd, view = _entry(tensor.dtype) or (None, None)
     if npd is None:
         numpy_dtype(tensor.dtype)  # raises
     t = tensor.detach()
@@ -161,7 +196,7 @@ def writable_view(tensor: Any) -> np.ndarray | None:
         [0.0, 5.0, 0.0]
     """
     if (tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg()
-            or tensor.is_sparse or not is_materialized(tensor) or tensor.dtype not in _dtype_table()):
+            or tensor.is_sparse or not is_materialized(tensor) or _entry(tensor.dtype) is None):
         return None
     try:
         arr = to_numpy(tensor)
@@ -182,7 +217,7 @@ def from_numpy(array: np.ndarray) -> Any:
 
     array = np.asarray(array)
     tdt = torch_dtype_for(array.dtype)
-    view = _dtype_table()[tdt][1]
+    view = _entry(tdt)[1]
     if not array.flags.writeable or not array.flags.c_contiguous:
         array = np.array(array, order="C")
     if view is not None:
