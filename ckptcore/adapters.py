@@ -183,10 +183,40 @@ class Adapter:
     def restore_slot(self, obj: Any, variable: Any, name: str, value: np.ndarray) -> None:
         """Give ``obj`` (an optimizer) the restored slot ``name`` for ``variable``.
 
+        ``value`` is the adapter's to keep: memory nobody else holds (or the buffer
+        :meth:`slot_restore_buffers` offered for it).
+
         Example:
             >>> Adapter().restore_slot(object(), None, "m", None)
         """
         return None
+
+    def slot_restore_buffers(self, obj: Any, requests: list[tuple[Any, str, tuple, np.dtype]]) -> list:
+        """Memory to read slots straight into: one writable C-contiguous array or None per request.
+
+        ``requests`` are ``(variable, name, shape, dtype)`` for every slot of ``obj`` this
+        restore step reads, asked once per step; an optimizer that has state already can
+        offer its state tensors' memory (bytes then land in place). The default offers
+        none: each slot is read into a fresh array handed to :meth:`restore_slots`.
+
+        Example:
+            >>> Adapter().slot_restore_buffers(object(), [(None, "m", (2,), np.dtype("float32"))])
+            [None]
+        """
+        return [None] * len(requests)
+
+    def restore_slots(self, obj: Any, items: list[tuple[Any, str, np.ndarray]]) -> None:
+        """Every slot of ``obj`` one restore step read, ``(variable, name, value)`` each, in one call.
+
+        Runs after the read and before :meth:`set_state`. The default calls
+        :meth:`restore_slot` for each; override it to do per-call work (such as
+        mapping parameters to their groups) once instead of once per slot.
+
+        Example:
+            >>> Adapter().restore_slots(object(), [(None, "m", np.zeros(2))])
+        """
+        for variable, name, value in items:
+            self.restore_slot(obj, variable, name, value)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from ..formats import ckpt as fmt
 from ..graph import live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
+from .slots import plan_slot_reads
 
 __all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
 
@@ -290,6 +291,9 @@ class RestoreSession:
             with paused_gc():
                 matches, pending = self._match(obj, node_id, path, root_adapter)
                 (rows, dests, callbacks), after = self._plan_values(matches, tuple(path))
+                # optimizer slots whose optimizer and variable are both matched now: the same read
+                slot_reads = plan_slot_reads(self, matches, rows, dests, callbacks) if self._has_slots else None
+                _unalias(dests, callbacks)
             if rows:
                 self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
             del rows, dests, callbacks
@@ -297,6 +301,8 @@ class RestoreSession:
             with paused_gc():
                 self._commit_matches(matches, pending)
                 del matches, pending  # gone before the collector runs again
+            if slot_reads is not None:
+                slot_reads.finish()  # each optimizer's slots in one call, before its set_state
             for fn in after:
                 fn()
 
@@ -430,7 +436,6 @@ class RestoreSession:
         if errors:
             raise errors[0] if len(errors) == 1 else type(errors[0])(
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
-        _unalias(dests, callbacks)
         return (rows, dests, callbacks), after
 
     def matched_node(self, obj) -> int | None:
@@ -483,17 +488,6 @@ class RestoreSession:
                 waiting = {}
                 _PENDING[parent] = waiting
             waiting[name] = (self, cid, p)
-        if not self._has_slots:
-            return
-        # slots whose optimizer or variable just matched
-        slots = self.graph.slots
-        newly = {m[2] for m in matches}
-        for nid in newly:
-            for var_id, name, slot_id in slots.get(nid, ()):
-                self._try_slot(nid, var_id, name, slot_id)
-            for opt_id, name, slot_id in self._slots_by_var.get(nid, ()):
-                if opt_id not in newly:
-                    self._try_slot(opt_id, nid, name, slot_id)
 
     def _live(self, node_id: int) -> list:
         refs = self.node_objs.get(node_id)
@@ -503,20 +497,6 @@ class RestoreSession:
             o = refs()
             return [] if o is None else [o]
         return [o for o in (r() for r in refs) if o is not None]
-
-    def _try_slot(self, opt_id: int, var_id: int, name: str, slot_id: int) -> None:
-        opts, vars_ = self._live(opt_id), self._live(var_id)
-        if not opts or not vars_:
-            return
-        rows = self.graph.attributes(slot_id)
-        if not rows:
-            return
-        value = self.reader.get_tensor(self.table.key[rows[0]])
-        for opt in opts:
-            adapter = find_adapter(opt)
-            for var in vars_:
-                adapter.restore_slot(opt, var, name, value)
-        self.restored_slots.add(slot_id)
 
     # -- status queries ----------------------------------------------------------------
     def matched_node_count(self) -> int:

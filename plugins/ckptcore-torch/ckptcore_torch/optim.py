@@ -35,7 +35,6 @@ import numpy as np
 
 from ckptcore.adapters import Adapter, SlotVariable
 from ckptcore.errors import CheckpointError
-from ckptcore.restore import WeakIdTable
 
 from . import codec
 from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
@@ -43,7 +42,6 @@ from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory,
 __all__ = ["OptimizerAdapter"]
 
 _GROUP_PREFIX = "param_groups"
-_ADOPTED = WeakIdTable()   # restored slot arrays already turned into state tensors
 
 
 def _params(opt) -> list:
@@ -222,36 +220,113 @@ class OptimizerAdapter(Adapter):
                 out.append(SlotVariable(variable=p, name=name, value=to_numpy(t)))
         return out
 
+    def slot_restore_buffers(self, obj, requests):
+        """The memory of state tensors the optimizer has already, where a slot can land in place.
+
+        Example:
+            >>> import numpy as np, torch
+            >>> p = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+            >>> opt.state[p]["momentum_buffer"] = torch.zeros(2)
+            >>> buf, = OptimizerAdapter().slot_restore_buffers(opt, [(p, "momentum_buffer", (2,), np.dtype("float32"))])
+            >>> buf[:] = 3; opt.state[p]["momentum_buffer"].tolist()
+            [3.0, 3.0]
+        """
+        state = obj.state
+        out = []
+        group_of = None
+        for variable, name, shape, dtype in requests:
+            buf = None
+            s = state.get(variable) if _is_tensor(variable) else None   # .get: state is a defaultdict
+            if s:
+                t = _at(s, name)
+                if _is_tensor(t) and t.device.type == "cpu" and tuple(t.shape) == tuple(shape):
+                    if group_of is None:
+                        group_of = _group_index(obj)
+                    if _landing(t, variable, name, dtype, group_of.get(id(variable))) is t:
+                        buf = writable_view(t)
+                        if buf is not None and buf.dtype != dtype:
+                            buf = None
+            out.append(buf)
+        return out
+
     def restore_slot(self, obj, variable, name, value):
+        self.restore_slots(obj, [(variable, name, value)])
+
+    def restore_slots(self, obj, items):
+        """Install restored slots as state tensors: in place, or adopting the array read (no copy).
+
+        Example:
+            >>> import numpy as np, torch
+            >>> p = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.Adam([p])
+            >>> OptimizerAdapter().restore_slots(opt, [(p, "exp_avg", np.ones(2, np.float32))])
+            >>> opt.state[p]["exp_avg"].tolist()
+            [1.0, 1.0]
+        """
         import torch
 
-        if not isinstance(variable, torch.Tensor):
-            raise CheckpointError(f"{_opt_name(obj)}: slot {name!r} belongs to a {type(variable).__qualname__}, "
-                                  "not a torch parameter")
-        value = np.asarray(value)
-        # The array read for this slot becomes the state tensor without a copy, unless an
-        # earlier call (another optimizer or variable sharing the slot) already took it.
-        copy = value in _ADOPTED
-        if not copy:
-            _ADOPTED[value] = True
-        t = from_numpy(value)
-        segments = name.split("/")
-        key = segments[0]
-        group = next((g for g in obj.param_groups if any(p is variable for p in g["params"])), None)
-        if group is None:
-            raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
-        # Device and dtype as Optimizer.load_state_dict gives them.
-        if key == "step":
-            if group.get("capturable", False) or group.get("fused", False):
-                t = t.to(dtype=torch.float32, device=variable.device, copy=copy)
-            elif copy:
-                t = t.clone()
-        elif variable.is_floating_point() and t.is_floating_point():
-            t = t.to(dtype=variable.dtype, device=variable.device, copy=copy)
+        group_of = _group_index(obj)   # once per call: no scan of the parameters per slot
+        state = obj.state
+        for variable, name, value in items:
+            if not isinstance(variable, torch.Tensor):
+                raise CheckpointError(f"{_opt_name(obj)}: slot {name!r} belongs to a {type(variable).__qualname__}, "
+                                      "not a torch parameter")
+            group = group_of.get(id(variable))
+            if group is None:
+                raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
+            segments = name.split("/")
+            s = state[variable]
+            old = _at(s, name)
+            if _is_tensor(old) and shares_memory(value, old):
+                continue   # read in place, into the state tensor itself
+            # The array read for this slot becomes the state tensor without a copy (it is ours:
+            # fresh memory), converted only where load_state_dict would convert it.
+            t = _landing(from_numpy(np.asarray(value)), variable, name, None, group)
+            _put(s, segments, t)
+
+
+def _is_tensor(x) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def _group_index(opt) -> dict:
+    """id(parameter) -> its param group."""
+    return {id(p): g for g in opt.param_groups for p in g["params"]}
+
+
+def _at(state: Any, name: str):
+    """What the slot path ``name`` (``"exp_avg"``, ``"old_dirs/0"``) holds in a parameter's state, or None."""
+    x = state
+    for seg in name.split("/"):
+        if isinstance(x, dict):
+            x = x.get(seg, x.get(int(seg)) if seg.lstrip("-").isdigit() else None)
+        elif isinstance(x, (list, tuple)) and seg.isdigit() and int(seg) < len(x):
+            x = x[int(seg)]
         else:
-            t = t.to(device=variable.device, copy=copy)
-        state = obj.state[variable]
-        _put(state, segments, t)
+            return None
+        if x is None:
+            return None
+    return x
+
+
+def _landing(t, variable, name: str, dtype, group):
+    """``t`` with the device and dtype ``Optimizer.load_state_dict`` gives a slot (``t`` itself if already so).
+
+    ``dtype`` is the stored numpy dtype when ``t`` is a live state tensor being considered as read
+    memory (its dtype must then be the stored one), else None.
+    """
+    import torch
+
+    if dtype is not None and numpy_dtype(t.dtype) != dtype:
+        return None
+    if name.split("/", 1)[0] == "step":
+        if group is not None and (group.get("capturable", False) or group.get("fused", False)):
+            return t.to(dtype=torch.float32, device=variable.device)
+        return t
+    if variable.is_floating_point() and t.is_floating_point():
+        return t.to(dtype=variable.dtype, device=variable.device)
+    return t.to(device=variable.device)
 
 
 class _LiveTensors(dict):

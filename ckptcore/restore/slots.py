@@ -1,0 +1,182 @@
+"""Optimizer slot variables in the restore's one planned read.
+
+A slot (``exp_avg`` of one parameter) is a value of its own checkpoint node,
+reached from the optimizer's node and the variable's node rather than by a
+child edge. Once both are matched (in this restore step or an earlier one),
+its tensor joins the same batched read as every other value, straight into
+memory the optimizer's adapter offers (:meth:`Adapter.slot_restore_buffers`,
+e.g. an existing state tensor), and the adapter then receives all the slots of
+one step in one :meth:`Adapter.restore_slots` call. Nothing is read slot by
+slot, and no step scans other objects per slot.
+
+Example:
+    >>> import numpy as np, ckptcore as ck
+    >>> class Opt:
+    ...     def __init__(self, params): self.params, self.m = params, {}
+    >>> class OptAdapter(ck.Adapter):
+    ...     name = "doc.opt"
+    ...     def slots(self, obj):
+    ...         return [ck.SlotVariable(p, "m", obj.m[id(p)]) for p in obj.params if id(p) in obj.m]
+    ...     def restore_slot(self, obj, variable, name, value):
+    ...         obj.m[id(variable)] = value
+    >>> _ = ck.register_adapter(Opt, OptAdapter())
+    >>> w = np.ones(2); opt = Opt([w]); opt.m[id(w)] = np.full(2, 0.5)
+    >>> path = ck.Checkpoint(w=w, opt=opt).write("memory://doc/slots/c")
+    >>> w2 = np.zeros(2); opt2 = Opt([w2])
+    >>> ck.Checkpoint(w=w2, opt=opt2).read(path).assert_consumed() is not None
+    True
+    >>> opt2.m[id(w2)].tolist()
+    [0.5, 0.5]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..formats import ckpt as fmt
+
+__all__ = ["SlotReads", "plan_slot_reads"]
+
+
+class SlotReads:
+    """The slots of one restore step: rows added to the read, and what to hand to adapters after it."""
+
+    __slots__ = ("session", "per_opt", "values", "slot_ids", "in_buffers")
+
+    def __init__(self, session):
+        self.session = session
+        # id(optimizer) -> [optimizer, adapter, [(variable, name, table row)]]
+        self.per_opt: dict[int, list] = {}
+        self.values: dict[int, Any] = {}   # table row -> the array read for it
+        self.slot_ids: list[int] = []
+        self.in_buffers: set[int] = set()   # rows read into memory an adapter offered (that adapter's own)
+
+    def finish(self) -> None:
+        """After the read: each optimizer's adapter receives its slots in one call."""
+        values = self.values
+        taken = set(self.in_buffers)   # rows whose array an adapter already holds (and may keep)
+        for opt, adapter, requests, buffers in self.per_opt.values():
+            items = []
+            for (variable, name, row), buf in zip(requests, buffers):
+                value = values[row]
+                if value is not buf:   # a buffer the adapter offered is its own; a fresh array is given once
+                    if row in taken:
+                        value = value.copy()
+                    else:
+                        taken.add(row)
+                items.append((variable, name, value))
+            restore = getattr(adapter, "restore_slots", None)
+            if restore is not None:
+                restore(opt, items)
+            else:  # an adapter that does not subclass ck.Adapter: the per-slot method
+                for variable, name, value in items:
+                    adapter.restore_slot(opt, variable, name, value)
+        self.session.restored_slots.update(self.slot_ids)
+
+
+def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, callbacks: list) -> SlotReads | None:
+    """Add the reads of every slot whose optimizer and variable are now both matched.
+
+    ``matches`` are this step's matches (``RestoreSession._match``); objects matched by earlier
+    steps come from the session. The rows, destinations and callbacks are appended to the
+    step's read lists. Returns None when no slot is due.
+    """
+    graph = session.graph
+    slots, by_var = graph.slots, session._slots_by_var
+    here: dict[int, list] = {}   # node id -> [(obj, adapter)] matched in this step, slot-related nodes only
+    for m in matches:
+        nid = m[2]
+        if nid in slots or nid in by_var:
+            here.setdefault(nid, []).append((m[0], m[1]))
+    if not here:
+        return None
+    pairs = []   # (optimizer node, variable node, slot name, slot node)
+    for nid in here:
+        for var_id, name, slot_id in slots.get(nid, ()):
+            pairs.append((nid, var_id, name, slot_id))
+        for opt_id, name, slot_id in by_var.get(nid, ()):
+            if opt_id not in here:
+                pairs.append((opt_id, nid, name, slot_id))
+    if not pairs:
+        return None
+    attr_start, table = graph.attr_start, session.table
+    plan = SlotReads(session)
+    per_opt = plan.per_opt
+    wanted: dict[int, None] = {}   # table rows to read, once each, in order
+    live = session._live
+
+    def objs(nid):
+        got = here.get(nid)
+        if got is not None:
+            prev = live(nid)
+            return got + [(o, None) for o in prev if all(o is not g[0] for g in got)] if prev else got
+        return [(o, None) for o in live(nid)]
+
+    cache: dict[int, list] = {}
+    for opt_id, var_id, name, slot_id in pairs:
+        a = attr_start[slot_id]
+        if a == attr_start[slot_id + 1]:
+            continue   # a slot node without a value
+        opts = cache.get(opt_id)
+        if opts is None:
+            opts = cache[opt_id] = objs(opt_id)
+        if not opts:
+            continue
+        vars_ = cache.get(var_id)
+        if vars_ is None:
+            vars_ = cache[var_id] = objs(var_id)
+        if not vars_:
+            continue
+        plan.slot_ids.append(slot_id)
+        for opt, adapter in opts:
+            entry = per_opt.get(id(opt))
+            if entry is None:
+                if adapter is None:
+                    from ..registry import find_adapter
+
+                    adapter = find_adapter(opt)
+                entry = per_opt[id(opt)] = [opt, adapter, [], None]
+            for var, _ in vars_:
+                entry[2].append((var, name, a))
+        wanted[a] = None
+    if not plan.slot_ids:
+        return None
+    # Memory the adapters offer for their slots (existing state tensors, say), asked once per optimizer.
+    t_shape, fast = table.shape, fmt.FAST_DTYPES
+    for entry in per_opt.values():
+        opt, adapter, requests = entry[0], entry[1], entry[2]
+        offer = getattr(adapter, "slot_restore_buffers", None)
+        specs = [(var, name, t_shape[row], fast.get(table.dtype[row]) or table.np_dtype(row))
+                 for var, name, row in requests]
+        buffers = list(offer(opt, specs)) if offer is not None else [None] * len(requests)
+        if len(buffers) != len(requests):
+            raise CheckpointError(f"adapter {getattr(adapter, 'name', adapter)!r}: slot_restore_buffers returned "
+                                  f"{len(buffers)} buffers for {len(requests)} slots")
+        for k, ((_var, _name, row), buf, spec) in enumerate(zip(requests, buffers, specs)):
+            if buf is not None and not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable
+                                        and buf.dtype == spec[3] and buf.shape == spec[2]):
+                buf = buffers[k] = None   # not usable as read memory: read into a fresh array instead
+            if buf is not None and row not in plan.in_buffers:
+                plan.in_buffers.add(row)   # read straight into it
+                rows.append(row)
+                dests.append(buf)
+                callbacks.append(partial_got(plan, row))
+        entry[3] = buffers
+    for row in wanted:
+        if row not in plan.in_buffers:   # no adapter offered memory: a fresh array
+            rows.append(row)
+            dests.append(None)
+            callbacks.append(partial_got(plan, row))
+    return plan
+
+
+def partial_got(plan: SlotReads, row: int):
+    """The read callback that records slot row ``row``'s array in ``plan``."""
+    values = plan.values
+
+    def got(value):
+        values[row] = value
+    return got
