@@ -33,7 +33,7 @@ class OptAdapter(ck.Adapter):
 
     def slot_restore_buffers(self, obj, requests):
         out = []
-        for var, name, shape, dtype in requests:
+        for var, _name, _shape, _dtype in requests:
             have = obj.m.get(id(var))
             if self.offer == "existing" and have is not None:
                 out.append(have)
@@ -45,7 +45,7 @@ class OptAdapter(ck.Adapter):
 
     def restore_slots(self, obj, items):
         obj.calls.append(len(items))
-        for var, name, value in items:
+        for var, _name, value in items:
             have = obj.m.get(id(var))
             if have is not None and have is value:
                 continue

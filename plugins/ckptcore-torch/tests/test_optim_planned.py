@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,7 +71,7 @@ def test_existing_state_is_filled_in_place(prefix):
     before = {(id(p), k): (t, t.data_ptr()) for p in model.parameters() for k, t in opt.state[p].items()}
     saved = ck.load_checkpoint(path)
     ck.Checkpoint(model=model, opt=opt).restore(path).assert_consumed()
-    for i, p in enumerate(model.parameters()):
+    for _i, p in enumerate(model.parameters()):
         for k, t in opt.state[p].items():
             old, ptr = before[(id(p), k)]
             assert t is old and t.data_ptr() == ptr  # the same tensor, the same memory
