@@ -33,11 +33,12 @@ from .formats import ckpt as fmt
 from .module import Module, wrap
 from .options import CheckpointOptions
 from .reader import CheckpointReader
-from .registry import adapter_or_none
+from .registry import adapter_or_none, find_adapter
 from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notify_dependency_added
 from .saver import plan_save, write_plan
 from .state import latest_checkpoint, record_save
 from .storage import LocalStorage, open_storage
+from .unclaimed import install_hint
 from .variable import Variable
 
 __all__ = ["Checkpoint"]
@@ -145,11 +146,13 @@ class Checkpoint(Module):
         if root is not None:
             root = wrap(root)
             if adapter_or_none(root) is None:
-                raise NotTrackableError(f"Checkpoint root of type {type(root).__qualname__} is not trackable")
+                find_adapter(root, what="Checkpoint root")  # raises, naming the type and what to install
             self._ck_root = root
         for key, value in sorted(kwargs.items()):
             value = wrap(value)
             if adapter_or_none(value) is None:
+                if install_hint(value):
+                    find_adapter(value, what=f"Checkpoint keyword argument {key!r}")  # raises, with the hint
                 raise NotTrackableError(
                     f"Checkpoint keyword argument {key!r} of type {type(value).__qualname__} is not trackable: "
                     "pass a ck.Variable, numpy array, ck.Module, a list/dict of those, or an object a "

@@ -1,7 +1,9 @@
 """``ck.Module`` and the tracked containers it wraps lists and dicts into.
 
 Assigning a trackable value to a Module attribute makes it a named
-dependency; lists and dicts become :class:`TrackedList`/:class:`TrackedDict`
+dependency (so does array data no adapter claims, such as a torch tensor without
+the torch plugin: saving it then fails with an error naming it, see
+:mod:`ckptcore.unclaimed`); lists and dicts become :class:`TrackedList`/:class:`TrackedDict`
 whose items are dependencies named ``"0"``, ``"1"``, ... or by key. Every
 addition notifies the core, so restore-on-create works for values added after
 ``restore()``.
@@ -22,6 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, SupportsIndex
 
+from .registry import adapter_or_none
+from .unclaimed import holds_array_data
+
 __all__ = ["Module", "TrackedList", "TrackedDict", "wrap"]
 
 
@@ -32,9 +37,12 @@ def _notify(parent: Any, name: str, child: Any) -> None:
 
 
 def _is_trackable(value: Any) -> bool:
-    from .registry import adapter_or_none
-
     return adapter_or_none(value) is not None
+
+
+def _is_dependency(value: Any) -> bool:
+    """Trackable, or array data no adapter claims: kept so that saving it fails loudly (ckptcore.unclaimed)."""
+    return adapter_or_none(value) is not None or holds_array_data(value)
 
 
 def wrap(value: Any) -> Any:
@@ -95,7 +103,7 @@ class Module:
         value = wrap(value)
         object.__setattr__(self, name, value)
         deps = self._ck_deps_dict()
-        if _is_trackable(value):
+        if _is_dependency(value):
             deps[name] = value
             _notify(self, name, value)
         else:
@@ -175,7 +183,7 @@ class TrackedList(list):
         return self
 
     def children(self) -> list[tuple[str, Any]]:
-        return [(str(i), v) for i, v in enumerate(self) if _is_trackable(v)]
+        return [(str(i), v) for i, v in enumerate(self) if _is_dependency(v)]
 
 
 class TrackedDict(dict):
@@ -213,4 +221,4 @@ class TrackedDict(dict):
         return self
 
     def children(self) -> list[tuple[str, Any]]:
-        return [(str(k), v) for k, v in self.items() if _is_trackable(v)]
+        return [(str(k), v) for k, v in self.items() if _is_dependency(v)]

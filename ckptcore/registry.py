@@ -285,7 +285,12 @@ def find_adapter(obj: Any, *, what: str | None = None):
     """
     adapter = adapter_or_none(obj)
     if adapter is None:
+        from .unclaimed import install_hint
+
         label = f"{what} " if what else ""
+        hint = install_hint(obj)
+        if hint:
+            raise NotTrackableError(f"{label}of type {_qualname(type(obj))} cannot be saved: {hint}")
         raise NotTrackableError(
             f"{label}of type {_qualname(type(obj))} is not trackable: no ckptcore adapter claims it. "
             "Use a ck.Variable, a numpy array, a ck.Module, a list/dict of those, an object of an "

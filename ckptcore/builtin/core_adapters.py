@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..adapters import Adapter, AdapterRegistration
 from ..hookspec import hookimpl
+from ..module import _is_dependency
 from ..naming import VARIABLE_VALUE
 
 _ATTRS = [VARIABLE_VALUE]
@@ -72,9 +73,7 @@ class SequenceAdapter(Adapter):
     name = "ckptcore.sequence"
 
     def children(self, obj):
-        from ..registry import adapter_or_none
-
-        items = [(str(i), v) for i, v in enumerate(obj) if adapter_or_none(v) is not None]
+        items = [(str(i), v) for i, v in enumerate(obj) if _is_dependency(v)]
         fields = getattr(type(obj), "_fields", None) if isinstance(obj, tuple) else None
         if fields and items and len(fields) == len(obj) and all(type(f) is str for f in fields):
             items = [(fields[int(i)], v) for i, v in items] + items
@@ -87,9 +86,7 @@ class MappingAdapter(Adapter):
     name = "ckptcore.mapping"
 
     def children(self, obj):
-        from ..registry import adapter_or_none
-
-        return [(str(k), v) for k, v in obj.items() if adapter_or_none(v) is not None]
+        return [(str(k), v) for k, v in obj.items() if _is_dependency(v)]
 
 
 @hookimpl
