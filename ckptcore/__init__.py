@@ -32,6 +32,7 @@ from .errors import (
     ShapeMismatchError,
     StorageError,
     UnsupportedDtypeError,
+    UnsupportedFormatError,
 )
 from .hookspec import hookimpl
 from .module import Module, TrackedDict, TrackedList
@@ -50,7 +51,7 @@ __all__ = [
     "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
     "InitializationOnlyStatus", "KeyNotFoundError", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
     "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError", "StorageRegistration",
-    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "Variable", "has_pending", "hookimpl", "latest_checkpoint",
+    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "UnsupportedFormatError", "Variable", "has_pending", "hookimpl", "latest_checkpoint",
     "list_variables", "load_checkpoint", "naming", "notify_dependency_added", "register_adapter", "registry",
     "storage",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "ShapeMismatchError",
     "DtypeMismatchError",
     "UnsupportedDtypeError",
+    "UnsupportedFormatError",
     "NotTrackableError",
     "AdapterConflictError",
     "StorageError",
@@ -86,6 +87,22 @@ class CorruptCheckpointError(CheckpointError):
         super().__init__(message)
         self.path = path
         self.key = key
+
+
+class UnsupportedFormatError(CheckpointError, ValueError):
+    """A file of another library's format (``torch.save``, ``.npz``, Keras ``.h5``) given as a checkpoint.
+
+    The message says what the file is and what to use instead; ``path`` names it.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> issubclass(ck.UnsupportedFormatError, ValueError)
+        True
+    """
+
+    def __init__(self, message: str, *, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class ShapeMismatchError(CheckpointError, ValueError):

@@ -112,3 +112,29 @@ def ckptcore_install_creation_hooks(notify):
             torch.nn.modules.module.register_module_module_registration_hook(
                 lambda mod, name, sub: notify(mod, name, sub))
     """
+
+
+@hookspec
+def ckptcore_register_formats():
+    """Return a list of :class:`~ckptcore.formats.base.FormatRegistration` records.
+
+    Collected from every plugin. Each offers a :class:`~ckptcore.formats.base.Format`:
+    readers ask every format, highest priority first, whether it recognises a
+    checkpoint's own bytes (``sniff_index`` for ``<prefix>.index``, ``sniff_file``
+    for a single file such as ``model.safetensors``), and the first that does
+    decodes it into an object graph plus a tensor table. ckptcore's own format,
+    TensorFlow's and safetensors register this way (``ckptcore.builtin.formats``).
+
+    Example::
+
+        from ckptcore.formats.base import Format, FormatRegistration
+
+        class MyFormat(Format):
+            name = "mine"
+            def sniff_index(self, head, tail): return head.startswith(b"MINE")
+            def decode_index(self, raw, path, *, storage=None, prefix=None): ...
+
+        @ck.hookimpl
+        def ckptcore_register_formats():
+            return [FormatRegistration(MyFormat(), priority=5)]
+    """

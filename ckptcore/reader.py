@@ -24,6 +24,7 @@ import numpy as np
 
 from ._perf import paused_gc, submit
 from .errors import CorruptCheckpointError, KeyNotFoundError, NotFoundError
+from .formats import base as formats
 from .formats import ckpt as fmt
 from .storage import open_storage
 
@@ -63,15 +64,17 @@ class CheckpointReader:
         try:
             size = storage.size(self.index_file)
         except (NotFoundError, FileNotFoundError):
-            raise NotFoundError(
-                f"no checkpoint at {self.path!r}: {self.index_file} does not exist. Pass the path returned by "
-                "save()/write() or ck.latest_checkpoint(dir).") from None
-        if size > fmt.MAX_INDEX_BYTES:
-            raise CorruptCheckpointError(f"corrupt checkpoint index {self.index_file}: {size} bytes is too large "
-                                         "for an index", path=self.index_file)
-        raw = storage.read_bytes(self.index_file)
+            size = None
+        if size is None:  # no index: perhaps a single file of a format read by name (model.safetensors)
+            self.format, self.index = formats.open_file(storage, storage_path, self.path, self.index_file)
+        else:
+            if size > fmt.MAX_INDEX_BYTES:
+                raise CorruptCheckpointError(f"corrupt checkpoint index {self.index_file}: {size} bytes is too "
+                                             "large for an index", path=self.index_file)
+            raw = storage.read_bytes(self.index_file)
+            with paused_gc():
+                self.format, self.index = formats.decode(raw, self.index_file, storage, storage_path)
         with paused_gc():
-            self.index = fmt.decode_index(raw, self.index_file)
             self.index.table  # noqa: B018 -- version 1 and saved indexes: the columns, built once
         self._row_of: dict[str, int] | None = None  # key -> row of the tensor table, built when first needed
         self._checked_sizes = False
@@ -84,6 +87,8 @@ class CheckpointReader:
         return self._row_of
 
     def data_file(self, shard: int) -> str:
+        if self.index.data_files is not None:  # a format whose tensors live in a file of another name
+            return self.index.data_files[shard]
         return fmt.data_path(self.prefix, shard, self.index.num_shards)
 
     def check_data_files(self) -> None:
@@ -169,6 +174,8 @@ class CheckpointReader:
             32
         """
         self.check_data_files()
+        if not self.index.checksummed:  # safetensors stores no checksums: nothing to verify against
+            return 0
         t = self.index.table
         shard, offset, nbytes = t.shard, t.offset, t.nbytes
         sizes = self.index.shard_sizes
@@ -202,7 +209,7 @@ class CheckpointReader:
         two requests' destinations must not share memory (checksums are
         verified after filling). ``callback(array)`` receives the filled array once its checksum passed.
         """
-        verify = self.verify_checksums if verify is None else verify
+        verify = (self.verify_checksums if verify is None else verify) and self.index.checksummed
         self.check_data_files()
         if self.index.num_shards == 1:
             reqs = sorted(requests, key=_offset_of)  # one pass when already in file order
@@ -234,7 +241,7 @@ class CheckpointReader:
             >>> out = np.zeros(3); r.read_rows([0], [out], [None]); out.tolist()
             [0.0, 1.0, 2.0]
         """
-        verify = self.verify_checksums if verify is None else verify
+        verify = (self.verify_checksums if verify is None else verify) and self.index.checksummed
         if not rows:
             return
         table = self.index.table

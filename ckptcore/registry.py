@@ -41,12 +41,14 @@ BUILTIN_PLUGINS = {
     "core": "ckptcore.builtin.core_adapters",
     "numpy": "ckptcore.builtin.numpy_adapters",
     "fsspec": "ckptcore.builtin.fsspec_storage",
+    "formats": "ckptcore.builtin.formats",
 }
 
 _lock = threading.RLock()
 _pm: pluggy.PluginManager | None = None
 _adapter_regs: list[AdapterRegistration] | None = None
 _storage_regs: list[StorageRegistration] | None = None
+_format_regs: list | None = None
 _by_type_cache: dict[type, Any] = {}
 _creation_hooks_installed = False
 
@@ -110,10 +112,11 @@ def _plugin_load_error(exc: Exception, blocked: set[str]) -> CheckpointError:
 
 
 def _invalidate() -> None:
-    global _adapter_regs, _storage_regs
+    global _adapter_regs, _storage_regs, _format_regs
     with _lock:
         _adapter_regs = None
         _storage_regs = None
+        _format_regs = None
         _by_type_cache.clear()
 
 
@@ -325,6 +328,22 @@ def find_storage_factory(protocol: str):
     if wildcard:
         return _pick(wildcard, "storage protocol '*'").factory
     raise StorageError(f"no storage plugin handles protocol {protocol!r}")
+
+
+def formats() -> list:
+    """Every registered checkpoint format, highest priority first (see :mod:`ckptcore.formats.base`).
+
+    Example:
+        >>> import ckptcore as ck
+        >>> ck.registry.formats()[0].name
+        'ckptcore'
+    """
+    global _format_regs
+    regs = _format_regs
+    if regs is None:
+        with _lock:
+            regs = _format_regs = sorted(_collect("ckptcore_register_formats"), key=lambda r: -r.priority)
+    return [r.format for r in regs]
 
 
 def install_creation_hooks(notify: Callable[[Any, str, Any], None]) -> None:

@@ -89,6 +89,10 @@ def read_state(storage, directory: str, filename: str = STATE_FILENAME) -> Check
         return None
     if len(raw) > MAX_STATE_BYTES:
         raise CorruptCheckpointError(f"checkpoint state file {path} is too large", path=path)
+    if raw.lstrip()[:1] not in (b"{", b""):  # TensorFlow's text-format CheckpointState
+        from .formats.tensorbundle.state import parse_text_state
+
+        return parse_text_state(raw, path, directory)
     try:
         doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict):

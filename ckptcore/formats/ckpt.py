@@ -33,6 +33,7 @@ import numpy as np
 
 from ..dtypes import _BY_NAME, dtype_from_name
 from ..errors import CorruptCheckpointError
+from .base import Format
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -337,6 +338,11 @@ class Index:
         >>> Index(nodes=[Node()], num_shards=1, shard_sizes=[0]).num_shards
         1
     """
+
+    # Set by formats whose tensors live in files not named after the prefix (a single
+    # safetensors file), and by formats that store no per-tensor checksums.
+    data_files: list[str] | None = None
+    checksummed: bool = True
 
     def __init__(self, nodes: list[Node] | None = None, num_shards: int = 1, shard_sizes: list[int] | None = None,
                  metadata: dict | None = None, version: int = FORMAT_VERSION, *, graph: Graph | None = None,
@@ -793,3 +799,26 @@ def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nby
         raise CorruptCheckpointError(
             f"corrupt checkpoint index {path}: tensor {keys[i]!r} extends past the end of its data file",
             path=path, key=keys[i])
+
+
+class CkptFormat(Format):
+    """ckptcore's own format (versions 1 and 2), as a :class:`~ckptcore.formats.base.Format`.
+
+    Example:
+        >>> CkptFormat().sniff_index(MAGIC + bytes(24), b"")
+        True
+    """
+
+    name = "ckptcore"
+
+    def sniff_index(self, head: bytes, tail: bytes) -> bool:
+        return head.startswith(MAGIC)
+
+    def decode_index(self, raw, path, *, storage=None, prefix=None) -> Index:
+        return decode_index(raw, path)
+
+    def sniff_file(self, head: bytes) -> bool:
+        return False
+
+    def encode_index(self, index: Index) -> bytes:
+        return index.encode()

@@ -35,6 +35,7 @@ from ..builtin.numpy_adapters import NumpyArrayAdapter
 from ..dtypes import storage_dtype
 from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
 from ..formats import ckpt as fmt
+from ..formats.byname import fit_to_live_root, is_flat
 from ..graph import live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
@@ -220,6 +221,9 @@ class RestoreSession:
     def __init__(self, reader, root, extra_root_children=(), *, ignore_live_names: Iterable[str] = (),
                  verify: bool = True):
         self.reader = reader
+        if is_flat(reader.index):  # safetensors, TF1: names are object paths, maybe below the root's one child
+            reader.index = fit_to_live_root(reader.index, _top_names(root, extra_root_children))
+            ignore_live_names = {*ignore_live_names, "save_counter"}
         self.index: fmt.Index = reader.index
         self.path = reader.path
         self.verify = verify
@@ -544,6 +548,12 @@ class RestoreSession:
             if name in ("save_counter",):
                 ignore.add(cid)
         return any(nid not in (0,) and nid not in ignore and self._live(nid) for nid in self.node_objs)
+
+
+def _top_names(root, extra_root_children) -> list[str]:
+    """The names of the live root's children, ``save_counter`` aside (matching a flat checkpoint)."""
+    names = [n for n, _ in live_children(root, find_adapter(root), (), list(extra_root_children))]
+    return [n for n in names if n != "save_counter"]
 
 
 def _unalias(dests: list, callbacks: list) -> None:

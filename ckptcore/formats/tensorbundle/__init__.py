@@ -1,0 +1,47 @@
+"""TensorFlow's TensorBundle checkpoints, read (and written) without TensorFlow.
+
+- :mod:`.table`: the ``.index`` file's sorted table (blocks, restart points, footer, masked CRC32C).
+- :mod:`.protos`: the few protocol buffer messages involved, described in code.
+- :mod:`.bundle`: index entries and the object graph, as a ckptcore ``Index``.
+- :mod:`.state`: TensorFlow's text-format ``checkpoint`` state file.
+
+Nothing here is imported by ``import ckptcore``; protobuf loads when a TensorFlow file is met.
+
+Example:
+    >>> from ckptcore.formats.tensorbundle import TensorBundleFormat
+    >>> from ckptcore.formats.tensorbundle.table import build
+    >>> TensorBundleFormat().sniff_index(b"", build([]))
+    True
+"""
+
+from __future__ import annotations
+
+from ..base import Format
+
+__all__ = ["TensorBundleFormat"]
+
+
+class TensorBundleFormat(Format):
+    """TensorFlow's checkpoint format: recognised by the table magic number at the end of the ``.index``.
+
+    Example:
+        >>> TensorBundleFormat().name
+        'tensorflow'
+    """
+
+    name = "tensorflow"
+
+    def sniff_index(self, head: bytes, tail: bytes) -> bool:
+        from .table import has_magic
+
+        return has_magic(tail)
+
+    def decode_index(self, raw, path, *, storage=None, prefix=None):
+        from .bundle import decode
+
+        return decode(raw, path, storage, prefix)
+
+    def encode_index(self, index) -> bytes:
+        from .writer import encode_index
+
+        return encode_index(index)

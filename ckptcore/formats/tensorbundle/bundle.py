@@ -1,0 +1,229 @@
+"""TensorBundle checkpoints (TensorFlow's ``<prefix>.index`` + ``<prefix>.data-NNNNN-of-NNNNN``), read.
+
+The index is a table (:mod:`.table`) whose entry ``""`` is a ``BundleHeaderProto`` and
+every other entry maps a tensor key to a ``BundleEntryProto`` (dtype, shape, shard,
+offset, size, masked CRC32C). Numeric tensors are their raw little-endian bytes in a data
+file. A TF2 object-based checkpoint also holds the scalar string tensor
+``_CHECKPOINTABLE_OBJECT_GRAPH``: a serialized ``TrackableObjectGraph`` naming, per
+object, its children, its attributes' keys and its optimizer slots. It becomes the
+object graph of a ckptcore :class:`~ckptcore.formats.ckpt.Index`, so restore matches a
+TensorFlow checkpoint exactly as it matches its own. A checkpoint without one (written by
+``tf.compat.v1.train.Saver``) gets a graph built from its keys, ``dense/kernel`` being
+the object ``dense`` with child ``kernel``: live objects are then matched by path (and
+``ck.Variable`` objects by name, see :mod:`ckptcore.formats.byname`).
+
+Example:
+    >>> from ckptcore.formats.tensorbundle import bundle
+    >>> bundle.TF_DTYPES[1], bundle.TF_DTYPES[14]
+    ('float32', 'bfloat16')
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...dtypes import dtype_from_name
+from ...errors import CorruptCheckpointError
+from .. import ckpt as fmt
+from . import table as tbl
+from ..byname import nodes_from_keys
+from .protos import message
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+DT_STRING = 7
+MAX_GRAPH_BYTES = 1 << 30
+MAX_SHARDS = 1 << 16
+
+# TensorFlow's DataType numbers (types.proto) -> ckptcore's stored dtype names
+TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 8: "complex64", 9: "int64",
+             10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128", 19: "float16", 22: "uint32", 23: "uint64",
+             24: "float8_e5m2", 25: "float8_e4m3fn", 26: "float8_e4m3fnuz", 27: "float8_e4m3b11fnuz",
+             28: "float8_e5m2fnuz", 29: "int4", 30: "uint4", 31: "int2", 32: "uint2"}
+DTYPE_NUMBERS = {v: k for k, v in TF_DTYPES.items()}
+_TF_NAMES = {7: "string", 11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16", 20: "resource",
+             21: "variant"}
+
+
+def _bad(path: str, msg: str, key: str | None = None) -> CorruptCheckpointError:
+    where = f"tensor {key!r}: " if key is not None else ""
+    return CorruptCheckpointError(f"corrupt TensorFlow checkpoint index {path}: {where}{msg}", path=path, key=key)
+
+
+def _parse(name: str, raw: bytes, path: str, key: str | None):
+    try:
+        return message(name).FromString(raw)
+    except Exception as e:  # google.protobuf.message.DecodeError, or recursion on a hostile nesting
+        raise _bad(path, f"its {name} does not parse ({type(e).__name__})", key) from None
+
+
+def parse_entries(raw, path: str):
+    """The header and ``{key: BundleEntryProto}`` of a TensorBundle index file's bytes, validated."""
+    items = tbl.read_table(raw, path)
+    if not items or items[0][0] != b"":
+        raise _bad(path, "the header entry is missing")
+    header = _parse("BundleHeaderProto", items[0][1], path, None)
+    if not 1 <= header.num_shards <= MAX_SHARDS:
+        raise _bad(path, f"num_shards {header.num_shards} is out of range")
+    if header.endianness != 0:
+        raise CorruptCheckpointError(f"TensorFlow checkpoint {path} was written on a big-endian machine; ckptcore "
+                                     "reads little-endian checkpoints only", path=path)
+    if header.version.min_consumer > 1:
+        raise CorruptCheckpointError(
+            f"TensorFlow checkpoint {path} needs a reader of bundle version {header.version.min_consumer} or newer "
+            "(ckptcore reads version 1, as TensorFlow 2 writes)", path=path)
+    entries = {}
+    for kb, vb in items[1:]:
+        try:
+            key = kb.decode("utf-8")
+        except UnicodeDecodeError:
+            key = kb.decode("latin-1")  # slice keys of partitioned variables are binary
+        entries[key] = _parse("BundleEntryProto", vb, path, key)
+    return header, entries
+
+
+def _shape(entry, path: str, key: str) -> tuple[int, ...]:
+    if entry.shape.unknown_rank:
+        raise _bad(path, "the shape has unknown rank", key)
+    dims = tuple(int(d.size) for d in entry.shape.dim)
+    if len(dims) > fmt.MAX_NDIM or any(d < 0 for d in dims):
+        raise _bad(path, f"impossible shape {dims}", key)
+    return dims
+
+
+def _tensor_entry(key: str, e, num_shards: int, path: str) -> fmt.TensorEntry:
+    name = TF_DTYPES.get(e.dtype)
+    if name is None:
+        what = _TF_NAMES.get(e.dtype, f"number {e.dtype}")
+        raise CorruptCheckpointError(
+            f"TensorFlow checkpoint {path}: tensor {key!r} has dtype {what}, which ckptcore cannot read into an "
+            "array", path=path, key=key)
+    shape = _shape(e, path, key)
+    itemsize = dtype_from_name(name).itemsize
+    bits = sum(np.log2(max(d, 1)) for d in shape) + np.log2(itemsize)
+    if bits >= 61.9:
+        raise _bad(path, f"impossible shape {shape}", key)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize if shape else itemsize
+    if e.size != nbytes:
+        raise _bad(path, f"{e.size} bytes recorded for {nbytes} bytes of {name}{list(shape)}", key)
+    if not 0 <= e.shard_id < num_shards or e.offset < 0:
+        raise _bad(path, f"shard {e.shard_id} / offset {e.offset} out of range", key)
+    return fmt.TensorEntry(key, name, shape, int(e.shard_id), int(e.offset), nbytes, tbl.unmask(e.crc32c))
+
+
+def read_string_scalar(storage, data_file: str, entry, path: str, key: str, limit: int = MAX_GRAPH_BYTES) -> bytes:
+    """The one element of a scalar string tensor stored at ``entry`` in ``data_file``, its checksum verified.
+
+    On disk: the element's length as a varint, the masked CRC32C of that length (as a
+    little-endian ``uint32``), then the bytes; the entry's CRC32C covers the length (as
+    ``uint32``), the length checksum and the bytes.
+    """
+    if entry.dtype != DT_STRING or _shape(entry, path, key) != ():
+        raise _bad(path, "expected a scalar string", key)
+    if not 0 < entry.size <= limit:
+        raise _bad(path, f"{entry.size} bytes is out of range for this tensor", key)
+    try:
+        size = storage.size(data_file)
+    except (FileNotFoundError, OSError):
+        raise CorruptCheckpointError(f"TensorFlow checkpoint {path} is missing its data file {data_file}",
+                                     path=data_file) from None
+    if entry.offset + entry.size > size:
+        raise CorruptCheckpointError(f"data file {data_file} is truncated: tensor {key!r} is incomplete",
+                                     path=data_file, key=key)
+    buf = bytearray(entry.size)
+    with storage.open_reader(data_file) as rd:
+        if rd.readinto(entry.offset, memoryview(buf)) != entry.size:
+            raise CorruptCheckpointError(f"data file {data_file} is truncated: tensor {key!r} is incomplete",
+                                         path=data_file, key=key)
+    n, pos = tbl.get_varint(buf, 0, len(buf), data_file)
+    if pos + 4 + n != len(buf) or n > 0xFFFFFFFF:
+        raise CorruptCheckpointError(f"checksum mismatch for tensor {key!r} in {data_file}: its string length "
+                                     "does not fit its size", path=data_file, key=key)
+    length_crc = fmt.crc32c(n.to_bytes(4, "little"))
+    crc = fmt.crc32c(buf[pos:], length_crc)
+    if int.from_bytes(buf[pos:pos + 4], "little") != tbl.mask(length_crc) or crc != tbl.unmask(entry.crc32c):
+        raise CorruptCheckpointError(f"checksum mismatch for tensor {key!r} in {data_file}: the checkpoint is "
+                                     "corrupt", path=data_file, key=key)
+    return bytes(buf[pos + 4:])
+
+
+def decode(raw, path: str, storage, prefix: str) -> fmt.Index:
+    """A ckptcore :class:`~ckptcore.formats.ckpt.Index` for the TensorBundle index bytes ``raw``.
+
+    Numeric tensors become rows of the index's table (their masked checksums unmasked,
+    so the reader verifies them as its own); the object graph, or for a TF1 checkpoint a
+    graph built from the keys, becomes its graph.
+    """
+    header, entries = parse_entries(raw, path)
+    num_shards = int(header.num_shards)
+    graph_entry = entries.pop(OBJECT_GRAPH_KEY, None)
+    tensors: dict[str, fmt.TensorEntry] = {}
+    sliced: dict[str, object] = {}
+    unsupported: list[str] = []
+    for key, e in entries.items():
+        if len(e.slices):
+            sliced[key] = e
+            continue
+        if e.dtype in (DT_STRING, 20, 21):  # strings, resources, variants: not arrays ckptcore holds
+            unsupported.append(key)
+            continue
+        tensors[key] = _tensor_entry(key, e, num_shards, path)
+    if sliced:
+        key = sorted(sliced)[0]
+        raise CorruptCheckpointError(
+            f"TensorFlow checkpoint {path}: tensor {key!r} is a partitioned variable ({len(sliced[key].slices)} "
+            "slices); ckptcore does not read partitioned variables yet", path=path, key=key)
+    if graph_entry is not None:
+        data_file = fmt.data_path(prefix, graph_entry.shard_id, num_shards)
+        if not 0 <= graph_entry.shard_id < num_shards:
+            raise _bad(path, "shard out of range", OBJECT_GRAPH_KEY)
+        proto = _parse("TrackableObjectGraph",
+                       read_string_scalar(storage, data_file, graph_entry, path, OBJECT_GRAPH_KEY),
+                       path, OBJECT_GRAPH_KEY)
+        nodes = graph_nodes(proto, tensors, path)
+        kind = "tensorflow"
+    else:
+        nodes = nodes_from_keys(tensors, "/")
+        kind = "tensorflow-v1"
+    sizes = [0] * num_shards
+    for t in tensors.values():
+        sizes[t.shard] = max(sizes[t.shard], t.offset + t.nbytes)
+    index = fmt.Index(nodes=nodes, num_shards=num_shards, shard_sizes=sizes,
+                      metadata={"format": kind, "flat": graph_entry is None,
+                                "unsupported_keys": sorted(unsupported)})
+    return index
+
+
+def graph_nodes(proto, tensors: dict[str, fmt.TensorEntry], path: str) -> list[fmt.Node]:
+    """ckptcore nodes for a ``TrackableObjectGraph``; keys no attribute names become orphan nodes."""
+    n = len(proto.nodes)
+    if n == 0:
+        raise _bad(path, "the object graph has no root", OBJECT_GRAPH_KEY)
+    nodes = []
+    used: set[str] = set()
+    for i, obj in enumerate(proto.nodes):
+        children = []
+        names = set()
+        for ref in obj.children:
+            if not 0 <= ref.node_id < n:
+                raise _bad(path, f"node {i} has a child {ref.node_id} outside the graph", OBJECT_GRAPH_KEY)
+            if ref.local_name in names:
+                continue  # TF lists an edge once; a repeated name adds nothing to match
+            names.add(ref.local_name)
+            children.append((ref.local_name, int(ref.node_id)))
+        attrs = {}
+        for a in obj.attributes:
+            t = tensors.get(a.checkpoint_key)
+            if t is None or a.name in attrs or a.checkpoint_key in used:
+                continue  # a value TF saves outside the bundle (or a string): nothing to restore here
+            used.add(a.checkpoint_key)
+            attrs[a.name] = t
+        slots = []
+        for s in obj.slot_variables:
+            if not (0 <= s.original_variable_node_id < n and 0 <= s.slot_variable_node_id < n):
+                raise _bad(path, f"node {i} has a slot variable outside the graph", OBJECT_GRAPH_KEY)
+            slots.append((int(s.original_variable_node_id), s.slot_name, int(s.slot_variable_node_id)))
+        nodes.append(fmt.Node(adapter="", type="", children=children, attributes=attrs, slots=slots))
+    for key in sorted(set(tensors) - used):  # readable by key (load_checkpoint), reported as unused by restore
+        attr = key.rsplit("/.ATTRIBUTES/", 1)[1] if "/.ATTRIBUTES/" in key else "VARIABLE_VALUE"
+        nodes.append(fmt.Node(attributes={attr: tensors[key]}))
+    return nodes
