@@ -51,7 +51,8 @@ __all__ = [
     "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
     "InitializationOnlyStatus", "KeyNotFoundError", "LoadStatus", "Module", "NotFoundError", "NotTrackableError",
     "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError", "StorageRegistration",
-    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "UnsupportedFormatError", "Variable", "has_pending", "hookimpl", "latest_checkpoint",
+    "TrackedDict", "TrackedList", "UnsupportedDtypeError", "UnsupportedFormatError", "Variable", "has_pending",
+    "hookimpl", "latest_checkpoint",
     "list_variables", "load_checkpoint", "naming", "notify_dependency_added", "register_adapter", "registry",
     "storage",
 ]

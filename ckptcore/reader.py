@@ -66,14 +66,14 @@ class CheckpointReader:
         except (NotFoundError, FileNotFoundError):
             size = None
         if size is None:  # no index: perhaps a single file of a format read by name (model.safetensors)
-            self.format, self.index = formats.open_file(storage, storage_path, self.path, self.index_file)
+            self.format, self.index = formats.open_file(storage, self.prefix, self.path, self.index_file)
         else:
             if size > fmt.MAX_INDEX_BYTES:
                 raise CorruptCheckpointError(f"corrupt checkpoint index {self.index_file}: {size} bytes is too "
                                              "large for an index", path=self.index_file)
             raw = storage.read_bytes(self.index_file)
             with paused_gc():
-                self.format, self.index = formats.decode(raw, self.index_file, storage, storage_path)
+                self.format, self.index = formats.decode(raw, self.index_file, storage, self.prefix)
         with paused_gc():
             self.index.table  # noqa: B018 -- version 1 and saved indexes: the columns, built once
         self._row_of: dict[str, int] | None = None  # key -> row of the tensor table, built when first needed

@@ -1,20 +1,20 @@
-"""Formats behind one interface: chosen from the file's bytes; foreign files refused with advice; safetensors by name."""
+"""Formats behind one interface, chosen from the bytes; foreign files refused with advice; safetensors by name."""
 
 from __future__ import annotations
 
 import json
 import pickle
-import struct
 import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore.formats import base
-from ckptcore.formats.base import Format, FormatRegistration
 from ckptcore.formats import ckpt as fmt
+from ckptcore.formats.base import Format, FormatRegistration
 from ckptcore.formats.byname import nodes_from_keys
 from ckptcore.formats.safetensors import parse_header
 

@@ -243,10 +243,10 @@ def open_file(storage: Any, path: str, display: str, index_file: str):
         size = storage.size(path)
     except (NotFoundError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise missing from None
-    head = bytearray(min(size, SNIFF_BYTES))
+    buf = bytearray(min(size, SNIFF_BYTES))
     with storage.open_reader(path) as rd:
-        got = rd.readinto(0, memoryview(head))
-    head = bytes(head[:got])
+        got = rd.readinto(0, memoryview(buf))
+    head = bytes(buf[:got])
     f = for_file(head)
     if f is None:
         raise missing

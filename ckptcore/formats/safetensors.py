@@ -60,7 +60,8 @@ def parse_header(header: bytes, data_start: int, size: int, path: str) -> dict[s
             continue
         if type(info) is not dict:
             raise _bad(path, "not an object", key)
-        name = DTYPES.get(info.get("dtype")) if type(info.get("dtype")) is str else None
+        dt = info.get("dtype")
+        name = DTYPES.get(dt) if type(dt) is str else None
         if name is None:
             raise _bad(path, f"dtype {info.get('dtype')!r} is not one ckptcore reads", key)
         shape, offs = info.get("shape"), info.get("data_offsets")

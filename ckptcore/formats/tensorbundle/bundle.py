@@ -20,13 +20,15 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ...dtypes import dtype_from_name
 from ...errors import CorruptCheckpointError
 from .. import ckpt as fmt
-from . import table as tbl
 from ..byname import nodes_from_keys
+from . import table as tbl
 from .protos import message
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -157,7 +159,7 @@ def decode(raw, path: str, storage, prefix: str) -> fmt.Index:
     num_shards = int(header.num_shards)
     graph_entry = entries.pop(OBJECT_GRAPH_KEY, None)
     tensors: dict[str, fmt.TensorEntry] = {}
-    sliced: dict[str, object] = {}
+    sliced: dict[str, Any] = {}
     unsupported: list[str] = []
     for key, e in entries.items():
         if len(e.slices):

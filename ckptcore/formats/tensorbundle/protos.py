@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 _T = {"int32": 5, "int64": 3, "bool": 8, "string": 9, "fixed32": 7, "double": 1, "enum": 14, "message": 11,
       "bytes": 12}
@@ -66,7 +67,8 @@ _MESSAGES: dict[str, list[tuple]] = {
     "BundleHeaderProto": [("num_shards", 1, "int32", False, None, None),
                           ("endianness", 2, "enum", False, "BundleHeaderProto.Endianness", None),
                           ("version", 3, "message", False, "VersionDef", None)],
-    "BundleEntryProto": [("dtype", 1, "int32", False, None, None), ("shape", 2, "message", False, "TensorShapeProto", None),
+    "BundleEntryProto": [("dtype", 1, "int32", False, None, None),
+                         ("shape", 2, "message", False, "TensorShapeProto", None),
                          ("shard_id", 3, "int32", False, None, None), ("offset", 4, "int64", False, None, None),
                          ("size", 5, "int64", False, None, None), ("crc32c", 6, "fixed32", False, None, None),
                          ("slices", 7, "message", True, "TensorSliceProto", None)],
@@ -102,7 +104,7 @@ def _build() -> dict[str, type]:
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     fdp = descriptor_pb2.FileDescriptorProto(name="ckptcore_tensorflow.proto", package="tensorflow", syntax="proto3")
-    protos: dict[str, object] = {}
+    protos: dict[str, Any] = {}
     for full in sorted(_MESSAGES, key=lambda n: n.count(".")):  # parents before nested messages
         parent, _, short = full.rpartition(".")
         msg = (protos[parent].nested_type if parent else fdp.message_type).add(name=short)
@@ -130,7 +132,7 @@ def _build() -> dict[str, type]:
             for full in _MESSAGES}
 
 
-def message(name: str) -> type:
+def message(name: str) -> Any:
     """The message class for ``name`` (``"BundleEntryProto"``, ``"TrackableObjectGraph"``, ...).
 
     Example:

@@ -266,7 +266,8 @@ def build(items, block_size: int = BLOCK_SIZE) -> bytes:
     out = bytearray()
     data, index = _Block(RESTART_INTERVAL), _Block(1)
     pending: tuple[int, int] | None = None
-    last = None
+    last = b""
+    first = True
 
     def write_block(block: _Block) -> tuple[int, int]:
         contents = block.finish()
@@ -284,7 +285,7 @@ def build(items, block_size: int = BLOCK_SIZE) -> bytes:
 
     for key, value in items:
         key, value = bytes(key), bytes(value)
-        if last is not None:
+        if not first:
             if not key > last:
                 raise ValueError(f"table keys must be strictly increasing: {key!r} after {last!r}")
             if len(key) + len(value) >= 2 * block_size and not data.empty():
@@ -293,7 +294,7 @@ def build(items, block_size: int = BLOCK_SIZE) -> bytes:
         if pending is not None:
             index.add(_shortest_separator(last, key), encode(pending))
             pending = None
-        last = key
+        last, first = key, False
         data.add(key, value)
         if data.size_estimate() >= block_size:
             pending = write_block(data)
