@@ -142,3 +142,35 @@ def test_corrupt_tensor_bytes_name_the_key(tmp_path):
     with pytest.raises(ck.CorruptCheckpointError, match="model/dense/kernel") as err:
         ck.Checkpoint(model=_nested()).restore(str(d / "ckpt-1"))
     assert err.value.key == "model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def test_tensorflow_page_examples_run(tmp_path, monkeypatch):
+    import re
+
+    page = os.path.join(os.path.dirname(__file__), "..", "docs", "tensorflow.md")
+    with open(page) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    assert blocks
+    monkeypatch.chdir(os.path.join(os.path.dirname(__file__), ".."))
+    for code in blocks:
+        exec(compile(code, "docs/tensorflow.md", "exec"), {})
+
+
+def test_tf1_saver_restores_variables_by_name_anywhere():
+    kernel = ck.Variable(np.zeros((2, 3), np.float32), name="dense/kernel")
+    bias = ck.Variable(np.zeros(3, np.float32), name="dense/bias:0")  # a TF variable's name, with its output index
+    step = ck.Variable(np.int64(0), name="global_step")
+    holder = ck.Module()
+    holder.weights = [kernel, bias]
+    ckpt = ck.Checkpoint(net=holder, step=step)
+    status = ckpt.restore(_fixture("tf1_saver"))
+    assert kernel.numpy().tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert bias.numpy().tolist() == [1, 2, 3]
+    assert int(step.numpy()) == 7
+    status.assert_consumed()
+
+
+def test_tf1_name_match_checks_the_shape():
+    kernel = ck.Variable(np.zeros((3, 3), np.float32), name="dense/kernel")
+    with pytest.raises(ck.ShapeMismatchError, match="dense/kernel"):
+        ck.Checkpoint(k=kernel).restore(_fixture("tf1_saver"))

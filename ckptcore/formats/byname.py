@@ -81,3 +81,54 @@ def fit_to_live_root(index: fmt.Index, live_names: list[str]) -> fmt.Index:
                     shard_sizes=index.shard_sizes, metadata=dict(index.metadata, rooted_at=name))
     out.data_files, out.checksummed = index.data_files, index.checksummed
     return out
+
+
+def _tf_name(name: str) -> str:
+    """``dense/kernel:0`` (a TensorFlow variable's name) -> ``dense/kernel`` (its checkpoint key)."""
+    head, sep, tail = name.rpartition(":")
+    return head if sep and tail.isdigit() else name
+
+
+def restore_by_name(session, root, extra_root_children) -> int:
+    """Give every live ``ck.Variable`` whose ``name`` is a key of a flat checkpoint that key's value.
+
+    Runs after the match by object path, so a variable's name wins over its path. Each
+    value is checked against the variable (shape, dtype) before it is assigned. Returns
+    how many variables were matched by name.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> from safetensors.numpy import save_file
+        >>> save_file({"dense/kernel": np.ones(2, np.float32)}, "/tmp/byname-doc.safetensors")
+        >>> v = ck.Variable(np.zeros(2, np.float32), name="dense/kernel")
+        >>> ck.Checkpoint(anything=v).read("/tmp/byname-doc.safetensors").assert_consumed() is not None
+        True
+        >>> v.numpy().tolist()
+        [1.0, 1.0]
+    """
+    from ..graph import walk
+    from ..registry import find_adapter
+    from ..variable import Variable
+
+    table = session.table
+    rows = {k: t for t, k in enumerate(table.key)}
+    n = 0
+    for ln in walk(root, list(extra_root_children), root_adapter=find_adapter(root)):
+        obj = ln.obj
+        if type(obj) is not Variable or not obj.name:
+            continue
+        t = rows.get(_tf_name(obj.name))
+        if t is None:
+            continue
+        nid = table.node[t]
+        if session.matched_node(obj) == nid:
+            continue
+        matches = [(obj, ln.adapter, nid, -1, None)]
+        (rws, dests, callbacks), after = session._plan_values(matches, ln.path)
+        if rws:
+            session.reader.read_rows(rws, dests, callbacks, verify=session.verify)
+        session._commit_matches(matches, [])
+        for fn in after:
+            fn()
+        n += 1
+    return n

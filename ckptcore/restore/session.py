@@ -35,7 +35,7 @@ from ..builtin.numpy_adapters import NumpyArrayAdapter
 from ..dtypes import storage_dtype
 from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
 from ..formats import ckpt as fmt
-from ..formats.byname import fit_to_live_root, is_flat
+from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..graph import live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
@@ -281,6 +281,8 @@ class RestoreSession:
         root = self.root()
         try:
             self.restore_subtree(root, 0, (), root_adapter=find_adapter(root))
+            if is_flat(self.index):  # no saved graph: ck.Variable(name="dense/kernel") takes that key
+                restore_by_name(self, root, self._extra_children())
         except BaseException:
             self.expect_partial = True  # the caller gets this error; no PartialRestoreWarning on top
             raise
