@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from . import naming, registry, storage
+from ._version import version_of as _version_of
 from .adapters import Adapter, AdapterRegistration, SlotVariable, StorageRegistration
 from .checkpoint import Checkpoint
 from .errors import (
@@ -43,7 +44,7 @@ from .restore import InitializationOnlyStatus, LoadStatus, has_pending, notify_d
 from .state import latest_checkpoint
 from .variable import Variable
 
-__version__ = "0.1.0"
+__version__ = _version_of("ckptcore")  # from the installed metadata (pyproject.toml)
 
 __all__ = [
     "Adapter", "AdapterConflictError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",

@@ -11,11 +11,16 @@ Example:
     True
 """
 
+from importlib import metadata as _metadata
+
 from .keras_adapters import LayerAdapter, OptimizerAdapter, SeedGeneratorAdapter, install_keras_hooks
 from .module import ModuleLikeAdapter
 from .variables import KerasVariableAdapter, VariableLikeAdapter, is_variable_like, to_numpy_dtype
 
-__version__ = "0.1.0"
+try:  # pyproject.toml's version is the one source
+    __version__ = _metadata.version("ckptcore-tf")
+except _metadata.PackageNotFoundError:  # a source checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "KerasVariableAdapter",

@@ -11,4 +11,9 @@ Example:
     >>> _ = ck.Checkpoint(model=net, optimizer=opt).restore(path).assert_existing_objects_matched()
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:  # pyproject.toml's version is the one source
+    __version__ = _metadata.version("ckptcore-torch")
+except _metadata.PackageNotFoundError:  # a source checkout that was never installed
+    __version__ = "0+unknown"
