@@ -116,8 +116,10 @@ def test_api_page_is_generated_from_the_docstrings(site):
     # restore's signature with its annotations, as written in the code
     assert re.search(r"restore\(\s*save_path:\s*str\s*\|\s*None", text)
     assert "LoadStatus | InitializationOnlyStatus" in text.replace("&gt;", ">")
-    # doctests of the docstrings render as code, with their output
+    # doctests of the docstrings render as code, with their output; Sphinx roles render as code too
     assert "Checkpoint keyword argument 'lr' of type float is not trackable" in html
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in html
+    assert not re.findall(r":(?:class|meth|func|attr):`", text), "a Sphinx role was rendered as raw text"
 
 
 def _pictures_checkpoint(tmp_path) -> tuple[str, dict]:
