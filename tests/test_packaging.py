@@ -95,13 +95,15 @@ def built(tmp_path_factory):
     _run([sys.executable, "-m", "venv", "--without-pip", str(env)])
     py = env / "bin" / "python"
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
-    core_deps = tomllib.loads((src / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((src / "pyproject.toml").read_text())["project"]
+    cli_deps = project.get("optional-dependencies", {}).get("cli", [])  # the CLI's extra, once there is one
     # torch for the torch plugin's wheel, pytest for the conformance kit (ckptcore.testing is a pytest kit)
-    _link_installed(_closure([*core_deps, "torch", "pytest"]), tmp / "deps")
+    _link_installed(_closure([*project["dependencies"], *cli_deps, "torch", "pytest"]), tmp / "deps")
     (site / "_ckptcore_test_deps.pth").write_text(str(tmp / "deps") + "\n")
     # With dependencies: pip finds numpy, torch, ... in the linked folder and must not need an index.
+    core = "ckptcore[cli]" if cli_deps else "ckptcore"
     _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-index", "--find-links",
-          str(wheels), "ckptcore", *PLUGINS])
+          str(wheels), core, *PLUGINS])
     return {"wheels": wheels, "python": py, "env": env, "site": site, "src": src}
 
 
