@@ -38,6 +38,7 @@ from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notif
 from .saver import plan_save, write_plan
 from .state import latest_checkpoint, record_save
 from .storage import LocalStorage, open_storage
+from .storage.paths import check_checkpoint_path
 from .unclaimed import install_hint
 from .variable import Variable
 
@@ -199,7 +200,7 @@ class Checkpoint(Module):
             >>> ck.Checkpoint(a=np.ones(2)).write("memory://doc/write/w")
             'memory://doc/write/w'
         """
-        return self._ck_write(os.fspath(file_prefix), options or CheckpointOptions(), record=False)
+        return self._ck_write(check_checkpoint_path(file_prefix, "write"), options or CheckpointOptions(), record=False)
 
     def save(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
         """Increment ``save_counter``, write ``f"{file_prefix}-{save_counter}"``, record it as latest.
@@ -211,6 +212,7 @@ class Checkpoint(Module):
             ('memory://doc/save/ckpt-1', 'memory://doc/save/ckpt-2')
         """
         options = options or CheckpointOptions()
+        file_prefix = check_checkpoint_path(file_prefix, "save")
         with self._ck_save_lock:  # an async save holds it only while it plans (the blocking part)
             self._ck_async.wait()
             counter = self.save_counter
@@ -289,7 +291,7 @@ class Checkpoint(Module):
     def _ck_read(self, save_path, options, ignore):
         options = options or CheckpointOptions()
         self._ck_async.wait()
-        save_path = os.fspath(save_path)
+        save_path = check_checkpoint_path(save_path, "restore")
         storage, spath = open_storage(save_path, options.storage_options, max_retries=options.max_retries)
         if not storage.exists(fmt.index_path(spath)) and storage.isdir(spath):
             latest = latest_checkpoint(save_path, storage_options=options.storage_options)

@@ -28,6 +28,8 @@ __all__ = [
     "NotTrackableError",
     "AdapterConflictError",
     "StorageError",
+    "StoragePermissionError",
+    "InvalidPathError",
     "AssertionFailedError",
     "PartialRestoreWarning",
 ]
@@ -169,6 +171,72 @@ class StorageError(CheckpointError, OSError):
         >>> issubclass(ck.StorageError, OSError)
         True
     """
+
+    def __str__(self) -> str:  # the message, even where ``errno``/``filename`` are set
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """Storage refused access: a read-only directory, a file without permission, denied credentials.
+
+    It is a :class:`StorageError` and a ``PermissionError``.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> issubclass(ck.StoragePermissionError, PermissionError), issubclass(ck.StoragePermissionError, ck.StorageError)
+        (True, True)
+    """
+
+
+class InvalidPathError(CheckpointError, ValueError):
+    """A checkpoint path that is almost certainly a mistake (``s3:/b/x``, ``""``, ``"run/"``); says what to write.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> try:
+        ...     ck.Checkpoint().save("")
+        ... except ck.InvalidPathError as e:
+        ...     print(isinstance(e, ValueError), "did you mean" in str(e))
+        True True
+    """
+
+
+def storage_error(exc: BaseException, what: str, path: str) -> CheckpointError:
+    """The ckptcore error for an ``OSError`` raised while doing ``what`` ("write", "read", ...) to ``path``.
+
+    A missing file is :class:`NotFoundError`, denied access
+    :class:`StoragePermissionError`, anything else (a full disk, an I/O
+    error) :class:`StorageError`. The message names the file; ``errno`` and
+    ``filename`` are kept.
+
+    Example:
+        >>> import errno
+        >>> e = storage_error(OSError(errno.ENOSPC, "No space left on device"), "write", "/run/ckpt-1.index")
+        >>> type(e).__name__, e.errno == errno.ENOSPC, e.filename
+        ('StorageError', True, '/run/ckpt-1.index')
+        >>> str(e)
+        'cannot write /run/ckpt-1.index: No space left on device (the disk is full: free space or save elsewhere)'
+    """
+    import errno as _errno
+
+    if isinstance(exc, CheckpointError):
+        return exc
+    code = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        err: CheckpointError = NotFoundError(f"cannot {what} {path}: {reason}")
+    elif isinstance(exc, PermissionError) or code in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        err = StoragePermissionError(f"cannot {what} {path}: {reason} (check the permissions of the directory, "
+                                     "or save elsewhere)")
+    else:
+        hint = ""
+        if code in (_errno.ENOSPC, getattr(_errno, "EDQUOT", -1)):
+            hint = " (the disk is full: free space or save elsewhere)"
+        err = StorageError(f"cannot {what} {path}: {reason}{hint}")
+    if isinstance(err, OSError):
+        err.errno = code
+        err.filename = path
+    return err
 
 
 class AssertionFailedError(CheckpointError, AssertionError):

@@ -41,6 +41,7 @@ from .options import CheckpointOptions
 from .saver import checkpoint_files
 from .state import STATE_FILENAME, CheckpointState, join_url, read_state, write_state
 from .storage import LocalStorage, open_storage
+from .storage.paths import check_checkpoint_path
 
 __all__ = ["CheckpointManager"]
 
@@ -145,7 +146,7 @@ class CheckpointManager:
             if _as_int(checkpoint_interval, "checkpoint_interval") < 0:
                 raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval!r}")
         self._checkpoint = checkpoint
-        self._directory = os.fspath(directory)
+        self._directory = check_checkpoint_path(directory, "directory")
         self._max_to_keep = None if max_to_keep is None else int(max_to_keep)
         self._keep_hours = keep_checkpoint_every_n_hours
         self._checkpoint_name = checkpoint_name
@@ -184,8 +185,12 @@ class CheckpointManager:
             return
         stamps = list(state.timestamps) if len(state.timestamps) == len(state.all) else []
         preserved = state.last_preserved_timestamp
-        if preserved is None:  # written by Checkpoint.save, which tracks no retention
-            preserved = min(stamps + [now]) - 1.0
+        if preserved is None:
+            # Written by Checkpoint.save (or by hand), not by a manager: nothing in it is this manager's to
+            # delete. TF reads the missing timestamp as 0, so that it manages none of those checkpoints either.
+            self._last_preserved_timestamp = now - 1.0
+            self._recover_latest(state, lambda name: self._exists(name))
+            return
         if now < preserved:
             warnings.warn(f"the clock is behind the last_preserved_timestamp of {self._directory}'s state file; "
                           "checkpoints it records as newer than now are kept but no longer managed (as in TF)",
@@ -197,9 +202,17 @@ class CheckpointManager:
         exists = self._exists_fn()
         for name, stamp in zip(state.all, stamps):
             stamp = min(stamp, now)
-            # Older than the last preserved one: kept forever, no longer managed (TF semantics).
-            if stamp > preserved and exists(name):
+            # Older than the last preserved one: kept forever, no longer managed (TF semantics). Another
+            # checkpoint_name's checkpoints belong to another manager: never ours to delete.
+            if stamp > preserved and self._is_own(name) and exists(name):
                 self._maybe_delete[name] = stamp
+        self._recover_latest(state, exists)
+
+    def _is_own(self, name: str) -> bool:
+        """Whether ``name`` is one of this manager's names (``{checkpoint_name}-{number}``)."""
+        return re.fullmatch(re.escape(self._checkpoint_name) + r"-(-?\d+)", name) is not None
+
+    def _recover_latest(self, state: CheckpointState, exists: Callable[[str], bool]) -> None:
         for name in ([state.latest] if state.latest else []) + list(reversed(state.all)):
             if name in self._maybe_delete or exists(name):
                 self._latest = name

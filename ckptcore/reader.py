@@ -27,6 +27,7 @@ from .errors import CorruptCheckpointError, KeyNotFoundError, NotFoundError
 from .formats import base as formats
 from .formats import ckpt as fmt
 from .storage import open_storage
+from .storage.paths import missing_checkpoint_hint
 
 __all__ = ["CheckpointReader", "load_checkpoint", "list_variables", "read_tensors"]
 
@@ -66,7 +67,16 @@ class CheckpointReader:
         except (NotFoundError, FileNotFoundError):
             size = None
         if size is None:  # no index: perhaps a single file of a format read by name (model.safetensors)
-            self.format, self.index = formats.open_file(storage, self.prefix, self.path, self.index_file)
+            try:
+                self.format, self.index = formats.open_file(storage, self.prefix, self.path, self.index_file)
+            except NotFoundError as e:
+                # a "did you mean" names a prefix of self.path; the same cut of the storage path is what exists
+                sp = self.prefix
+                hint = missing_checkpoint_hint(self.path, lambda p: storage.exists(
+                    sp[:len(sp) - len(self.path) + len(p) - len(fmt.INDEX_SUFFIX)] + fmt.INDEX_SUFFIX))
+                if not hint:
+                    raise
+                raise NotFoundError(f"{e}{hint}") from None
         else:
             if size > fmt.MAX_INDEX_BYTES:
                 raise CorruptCheckpointError(f"corrupt checkpoint index {self.index_file}: {size} bytes is too "
@@ -559,7 +569,31 @@ def load_checkpoint(path: str, storage_options: Mapping[str, Any] | None = None)
         >>> r.get_variable_to_dtype_map()
         {'a/.ATTRIBUTES/VARIABLE_VALUE': dtype('float64')}
     """
-    return CheckpointReader(path, storage_options)
+    return CheckpointReader(resolve_checkpoint(path, storage_options), storage_options)
+
+
+def resolve_checkpoint(path: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``path`` itself, or for a directory its latest checkpoint (as TF's ``load_checkpoint`` resolves it).
+
+    A directory without checkpoints raises :class:`~ckptcore.NotFoundError`.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> p = ck.Checkpoint(a=np.ones(1)).save("memory://doc/resolve/ckpt")
+        >>> resolve_checkpoint("memory://doc/resolve") == p
+        True
+    """
+    from .state import STATE_FILENAME, latest_checkpoint
+
+    path = os.fspath(path)
+    storage, spath = open_storage(path, storage_options)
+    if storage.exists(fmt.index_path(spath)) or not storage.isdir(spath):
+        return path
+    latest = latest_checkpoint(path, storage_options=storage_options)
+    if latest is None:
+        raise NotFoundError(f"no checkpoint in directory {path!r}: it has no {STATE_FILENAME!r} state file naming "
+                            "an existing checkpoint. Pass a checkpoint's path (the one save() returned).")
+    return latest
 
 
 def list_variables(path: str, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, list[int]]]:
@@ -570,5 +604,5 @@ def list_variables(path: str, storage_options: Mapping[str, Any] | None = None) 
         >>> ck.list_variables(ck.Checkpoint(a=np.ones((1, 2))).write("memory://doc/lv/c"))
         [('a/.ATTRIBUTES/VARIABLE_VALUE', [1, 2])]
     """
-    r = CheckpointReader(path, storage_options)
+    r = CheckpointReader(resolve_checkpoint(path, storage_options), storage_options)
     return [(k, list(r.entry(k).shape)) for k in r.keys()]

@@ -4,6 +4,14 @@ Like TensorFlow's ``checkpoint`` file, but JSON. It names checkpoints
 relative to its directory, is replaced atomically, and is only updated after
 the checkpoint it names is committed, so it never names a torn checkpoint.
 
+The file describes itself: it is a JSON object whose first member is
+``"format": "ckptcore-state"`` (:func:`is_ckptcore_state` tells it from
+TensorFlow's text-format ``checkpoint`` file), and since version 2 it carries
+the CRC32C of its content, so a damaged file is an error
+(:class:`~ckptcore.CorruptCheckpointError`), never a silently different list.
+``Checkpoint.save`` records only the checkpoint it wrote (as TensorFlow's
+does); a ``CheckpointManager`` records the checkpoints it manages.
+
 Example:
     >>> import numpy as np, ckptcore as ck
     >>> ckpt = ck.Checkpoint(a=np.ones(1))
@@ -25,10 +33,32 @@ from .errors import CorruptCheckpointError, NotFoundError
 from .formats import ckpt as fmt
 from .storage import open_storage
 
-__all__ = ["CheckpointState", "read_state", "write_state", "latest_checkpoint", "join_url", "STATE_FILENAME"]
+__all__ = ["CheckpointState", "read_state", "write_state", "latest_checkpoint", "join_url", "STATE_FILENAME",
+           "is_ckptcore_state"]
 
 STATE_FILENAME = "checkpoint"
 MAX_STATE_BYTES = 64 << 20
+STATE_FORMAT = "ckptcore-state"
+STATE_VERSION = 2
+
+
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    """The bytes the state file's checksum covers: its members (all but ``crc32c``), in one spelling."""
+    return json.dumps({k: v for k, v in doc.items() if k != "crc32c"}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False).encode()
+
+
+def is_ckptcore_state(raw: bytes) -> bool:
+    """Whether the bytes of a ``checkpoint`` file are ckptcore's JSON state file (not TF's text format).
+
+    ckptcore's file is a JSON object (it starts with ``{``); TensorFlow's
+    ``CheckpointState`` text format starts with a field name or a ``#`` comment.
+
+    Example:
+        >>> is_ckptcore_state(b'{"format": "ckptcore-state"}'), is_ckptcore_state(b'model_checkpoint_path: "c-1"')
+        (True, False)
+    """
+    return raw.lstrip(b" \t\r\n\xef\xbb\xbf").startswith(b"{")
 
 
 @dataclass
@@ -46,13 +76,15 @@ class CheckpointState:
     last_preserved_timestamp: float | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "format": "ckptcore-state", "version": 1,
+        doc: dict[str, Any] = {
+            "format": STATE_FORMAT, "version": STATE_VERSION,
             "model_checkpoint_path": self.latest,
-            "all_model_checkpoint_paths": self.all,
-            "all_model_checkpoint_timestamps": self.timestamps,
+            "all_model_checkpoint_paths": list(self.all),
+            "all_model_checkpoint_timestamps": [float(t) for t in self.timestamps],
             "last_preserved_timestamp": self.last_preserved_timestamp,
-        }, indent=1).encode()
+        }
+        doc["crc32c"] = fmt.crc32c(_canonical(doc))
+        return json.dumps(doc, indent=1, allow_nan=False).encode()
 
 
 def join_url(directory: str, name: str) -> str:
@@ -97,6 +129,7 @@ def read_state(storage, directory: str, filename: str = STATE_FILENAME) -> Check
         doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("not an object")
+        _check_integrity(doc)
         latest = doc.get("model_checkpoint_path")
         names = doc.get("all_model_checkpoint_paths") or []
         stamps = doc.get("all_model_checkpoint_timestamps") or []
@@ -118,6 +151,28 @@ def read_state(storage, directory: str, filename: str = STATE_FILENAME) -> Check
                            last_preserved_timestamp=None if preserved is None else float(preserved))
 
 
+def _check_integrity(doc: dict) -> None:
+    """Raise ValueError unless ``doc`` is an undamaged state file (version 2+: its checksum matches)."""
+    fmt_name, version = doc.get("format", STATE_FORMAT), doc.get("version", 1)
+    if fmt_name != STATE_FORMAT:
+        raise ValueError(f"not a ckptcore state file (format {fmt_name!r})")
+    crc = doc.get("crc32c")
+    if crc is None:
+        if version == 1:  # written by ckptcore before state files carried a checksum
+            return
+        raise ValueError("its checksum is missing")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 2:
+        raise ValueError(f"invalid version {version!r}")
+    if version > STATE_VERSION:
+        raise ValueError(f"version {version} is newer than this ckptcore reads ({STATE_VERSION}); upgrade ckptcore")
+    try:
+        actual = fmt.crc32c(_canonical(doc))
+    except ValueError:  # NaN/inf smuggled in
+        raise ValueError("it holds a non-finite number") from None
+    if isinstance(crc, bool) or crc != actual:
+        raise ValueError("its checksum does not match its content (the file was damaged)")
+
+
 def write_state(storage, directory: str, state: CheckpointState, filename: str = STATE_FILENAME) -> None:
     """Atomically replace the state file of ``directory``.
 
@@ -132,27 +187,20 @@ def write_state(storage, directory: str, state: CheckpointState, filename: str =
 
 
 def record_save(storage, directory: str, name: str, filename: str = STATE_FILENAME) -> None:
-    """Make ``name`` the latest checkpoint of ``directory`` (used by ``Checkpoint.save``).
+    """Make ``name`` the latest (and only listed) checkpoint of ``directory`` (used by ``Checkpoint.save``).
+
+    As TensorFlow's ``Checkpoint.save`` does, the file then lists just that
+    checkpoint, and no retention bookkeeping: a ``CheckpointManager`` opened
+    on the directory later manages none of these checkpoints (it never
+    deletes what it did not create).
 
     Example:
         >>> from ckptcore.storage import open_storage
         >>> st, d = open_storage("memory://doc/rs")
-        >>> record_save(st, d, "ckpt-1"); read_state(st, d).all
-        ['ckpt-1']
+        >>> record_save(st, d, "ckpt-1"); record_save(st, d, "ckpt-2"); read_state(st, d).all
+        ['ckpt-2']
     """
-    try:
-        state = read_state(storage, directory, filename) or CheckpointState()
-    except CorruptCheckpointError:
-        state = CheckpointState()
-    now = time.time()
-    if name in state.all:
-        i = state.all.index(name)
-        del state.all[i]
-        del state.timestamps[i]
-    state.all.append(name)
-    state.timestamps.append(now)
-    state.latest = name
-    write_state(storage, directory, state, filename)
+    write_state(storage, directory, CheckpointState(latest=name, all=[name], timestamps=[time.time()]), filename)
 
 
 def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None,
@@ -167,7 +215,9 @@ def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None,
         >>> ck.latest_checkpoint("memory://doc/empty-dir") is None
         True
     """
-    checkpoint_dir = os.fspath(checkpoint_dir)
+    from .storage.paths import check_checkpoint_path
+
+    checkpoint_dir = check_checkpoint_path(checkpoint_dir, "directory")
     storage, d = open_storage(checkpoint_dir, storage_options)
     state = read_state(storage, d, latest_filename or STATE_FILENAME)
     if state is None:

@@ -124,8 +124,12 @@ def test_latest_checkpoint_custom_filename_and_deleted_checkpoint(tmp_path):
     ckpt = ck.Checkpoint(a=np.ones(1))
     p1, p2 = ckpt.save(prefix), ckpt.save(prefix)
     assert ck.latest_checkpoint(str(tmp_path), latest_filename="other") is None
-    os.remove(p2 + ".index")  # the newest is gone: fall back to the newest complete one
-    assert ck.latest_checkpoint(str(tmp_path)) == p1
+    os.remove(p2 + ".index")  # the newest is gone; save() recorded only it (as TF's does): nothing to name
+    assert ck.latest_checkpoint(str(tmp_path)) is None
+    m = ck.CheckpointManager(ckpt, str(tmp_path), max_to_keep=None)
+    m.save(), m.save()
+    os.remove(m.latest_checkpoint + ".index")  # a manager lists all it keeps: fall back to the newest complete one
+    assert ck.latest_checkpoint(str(tmp_path)) == m.checkpoints[0]
 
 
 def test_restore_of_a_directory_uses_its_latest_checkpoint(tmp_path):

@@ -141,9 +141,12 @@ def test_recovery_continues_a_directory_written_by_checkpoint_save(tmp_path):
     ckpt.save(prefix)
     ckpt.save(prefix)
     m = ck.CheckpointManager(ckpt, str(tmp_path), max_to_keep=2)
-    assert [os.path.basename(p) for p in m.checkpoints] == ["ckpt-1", "ckpt-2"]
+    # as in TF: the manager continues numbering and names the latest, but manages (deletes) none of them
+    assert m.checkpoints == [] and m.latest_checkpoint == prefix + "-2"
     assert m.save().endswith("ckpt-3")
-    assert files(tmp_path) == ckpt_files(tmp_path, 2, 3)
+    m.save(), m.save()
+    assert [os.path.basename(p) for p in m.checkpoints] == ["ckpt-4", "ckpt-5"]
+    assert files(tmp_path) == ckpt_files(tmp_path, 1, 2, 4, 5)
 
 
 def test_corrupt_state_file_is_recovered_from_the_listing(tmp_path):

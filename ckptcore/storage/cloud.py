@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import CheckpointError, NotFoundError, StorageError
+from ..errors import CheckpointError, NotFoundError, StorageError, StoragePermissionError
 from .local import FsspecStorage
 from .retry import RetryPolicy, acall_with_retry, call_with_retry, is_transient
 
@@ -179,12 +179,12 @@ class CloudStorage(FsspecStorage):
             bucket = path.lstrip("/").split("/", 1)[0]
             return NotFoundError(f"cannot {what} {url}: it does not exist (or its bucket {bucket!r} does not). {exc}")
         if _is_credentials_error(exc):
-            return StorageError(
+            return StoragePermissionError(
                 f"cannot {what} {url}: no valid credentials ({exc}). Set the usual environment variables "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE for S3, GOOGLE_APPLICATION_CREDENTIALS "
                 "for GCS) or pass CheckpointOptions(storage_options={...}).")
         if isinstance(exc, PermissionError):
-            return StorageError(f"cannot {what} {url}: access denied ({exc}). Check the credentials and the "
+            return StoragePermissionError(f"cannot {what} {url}: access denied ({exc}). Check the credentials and the "
                                 "bucket's permissions.")
         retried = f" (retried up to {self.retry.max_retries} times)" if is_transient(exc) else ""
         return StorageError(f"cannot {what} {url}{retried}: {type(exc).__name__}: {exc}")

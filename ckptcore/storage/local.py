@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -40,7 +41,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import NotFoundError, StorageError
+from ..errors import NotFoundError, StorageError, storage_error
 
 __all__ = ["Storage", "FsspecStorage", "LocalStorage", "open_storage", "split_protocol"]
 
@@ -144,6 +145,59 @@ def _advance(bufs: list, sizes: list, i: int, moved: int) -> int:
     return i
 
 
+#: open files in binary mode on Windows (no newline translation); 0 elsewhere
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _read_at(fd: int, mv: memoryview, offset: int) -> int:
+    """One positional read into ``mv`` where ``os.preadv`` is missing (Windows, older macOS); bytes read."""
+    pread = getattr(os, "pread", None)
+    n = min(len(mv), 16 << 20)  # a bounded temporary copy per call
+    if pread is not None:
+        data = pread(fd, n, offset)
+    else:  # Windows: no positional read at all; readers of one descriptor are serialised
+        with _seek_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            data = os.read(fd, n)
+    got = len(data)
+    mv[:got] = data
+    return got
+
+
+_seek_lock = threading.Lock()
+
+
+def _preadv(fd: int, bufs: list, offset: int) -> int:
+    """``os.preadv`` where it exists, else positional reads into each buffer in turn; bytes read."""
+    preadv = getattr(os, "preadv", None)
+    if preadv is not None:
+        return preadv(fd, bufs, offset)
+    total = 0
+    for b in bufs:
+        mv = _bytes(b)
+        done = 0
+        while done < len(mv):
+            got = _read_at(fd, mv[done:], offset + total + done)
+            if got == 0:
+                return total + done
+            done += got
+        total += done
+    return total
+
+
+def _writev(fd: int, bufs: list) -> int:
+    """``os.writev`` where it exists (not on Windows), else ``os.write`` of the first buffer; bytes written."""
+    writev = getattr(os, "writev", None)
+    if writev is not None:
+        return writev(fd, bufs)
+    return os.write(fd, _bytes(bufs[0]))
+
+
+def _fdatasync(fd: int) -> None:
+    sync = getattr(os, "fdatasync", None) or os.fsync  # macOS and Windows have no fdatasync
+    sync(fd)
+
+
 def _check_regular(path: str) -> None:
     # a hostile checkpoint may put a directory, FIFO (open would hang) or device (endless data) in
     # place of a file: refuse anything but a regular file before opening it
@@ -158,11 +212,11 @@ class _LocalReader:
     def __init__(self, path: str):
         try:
             _check_regular(path)
-            self._fd = os.open(path, os.O_RDONLY)
+            self._fd = os.open(path, os.O_RDONLY | _O_BINARY)
         except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
-        except PermissionError as e:
-            raise StorageError(f"cannot read checkpoint file {path}: {e.strerror}") from e
+        except OSError as e:
+            raise storage_error(e, "read checkpoint file", path) from e
         self.path = path
         self.size = os.fstat(self._fd).st_size
 
@@ -171,7 +225,10 @@ class _LocalReader:
         total = 0
         n = len(mv)
         while total < n:
-            got = os.preadv(self._fd, [mv[total:]], offset + total)
+            try:
+                got = _preadv(self._fd, [mv[total:]], offset + total)
+            except OSError as e:
+                raise storage_error(e, "read checkpoint file", self.path) from e
             if got == 0:
                 break
             total += got
@@ -194,7 +251,10 @@ class _LocalReader:
         i = 0
         n = len(bufs)
         while i < n:
-            got = os.preadv(self._fd, bufs[i:i + _IOV_MAX], offset + total)
+            try:
+                got = _preadv(self._fd, bufs[i:i + _IOV_MAX], offset + total)
+            except OSError as e:
+                raise storage_error(e, "read checkpoint file", self.path) from e
             if got == 0:
                 break
             total += got
@@ -226,15 +286,18 @@ class _LocalWriter:
         self._unflushed = 0
         self._flush = None  # the background write-back in flight, if any
         try:
-            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o644)
         except OSError as e:
-            raise StorageError(f"cannot write checkpoint file {path}: {e.strerror}") from e
+            raise storage_error(e, "write checkpoint file", path) from e
 
     def write(self, buf) -> None:
         mv = memoryview(buf).cast("B")
-        while len(mv):
-            n = os.write(self._fd, mv)
-            mv = mv[n:]
+        try:
+            while len(mv):
+                n = os.write(self._fd, mv)
+                mv = mv[n:]
+        except OSError as e:  # ENOSPC, EIO, EDQUOT...
+            raise storage_error(e, "write checkpoint file", self.path) from e
 
     #: ``writev`` takes arrays as they are (C-contiguous, any dtype) with their sizes: no byte view per array
     accepts_arrays = True
@@ -251,8 +314,11 @@ class _LocalWriter:
         total = sum(sizes)
         i = 0
         n = len(bufs)
-        while i < n:
-            i = _advance(bufs, sizes, i, os.writev(self._fd, bufs[i:i + _IOV_MAX]))
+        try:
+            while i < n:
+                i = _advance(bufs, sizes, i, _writev(self._fd, bufs[i:i + _IOV_MAX]))
+        except OSError as e:  # ENOSPC, EIO, EDQUOT...
+            raise storage_error(e, "write checkpoint file", self.path) from e
         self._written(total)
 
     #: once this many bytes are written since the last flush, they start going to the disk in the background
@@ -270,7 +336,7 @@ class _LocalWriter:
             return  # one flush at a time; a failed one is kept for commit to raise
         self._unflushed = 0
         try:
-            self._flush = _flush_executor().submit(os.fdatasync, self._fd)
+            self._flush = _flush_executor().submit(_fdatasync, self._fd)
         except RuntimeError:  # interpreter shutdown: no new threads; commit's fsync does it all
             self._flush = None
 
@@ -280,28 +346,43 @@ class _LocalWriter:
             return
         try:
             flush.result()
-        except OSError:
+        except OSError as e:
             # Linux reports a write-back error to one fsync of a file description only: an error the
             # background flush saw would not reach commit's own fsync, so it is raised here.
             if raise_error:
-                raise
+                raise storage_error(e, "write checkpoint file", self.path) from e
 
     def commit(self) -> None:
+        """fsync the temp file, rename it to its name, fsync the directory; any failure is a ckptcore error.
+
+        After a failure the file is not in place (``abort`` removes the temp
+        file), except when only the directory's fsync failed: then the new
+        name may or may not survive a crash, and the error says so.
+        """
         self._wait_flush(raise_error=True)
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        os.replace(self._tmp, self.path)
-        _fsync_dir(os.path.dirname(self.path) or ".")
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        except OSError as e:
+            raise storage_error(e, "write checkpoint file", self.path) from e
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            raise storage_error(e, "rename a temporary file into place as", self.path) from e
+        _fsync_dir(os.path.dirname(self.path) or ".", self.path)
 
     def abort(self) -> None:
         self._wait_flush(raise_error=False)  # never close the descriptor under a flush still queued or running
         if self._fd >= 0:
-            os.close(self._fd)
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
             self._fd = -1
         try:
             os.unlink(self._tmp)
-        except FileNotFoundError:
+        except OSError:  # gone already, or the directory refuses: nothing more to do while failing
             pass
 
 
@@ -320,15 +401,31 @@ def _flush_executor():
         return _flush_pool
 
 
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
+#: errors of a directory fsync that mean "this file system does not do that", not "it failed"
+_FSYNC_UNSUPPORTED = {getattr(errno, n) for n in ("EINVAL", "ENOTSUP", "EOPNOTSUPP", "EBADF", "EISDIR")
+                      if hasattr(errno, n)}
+
+
+def _fsync_dir(d: str, path: str | None = None) -> None:
+    """Make a rename in directory ``d`` durable; a failure (EIO) is a :class:`StorageError`.
+
+    Windows cannot open a directory, and some file systems refuse to fsync
+    one (``EINVAL``): there the rename is as durable as the system makes it.
+    """
+    if os.name == "nt":
         return
     try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in _FSYNC_UNSUPPORTED or e.errno in (errno.EACCES, errno.EPERM):  # no read permission on d
+            return
+        raise storage_error(e, "open the directory (to make the rename durable) of", path or d) from e
+    try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in _FSYNC_UNSUPPORTED:
+            raise storage_error(e, "fsync the directory (the rename may not survive a crash) of",
+                                path or d) from e
     finally:
         os.close(fd)
 
@@ -371,6 +468,10 @@ class LocalStorage(Storage):
                 return f.read() if limit is None else f.read(limit)
         except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
+        except StorageError:
+            raise
+        except OSError as e:
+            raise storage_error(e, "read checkpoint file", path) from e
 
     def open_reader(self, path: str):
         return _LocalReader(path)
@@ -390,8 +491,10 @@ class LocalStorage(Storage):
     def listdir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as e:
+            raise storage_error(e, "list the checkpoint directory", path) from e
 
     def remove(self, paths: Iterable[str]) -> None:
         for p in paths:
@@ -399,13 +502,15 @@ class LocalStorage(Storage):
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                raise storage_error(e, "delete checkpoint file", p) from e
 
     def makedirs(self, path: str) -> None:
         if path:
             try:
                 os.makedirs(path, exist_ok=True)
             except OSError as e:  # e.g. a parent is a regular file, or no permission
-                raise StorageError(f"cannot create checkpoint directory {path}: {e.strerror or e}") from e
+                raise storage_error(e, "create checkpoint directory", path) from e
 
 
 class _FsspecReader:
@@ -448,13 +553,22 @@ class _FsspecWriter:
     def __init__(self, fs, path: str):
         self._fs = fs
         self.path = path
-        self._f = fs.open(path, "wb")
+        try:
+            self._f = fs.open(path, "wb")
+        except OSError as e:
+            raise storage_error(e, "write checkpoint file", path) from e
 
     def write(self, buf) -> None:
-        self._f.write(memoryview(buf).cast("B"))
+        try:
+            self._f.write(memoryview(buf).cast("B"))
+        except OSError as e:
+            raise storage_error(e, "write checkpoint file", self.path) from e
 
     def commit(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as e:
+            raise storage_error(e, "write checkpoint file", self.path) from e
 
     def abort(self) -> None:
         try:
@@ -517,7 +631,10 @@ class FsspecStorage(Storage):
 
     def write_atomic(self, path: str, data: bytes) -> None:
         # A single PUT is atomic on object stores; memory:// replaces in one step.
-        self.fs.pipe_file(path, bytes(data))
+        try:
+            self.fs.pipe_file(path, bytes(data))
+        except OSError as e:
+            raise storage_error(e, "write checkpoint file", path) from e
 
     def listdir(self, path: str) -> list[str]:
         try:
