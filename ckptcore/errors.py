@@ -183,7 +183,8 @@ class StoragePermissionError(StorageError, PermissionError):
 
     Example:
         >>> import ckptcore as ck
-        >>> issubclass(ck.StoragePermissionError, PermissionError), issubclass(ck.StoragePermissionError, ck.StorageError)
+        >>> E = ck.StoragePermissionError
+        >>> issubclass(E, PermissionError), issubclass(E, ck.StorageError)
         (True, True)
     """
 

@@ -122,7 +122,7 @@ def test_latest_checkpoint_of_missing_or_empty_directory_is_none(tmp_path):
 def test_latest_checkpoint_custom_filename_and_deleted_checkpoint(tmp_path):
     prefix = str(tmp_path / "ckpt")
     ckpt = ck.Checkpoint(a=np.ones(1))
-    p1, p2 = ckpt.save(prefix), ckpt.save(prefix)
+    _, p2 = ckpt.save(prefix), ckpt.save(prefix)
     assert ck.latest_checkpoint(str(tmp_path), latest_filename="other") is None
     os.remove(p2 + ".index")  # the newest is gone; save() recorded only it (as TF's does): nothing to name
     assert ck.latest_checkpoint(str(tmp_path)) is None
