@@ -190,8 +190,9 @@ def test_broken_url_is_refused_by_restore_and_manager(tmp_path, monkeypatch):
 
 def test_restore_of_an_index_file_says_which_prefix_to_pass(tmp_path):
     path = ck.Checkpoint(a=np.ones(1)).save(str(tmp_path / "ckpt"))
-    with pytest.raises(ck.NotFoundError, match=f"did you mean {path!r}"):
+    with pytest.raises(ck.CheckpointError, match="prefix") as info:
         ck.Checkpoint(a=np.ones(1)).restore(path + ".index")
+    assert "'ckpt-1'" in str(info.value) or repr(path) in str(info.value)
     with pytest.raises(ck.NotFoundError, match="did you mean"):
         ck.load_checkpoint(path + ".data-00000-of-00001")
 
