@@ -39,7 +39,7 @@ from .errors import CorruptCheckpointError, NotFoundError
 from .formats import ckpt as fmt
 from .options import CheckpointOptions
 from .saver import checkpoint_files
-from .state import STATE_FILENAME, CheckpointState, join_url, read_state, write_state
+from .state import STATE_FILENAME, CheckpointState, join_url, newer_on_storage, read_state, write_state
 from .storage import LocalStorage, open_storage
 from .storage.paths import check_checkpoint_path
 
@@ -206,6 +206,15 @@ class CheckpointManager:
             # checkpoint_name's checkpoints belong to another manager: never ours to delete.
             if stamp > preserved and self._is_own(name) and exists(name):
                 self._maybe_delete[name] = stamp
+        # A late PUT may have put an older state file back (object stores): adopt this manager's checkpoints
+        # committed after the one it names, so they are named and managed again.
+        newer = newer_on_storage(self._storage, self._dir, state, self._checkpoint_name)
+        for name, stamp in newer:
+            if name not in self._maybe_delete:
+                self._maybe_delete[name] = min(stamp, now)
+        if newer:
+            self._latest = newer[-1][0]
+            return
         self._recover_latest(state, exists)
 
     def _is_own(self, name: str) -> bool:

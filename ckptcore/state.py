@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -203,6 +204,50 @@ def record_save(storage, directory: str, name: str, filename: str = STATE_FILENA
     write_state(storage, directory, CheckpointState(latest=name, all=[name], timestamps=[time.time()]), filename)
 
 
+_NUMBERED = re.compile(r"(.+)-(-?\d+)")
+
+
+def newer_on_storage(storage, directory: str, state: CheckpointState,
+                     name_prefix: str | None = None) -> list[tuple[str, float]]:
+    """Checkpoints committed after the state file's latest, oldest first, as ``[(name, time)]``.
+
+    On object stores a PUT the client gave up on (a timeout, then a retry that
+    succeeded) can still be applied later, putting an older state file back:
+    ``latest_checkpoint`` would move backwards and the newer checkpoints would
+    be neither named nor managed. So a state file is never trusted over what is
+    on storage: one listing finds the indexes of the same name
+    (``{name_prefix}-{number}.index``, by default the latest's prefix)
+    modified after the latest's index (equal times: a higher number is newer).
+    Storages where that cannot happen (local disk: atomic renames) return ``[]``.
+
+    Example:
+        >>> from ckptcore.storage import open_storage
+        >>> st, d = open_storage("memory://doc/newer")
+        >>> newer_on_storage(st, d, CheckpointState(latest="ckpt-1", all=["ckpt-1"]))
+        []
+    """
+    if not getattr(storage, "state_may_roll_back", False) or not hasattr(storage, "list_modified"):
+        return []
+    m = _NUMBERED.fullmatch(state.latest or "")
+    if m is None or m.group(1) != (name_prefix or m.group(1)):
+        return []  # the state file names no checkpoint of this name: nothing it could have rolled back
+    name_prefix = m.group(1)
+    times = storage.list_modified(directory)
+    suffix = fmt.INDEX_SUFFIX
+    floor = (times.get(m.group(0) + suffix, float("-inf")), int(m.group(2)))
+    found = []
+    for fname, t in times.items():
+        if not fname.endswith(suffix):
+            continue
+        n = _NUMBERED.fullmatch(fname[:-len(suffix)])
+        if n is None or n.group(1) != name_prefix:
+            continue
+        key = (t, int(n.group(2)))
+        if key > floor:
+            found.append((key, fname[:-len(suffix)]))
+    return [(name, key[0]) for key, name in sorted(found)]
+
+
 def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None,
                       storage_options: Mapping[str, Any] | None = None) -> str | None:
     """The path of the newest complete checkpoint in ``checkpoint_dir``, or None.
@@ -223,6 +268,9 @@ def latest_checkpoint(checkpoint_dir: str, latest_filename: str | None = None,
     if state is None:
         return None
     candidates = ([state.latest] if state.latest else []) + list(reversed(state.all))
+    newer = newer_on_storage(storage, d, state)
+    if newer:
+        return join_url(checkpoint_dir, newer[-1][0])
     for name in candidates:
         if storage.exists(fmt.index_path(storage.join(d, name))):
             return join_url(checkpoint_dir, name)

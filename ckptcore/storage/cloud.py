@@ -280,6 +280,34 @@ class CloudStorage(FsspecStorage):
 
         return sorted(posixpath.basename(p.rstrip("/")) for p in self._call("list", path, ls))
 
+    #: A request the client gave up on may still be applied later (a late state-file PUT): readers of the
+    #: state file check it against the indexes on storage (see ckptcore.state.latest_checkpoint).
+    @property
+    def state_may_roll_back(self) -> bool:
+        return self.object_store
+
+    def list_modified(self, path: str) -> dict[str, float]:
+        """``{name: modification time (s since the epoch)}`` of the objects directly in ``path``, in one listing.
+
+        Objects whose store reports no time are left out.
+        """
+        self.fs.invalidate_cache(path)
+
+        def ls():
+            try:
+                return self.fs.ls(path, detail=True, refresh=True)
+            except TypeError:
+                return self.fs.ls(path, detail=True)
+            except FileNotFoundError:
+                return []
+
+        out: dict[str, float] = {}
+        for info in self._call("list", path, ls):
+            t = _modified_of(info)
+            if t is not None and info.get("type", "file") != "directory":
+                out[posixpath.basename(str(info.get("name", "")).rstrip("/"))] = t
+        return out
+
     def remove(self, paths: Iterable[str]) -> None:
         paths = list(paths)
         if not paths:
@@ -307,6 +335,29 @@ class CloudStorage(FsspecStorage):
         from fsspec.asyn import sync
 
         return sync(self.fs.loop, lambda: coro)
+
+
+def _modified_of(info: dict) -> float | None:
+    """A listing entry's modification time: s3fs ``LastModified``, gcsfs ``mtime``/``updated``, others ``mtime``."""
+    import datetime
+
+    for key in ("LastModified", "mtime", "updated", "last_modified", "modified"):
+        v = info.get(key)
+        if v is None:
+            continue
+        if isinstance(v, datetime.datetime):
+            if v.tzinfo is None:
+                v = v.replace(tzinfo=datetime.timezone.utc)
+            return v.timestamp()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                d = datetime.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (d if d.tzinfo else d.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    return None
 
 
 class _RangeReader:
