@@ -94,6 +94,12 @@ class Adapter:
     #: Stable identifier recorded in checkpoints ("which adapter wrote this").
     name: str = "unnamed"
 
+    #: True when the objects of this adapter never change their attributes, and every dependency
+    #: they gain is announced through :func:`ckptcore.notify_dependency_added` (``ck.Module`` and
+    #: the tracked containers announce each assignment; leaves never change). A load status can then
+    #: answer ``assert_consumed()`` from what the restore saw, without walking the live graph again.
+    announces_changes: bool = False
+
     def children(self, obj: Any) -> Iterable[tuple[str, Any]]:
         """Named dependencies of ``obj`` as ``(local_name, child)`` pairs.
 

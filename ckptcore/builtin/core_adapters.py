@@ -20,6 +20,7 @@ class VariableAdapter(Adapter):
     """``ck.Variable``: one ``VARIABLE_VALUE`` attribute, restored into its own buffer."""
 
     name = "ckptcore.variable"
+    announces_changes = True
 
     def attributes(self, obj):
         return _ATTRS
@@ -42,6 +43,7 @@ class ModuleAdapter(Adapter):
     """``ck.Module`` (and ``ck.Checkpoint``): children are its tracked attributes."""
 
     name = "ckptcore.module"
+    announces_changes = True
 
     def children(self, obj):
         return obj.tracked_children()
@@ -57,6 +59,7 @@ class TrackedContainerAdapter(Adapter):
     """``TrackedList``/``TrackedDict``: trackable items, named by index or key."""
 
     name = "ckptcore.container"
+    announces_changes = True
 
     def children(self, obj):
         return obj.children()

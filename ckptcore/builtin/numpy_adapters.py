@@ -30,6 +30,7 @@ class NumpyArrayAdapter(Adapter):
     """
 
     name = "ckptcore.numpy"
+    announces_changes = True
 
     def attributes(self, obj):
         return _ATTRS

@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 
 from .._perf import paused_gc
+from ..adapters import Adapter
 from ..builtin.numpy_adapters import NumpyArrayAdapter
 from ..dtypes import storage_dtype
 from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
+from ..graph import _is_leaf_adapter as _is_leaf
 from ..graph import live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
@@ -131,6 +133,10 @@ class WeakIdTable:
         return sum(1 for r, _ in list(self._d.values()) if r() is not None)  # callbacks may mutate _d
 
 
+# How many dependencies were announced (notify_dependency_added) so far: a restore remembers it, and a
+# status assertion trusts what the restore saw of the live graph only while no new one was announced.
+_CHANGES = 0
+
 # parent object -> {child name: (session, checkpoint node id, path)}
 _PENDING = WeakIdTable()
 
@@ -180,6 +186,8 @@ def notify_dependency_added(parent: Any, name: str, child: Any) -> None:
         >>> import ckptcore as ck
         >>> ck.notify_dependency_added(ck.Module(), "w", ck.Variable(0.0))
     """
+    global _CHANGES
+    _CHANGES += 1  # the live graph changed: status assertions look at it again (see LoadStatus)
     if not len(_PENDING._d):
         return
     with _LOCK:
@@ -247,6 +255,12 @@ class RestoreSession:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
         self._has_slots = bool(self._slots_by_var)
         self._shared: set[int] | None = None  # see _shared_nodes
+        # What matching saw of the live graph, for the status assertions (see live_graph_consumed):
+        # whether some matched object had children or attributes the checkpoint lacks, the adapters
+        # of the matched objects, and the dependency count (_CHANGES) when the last step ended.
+        self.live_extra = False
+        self.matched_adapters: set[type] = set()
+        self.changes_seen = -1
 
     def __del__(self):
         # One summary of unused values, once nothing can fill them any more: the Checkpoint, its
@@ -282,6 +296,7 @@ class RestoreSession:
         try:
             self.restore_subtree(root, 0, (), root_adapter=find_adapter(root))
             if is_flat(self.index):  # no saved graph: ck.Variable(name="dense/kernel") takes that key
+                self.live_extra = True  # matched by name, not by the walk: status assertions walk the graph
                 restore_by_name(self, root, self._extra_children())
         except BaseException:
             self.expect_partial = True  # the caller gets this error; no PartialRestoreWarning on top
@@ -307,6 +322,7 @@ class RestoreSession:
             with paused_gc():
                 self._commit_matches(matches, pending)
                 del matches, pending  # gone before the collector runs again
+            self.changes_seen = _CHANGES
             if slot_reads is not None:
                 slot_reads.finish()  # each optimizer's slots in one call, before its set_state
             for fn in after:
@@ -344,6 +360,7 @@ class RestoreSession:
                 else:
                     children = live_children(o, adapter, _path(matches, k, path))
                 get = dict(children).get
+                npend = len(pending)
                 for name, cid in zip(child_name[a:b], child_id[a:b]):
                     child = get(name)
                     if child is None:
@@ -361,8 +378,21 @@ class RestoreSession:
                         child_adapter = find_adapter(
                             child, what=f"object {display_path(_path(matches, k, path) + (name,))!r}")
                     add((child, child_adapter, cid, k, name))
+                if len(children) != b - a - (len(pending) - npend) and not self.live_extra:
+                    # live children the checkpoint lacks (at the root, names it ignores are fine)
+                    self._note_extra_children(children, child_name[a:b], o is root and k == 0)
+            elif not self.live_extra and (k or node_id) and not _is_leaf(adapter):
+                if live_children(o, adapter, _path(matches, k, path)):
+                    self.live_extra = True
+            elif not self.live_extra and o is root and k == 0 and (self._extra_refs or not _is_leaf(adapter)):
+                self._note_extra_children(live_children(o, adapter, path, self._extra_children()), [], True)
             k += 1
         return matches, pending
+
+    def _note_extra_children(self, children, saved_names, at_root: bool) -> None:
+        extra = set(dict(children)) - set(saved_names)
+        if extra and not (at_root and extra <= self.ignore_live_names):
+            self.live_extra = True
 
     def _shared_nodes(self) -> set[int]:
         """Node ids more than one edge leads to, and the root: a walk can reach only these twice."""
@@ -406,11 +436,15 @@ class RestoreSession:
                 live_attrs = adapter.attributes(obj)
                 if type(live_attrs) is not list or len(live_attrs) > 8:
                     live_attrs = set(live_attrs)
+                if len(live_attrs) > b - a:
+                    self.live_extra = True  # more live attributes than saved ones
                 spec, restore_buffer, set_value = adapter.spec, adapter.restore_buffer, adapter.set_value
                 for t in range(a, b):
                     attr = attr_name[t]
                     if attr not in live_attrs:
                         self.unused_attrs.add(table.key[t])
+                        if len(live_attrs) >= b - a:
+                            self.live_extra = True  # a live attribute the checkpoint lacks takes its place
                         continue
                     try:
                         shape, dtype = spec(obj, attr)
@@ -436,6 +470,8 @@ class RestoreSession:
                     add_row(t)
                     add_dest(dest)
                     add_cb(partial(set_value, obj, attr))  # set_value(obj, attr, arr)
+            elif not self.live_extra and not _keeps_default_attributes(match[1]) and match[1].attributes(match[0]):
+                self.live_extra = True  # live attributes where the checkpoint has none
             state = states.get(nid) if states else None
             if state is not None:
                 after.append(_state_setter(match[1], match[0], state))
@@ -464,6 +500,7 @@ class RestoreSession:
         refs, nids = self._matched_ref, self._matched_nid
         node_objs = self.node_objs
         ref_to = weakref.ref
+        self.matched_adapters.update({type(m[1]) for m in matches})
         for obj, _adapter, nid, _parent, _name in matches:
             # One weak reference serves both tables. A plain reference, without a removal callback:
             # an entry of a collected object only lingers until this session ends, and every lookup
@@ -511,17 +548,43 @@ class RestoreSession:
     def unmatched_checkpoint_keys(self) -> list[str]:
         """Keys of checkpointed values no live object received."""
         table = self.table
-        slot_ids = {s for rows in self.graph.slots.values() for _, _, s in rows}
-        matched, restored = self.node_objs, self.restored_slots
-        out = [key for key, nid in zip(table.key, table.node)
-               if (nid not in restored if nid in slot_ids else nid not in matched)]
+        if not len(table.key):
+            return sorted(self.unused_attrs)
+        # one boolean per checkpoint node, then a gather over the tensor table's node column
+        ok = np.zeros(len(self.graph), bool)
+        if self.node_objs:
+            ok[np.fromiter(self.node_objs, np.int64, len(self.node_objs))] = True
+        if self._has_slots:
+            slot_ids = [s for rows in self.graph.slots.values() for _, _, s in rows]
+            ok[slot_ids] = False
+            ok[[s for s in slot_ids if s in self.restored_slots]] = True
+        missing = np.flatnonzero(~ok[self._table_nodes()])
+        keys = table.key
+        out = [keys[t] for t in missing.tolist()]
         out.extend(sorted(self.unused_attrs))
         return out
+
+    def _table_nodes(self) -> np.ndarray:
+        nodes = getattr(self, "_nodes_col", None)
+        if nodes is None:
+            nodes = self._nodes_col = np.asarray(self.table.node, np.int64)
+        return nodes
+
+    def live_graph_consumed(self) -> bool:
+        """True when what matching saw proves every live object matched, without walking the graph again.
+
+        That holds when no matched object had children or attributes the checkpoint lacks, every
+        matched object's adapter announces new dependencies (``Adapter.announces_changes``), and
+        none was announced since the last restore step. Otherwise :meth:`unmatched_live_paths`
+        walks the live graph.
+        """
+        return (not self.live_extra and self.changes_seen == _CHANGES and self.root() is not None
+                and all(getattr(t, "announces_changes", False) for t in self.matched_adapters))
 
     def unmatched_live_paths(self) -> list[str]:
         """Paths of live objects (or their values) the checkpoint had nothing for."""
         root = self.root()
-        if root is None:
+        if root is None or self.live_graph_consumed():
             return []
         extra = [(n, c) for n, c in self._extra_children()]
         live = walk(root, extra, root_adapter=find_adapter(root))  # an invalid live graph is an error, not a pass
@@ -556,6 +619,18 @@ def _top_names(root, extra_root_children) -> list[str]:
     """The names of the live root's children, ``save_counter`` aside (matching a flat checkpoint)."""
     names = [n for n, _ in live_children(root, find_adapter(root), (), list(extra_root_children))]
     return [n for n in names if n != "save_counter"]
+
+
+_DEFAULT_ATTRS: dict[type, bool] = {}
+
+
+def _keeps_default_attributes(adapter) -> bool:
+    """Whether ``adapter`` keeps ``Adapter.attributes`` (never any attribute): cached per class."""
+    cls = type(adapter)
+    keeps = _DEFAULT_ATTRS.get(cls)
+    if keeps is None:
+        keeps = _DEFAULT_ATTRS[cls] = getattr(cls, "attributes", None) is Adapter.attributes
+    return keeps
 
 
 def _unalias(dests: list, callbacks: list) -> None:
