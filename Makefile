@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: venv test lint demo bench docs clean
+.PHONY: venv tf-venv test lint demo bench docs clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,21 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	for p in $(dir $(PLUGINS)); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
 	touch $(STAMP)
 
-test: venv lint
+# The oracle for TensorFlow's checkpoint format: real TensorFlow, in its own environment (never in
+# .venv: ckptcore must read and write TF checkpoints without it). ~1.6 GB; tests/test_tensorflow_live.py
+# runs it as a subprocess.
+TFVENV := .venv-tf
+TFSTAMP := $(TFVENV)/.installed
+
+tf-venv: $(TFSTAMP)
+
+$(TFSTAMP):
+	$(PY) -m venv $(TFVENV)
+	$(TFVENV)/bin/pip install -q --upgrade pip
+	$(TFVENV)/bin/pip install -q "tensorflow-cpu==2.21.0"
+	touch $(TFSTAMP)
+
+test: venv lint tf-venv
 	$(BIN)/python -m pytest -q
 
 # ruff and mypy read their settings from pyproject.toml.

@@ -30,13 +30,14 @@ import numpy as np
 from ._perf import paused_gc
 from .errors import NotTrackableError
 from .formats import ckpt as fmt
+from .formats.base import writer as writer_for
 from .module import Module, wrap
 from .options import CheckpointOptions
 from .reader import CheckpointReader
 from .registry import adapter_or_none, find_adapter
 from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notify_dependency_added
-from .saver import plan_save, write_plan
-from .state import latest_checkpoint, record_save
+from .saver import plan_save
+from .state import latest_checkpoint
 from .storage import LocalStorage, open_storage
 from .storage.paths import check_checkpoint_path
 from .unclaimed import install_hint
@@ -232,10 +233,12 @@ class Checkpoint(Module):
         root, extra = self._ck_graph()
         plan = plan_save(root, extra, snapshot=options.enable_async)
 
+        fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
+
         def commit() -> None:
-            write_plan(storage, spath, plan)
+            fmt_writer.write_plan(storage, spath, plan)
             if record:
-                record_save(storage, storage.dirname(spath), storage.basename(spath))
+                fmt_writer.record_save(storage, storage.dirname(spath), storage.basename(spath))
             if after_commit is not None:
                 after_commit()
 

@@ -34,6 +34,10 @@ class CheckpointOptions:
             checkpoint raises before any object changes. Costs one more read of
             the data (bounded memory: ``CheckpointReader.verify``).
         experimental_io_device: accepted for ``tf.train`` compatibility; ignored.
+        format: the format ``save``/``write`` produce: ``"ckptcore"`` (the default) or
+            ``"tensorflow"``, a TensorBundle checkpoint with TensorFlow's object graph and
+            state file that ``tf.train.Checkpoint(...).restore`` reads (any registered
+            format that writes). Reading needs no option: the format comes from the files.
         max_retries: retries of each failed request to an object store (5xx,
             throttling, connection resets), with exponential backoff; None
             keeps the storage's default (5).
@@ -52,9 +56,17 @@ class CheckpointOptions:
     verify_before_restore: bool = False
     experimental_io_device: str | None = None
     max_retries: int | None = None
+    format: str = "ckptcore"
 
     def __post_init__(self):
         object.__setattr__(self, "storage_options", MappingProxyType(dict(self.storage_options or {})))
+        if not isinstance(self.format, str):
+            raise TypeError(f"CheckpointOptions(format=...) must be a format name such as 'tensorflow', "
+                            f"not {type(self.format).__name__}")
+        if self.format != "ckptcore":
+            from .formats.base import writer
+
+            writer(self.format)  # an unknown name fails here, naming the formats that write
 
     def __hash__(self):
         return hash((self.enable_async, tuple(sorted(self.storage_options)), self.verify_checksums))

@@ -30,6 +30,7 @@ from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
 from .registry import adapter_or_none, find_adapter
+from .variable import Variable
 
 SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
 STAGING_BYTES = 8 << 20  # neighbouring tensors are written together, in one writev, up to this size
@@ -57,6 +58,7 @@ class SavePlan:
         self.metadata = dict(metadata or {})
         self.num_shards = 1
         self.shard_sizes = [0]
+        self.full_names: dict[int, str] = {}  # node -> a ck.Variable's name (TensorFlow's full_name)
 
     @property
     def tensors(self) -> list[tuple[fmt.TensorEntry, np.ndarray]]:
@@ -194,6 +196,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     arrays: list[np.ndarray] = []
     node_of: list[int] = []
     pending_slots: list[tuple[int, Any]] = []
+    full_names: dict[int, str] = {}
     escaped_names: dict[str, str] = {}  # edge and attribute names repeat ("w", "VARIABLE_VALUE"): escape each once
 
     def escape(name: str) -> str:
@@ -227,6 +230,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
                 continue
         node_adapter.append(getattr(adapter, "name", type(adapter).__name__))
         node_type.append(_qualname(obj))
+        if type(obj) is Variable:  # TensorFlow's object graph records each variable's name
+            full_names[i] = obj.name or "Variable"
         if i == 0 or not _is_leaf_adapter(adapter):
             for name, child in live_children(obj, adapter, path_of(i), extra if i == 0 else ()):
                 j = index_of.get(id(child))
@@ -286,7 +291,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
         # copying inside the walk above cost ~15 % more for 20,000 small arrays)
         arrays = [a.copy() for a in arrays]
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
-    return SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
+    plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
+    plan.full_names = full_names
+    return plan
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:

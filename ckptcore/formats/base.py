@@ -77,8 +77,17 @@ class Format:
         or an error explaining why not."""
         raise NotImplementedError
 
-    def encode_index(self, index: Any) -> bytes:
-        """The index file's bytes for ``index`` (formats that write)."""
+    # -- writing (formats that write; chosen by ``CheckpointOptions(format=name)``) ---------------
+    # Call order for one save: ``write_plan`` (data durable first, the index last, atomically),
+    # then, for ``Checkpoint.save``, ``record_save`` (the directory's state file).
+    writes: bool = False
+
+    def write_plan(self, storage: Any, prefix: str, plan: Any, progress: Any = None) -> None:
+        """Write a :class:`~ckptcore.saver.SavePlan` as a checkpoint at ``prefix``."""
+        raise NotImplementedError(f"format {self.name!r} cannot write checkpoints")
+
+    def record_save(self, storage: Any, directory: str, name: str) -> None:
+        """Make ``name`` the latest checkpoint in ``directory``'s state file."""
         raise NotImplementedError(f"format {self.name!r} cannot write checkpoints")
 
 
@@ -110,6 +119,23 @@ def formats() -> list[Format]:
     from .. import registry
 
     return registry.formats()
+
+
+def writer(name: str) -> Format:
+    """The registered format called ``name`` that writes checkpoints (``CheckpointOptions.format``).
+
+    Example:
+        >>> from ckptcore.formats import base
+        >>> base.writer("tensorflow").name
+        'tensorflow'
+    """
+    for f in formats():
+        if f.name == name and f.writes:
+            return f
+    from ..errors import CheckpointError
+
+    names = sorted({f.name for f in formats() if f.writes})
+    raise CheckpointError(f"no checkpoint format {name!r} writes checkpoints; choose one of {names}")
 
 
 def for_index(head: bytes, tail: bytes) -> Format | None:

@@ -820,5 +820,14 @@ class CkptFormat(Format):
     def sniff_file(self, head: bytes) -> bool:
         return False
 
-    def encode_index(self, index: Index) -> bytes:
-        return index.encode()
+    writes = True
+
+    def write_plan(self, storage, prefix, plan, progress=None) -> None:
+        from ..saver import write_plan
+
+        write_plan(storage, prefix, plan, progress)
+
+    def record_save(self, storage, directory, name) -> None:
+        from ..state import record_save
+
+        record_save(storage, directory, name)

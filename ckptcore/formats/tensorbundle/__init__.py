@@ -41,7 +41,17 @@ class TensorBundleFormat(Format):
 
         return decode(raw, path, storage, prefix)
 
-    def encode_index(self, index) -> bytes:
-        from .writer import encode_index
+    writes = True
 
-        return encode_index(index)
+    def write_plan(self, storage, prefix, plan, progress=None) -> None:
+        from .writer import write
+
+        write(storage, prefix, plan, progress)
+
+    def record_save(self, storage, directory, name) -> None:
+        # as tf.train.Checkpoint.save: the state file names only the latest checkpoint, relative to the directory
+        from ...state import STATE_FILENAME, CheckpointState
+        from .state import encode_text_state
+
+        storage.write_atomic(storage.join(directory, STATE_FILENAME),
+                             encode_text_state(CheckpointState(latest=name, all=[name])))
