@@ -85,7 +85,7 @@ def oracle(tmp_path_factory):
     job.write_text(json.dumps({"restore": cases, "write": True}))
     out = d / "out"
     out.mkdir()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="tensorflow")
     proc = subprocess.run([TF_PYTHON, os.path.join(ROOT, "tests", "tf_oracle.py"), str(job), str(out)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
