@@ -174,3 +174,16 @@ def test_tf1_name_match_checks_the_shape():
     kernel = ck.Variable(np.zeros((3, 3), np.float32), name="dense/kernel")
     with pytest.raises(ck.ShapeMismatchError, match="dense/kernel"):
         ck.Checkpoint(k=kernel).restore(_fixture("tf1_saver"))
+
+
+def test_import_and_own_checkpoints_need_no_protobuf(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, ckptcore as ck\n"
+            f"p = ck.Checkpoint(a=np.ones(1)).write({str(tmp_path / 'c')!r})\n"
+            "ck.Checkpoint(a=np.zeros(1)).read(p).assert_consumed()\n"
+            "assert not [m for m in sys.modules if m.startswith(('google.protobuf', 'cramjam'))], 'eager import'\n"
+            f"ck.list_variables({_fixture('tf2_nested')!r})\n"
+            "assert 'google.protobuf' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
