@@ -417,6 +417,11 @@ class CheckpointManager:
                     continue
                 self._storage.remove([path])
                 _log.info("removed partial checkpoint file %s", path)
+            abort = getattr(self._storage, "abort_stale_uploads", None)
+            if abort is not None:  # S3: the parts of a killed save's multipart upload are billed until aborted
+                n = abort(self._dir, re.compile(rf"{esc}-\d+\.(?:index|{shard})"), grace)
+                if n:
+                    _log.info("aborted %d incomplete multipart uploads in %s", n, self._directory)
         except (OSError, NotFoundError) as e:  # cleanup never fails a save that already committed
             _log.warning("could not clean up partial checkpoint files in %s: %s", self._directory, e)
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
+import re
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -308,6 +310,43 @@ class CloudStorage(FsspecStorage):
                 out[posixpath.basename(str(info.get("name", "")).rstrip("/"))] = t
         return out
 
+    def abort_stale_uploads(self, directory: str, names: re.Pattern, older_than: float) -> int:
+        """Abort the incomplete S3 multipart uploads of objects directly in ``directory`` whose name
+        ``names`` matches, started at least ``older_than`` seconds ago (a killed save's); returns how many.
+
+        A save that fails aborts its own upload; one killed (SIGKILL, a lost machine) cannot, and S3
+        keeps (and bills) the uploaded parts until someone aborts it. ``CheckpointManager`` calls this
+        after each save with its own names and its grace period. Other stores: 0.
+        """
+        if not self._is_s3:
+            return 0
+        fs = self.fs
+        bucket, key, _ = fs.split_path(directory)
+        prefix = key.rstrip("/") + "/" if key else ""
+        now = time.time()
+        aborted = 0
+        kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        with self.translated("list the multipart uploads of", directory):
+            while True:
+                out = self._run(acall_with_retry(self.retry, fs._call_s3, "list_multipart_uploads", **kw))
+                for up in out.get("Uploads") or []:
+                    k = str(up.get("Key", ""))
+                    if "/" in k[len(prefix):] or not names.fullmatch(k[len(prefix):]):
+                        continue
+                    started = up.get("Initiated")
+                    if older_than > 0 and (started is None or now - started.timestamp() < older_than):
+                        continue
+                    try:
+                        self._run(acall_with_retry(self.retry, fs._call_s3, "abort_multipart_upload", Bucket=bucket,
+                                                   Key=k, UploadId=up["UploadId"]))
+                        aborted += 1
+                    except FileNotFoundError:  # completed or aborted meanwhile
+                        pass
+                if not out.get("IsTruncated"):
+                    break
+                kw["KeyMarker"], kw["UploadIdMarker"] = out.get("NextKeyMarker"), out.get("NextUploadIdMarker")
+        return aborted
+
     def remove(self, paths: Iterable[str]) -> None:
         paths = list(paths)
         if not paths:
@@ -472,6 +511,7 @@ class _BufferedWriter:
         self.path = path
         self._buf = bytearray()
         self._f: Any = None
+        self._sent_final = False  # a request that may have created the object under its name was sent
 
     def write(self, buf) -> None:
         mv = memoryview(buf).cast("B")
@@ -501,6 +541,7 @@ class _BufferedWriter:
             raise self._st._translate(e, "write", self.path) from e
 
     def commit(self) -> None:
+        self._sent_final = True
         if self._f is None:
             self._st.write_atomic(self.path, bytes(self._buf))
             self._buf = bytearray()
@@ -521,7 +562,8 @@ class _BufferedWriter:
             except Exception:
                 pass
             self._f = None
-        _rm_quietly(self._st, self.path)
+        if self._sent_final:  # never delete an object of this name that another save wrote
+            _rm_quietly(self._st, self.path)
 
 
 def _rm_quietly(storage: CloudStorage, path: str) -> None:
@@ -602,6 +644,7 @@ class _S3MultipartWriter:
         self._pending: list = []          # concurrent.futures.Future of (part_number, etag)
         self._parts: list[dict] = []
         self._total = 0
+        self._sent_final = False  # a PUT or "complete" that may have created the object was sent
 
     def _s3(self, method: str, **kw):
         fs = self._st.fs
@@ -654,6 +697,7 @@ class _S3MultipartWriter:
         try:
             if self._whole is not None:
                 data, self._whole = b"".join(self._whole), []
+                self._sent_final = True
                 self._s3("put_object", Body=data)
             else:
                 rest = self._parts_of.take_rest()
@@ -662,6 +706,7 @@ class _S3MultipartWriter:
                 while self._pending:
                     self._collect(self._pending.pop(0))
                 parts = sorted(self._parts, key=lambda p: p["PartNumber"])
+                self._sent_final = True
                 try:
                     self._s3("complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": parts})
                 except Exception as e:
@@ -692,7 +737,8 @@ class _S3MultipartWriter:
             except Exception:
                 pass
             self._upload_id = None
-        _rm_quietly(self._st, self.path)
+        if self._sent_final:  # never delete an object of this name that another save wrote
+            _rm_quietly(self._st, self.path)
 
 
 class _GCSComposeWriter:
@@ -718,6 +764,7 @@ class _GCSComposeWriter:
         self._pending: list = []     # (tmp path, future)
         self._done: list[str] = []   # uploaded temporary objects, in order
         self._tmps: list[str] = []   # every temporary object ever started (for cleanup)
+        self._sent_final = False     # an upload or compose that may have created the object was sent
 
     def _tmp(self) -> str:
         d, name = posixpath.split(self.path)
@@ -766,6 +813,7 @@ class _GCSComposeWriter:
             if not self._tmps:
                 data = b"".join([*self._held, rest])
                 self._held = []
+                self._sent_final = True
                 st.write_atomic(self.path, data)
                 return
             if rest:
@@ -784,6 +832,7 @@ class _GCSComposeWriter:
                     self._compose(t, group)
                     nxt.append(t)
                 level = nxt
+            self._sent_final = True
             self._compose(self.path, level)
         except CheckpointError:
             raise
@@ -823,4 +872,5 @@ class _GCSComposeWriter:
         self._parts_of.take_rest()
         self._held = []
         self._cleanup()
-        _rm_quietly(self._st, self.path)
+        if self._sent_final:  # never delete an object of this name that another save wrote
+            _rm_quietly(self._st, self.path)
