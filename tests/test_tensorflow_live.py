@@ -81,6 +81,22 @@ def oracle(tmp_path_factory):
     cases.append({"name": "root", "path": path, "spec": {"w": _var("float32", (2,))}, "read": True})
     expected["root"] = {"w": root.w.numpy()}
 
+    # optimizer slot variables (.OPTIMIZER_SLOT keys, slot_variables in the graph) into a tf.compat.v1 Adam
+    from test_tensorflow_read import _ToyOptimizer, _ToyOptimizerWithSlots
+
+    w = ck.Variable(np.array([0.8, 1.6], np.float32))
+    opt = _ToyOptimizer()
+    opt.saved = {(w, "m"): np.array([0.2, 0.4], np.float32), (w, "v"): np.array([0.004, 0.016], np.float32)}
+    model = ck.Module()
+    model.w = w
+    name = ck.register_adapter(_ToyOptimizer, _ToyOptimizerWithSlots())
+    try:
+        path = ck.Checkpoint(model=model, optimizer=opt).write(str(d / "slots" / "ckpt"), options=TF)
+    finally:
+        ck.registry.unregister_plugin(name)
+    cases.append({"name": "slots", "path": path, "v1_adam": True, "shape": [2]})
+    expected["slots"] = {"w": w.numpy(), "m": opt.saved[(w, "m")], "v": opt.saved[(w, "v")]}
+
     job = d / "job.json"
     job.write_text(json.dumps({"restore": cases, "write": True}))
     out = d / "out"
@@ -101,7 +117,7 @@ def _check_restored(oracle, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["nested", "dtypes", "root"])
+@pytest.mark.parametrize("name", ["nested", "dtypes", "root", "slots"])
 def test_tensorflow_restores_what_ckptcore_wrote(oracle, name):
     _check_restored(oracle, name)
 

@@ -187,3 +187,68 @@ def test_import_and_own_checkpoints_need_no_protobuf(tmp_path):
             f"ck.list_variables({_fixture('tf2_nested')!r})\n"
             "assert 'google.protobuf' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class _ToyOptimizer:
+    """An optimizer with TF-style slots (``m``/``v`` per variable) and two scalar variables."""
+
+    def __init__(self):
+        self.beta1_power = ck.Variable(np.float32(0))
+        self.beta2_power = ck.Variable(np.float32(0))
+        self.slots: dict = {}
+
+
+class _ToyOptimizerAdapter(ck.Adapter):
+    name = "tests.toy_optimizer"
+
+    def children(self, obj):
+        return [("beta1_power", obj.beta1_power), ("beta2_power", obj.beta2_power)]
+
+    def restore_slot(self, obj, variable, name, value):
+        obj.slots[(id(variable), name)] = np.array(value)
+
+
+def test_tensorflows_slot_variables_become_the_optimizers_slots():
+    name = ck.register_adapter(_ToyOptimizer, _ToyOptimizerAdapter())
+    try:
+        m = ck.Module()
+        m.w = ck.Variable(np.zeros(2, np.float32))
+        opt = _ToyOptimizer()
+        ck.Checkpoint(model=m, optimizer=opt).read(_fixture("tf2_slots")).assert_consumed()
+    finally:
+        ck.registry.unregister_plugin(name)
+    want = EXPECTED["tf2_slots"]
+    assert m.w.numpy().tolist() == want["w"]
+    for slot in ("m", "v"):
+        assert opt.slots[(id(m.w), slot)].tolist() == pytest.approx(want["slots"][slot])
+    assert float(opt.beta1_power.numpy()) == pytest.approx(0.9 ** 2)
+
+
+def test_slot_keys_are_tensorflows():
+    keys = [k for k, _ in ck.list_variables(_fixture("tf2_slots"))]
+    assert "model/w/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE" in keys
+
+
+class _ToyOptimizerWithSlots(_ToyOptimizerAdapter):
+    def slots(self, obj):
+        return [ck.SlotVariable(variable=var, name=n, value=v) for (var, n), v in obj.saved.items()]
+
+
+def test_slots_written_in_tensorflows_format_have_tensorflows_keys(tmp_path):
+    m = ck.Module()
+    m.w = ck.Variable(np.array([0.8, 1.6], np.float32))
+    opt = _ToyOptimizer()
+    opt.saved = {(m.w, "m"): np.array([0.2, 0.4], np.float32), (m.w, "v"): np.array([0.004, 0.016], np.float32)}
+    name = ck.register_adapter(_ToyOptimizer, _ToyOptimizerWithSlots())
+    try:
+        path = ck.Checkpoint(model=m, optimizer=opt).write(str(tmp_path / "s"),
+                                                           options=ck.CheckpointOptions(format="tensorflow"))
+        assert sorted(k for k, _ in ck.list_variables(path)) == \
+            sorted(k for k, _ in ck.list_variables(_fixture("tf2_slots")))
+        m2 = ck.Module()
+        m2.w = ck.Variable(np.zeros(2, np.float32))
+        opt2 = _ToyOptimizer()
+        ck.Checkpoint(model=m2, optimizer=opt2).read(path).assert_consumed()
+    finally:
+        ck.registry.unregister_plugin(name)
+    assert opt2.slots[(id(m2.w), "v")].tolist() == pytest.approx([0.004, 0.016])

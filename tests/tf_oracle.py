@@ -44,7 +44,24 @@ def raw(v) -> np.ndarray:
     return np.frombuffer(v.numpy().tobytes(), np.uint8)
 
 
+def restore_v1_adam(case, out_dir):
+    """A model variable ``w`` and a tf.compat.v1 Adam whose slots (m, v) and beta powers come from the checkpoint."""
+    m = tf.Module()
+    m.w = tf.Variable(tf.zeros(case["shape"]))
+    opt = tf.compat.v1.train.AdamOptimizer(0.1)
+    status = tf.train.Checkpoint(model=m, optimizer=opt).read(case["path"])
+    opt._create_slots([m.w])  # creating the slots restores them (TensorFlow's deferred slot restore)
+    opt._create_non_slot_variable(initial_value=0.9, name="beta1_power", colocate_with=m.w)
+    opt._create_non_slot_variable(initial_value=0.999, name="beta2_power", colocate_with=m.w)
+    status.assert_consumed()
+    np.savez(os.path.join(out_dir, case["name"] + ".npz"), w=raw(m.w), m=raw(opt.get_slot(m.w, "m")),
+             v=raw(opt.get_slot(m.w, "v")))
+    return {"keys": sorted(k for k, _ in tf.train.list_variables(case["path"]))}
+
+
 def restore(case, out_dir):
+    if case.get("v1_adam"):
+        return restore_v1_adam(case, out_dir)
     variables: dict = {}
     top = {k: build(s, [k], variables) for k, s in case["spec"].items()}
     ckpt = tf.train.Checkpoint(**top)
