@@ -249,6 +249,76 @@ class AdapterRegistration:
     predicate: Callable[[Any], bool] | None = None
     plugin: str = field(default="", compare=False)
 
+    def __post_init__(self):
+        check_adapter(self.adapter)
+        if not isinstance(self.types, tuple):
+            raise _invalid(f"AdapterRegistration(types=...) must be a tuple of classes or dotted class names, got "
+                           f"{self.types!r}")
+        for t in self.types:
+            if not (isinstance(t, type) or (isinstance(t, str) and t.strip())):
+                raise _invalid(f"adapter {self.adapter.name!r} is registered for {t!r}, which is neither a class nor "
+                               "a dotted class name such as 'torch.nn.Module'")
+        if not self.types and self.predicate is None:
+            raise _invalid(f"adapter {self.adapter.name!r} is registered for no type and no predicate: it would "
+                           "never be used")
+        if self.predicate is not None and not callable(self.predicate):
+            raise _invalid(f"the predicate of adapter {self.adapter.name!r} is not callable: {self.predicate!r}")
+        if type(self.priority) is not int:
+            raise _invalid(f"the priority of adapter {self.adapter.name!r} must be an int, got {self.priority!r}")
+
+
+def _invalid(msg: str):
+    from .errors import InvalidArgumentError
+
+    return InvalidArgumentError(msg)
+
+
+#: Every public name of the adapter protocol (the methods of :class:`Adapter`, and ``name``).
+PROTOCOL = frozenset(n for n in vars(Adapter) if not n.startswith("_"))
+
+
+def check_adapter(adapter: Any) -> None:
+    """Check an adapter where it is registered: an instance, with a ``name``, only protocol methods.
+
+    A public method that is not part of the protocol is almost always a misspelt one
+    (``get_values`` for ``get_value``), which would otherwise be ignored silently; name
+    helpers with a leading underscore.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> class A(ck.Adapter):
+        ...     name = "doc.a"
+        ...     def get_values(self, obj, attr): ...
+        >>> try:
+        ...     check_adapter(A())
+        ... except ck.InvalidArgumentError as e:
+        ...     print(str(e).split(";")[0])
+        adapter 'doc.a' defines get_values(), which is not part of the adapter protocol (did you mean get_value?)
+    """
+    if adapter is None:
+        raise _invalid("an adapter registration needs an adapter (an object implementing the ck.Adapter protocol)")
+    if isinstance(adapter, type):
+        raise _invalid(f"an adapter must be registered as an instance, not the class {adapter.__qualname__}: "
+                       f"register {adapter.__qualname__}()")
+    name = getattr(adapter, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        raise _invalid(f"adapter {type(adapter).__qualname__} has no name: give its class a `name` attribute, a "
+                       "stable identifier such as 'mypackage.mytype' (it is recorded in checkpoints)")
+    for klass in type(adapter).__mro__:
+        if klass is Adapter or klass is object:
+            continue
+        for attr, value in vars(klass).items():
+            if attr.startswith("_") or attr in PROTOCOL:
+                continue
+            if isinstance(value, (staticmethod, classmethod)) or callable(value):
+                import difflib
+
+                close = difflib.get_close_matches(attr, sorted(PROTOCOL), n=1)
+                guess = f" (did you mean {close[0]}?)" if close else ""
+                raise _invalid(f"adapter {name!r} defines {attr}(), which is not part of the adapter protocol{guess}; "
+                               f"the protocol is {', '.join(sorted(PROTOCOL - {'name'}))}. Name helper methods "
+                               "with a leading underscore")
+
 
 @dataclass(frozen=True)
 class StorageRegistration:

@@ -17,9 +17,11 @@ Example:
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -28,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from ._perf import paused_gc
-from .errors import NotTrackableError
+from .errors import CheckpointError, InvalidArgumentError, NotTrackableError
 from .formats import ckpt as fmt
 from .formats.base import writer as writer_for
 from .module import Module, wrap
-from .options import CheckpointOptions
+from .options import CheckpointOptions, resolve_options
 from .reader import CheckpointReader
 from .registry import adapter_or_none, find_adapter
 from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notify_dependency_added
@@ -145,10 +147,19 @@ class Checkpoint(Module):
         self._ck_save_lock = threading.Lock()  # save() from several threads: one number each, in order
         # Unused checkpoint values are reported by each RestoreSession when it is collected: with this
         # Checkpoint, or later if restores still wait on live objects (see ckptcore.restore).
+        root_children: dict[str, Any] = {}
         if root is not None:
-            root = wrap(root)
-            if adapter_or_none(root) is None:
-                find_adapter(root, what="Checkpoint root")  # raises, naming the type and what to install
+            if isinstance(root, weakref.ref):  # as TF: the Checkpoint keeps no strong reference to its root
+                target = root()
+                if target is None:
+                    raise InvalidArgumentError("Checkpoint(root=weakref): the object it refers to no longer exists")
+                root_adapter = find_adapter(target, what="Checkpoint root")
+            else:
+                root = target = wrap(root)
+                root_adapter = find_adapter(root, what="Checkpoint root")  # raises, naming the type and fix
+            if kwargs:
+                root_children = dict(root_adapter.children(target))
+            del target
             self._ck_root = root
         for key, value in sorted(kwargs.items()):
             value = wrap(value)
@@ -160,17 +171,55 @@ class Checkpoint(Module):
                     "pass a ck.Variable, numpy array, ck.Module, a list/dict of those, or an object a "
                     "ckptcore plugin adapts")
             if self._ck_root is not None:
-                self._ck_attached[key] = value
+                existing = root_children.get(key)
+                if existing is not None and existing is not value:  # as TF: a second, different dependency
+                    raise InvalidArgumentError(
+                        f"Cannot create a Checkpoint with keyword argument {key!r}: its root already has a "
+                        f"dependency named {key!r} (a {type(existing).__qualname__}). Use another name, or "
+                        f"pass root.{key} itself")
+                if existing is None:
+                    self._ck_attached[key] = value
                 object.__setattr__(self, key, value)
             else:
                 setattr(self, key, value)
 
     # -- graph ---------------------------------------------------------------------------
+    def _ck_root_object(self) -> Any:
+        root = self._ck_root
+        if isinstance(root, weakref.ref):
+            target = root()
+            if target is None:
+                raise CheckpointError("the root of this Checkpoint (given as a weakref) no longer exists: "
+                                      "keep the object alive while saving or restoring it")
+            return target
+        return root
+
     def _ck_graph(self) -> tuple[Any, list[tuple[str, Any]]]:
         if self._ck_root is None:
             return self, []
         extra = list(self._ck_attached.items())
-        return self._ck_root, extra
+        return self._ck_root_object(), extra
+
+    def __deepcopy__(self, memo: dict) -> Checkpoint:
+        """A Checkpoint of deep copies of the objects it tracks (and of its ``save_counter``).
+
+        The copy shares nothing with the original: its own restores, async writer and
+        lock; a pending async save of the original is not part of it. A root given as a
+        weakref stays a weakref to the same object (a copy would have nothing keeping it alive).
+
+        Example:
+            >>> import copy, numpy as np, ckptcore as ck
+            >>> c = ck.Checkpoint(w=np.ones(2)); c2 = copy.deepcopy(c)
+            >>> c2.w is c.w, c2.w.tolist()
+            (False, [1.0, 1.0])
+        """
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        fresh = {"_ck_sessions": [], "_ck_async": _AsyncWriter(), "_ck_save_lock": threading.Lock()}
+        for k, v in self.__dict__.items():
+            object.__setattr__(new, k, fresh[k] if k in fresh else copy.deepcopy(v, memo))
+        return new
 
     @property
     def save_counter(self) -> Variable:
@@ -189,7 +238,7 @@ class Checkpoint(Module):
                 notify_dependency_added(self, "save_counter", var)
             else:
                 self._ck_attached["save_counter"] = var
-                notify_dependency_added(self._ck_root, "save_counter", var)
+                notify_dependency_added(self._ck_root_object(), "save_counter", var)
         return self._ck_save_counter
 
     # -- saving ----------------------------------------------------------------------------
@@ -201,7 +250,7 @@ class Checkpoint(Module):
             >>> ck.Checkpoint(a=np.ones(2)).write("memory://doc/write/w")
             'memory://doc/write/w'
         """
-        return self._ck_write(check_checkpoint_path(file_prefix, "write"), options or CheckpointOptions(), record=False)
+        return self._ck_write(check_checkpoint_path(file_prefix, "write"), resolve_options(options), record=False)
 
     def save(self, file_prefix: str, options: CheckpointOptions | None = None) -> str:
         """Increment ``save_counter``, write ``f"{file_prefix}-{save_counter}"``, record it as latest.
@@ -212,7 +261,7 @@ class Checkpoint(Module):
             >>> c.save("memory://doc/save/ckpt"), c.save("memory://doc/save/ckpt")
             ('memory://doc/save/ckpt-1', 'memory://doc/save/ckpt-2')
         """
-        options = options or CheckpointOptions()
+        options = resolve_options(options)
         file_prefix = check_checkpoint_path(file_prefix, "save")
         with self._ck_save_lock:  # an async save holds it only while it plans (the blocking part)
             self._ck_async.wait()
@@ -292,7 +341,7 @@ class Checkpoint(Module):
         return self._ck_read(save_path, options, ignore=("save_counter",))
 
     def _ck_read(self, save_path, options, ignore):
-        options = options or CheckpointOptions()
+        options = resolve_options(options)
         self._ck_async.wait()
         save_path = check_checkpoint_path(save_path, "restore")
         storage, spath = open_storage(save_path, options.storage_options, max_retries=options.max_retries)

@@ -153,6 +153,21 @@ class NotTrackableError(CheckpointError, ValueError):
     """
 
 
+class InvalidArgumentError(CheckpointError, ValueError, TypeError):
+    """An option, adapter or argument is invalid where it is made (a wrong type or value).
+
+    Both a ``ValueError`` and a ``TypeError``, as the builtin a caller would expect may be either.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> try:
+        ...     ck.CheckpointOptions(max_retries=-1)
+        ... except ValueError as e:
+        ...     print(type(e).__name__)
+        InvalidArgumentError
+    """
+
+
 class AdapterConflictError(CheckpointError, TypeError):
     """Two plugins claim the same type (or storage protocol) with equal priority.
 

@@ -37,7 +37,7 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .errors import CorruptCheckpointError, NotFoundError
 from .formats import ckpt as fmt
-from .options import CheckpointOptions
+from .options import CheckpointOptions, resolve_options
 from .saver import checkpoint_files
 from .state import STATE_FILENAME, CheckpointState, join_url, newer_on_storage, read_state, write_state
 from .storage import LocalStorage, open_storage
@@ -284,6 +284,8 @@ class CheckpointManager:
 
     # -- saving --------------------------------------------------------------------------
     def _options(self, options: CheckpointOptions | None) -> CheckpointOptions:
+        if options is not None:
+            options = resolve_options(options)  # a dict, say, is an error here
         if options is None:
             return CheckpointOptions(storage_options=self._storage_options)
         if not options.storage_options and self._storage_options:

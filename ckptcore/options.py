@@ -14,7 +14,33 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["CheckpointOptions"]
+from .errors import InvalidArgumentError
+
+__all__ = ["CheckpointOptions", "resolve_options"]
+
+
+def resolve_options(options: Any) -> CheckpointOptions:
+    """``options`` as given to ``save``/``write``/``restore``/``read``: None means the defaults.
+
+    Anything but a :class:`CheckpointOptions` (a dict, say) is an
+    :class:`~ckptcore.InvalidArgumentError` here, not an ``AttributeError`` deep inside.
+
+    Example:
+        >>> resolve_options(None).enable_async
+        False
+        >>> try:
+        ...     resolve_options({"enable_async": True})
+        ... except TypeError as e:
+        ...     print(str(e).split(":")[0])
+        options must be a ck.CheckpointOptions, got dict
+    """
+    if options is None:
+        return CheckpointOptions()
+    if isinstance(options, CheckpointOptions):
+        return options
+    hint = " (pass ck.CheckpointOptions(**options))" if isinstance(options, Mapping) else ""
+    raise InvalidArgumentError(f"options must be a ck.CheckpointOptions, got {type(options).__name__}: "
+                               f"{options!r}{hint}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +85,20 @@ class CheckpointOptions:
     format: str = "ckptcore"
 
     def __post_init__(self):
+        for name in ("enable_async", "verify_checksums", "verify_before_restore"):
+            value = getattr(self, name)
+            if type(value) is not bool:
+                raise InvalidArgumentError(f"CheckpointOptions({name}=...) must be True or False, got {value!r}")
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise InvalidArgumentError("CheckpointOptions(storage_options=...) must be a mapping (a dict of fsspec "
+                                       f"options), got {type(self.storage_options).__name__}")
+        if self.experimental_io_device is not None and not isinstance(self.experimental_io_device, str):
+            raise InvalidArgumentError("CheckpointOptions(experimental_io_device=...) must be a string or None, got "
+                                       f"{self.experimental_io_device!r}")
+        retries = self.max_retries
+        if retries is not None and (type(retries) is not int or retries < 0):
+            raise InvalidArgumentError("CheckpointOptions(max_retries=...) must be a non-negative int or None, got "
+                                       f"{retries!r}")
         object.__setattr__(self, "storage_options", MappingProxyType(dict(self.storage_options or {})))
         if not isinstance(self.format, str):
             raise TypeError(f"CheckpointOptions(format=...) must be a format name such as 'tensorflow', "

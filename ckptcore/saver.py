@@ -123,11 +123,18 @@ def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
     """The C-contiguous little-endian array to write and its dtype name. ``where()`` names it in errors."""
     if isinstance(value, np.ndarray):
         arr = value
+    elif value is None:
+        raise CheckpointError(f"cannot save {where()}: its adapter's get_value() returned None; an adapter must "
+                              "return the value as an array (or list it in attributes() only when it has one)")
     else:
         try:
             arr = np.asarray(value)
         except Exception as e:  # pragma: no cover - adapter bug
             raise CheckpointError(f"value of {where()} could not be converted to an array: {e}") from e
+        if arr.dtype.kind == "O":  # an adapter bug, not a dtype choice: say what get_value returned
+            raise UnsupportedDtypeError(f"cannot save {where()}: its adapter's get_value() returned "
+                                        f"{type(value).__module__}.{type(value).__qualname__}, which is not an array "
+                                        "(numpy makes it an object array, which no checkpoint stores)")
     info = _DTYPE_INFO.get(arr.dtype)
     if info is not None and info[1] is arr.dtype and arr.flags.c_contiguous:
         return arr, info[0]  # the common case: a supported little-endian dtype, laid out in C order

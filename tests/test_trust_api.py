@@ -1,0 +1,168 @@
+"""Issue 13: Checkpoint's constructor as TF's; options and adapters validated where they are made."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import ckptcore as ck
+
+
+# -- Checkpoint(root=..., **kwargs) ----------------------------------------------------------------
+def test_a_keyword_clashing_with_a_dependency_of_root_is_a_value_error_at_construction():
+    root = ck.Module()
+    root.v = ck.Variable(1.0)
+    with pytest.raises(ValueError, match=r"keyword argument 'v'.*root already has a dependency named 'v'"):
+        ck.Checkpoint(root=root, v=ck.Variable(2.0))
+    # the same object is fine (TF: nothing is attached twice)
+    ck.Checkpoint(root=root, v=root.v).write("memory://trust_api/same/c")
+
+
+def test_root_given_as_a_weakref_is_held_weakly(tmp_path):
+    class Model(ck.Module):
+        pass
+
+    m = Model()
+    m.w = ck.Variable(np.arange(3.0))
+    ckpt = ck.Checkpoint(root=weakref.ref(m), step=ck.Variable(7))
+    path = ckpt.save(str(tmp_path / "ckpt"))
+    assert {k for k, _ in ck.list_variables(path)} == {
+        "w/.ATTRIBUTES/VARIABLE_VALUE", "step/.ATTRIBUTES/VARIABLE_VALUE", "save_counter/.ATTRIBUTES/VARIABLE_VALUE"}
+    m2 = Model()
+    m2.w = ck.Variable(np.zeros(3))
+    ck.Checkpoint(root=weakref.ref(m2), step=ck.Variable(0)).restore(path).assert_consumed()
+    assert m2.w.numpy().tolist() == [0.0, 1.0, 2.0]
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None  # the Checkpoint kept no strong reference
+    with pytest.raises(ck.CheckpointError, match="no longer exists"):
+        ckpt.save(str(tmp_path / "ckpt"))
+
+
+def test_deepcopy_of_a_checkpoint(tmp_path):
+    w = ck.Variable(np.ones(2))
+    ckpt = ck.Checkpoint(w=w, heads={"a": np.full(1, 3.0)})
+    ckpt.save(str(tmp_path / "a" / "ckpt"))
+    ckpt.restore(str(tmp_path / "a" / "ckpt-1"))
+    twin = copy.deepcopy(ckpt)
+    assert twin.w is not w and twin.w.numpy().tolist() == [1.0, 1.0]
+    assert int(twin.save_counter) == 1 and twin.save_counter is not ckpt.save_counter
+    w.assign(np.zeros(2))
+    path = twin.save(str(tmp_path / "b" / "ckpt"))  # its own writer and lock, counter continues
+    assert path.endswith("ckpt-2")
+    assert ck.load_checkpoint(path).get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [1.0, 1.0]
+    assert int(ckpt.save_counter) == 1
+
+
+# -- options -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"enable_async": "yes"}, {"verify_checksums": 1}, {"verify_before_restore": None},
+    {"max_retries": -1}, {"max_retries": 2.5}, {"max_retries": True}, {"storage_options": ["anon"]},
+    {"experimental_io_device": 3},
+])
+def test_invalid_options_fail_where_they_are_made(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ck.InvalidArgumentError, match=name) as e:
+        ck.CheckpointOptions(**kwargs)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, TypeError)
+
+
+def test_valid_options_still_work():
+    o = ck.CheckpointOptions(enable_async=True, max_retries=0, storage_options=None, experimental_io_device="/cpu:0")
+    assert o.enable_async and o.max_retries == 0 and dict(o.storage_options) == {}
+
+
+@pytest.mark.parametrize("call", ["write", "save", "read", "restore", "manager"])
+def test_options_passed_as_a_dict_are_refused(tmp_path, call):
+    ckpt = ck.Checkpoint(w=np.ones(1))
+    path = ckpt.write(str(tmp_path / "w"))
+    with pytest.raises(ck.InvalidArgumentError, match=r"options must be a ck\.CheckpointOptions, got dict"):
+        if call == "manager":
+            ck.CheckpointManager(ckpt, str(tmp_path / "m"), max_to_keep=1).save(options={"enable_async": True})
+        elif call in ("write", "save"):
+            getattr(ckpt, call)(str(tmp_path / "x"), options={"enable_async": True})
+        else:
+            getattr(ckpt, call)(path, options={"verify_checksums": False})
+
+
+# -- adapters ------------------------------------------------------------------------------------------
+class Thing:
+    def __init__(self):
+        self.v = np.arange(2.0)
+
+
+class GoodAdapter(ck.Adapter):
+    name = "test.trust_api.good"
+
+    def attributes(self, obj):
+        return ["v"]
+
+    def get_value(self, obj, attr):
+        return obj.v
+
+    def _helper(self):  # private helpers are fine
+        return None
+
+
+def test_an_adapter_class_instead_of_an_instance():
+    with pytest.raises(ck.InvalidArgumentError, match=r"instance.*register GoodAdapter\(\)"):
+        ck.register_adapter(Thing, GoodAdapter)
+
+
+def test_an_adapter_without_a_name():
+    class Nameless:
+        def children(self, obj):
+            return []
+
+    with pytest.raises(ck.InvalidArgumentError, match="has no name"):
+        ck.register_adapter(Thing, Nameless())
+
+    class Empty(GoodAdapter):
+        name = ""
+
+    with pytest.raises(ck.InvalidArgumentError, match="has no name"):
+        ck.AdapterRegistration(types=(Thing,), adapter=Empty())
+
+
+def test_a_method_outside_the_protocol():
+    class Typo(GoodAdapter):
+        def set_values(self, obj, attr, value):
+            obj.v[...] = value
+
+    with pytest.raises(ck.InvalidArgumentError, match=r"set_values\(\).*not part of the adapter protocol.*set_value"):
+        ck.register_adapter(Thing, Typo())
+
+
+def test_bad_types_and_predicates():
+    with pytest.raises(ck.InvalidArgumentError, match="neither a class nor a dotted class name"):
+        ck.AdapterRegistration(types=(3,), adapter=GoodAdapter())
+    with pytest.raises(ck.InvalidArgumentError, match="predicate.*not callable"):
+        ck.AdapterRegistration(adapter=GoodAdapter(), predicate=True)
+
+
+def test_get_value_returning_none_is_named_as_such():
+    class NoneValue(GoodAdapter):
+        def get_value(self, obj, attr):
+            return None
+
+    plugin = ck.register_adapter(Thing, NoneValue())
+    try:
+        with pytest.raises(ck.CheckpointError, match=r"'?t'? \(v\).*get_value\(\) returned None") as e:
+            ck.Checkpoint(t=Thing()).write("memory://trust_api/none/c")
+        assert "unpickling" not in str(e.value)
+    finally:
+        ck.registry.unregister_plugin(plugin)
+
+
+def test_a_good_adapter_registers(tmp_path):
+    plugin = ck.register_adapter(Thing, GoodAdapter())
+    try:
+        path = ck.Checkpoint(t=Thing()).write(str(tmp_path / "c"))
+    finally:
+        ck.registry.unregister_plugin(plugin)
+    assert ck.list_variables(path) == [("t/.ATTRIBUTES/v", [2])]
