@@ -22,8 +22,10 @@ from .adapters import Adapter, AdapterRegistration, SlotVariable, StorageRegistr
 from .checkpoint import Checkpoint
 from .errors import (
     AdapterConflictError,
+    AdapterStateError,
     AssertionFailedError,
     CheckpointError,
+    ContainerModifiedError,
     CorruptCheckpointError,
     DtypeMismatchError,
     InvalidArgumentError,
@@ -50,11 +52,11 @@ from .variable import Variable
 __version__ = _version_of("ckptcore")  # from the installed metadata (pyproject.toml)
 
 __all__ = [
-    "Adapter", "AdapterConflictError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",
+    "Adapter", "AdapterConflictError", "AdapterStateError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",
     "CheckpointManager",
-    "CheckpointError", "CheckpointOptions", "CheckpointReader", "CorruptCheckpointError", "DtypeMismatchError",
-    "InitializationOnlyStatus", "InvalidArgumentError", "InvalidPathError", "KeyNotFoundError", "LoadStatus",
-    "Module", "NotFoundError",
+    "CheckpointError", "CheckpointOptions", "CheckpointReader", "ContainerModifiedError", "CorruptCheckpointError",
+    "DtypeMismatchError", "InitializationOnlyStatus", "InvalidArgumentError", "InvalidPathError", "KeyNotFoundError",
+    "LoadStatus", "Module", "NotFoundError",
     "NotTrackableError", "PartialRestoreWarning", "ShapeMismatchError", "SlotVariable", "StorageError",
     "StoragePermissionError", "StorageRegistration", "TrackedDict", "TrackedList", "UnsupportedDtypeError",
     "UnsupportedFormatError", "Variable", "has_pending", "hookimpl", "latest_checkpoint",

@@ -169,6 +169,20 @@ class Adapter:
         """
         return None
 
+    def validate_state(self, obj: Any, state: Any) -> None:
+        """Check, before anything is restored, that ``state`` (read from a checkpoint) suits ``obj``.
+
+        Raise (any exception) if :meth:`set_state` could not apply it: a restore calls
+        this for every object with state while it checks shapes and dtypes, so a bad
+        state (an edited or foreign checkpoint, a differently built optimizer) fails the
+        restore before any value is assigned. The error reaches the caller as a
+        :class:`~ckptcore.AdapterStateError` naming the object path. Default: accept.
+
+        Example:
+            >>> Adapter().validate_state(object(), {"lr": 0.1})
+        """
+        return None
+
     def set_state(self, obj: Any, state: Any) -> None:
         """Restore what :meth:`get_state` returned.
 

@@ -168,6 +168,36 @@ class InvalidArgumentError(CheckpointError, ValueError, TypeError):
     """
 
 
+class ContainerModifiedError(CheckpointError, ValueError):
+    """A list or dict given to a ``ck.Module``/``ck.Checkpoint`` was changed behind its tracked wrapper.
+
+    Saving it would write a different structure from the one the user holds (as TF's
+    ``ListWrapper``/``_DictWrapper``, ckptcore refuses); assign it again to adopt the change.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> m = ck.Module(); vs = []; m.vs = vs; vs.append(ck.Variable(1.0))
+        >>> try:
+        ...     ck.Checkpoint(m=m).write("memory://doc/cme/c")
+        ... except ck.ContainerModifiedError as e:
+        ...     print(str(e).split(":")[0])
+        m/vs
+    """
+
+
+class AdapterStateError(CheckpointError, ValueError):
+    """An adapter refused or failed to restore an object's saved state; the message names the object path.
+
+    Raised before any value is assigned when an adapter's ``validate_state`` refuses the state,
+    and in place of whatever ``set_state`` raised if it fails afterwards.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> issubclass(ck.AdapterStateError, ValueError)
+        True
+    """
+
+
 class AdapterConflictError(CheckpointError, TypeError):
     """Two plugins claim the same type (or storage protocol) with equal priority.
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .adapters import Adapter
-from .errors import CheckpointError
+from .errors import CheckpointError, ContainerModifiedError
 from .naming import display_path
 from .registry import adapter_or_none, find_adapter
 
@@ -50,7 +50,10 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str],
         >>> [n for n, _ in live_children(m, ck.registry.find_adapter(m), ())]
         ['w']
     """
-    children = adapter.children(obj)
+    try:
+        children = adapter.children(obj)
+    except ContainerModifiedError as e:  # name the container
+        raise ContainerModifiedError(f"{display_path(path)}: {e}") from None
     if not extra and type(children) is list:  # the common cases, without a check per child:
         if not children:  # leaves
             return []

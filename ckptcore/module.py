@@ -22,8 +22,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import is_ as _is
 from typing import Any, SupportsIndex
 
+from .errors import ContainerModifiedError
 from .registry import adapter_or_none
 from .unclaimed import holds_array_data
 
@@ -142,70 +144,190 @@ class Module:
 class TrackedList(list):
     """A list whose trackable items are dependencies named by index.
 
+    Like TensorFlow's ``ListWrapper``, it keeps the user's own list in step: assigning
+    ``m.layers = layers`` wraps ``layers``, every change made through ``m.layers`` is made
+    to ``layers`` too, and a change made to ``layers`` directly (which the wrapper cannot
+    see, so a restore could not follow it) makes saving fail with a
+    :class:`~ckptcore.ContainerModifiedError` instead of saving a different list from
+    the one the user holds. Assign the list again (``m.layers = layers``) to adopt it.
+
     Example:
         >>> import ckptcore as ck
-        >>> m = ck.Module(); m.vs = []; m.vs.append(ck.Variable(1.0))
-        >>> type(m.vs).__name__, len(m.vs)
-        ('TrackedList', 1)
+        >>> m = ck.Module(); layers = []; m.vs = layers; m.vs.append(ck.Variable(1.0))
+        >>> type(m.vs).__name__, len(m.vs), len(layers)
+        ('TrackedList', 1, 1)
     """
 
     def __init__(self, items: Iterable[Any] = ()):
+        origin = items if type(items) is list else None
         super().__init__(wrap(v) for v in items)
+        self._ck_origin = origin   # the user's list, kept in step (it holds the raw values: nested plain lists)
+
+    def __reduce_ex__(self, protocol):
+        return (type(self), (list(self),))
+
+    def _ck_check(self) -> None:
+        origin = self._ck_origin
+        if origin is not None and (len(origin) != len(self) or not (all(map(_is, origin, self))
+                                                                    or all(map(_same, origin, self)))):
+            raise ContainerModifiedError(
+                f"the list assigned to this tracked list was changed directly, not through it (it now holds "
+                f"{len(origin)} items, the tracked list {len(self)}), so a checkpoint would not hold what your list "
+                "holds and restore could not follow the change: make changes through the attribute "
+                "(m.layers.append(x)), or assign the list again (m.layers = layers)")
 
     def _ck_notify_all(self) -> None:
         for i, v in enumerate(self):
             if _is_trackable(v):
                 _notify(self, str(i), v)
 
+    def _ck_sync(self) -> None:
+        """After an operation that reorders or rewrites items: the user's list gets the same items."""
+        if self._ck_origin is not None:
+            self._ck_origin[:] = [_raw(v) for v in self]
+
     def append(self, value: Any) -> None:
-        value = wrap(value)
+        raw, value = value, wrap(value)
         super().append(value)
+        if self._ck_origin is not None:
+            self._ck_origin.append(raw)
         if _is_trackable(value):
             _notify(self, str(len(self) - 1), value)
 
     def extend(self, values: Iterable[Any]) -> None:
-        super().extend(wrap(v) for v in values)
+        raws = list(values)
+        super().extend(wrap(v) for v in raws)
+        if self._ck_origin is not None:
+            self._ck_origin.extend(raws)
         self._ck_notify_all()
 
     def insert(self, index: SupportsIndex, value: Any) -> None:
         super().insert(index, wrap(value))
+        if self._ck_origin is not None:
+            self._ck_origin.insert(index, value)
         self._ck_notify_all()
 
     def __setitem__(self, index, value) -> None:
         if isinstance(index, slice):
             super().__setitem__(index, [wrap(v) for v in value])
+            self._ck_sync()
         else:
             super().__setitem__(index, wrap(value))
+            if self._ck_origin is not None:
+                self._ck_origin[index] = value
+        self._ck_notify_all()
+
+    def __delitem__(self, index) -> None:
+        super().__delitem__(index)
+        if self._ck_origin is not None:
+            del self._ck_origin[index]
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        value = super().pop(index)
+        if self._ck_origin is not None:
+            self._ck_origin.pop(index)
+        return value
+
+    def remove(self, value: Any) -> None:
+        self.__delitem__(super().index(value))
+
+    def clear(self) -> None:
+        super().clear()
+        if self._ck_origin is not None:
+            self._ck_origin.clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        super().sort(*args, **kwargs)
+        self._ck_sync()
+        self._ck_notify_all()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._ck_sync()
         self._ck_notify_all()
 
     def __iadd__(self, values):  # type: ignore[misc]
         self.extend(values)
         return self
 
+    def __imul__(self, n):  # type: ignore[misc]
+        super().__imul__(n)
+        self._ck_sync()
+        self._ck_notify_all()
+        return self
+
     def children(self) -> list[tuple[str, Any]]:
+        self._ck_check()
         return [(str(i), v) for i, v in enumerate(self) if _is_dependency(v)]
 
 
 class TrackedDict(dict):
     """A dict whose trackable values are dependencies named by key.
 
+    Like TensorFlow's ``_DictWrapper``, it keeps the user's own dict in step: changes made
+    through the tracked dict are made to it too, and a change made to the user's dict
+    directly makes saving fail with a :class:`~ckptcore.ContainerModifiedError` (assign
+    the dict again to adopt it).
+
     Example:
         >>> import ckptcore as ck
-        >>> m = ck.Module(); m.heads = {"a": ck.Variable(1.0)}
-        >>> [n for n, _ in m.heads.children()]
-        ['a']
+        >>> m = ck.Module(); heads = {"a": ck.Variable(1.0)}; m.heads = heads
+        >>> m.heads["b"] = ck.Variable(2.0)
+        >>> [n for n, _ in m.heads.children()], sorted(heads)
+        (['a', 'b'], ['a', 'b'])
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__()
+        origin = args[0] if len(args) == 1 and not kwargs and type(args[0]) is dict else None
         for k, v in dict(*args, **kwargs).items():
             super().__setitem__(k, wrap(v))
+        self._ck_origin = origin   # the user's dict, kept in step (it holds the raw values)
+
+    def __reduce_ex__(self, protocol):
+        return (type(self), (dict(self),))
+
+    def _ck_check(self) -> None:
+        origin = self._ck_origin
+        if origin is not None and (len(origin) != len(self) or list(origin) != list(self)
+                                   or not (all(map(_is, origin.values(), self.values()))
+                                           or all(map(_same, origin.values(), self.values())))):
+            raise ContainerModifiedError(
+                f"the dict assigned to this tracked dict was changed directly, not through it (it now has the keys "
+                f"{sorted(map(str, origin))[:5]}...), so a checkpoint would not hold what your dict holds and restore "
+                "could not follow the change: make changes through the attribute (m.heads[k] = x), or assign the "
+                "dict again (m.heads = heads)")
 
     def __setitem__(self, key, value) -> None:
-        value = wrap(value)
+        raw, value = value, wrap(value)
         super().__setitem__(key, value)
+        if self._ck_origin is not None:
+            self._ck_origin[key] = raw
         if _is_trackable(value):
             _notify(self, str(key), value)
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        if self._ck_origin is not None:
+            del self._ck_origin[key]
+
+    def pop(self, key, *default):
+        had = key in self
+        value = super().pop(key, *default)
+        if had and self._ck_origin is not None:
+            self._ck_origin.pop(key, None)
+        return value
+
+    def popitem(self):
+        key, value = super().popitem()
+        if self._ck_origin is not None:
+            self._ck_origin.pop(key, None)
+        return key, value
+
+    def clear(self) -> None:
+        super().clear()
+        if self._ck_origin is not None:
+            self._ck_origin.clear()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         for k, v in dict(*args, **kwargs).items():
@@ -221,4 +343,15 @@ class TrackedDict(dict):
         return self
 
     def children(self) -> list[tuple[str, Any]]:
+        self._ck_check()
         return [(str(k), v) for k, v in self.items() if _is_dependency(v)]
+
+
+def _raw(value: Any) -> Any:
+    """What the user's own container holds for ``value``: the plain list/dict a tracked one wraps."""
+    origin = getattr(value, "_ck_origin", None) if type(value) in (TrackedList, TrackedDict) else None
+    return value if origin is None else origin
+
+
+def _same(theirs: Any, mine: Any) -> bool:
+    return theirs is mine or _raw(mine) is theirs

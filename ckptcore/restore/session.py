@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 import weakref
@@ -34,7 +35,7 @@ from .._perf import paused_gc
 from ..adapters import Adapter
 from ..builtin.numpy_adapters import NumpyArrayAdapter
 from ..dtypes import storage_dtype
-from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
+from ..errors import AdapterStateError, CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..graph import _is_leaf_adapter as _is_leaf
@@ -137,8 +138,25 @@ class WeakIdTable:
 # status assertion trusts what the restore saw of the live graph only while no new one was announced.
 _CHANGES = 0
 
-# parent object -> {child name: (session, checkpoint node id, path)}
+# parent object -> {child name: [(session, checkpoint node id, path), ...]}: every restore that waits for
+# that dependency, as TF's _deferred_dependencies (name -> list of CheckpointPositions)
 _PENDING = WeakIdTable()
+# Restores are numbered (TF's restore_uid). While an older restore still waits for objects, a newer one
+# records here, per live object it assigned values to, its number (TF's _update_uid): when the older one's
+# wait ends it matches those objects (its status completes) but does not overwrite the newer values.
+_UIDS = itertools.count(1)
+_UPDATE_UID = WeakIdTable()
+_WAITING_UIDS: dict[int, int] = {}   # restore number -> how many of its values wait in _PENDING (an upper bound)
+
+
+def _forget_waiting(uid: int, n: int = 1) -> None:
+    left = _WAITING_UIDS.get(uid, 0) - n
+    if left > 0:
+        _WAITING_UIDS[uid] = left
+    else:
+        _WAITING_UIDS.pop(uid, None)
+    if not _WAITING_UIDS:
+        _UPDATE_UID._d.clear()   # no older restore can resume: nothing to protect
 
 
 def pending_count() -> int:
@@ -194,24 +212,30 @@ def notify_dependency_added(parent: Any, name: str, child: Any) -> None:
         waiting = _PENDING.get(parent)
         if not waiting:
             return
-        item = waiting.get(str(name))
-        if item is None:
+        items = waiting.get(str(name))
+        if not items:
             return
-        session, node_id, path = item
         if adapter_or_none(child) is None:
             return
         del waiting[str(name)]
         if not waiting:
             _PENDING.pop(parent)
+        # As TF's _handle_deferred_dependencies: the newest restore first; an older one then matches the
+        # objects the newer one filled without overwriting them (_UPDATE_UID), and fills the rest.
+        items = sorted(items, key=lambda it: it[0].uid, reverse=True)
+        done = 0
         try:
-            session.restore_subtree(child, node_id, path)
+            for session, node_id, path in items:
+                session.restore_subtree(child, node_id, path)
+                _forget_waiting(session.uid)
+                done += 1
         except BaseException:
-            # Leave the queue as it was: a later, correct object may still come.
+            # Leave the rest queued: a later, correct object may still come.
             w = _PENDING.get(parent)
             if w is None:
                 w = {}
                 _PENDING[parent] = w
-            w[str(name)] = item
+            w.setdefault(str(name), []).extend(items[done:])
             raise
 
 
@@ -229,6 +253,7 @@ class RestoreSession:
     def __init__(self, reader, root, extra_root_children=(), *, ignore_live_names: Iterable[str] = (),
                  verify: bool = True):
         self.reader = reader
+        self.uid = next(_UIDS)   # TF's restore_uid: later restores have larger numbers
         if is_flat(reader.index):  # safetensors, TF1: names are object paths, maybe below the root's one child
             reader.index = fit_to_live_root(reader.index, _top_names(root, extra_root_children))
             ignore_live_names = {*ignore_live_names, "save_counter"}
@@ -311,9 +336,13 @@ class RestoreSession:
             # it throughout: Checkpoint.restore.)
             with paused_gc():
                 matches, pending = self._match(obj, node_id, path, root_adapter)
-                (rows, dests, callbacks), after = self._plan_values(matches, tuple(path))
+                # objects a newer restore already filled: matched, not overwritten (TF's _update_uid)
+                shadowed = self._shadowed(matches) if _UPDATE_UID._d else None
+                (rows, dests, callbacks), after = self._plan_values(matches, tuple(path), shadowed)
                 # optimizer slots whose optimizer and variable are both matched now: the same read
-                slot_reads = plan_slot_reads(self, matches, rows, dests, callbacks) if self._has_slots else None
+                slot_reads = plan_slot_reads(self, matches if shadowed is None else
+                                             [m for i, m in enumerate(matches) if i not in shadowed],
+                                             rows, dests, callbacks) if self._has_slots else None
                 _unalias(dests, callbacks)
             if rows:
                 self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
@@ -321,6 +350,10 @@ class RestoreSession:
             # only after the values arrived: a failed read marks nothing matched and queues nothing
             with paused_gc():
                 self._commit_matches(matches, pending)
+                if shadowed:
+                    self._bind_shadowed_slots(matches, shadowed)
+                if _WAITING_UIDS and min(_WAITING_UIDS) < self.uid:  # an older restore waits: guard our values
+                    self._record_update_uid(matches, shadowed)
                 del matches, pending  # gone before the collector runs again
             self.changes_seen = _CHANGES
             if slot_reads is not None:
@@ -401,11 +434,38 @@ class RestoreSession:
             self._shared = set(np.flatnonzero(indeg > 1).tolist()) | {0}
         return self._shared
 
-    def _plan_values(self, matches: list[tuple], base: tuple = ()):
+    def _shadowed(self, matches: list[tuple]) -> set[int] | None:
+        """Indices of the matches whose objects a newer restore already filled (TF: ``_update_uid``)."""
+        uid, get = self.uid, _UPDATE_UID.get
+        out = {k for k, m in enumerate(matches) if get(m[0], 0) > uid}
+        return out or None
+
+    def _bind_shadowed_slots(self, matches: list[tuple], shadowed: set[int]) -> None:
+        """Slots of optimizers a newer restore filled count as matched here, as TF binds them."""
+        slots = self.graph.slots
+        for k in shadowed:
+            for var_id, _name, slot_id in slots.get(matches[k][2], ()):
+                if self._live(var_id):
+                    self.restored_slots.add(slot_id)
+
+    def _record_update_uid(self, matches: list[tuple], shadowed: set[int] | None) -> None:
+        """Remember which objects this restore filled, for older restores still waiting."""
+        g, uid = self.graph, self.uid
+        attr_start, states, slots = g.attr_start, g.state, g.slots
+        get, put = _UPDATE_UID.get, _UPDATE_UID.put
+        for k, m in enumerate(matches):
+            nid = m[2]
+            if shadowed is not None and k in shadowed:
+                continue
+            if attr_start[nid] != attr_start[nid + 1] or nid in states or nid in slots:
+                if get(m[0], 0) < uid:
+                    put(m[0], uid)
+
+    def _plan_values(self, matches: list[tuple], base: tuple = (), shadowed: set[int] | None = None):
         """Check every value first (nothing is assigned if any check fails).
 
         Returns the reads, as three parallel lists (table rows, destinations, callbacks),
-        and the state setters to run after them.
+        and the state setters to run after them. Matches in ``shadowed`` are skipped.
         """
         g, table = self.graph, self.table
         attr_start, attr_name, states = g.attr_start, g.attr_name, g.state
@@ -418,6 +478,8 @@ class RestoreSession:
         errors = []
         fast_dtypes = fmt.FAST_DTYPES
         for k, match in enumerate(matches):
+            if shadowed is not None and k in shadowed:
+                continue
             nid = match[2]
             a, b = attr_start[nid], attr_start[nid + 1]
             if a != b:
@@ -474,7 +536,15 @@ class RestoreSession:
                 self.live_extra = True  # live attributes where the checkpoint has none
             state = states.get(nid) if states else None
             if state is not None:
-                after.append(_state_setter(match[1], match[0], state))
+                where = display_path(_path(matches, k, base))
+                validate = getattr(match[1], "validate_state", None)
+                if validate is not None:
+                    try:
+                        validate(match[0], state)
+                    except Exception as e:  # an adapter's refusal, whatever its type: one ckptcore error
+                        errors.append(_state_error(match[1], where, "its saved state does not fit the live object", e))
+                        continue
+                after.append(_state_setter(match[1], match[0], state, where))
         if errors:
             raise errors[0] if len(errors) == 1 else type(errors[0])(
                 f"{len(errors)} values do not fit the live objects; nothing was restored. First: {errors[0]}")
@@ -530,7 +600,10 @@ class RestoreSession:
             if waiting is None:
                 waiting = {}
                 _PENDING[parent] = waiting
-            waiting[name] = (self, cid, p)
+            queued = waiting.setdefault(name, [])
+            if not any(s is self and c == cid for s, c, _p in queued):
+                queued.append((self, cid, p))
+                _WAITING_UIDS[self.uid] = _WAITING_UIDS.get(self.uid, 0) + 1
 
     def _live(self, node_id: int) -> list:
         refs = self.node_objs.get(node_id)
@@ -694,10 +767,18 @@ def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
     return base + tuple(reversed(names))
 
 
-def _state_setter(adapter, obj, state):
+def _state_setter(adapter, obj, state, where: str):
     def assign():
-        adapter.set_state(obj, state)
+        try:
+            adapter.set_state(obj, state)
+        except Exception as e:
+            raise _state_error(adapter, where, "restoring its saved state failed", e) from e
     return assign
+
+
+def _state_error(adapter, where: str, what: str, e: Exception) -> AdapterStateError:
+    name = getattr(adapter, "name", type(adapter).__name__)
+    return AdapterStateError(f"cannot restore {where}: {what} (adapter {name!r}): {type(e).__name__}: {e}")
 
 
 def _summary(kind: str, items: list[str]) -> str:

@@ -169,6 +169,48 @@ class OptimizerAdapter(Adapter):
         return {"param_groups": groups, "group_sizes": [len(g["params"]) for g in obj.param_groups],
                 "state": state}
 
+    def validate_state(self, obj, state):
+        """Everything :meth:`set_state` relies on, checked before a restore assigns anything.
+
+        Example:
+            >>> import torch
+            >>> p = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.SGD([p], lr=0.1)
+            >>> try:
+            ...     OptimizerAdapter().validate_state(opt, {"param_groups": [], "group_sizes": []})
+            ... except Exception as e:
+            ...     print("param groups" in str(e))
+            True
+        """
+        where = _opt_name(obj)
+        if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+            raise CheckpointError(f"saved state of {where} has no list of param_groups")
+        saved_groups, sizes = state["param_groups"], state.get("group_sizes", [])
+        if not isinstance(sizes, list) or not all(type(n) is int for n in sizes):
+            raise CheckpointError(f"saved state of {where}: group_sizes must be a list of ints, got {sizes!r}")
+        live_sizes = [len(g["params"]) for g in obj.param_groups]
+        if len(saved_groups) != len(obj.param_groups) or sizes != live_sizes:
+            raise CheckpointError(
+                f"{where}: the checkpoint's optimizer has {len(saved_groups)} param groups of sizes {sizes}, "
+                f"the live one {len(obj.param_groups)} of sizes {live_sizes}. Build the optimizer over the same "
+                "parameters, in the same groups, as the one that was saved.")
+        _, live_tensors = _encode_groups(obj)
+        for enc in saved_groups:
+            hyper = codec.decode(enc, _LiveTensors(live_tensors, where))
+            if not isinstance(hyper, dict):
+                raise CheckpointError(f"saved state of {where}: a param group is a {type(hyper).__name__}, not a dict")
+        per_param = state.get("state", {})
+        if not isinstance(per_param, dict):
+            raise CheckpointError(f"saved state of {where}: 'state' must be a mapping, got {type(per_param).__name__}")
+        n = sum(live_sizes)
+        for key, enc in per_param.items():
+            if not (isinstance(key, str) and key.isdigit() and int(key) < n):
+                raise CheckpointError(f"{where}: the checkpoint has state for parameter {key!r}, "
+                                      f"the live optimizer has {n} parameters")
+            if not isinstance(enc, dict):
+                raise CheckpointError(f"saved state of {where}: the state of parameter {key} is a "
+                                      f"{type(enc).__name__}, not a dict")
+            _merge(enc, None)  # decodes every value: malformed encodings raise here
+
     def set_state(self, obj, state):
         where = _opt_name(obj)
         if not isinstance(state, dict) or "param_groups" not in state:
