@@ -55,10 +55,13 @@ def wrap(value: Any) -> Any:
         ('TrackedList', 'int')
     """
     if type(value) is list:
-        return TrackedList(value)
-    if type(value) is dict:
-        return TrackedDict(value)
-    return value
+        tracked: Any = TrackedList(value)
+    elif type(value) is dict:
+        tracked = TrackedDict(value)
+    else:
+        return value
+    tracked._ck_origin = value  # the user's own container: kept in step, checked at save (as TF's wrappers)
+    return tracked
 
 
 class Module:
@@ -159,9 +162,10 @@ class TrackedList(list):
     """
 
     def __init__(self, items: Iterable[Any] = ()):
-        origin = items if type(items) is list else None
         super().__init__(wrap(v) for v in items)
-        self._ck_origin = origin   # the user's list, kept in step (it holds the raw values: nested plain lists)
+        # The user's list when ``wrap`` made this one (``m.layers = layers``), kept in step: it holds the
+        # raw values (nested plain lists). A TrackedList built directly copies its items and has none.
+        self._ck_origin: list | None = None
 
     def __reduce_ex__(self, protocol):
         return (type(self), (list(self),))
@@ -279,10 +283,9 @@ class TrackedDict(dict):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__()
-        origin = args[0] if len(args) == 1 and not kwargs and type(args[0]) is dict else None
         for k, v in dict(*args, **kwargs).items():
             super().__setitem__(k, wrap(v))
-        self._ck_origin = origin   # the user's dict, kept in step (it holds the raw values)
+        self._ck_origin: dict | None = None   # the user's dict when ``wrap`` made this one (see TrackedList)
 
     def __reduce_ex__(self, protocol):
         return (type(self), (dict(self),))
