@@ -79,6 +79,12 @@ class ModuleAdapter(Adapter):
     def get_state(self, obj):
         return self._extra.get_state(obj) if _has_extra_state(obj) else None
 
+    def validate_state(self, obj, state):
+        if not _has_extra_state(obj):
+            raise CheckpointError(
+                f"the checkpoint has extra state (get_extra_state()) for a {type(obj).__qualname__}, "
+                "but this module does not override set_extra_state()")
+
     def set_state(self, obj, state):
         if not _has_extra_state(obj):
             raise CheckpointError(
@@ -273,6 +279,10 @@ class StateDictAdapter(Adapter):
                 entry = {}
                 self._restored[obj] = entry
             entry[attr] = t
+
+    def validate_state(self, obj, state):
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise CheckpointError(f"saved state of {type(obj).__qualname__} is not a {self._what} record")
 
     def set_state(self, obj, state):
         with self._lock:
