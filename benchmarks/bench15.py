@@ -516,14 +516,15 @@ def report_gpt2(r: dict) -> str:
 
 def report_sweep(points: list, tpoints: list) -> str:
     rows = [["arrays", "save us/obj", "restore us/obj", "assert us/obj", "save vs raw", "restore vs readinto",
-             "open", "open read / index", "1% restore read / 1% data"]]
+             "open", "open: read / index size", "1% restore: read beyond the index / data restored"]]
     for p in points:
         n = p["n"]
         cs, rs, cr, rl, ca = (med(p[k]) for k in ("ck_save", "raw_save", "ck_restore", "raw_load", "ck_assert"))
         rows.append([f"{n:,}", f"{(cs - rs) / n * 1e6:.1f}", f"{(cr - rl) / n * 1e6:.1f}", f"{ca / n * 1e6:.2f}",
                      f"{cs / rs:.2f}x", f"{cr / rl:.2f}x", f"{p['open_s'] * 1e3:.0f} ms",
                      f"{p['open_read'] / max(1, p['index_bytes']):.2f}",
-                     f"{p['part_read'] / max(1, p['part_data']):.2f}"])
+                     f"{(p['part_read'] - p['index_bytes']) / max(1, p['part_data']):.3f} "
+                     f"(index {p['index_bytes'] / MiB:.1f} MiB)"])
     out = _table(rows)
     if tpoints:
         rows = [["torch params (+Adam)", "tensors", "save", "save us/tensor", "restore", "restore us/tensor",

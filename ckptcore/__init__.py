@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 from . import naming, registry, storage
-from ._version import version_of as _version_of
 from .adapters import Adapter, AdapterRegistration, SlotVariable, StorageRegistration
 from .checkpoint import Checkpoint
 from .errors import (
@@ -49,7 +48,8 @@ from .restore import InitializationOnlyStatus, LoadStatus, has_pending, notify_d
 from .state import latest_checkpoint
 from .variable import Variable
 
-__version__ = _version_of("ckptcore")  # from the installed metadata (pyproject.toml)
+# ``__version__`` comes from the installed metadata (pyproject.toml), read on first access:
+# importlib.metadata costs ~20 ms of start-up (see __getattr__ below).
 
 __all__ = [
     "Adapter", "AdapterConflictError", "AdapterStateError", "AdapterRegistration", "AssertionFailedError", "Checkpoint",
@@ -66,6 +66,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        from ._version import version_of
+
+        globals()["__version__"] = v = version_of("ckptcore")
+        return v
     if name == "CheckpointManager":
         from .manager import CheckpointManager
 
