@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--large-mb", type=int, default=256)
     p.add_argument("--tensors", type=int, default=4)
-    p.add_argument("--small", type=int, default=1000)
+    p.add_argument("--small", type=int, default=20000)  # issue 15: 20,000 small arrays
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--part-mb", type=int, default=None,
                    help="ckptcore part/range size in MiB (default: ckptcore.storage.cloud.DEFAULT_PART_SIZE)")
