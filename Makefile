@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: pip takes the local CPU wheel for exactly this version.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test,docs,bench,progress]"
+	$(BIN)/pip install -q -e ".[test,docs,bench,progress,cli]"
 	for p in $(dir $(PLUGINS)); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
 	touch $(STAMP)
 

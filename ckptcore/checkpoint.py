@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import logging
 import os
 import sys
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
 from ._perf import paused_gc
 from .errors import CheckpointError, InvalidArgumentError, NotTrackableError
 from .formats import ckpt as fmt
@@ -274,22 +276,36 @@ class Checkpoint(Module):
                 raise
 
     def _ck_write(self, path: str, options: CheckpointOptions, record: bool,
-                  after_commit: Callable[[], None] | None = None) -> str:
+                  after_commit: Callable[[], None] | None = None, index_metadata: dict | None = None) -> str:
         # after_commit runs once the index is committed (in the background when async); the manager
         # records its state file there.
         self._ck_async.wait()
         storage, spath = open_storage(path, options.storage_options, max_retries=options.max_retries)
         root, extra = self._ck_graph()
-        plan = plan_save(root, extra, snapshot=options.enable_async)
+        timer = progress.Timer()
+        metadata = dict(index_metadata or {})  # the manager's entries (metrics), then the user's own
+        if options.metadata:
+            metadata[fmt.USER_METADATA_KEY] = dict(options.metadata)
+        plan = plan_save(root, extra, snapshot=options.enable_async, metadata=metadata or None)
+        if progress.log.isEnabledFor(logging.DEBUG):
+            progress.log.debug("planned %s: %d tensors, %d bytes in %.3f s", path, len(plan.node_of), plan.nbytes,
+                               timer.elapsed())
 
         fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
 
         def commit() -> None:
-            fmt_writer.write_plan(storage, spath, plan)
+            bar = progress.bar(f"saving {path}", plan.nbytes, True) if options.progress else None
+            try:
+                fmt_writer.write_plan(storage, spath, plan, progress=bar.update if bar is not None else None)
+            finally:
+                progress.close(bar)
+            progress.log.debug("committed the index of %s after %.3f s", path, timer.elapsed())
             if record:
                 fmt_writer.record_save(storage, storage.dirname(spath), storage.basename(spath))
             if after_commit is not None:
                 after_commit()
+            if progress.log.isEnabledFor(logging.INFO):
+                progress.log_done("saved", path, plan.nbytes, timer.elapsed())
 
         if options.enable_async:
             self._ck_async.submit(commit)
@@ -353,14 +369,32 @@ class Checkpoint(Module):
         # A local restore runs with the garbage collector paused throughout: one collection of what it
         # made afterwards, not one after each step (W2: 9 ms less). Object stores pause per step only,
         # so that other threads' garbage does not wait for the network.
+        timer = progress.Timer()
         with paused_gc() if isinstance(storage, LocalStorage) else nullcontext():
             reader = CheckpointReader(save_path, storage=storage, storage_path=spath,
                                       verify=options.verify_checksums)
-            if options.verify_before_restore:
-                reader.verify()  # a corrupt checkpoint raises here, before any live object changes
-            root, extra = self._ck_graph()
-            session = RestoreSession(reader, root, extra, ignore_live_names=ignore, verify=options.verify_checksums)
-            session.run()
+            counted = [0]
+            bar = None
+            if options.progress or progress.log.isEnabledFor(logging.INFO):
+                total = sum(reader.index.shard_sizes) * (2 if options.verify_before_restore else 1)
+                bar = progress.bar(f"restoring {save_path}", total, options.progress)
+
+                def count(nbytes: int, bar=bar) -> None:
+                    counted[0] += nbytes
+                    if bar is not None:
+                        bar.update(nbytes)
+                reader.progress = count
+            try:
+                if options.verify_before_restore:
+                    reader.verify()  # a corrupt checkpoint raises here, before any live object changes
+                root, extra = self._ck_graph()
+                session = RestoreSession(reader, root, extra, ignore_live_names=ignore,
+                                         verify=options.verify_checksums)
+                session.run()
+            finally:
+                reader.progress = None  # later (deferred) restores read without it
+                progress.close(bar)
+        progress.log_done("restored", save_path, counted[0], timer.elapsed())
         # Keep only sessions that may still warn about unused values, so repeated restores
         # (an evaluation loop, say) do not pile up readers and indexes.
         self._ck_sessions[:] = [s for s in self._ck_sessions

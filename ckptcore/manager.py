@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from . import retention
 from .checkpoint import Checkpoint
 from .errors import CorruptCheckpointError, NotFoundError
 from .formats import ckpt as fmt
-from .options import CheckpointOptions, resolve_options
+from .options import CheckpointOptions, check_metadata, resolve_options
 from .saver import checkpoint_files
 from .state import STATE_FILENAME, CheckpointState, join_url, newer_on_storage, read_state, write_state
 from .storage import LocalStorage, open_storage
@@ -128,7 +129,9 @@ class CheckpointManager:
     def __init__(self, checkpoint: Checkpoint, directory: str, max_to_keep: int | None,
                  keep_checkpoint_every_n_hours: float | None = None, checkpoint_name: str = "ckpt",
                  step_counter: Any = None, checkpoint_interval: int | None = None,
-                 init_fn: Callable[[], Any] | None = None, storage_options: Mapping[str, Any] | None = None):
+                 init_fn: Callable[[], Any] | None = None, storage_options: Mapping[str, Any] | None = None,
+                 *, best_fn: Callable[[Mapping[str, Any]], float] | None = None, best_mode: str = "max",
+                 keep_checkpoints_without_metrics: bool = True):
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"CheckpointManager needs a ck.Checkpoint, got {type(checkpoint).__qualname__}; "
                             "wrap your objects: ck.Checkpoint(model=model)")
@@ -145,6 +148,14 @@ class CheckpointManager:
                 raise ValueError("step_counter must be passed when checkpoint_interval is set")
             if _as_int(checkpoint_interval, "checkpoint_interval") < 0:
                 raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval!r}")
+        if best_fn is not None and not callable(best_fn):
+            raise TypeError(f"best_fn must be a function of a save's metrics, got {type(best_fn).__qualname__}")
+        if best_mode not in retention.BEST_MODES:
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self._best_fn = best_fn
+        self._best_mode = best_mode
+        self._keep_without_metrics = bool(keep_checkpoints_without_metrics)
+        self._scores: dict[str, float | None] = {}  # name -> best_fn(metrics), for the checkpoints listed
         self._checkpoint = checkpoint
         self._directory = check_checkpoint_path(directory, "directory")
         self._max_to_keep = None if max_to_keep is None else int(max_to_keep)
@@ -293,7 +304,8 @@ class CheckpointManager:
         return options
 
     def save(self, checkpoint_number: int | None = None, check_interval: bool = True,
-             options: CheckpointOptions | None = None) -> str | None:
+             options: CheckpointOptions | None = None, *, metadata: Mapping[str, Any] | None = None,
+             metrics: Mapping[str, Any] | None = None) -> str | None:
         """Save a checkpoint numbered ``checkpoint_number`` (else the step counter, else ``save_counter``).
 
         Increments the checkpoint's ``save_counter``. Returns the path, or
@@ -301,14 +313,30 @@ class CheckpointManager:
         last saved step (``check_interval=False`` only skips a repeated step).
         With ``options.enable_async`` it returns once the values are
         snapshotted; the state file and retention follow the index commit.
+        ``metadata``: a small JSON dict saved with this checkpoint (as
+        ``CheckpointOptions(metadata=...)``), read back by
+        ``ck.load_checkpoint(path).metadata``. ``metrics``: a JSON dict
+        (``{"loss": 0.3}``) that ``best_fn`` ranks checkpoints by; saved in
+        the checkpoint too, so a new manager ranks the same way.
 
         Example:
             >>> import numpy as np, ckptcore as ck
             >>> m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), "memory://doc/manager/save", 3)
             >>> m.save(checkpoint_number=100)
             'memory://doc/manager/save/ckpt-100'
+            >>> ck.load_checkpoint(m.save(metadata={"loss": 0.5})).metadata
+            {'loss': 0.5}
         """
         options = self._options(options)
+        if metadata is not None:
+            options = dataclasses.replace(options, metadata=metadata)
+        index_metadata = None
+        score = None
+        if metrics is not None:
+            metrics = check_metadata(metrics)
+            index_metadata = {fmt.METRICS_KEY: metrics}
+            if self._best_fn is not None:
+                score = retention.score(self._best_fn, metrics)  # a failing best_fn fails the save, not retention
         with self._save_lock:
             # The previous save must finish first: its failure surfaces here, and its step is
             # recorded only once it committed, so a failed save's step can be saved again.
@@ -331,23 +359,25 @@ class CheckpointManager:
                 committed = True  # from here on the checkpoint exists: never roll back its number
                 if current is not None:
                     self._last_checkpoint_step = current
-                self._on_commit(name)
+                self._on_commit(name, score)
 
             try:
                 if checkpoint_number is None:
                     checkpoint_number = counter if self._step_counter is None else self._step_counter  # type: ignore[assignment]
                 name = f"{self._checkpoint_name}-{_as_int(checkpoint_number, 'checkpoint_number')}"
                 path = join_url(self._directory, name)
-                self._checkpoint._ck_write(path, options, record=False, after_commit=after_commit)
+                self._checkpoint._ck_write(path, options, record=False, after_commit=after_commit,
+                                           index_metadata=index_metadata)
             except BaseException:
                 if not committed:
                     counter.assign_sub(1)
                 raise
             return path
 
-    def _on_commit(self, name: str) -> None:
+    def _on_commit(self, name: str, score: float | None = None) -> None:
         # Runs after the index of `name` is committed: in save(), or on the async writer thread.
         with self._lock:
+            self._scores[name] = score
             self._maybe_delete.pop(name, None)
             self._maybe_delete[name] = _clock()
             self._latest = name
@@ -364,9 +394,11 @@ class CheckpointManager:
         write_state(self._storage, self._dir, state)
 
     def _sweep(self) -> bool:
-        """Drop the oldest checkpoints beyond ``max_to_keep``; True if the list changed."""
+        """Drop the oldest (with ``best_fn``: the worst) checkpoints beyond ``max_to_keep``; True if it changed."""
         if not self._max_to_keep:
             return False
+        if self._best_fn is not None:
+            return self._sweep_best()
         changed = False
         while len(self._maybe_delete) > self._max_to_keep:
             name, stamp = self._maybe_delete.popitem(last=False)
@@ -383,6 +415,128 @@ class CheckpointManager:
                 self._maybe_delete.move_to_end(name, last=False)
                 break
         return changed
+
+    def _score_of(self, name: str) -> float | None:
+        """``best_fn`` of the metrics saved in checkpoint ``name`` (read from its index once), or None."""
+        if name not in self._scores:
+            from .reader import CheckpointReader
+
+            score = None
+            try:
+                prefix = self._storage.join(self._dir, name)
+                reader = CheckpointReader(prefix, storage=self._storage, storage_path=prefix)
+                metrics = reader.index.metadata.get(fmt.METRICS_KEY)
+                if isinstance(metrics, dict) and self._best_fn is not None:
+                    score = retention.score(self._best_fn, metrics)
+            except Exception as e:  # unreadable, or best_fn fails on old metrics: ranked as without metrics
+                _log.warning("no metric for checkpoint %s: %s", name, e)
+            self._scores[name] = score
+        return self._scores[name]
+
+    def _sweep_best(self) -> bool:
+        """Keep the ``max_to_keep`` best checkpoints by ``best_fn`` (and the newest); True if the list changed."""
+        entries = list(self._maybe_delete.items())
+        doomed = retention.best_n_doomed([(n, self._score_of(n)) for n, _ in entries], self._max_to_keep or 0,
+                                         self._best_mode, self._keep_without_metrics)
+        failed: set[str] = set()
+        for name in doomed:
+            stamp = self._maybe_delete.pop(name)
+            self._scores.pop(name, None)
+            if self._keep_hours and stamp - self._keep_hours * 3600.0 >= self._last_preserved_timestamp:
+                self._last_preserved_timestamp = stamp  # kept on disk, no longer listed (as the newest-N policy)
+                continue
+            try:
+                self._delete_checkpoint(name)
+            except Exception as e:  # best effort: retried after the next save
+                _log.warning("could not delete checkpoint %s: %s", name, e)
+                failed.add(name)
+        if failed:  # back in their places
+            self._maybe_delete = OrderedDict((n, t) for n, t in entries if n in self._maybe_delete or n in failed)
+        return bool(doomed)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _step_of(self, name: str) -> int | None:
+        m = re.fullmatch(re.escape(self._checkpoint_name) + r"-(\d+)", name)
+        return int(m.group(1)) if m else None
+
+    def all_steps(self) -> list[int]:
+        """The numbers of the checkpoints this manager lists (``checkpoints``), ascending.
+
+        Checkpoints preserved by ``keep_checkpoint_every_n_hours`` are not listed, as in TF.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), "memory://doc/manager/steps", None)
+            >>> _ = m.save(checkpoint_number=10); _ = m.save(checkpoint_number=20)
+            >>> m.all_steps(), m.latest_step()
+            ([10, 20], 20)
+        """
+        with self._lock:
+            steps = [self._step_of(n) for n in self._maybe_delete]
+        return sorted(s for s in steps if s is not None)
+
+    def latest_step(self) -> int | None:
+        """The number of ``latest_checkpoint``, or None.
+
+        Example:
+            >>> import ckptcore as ck
+            >>> ck.CheckpointManager(ck.Checkpoint(), "memory://doc/manager/nostep", 1).latest_step() is None
+            True
+        """
+        with self._lock:
+            return None if self._latest is None else self._step_of(self._latest)
+
+    def best_step(self) -> int | None:
+        """The listed step whose metrics ``best_fn`` ranks best (the latest step without ``best_fn``), or None.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), "memory://doc/manager/best", 2,
+            ...                          best_fn=lambda metrics: metrics["loss"], best_mode="min")
+            >>> for step, loss in [(1, 0.5), (2, 0.2), (3, 0.9), (4, 0.7)]:
+            ...     _ = m.save(checkpoint_number=step, metrics={"loss": loss})
+            >>> m.all_steps(), m.best_step()      # the two best (2 and 1), and the newest
+            ([1, 2, 4], 2)
+        """
+        if self._best_fn is None:
+            return self.latest_step()
+        with self._lock:
+            scored = [(s, n) for n in self._maybe_delete if (s := self._score_of(n)) is not None]
+        if not scored:
+            return None
+        pick = max if self._best_mode == "max" else min
+        return self._step_of(pick(scored, key=lambda sn: sn[0])[1])
+
+    def delete(self, step: int) -> None:
+        """Delete the checkpoint numbered ``step`` from the directory and from this manager's list.
+
+        Only checkpoints this manager lists can be deleted (``all_steps()``); a
+        pending async save is waited for first. If it was the latest, the
+        previous one becomes the latest.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), "memory://doc/manager/delete", None)
+            >>> _ = m.save(checkpoint_number=1); _ = m.save(checkpoint_number=2)
+            >>> m.delete(2); m.all_steps(), m.latest_checkpoint
+            ([1], 'memory://doc/manager/delete/ckpt-1')
+        """
+        step = _as_int(step, "step")
+        with self._save_lock:
+            self._checkpoint.sync()
+            name = f"{self._checkpoint_name}-{step}"
+            with self._lock:
+                if name not in self._maybe_delete:
+                    raise NotFoundError(f"step {step} is not one of the checkpoints this manager lists in "
+                                        f"{self._directory} (all_steps(): {self.all_steps()}); ckptcore deletes "
+                                        "only checkpoints its manager recorded")
+                del self._maybe_delete[name]
+                self._scores.pop(name, None)
+                if self._latest == name:
+                    self._latest = next(reversed(self._maybe_delete), None)
+                # the state file first: a crash part way leaves unlisted files, never a state naming a deleted one
+                self._record_state()
+                self._delete_checkpoint(name)
 
     def _delete_checkpoint(self, name: str) -> None:
         prefix = self._storage.join(self._dir, name)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,7 +17,9 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 
-__all__ = ["CheckpointOptions", "resolve_options"]
+__all__ = ["CheckpointOptions", "check_metadata", "resolve_options"]
+
+MAX_METADATA_BYTES = 1 << 20
 
 
 def resolve_options(options: Any) -> CheckpointOptions:
@@ -43,6 +46,33 @@ def resolve_options(options: Any) -> CheckpointOptions:
                                f"{options!r}{hint}")
 
 
+def check_metadata(metadata: Any) -> dict:
+    """A copy of ``metadata`` once it is checked to be a small JSON object (a dict with string keys).
+
+    Example:
+        >>> check_metadata({"loss": 0.25})
+        {'loss': 0.25}
+        >>> try:
+        ...     check_metadata({"w": object()})
+        ... except Exception as e:
+        ...     print(type(e).__name__)
+        CheckpointError
+    """
+    from .errors import CheckpointError
+
+    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+        raise CheckpointError(f"checkpoint metadata must be a dict with string keys, got {type(metadata).__qualname__}")
+    try:
+        encoded = json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint metadata is not JSON-serializable: {e}; pass numbers, strings, "
+                              "booleans, None, lists and dicts (convert arrays with .tolist())") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"checkpoint metadata is {len(encoded)} bytes of JSON; at most {MAX_METADATA_BYTES} "
+                              "are allowed: save large values as tensors instead")
+    return json.loads(encoded)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckpointOptions:
     """Options for ``save``/``write``/``restore``/``read``.
@@ -67,6 +97,12 @@ class CheckpointOptions:
         max_retries: retries of each failed request to an object store (5xx,
             throttling, connection resets), with exponential backoff; None
             keeps the storage's default (5).
+        progress: show a progress bar (bytes, rate, ETA) on stderr while saving
+            or restoring, when stderr is a terminal (default off; see
+            :mod:`ckptcore.progress`). An async save draws it from its writer thread.
+        metadata: small JSON-serializable dict saved in the checkpoint's index
+            (a step, a loss, a git hash...), read back by
+            ``ck.load_checkpoint(path).metadata``; at most 1 MiB encoded.
 
     Example:
         >>> import ckptcore as ck
@@ -74,6 +110,8 @@ class CheckpointOptions:
         True
         >>> ck.CheckpointOptions(verify_before_restore=True).verify_before_restore
         True
+        >>> ck.CheckpointOptions(metadata={"step": 7}).metadata["step"]
+        7
     """
 
     enable_async: bool = False
@@ -83,9 +121,11 @@ class CheckpointOptions:
     experimental_io_device: str | None = None
     max_retries: int | None = None
     format: str = "ckptcore"
+    progress: bool = False
+    metadata: Mapping[str, Any] | None = None
 
     def __post_init__(self):
-        for name in ("enable_async", "verify_checksums", "verify_before_restore"):
+        for name in ("enable_async", "verify_checksums", "verify_before_restore", "progress"):
             value = getattr(self, name)
             if type(value) is not bool:
                 raise InvalidArgumentError(f"CheckpointOptions({name}=...) must be True or False, got {value!r}")
@@ -100,6 +140,8 @@ class CheckpointOptions:
             raise InvalidArgumentError("CheckpointOptions(max_retries=...) must be a non-negative int or None, got "
                                        f"{retries!r}")
         object.__setattr__(self, "storage_options", MappingProxyType(dict(self.storage_options or {})))
+        if self.metadata is not None:
+            object.__setattr__(self, "metadata", MappingProxyType(check_metadata(self.metadata)))
         if not isinstance(self.format, str):
             raise TypeError(f"CheckpointOptions(format=...) must be a format name such as 'tensorflow', "
                             f"not {type(self.format).__name__}")

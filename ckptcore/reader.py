@@ -88,6 +88,15 @@ class CheckpointReader:
             self.index.table  # noqa: B018 -- version 1 and saved indexes: the columns, built once
         self._row_of: dict[str, int] | None = None  # key -> row of the tensor table, built when first needed
         self._checked_sizes = False
+        #: ``progress(nbytes)`` is called with the bytes of each data read when set (progress bars, byte counts).
+        self.progress: Callable[[int], None] | None = None
+
+    def _open_reader(self, f: str):
+        rd = self.storage.open_reader(f)
+        if self.progress is not None:
+            from .progress import CountingReader
+            return CountingReader(rd, self.progress)
+        return rd
 
     @property
     def _rows(self) -> dict[str, int]:
@@ -111,17 +120,7 @@ class CheckpointReader:
         if self._checked_sizes:
             return
 
-        def check(shard: int) -> None:
-            f = self.data_file(shard)
-            expected = self.index.shard_sizes[shard]
-            try:
-                actual = self.storage.size(f)
-            except (NotFoundError, FileNotFoundError):
-                raise CorruptCheckpointError(f"checkpoint {self.path!r} is missing its data file {f}", path=f) from None
-            if actual < expected:
-                raise CorruptCheckpointError(
-                    f"data file {f} is truncated: {actual} bytes, the index records {expected}", path=f)
-
+        check = self._check_data_file
         workers = self._shard_workers(self.index.num_shards)
         if workers > 1:   # object stores: one request per shard, so ask concurrently
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckptcore-head") as pool:
@@ -132,8 +131,34 @@ class CheckpointReader:
                 check(shard)
         self._checked_sizes = True
 
+    def _check_data_file(self, shard: int) -> None:
+        f = self.data_file(shard)
+        expected = self.index.shard_sizes[shard]
+        try:
+            actual = self.storage.size(f)
+        except (NotFoundError, FileNotFoundError):
+            raise CorruptCheckpointError(f"checkpoint {self.path!r} is missing its data file {f}", path=f) from None
+        if actual < expected:
+            raise CorruptCheckpointError(
+                f"data file {f} is truncated: {actual} bytes, the index records {expected}", path=f)
+
     def _shard_workers(self, n: int) -> int:
         return max(1, min(int(getattr(self.storage, "shard_concurrency", 1) or 1), n))
+
+    @property
+    def metadata(self) -> dict:
+        """The user metadata saved with the checkpoint (``CheckpointOptions(metadata=...)``,
+        ``CheckpointManager.save(metadata=...)``); ``{}`` if none.
+
+        Example:
+            >>> import numpy as np, ckptcore as ck
+            >>> p = ck.Checkpoint(a=np.ones(1)).write("memory://doc/meta/c",
+            ...                                       ck.CheckpointOptions(metadata={"loss": 0.5}))
+            >>> ck.load_checkpoint(p).metadata
+            {'loss': 0.5}
+        """
+        user = self.index.metadata.get(fmt.USER_METADATA_KEY)
+        return dict(user) if isinstance(user, dict) else {}
 
     # --- TF-compatible accessors -------------------------------------------------
     def has_tensor(self, key: str) -> bool:
@@ -170,44 +195,69 @@ class CheckpointReader:
         self.read([(entry, None, out.append)])
         return out[0]
 
-    def verify(self) -> int:
+    def verify(self, errors: list | None = None) -> int:
         """Read every tensor and check its checksum without restoring anything.
 
         Each data file is read in order through one 8 MiB buffer, so memory stays
         bounded whatever the size of the checkpoint or of its largest tensor.
         Returns the number of bytes verified; raises
         :class:`~ckptcore.CorruptCheckpointError` naming the key and file on failure.
+        With a list as ``errors``, each problem is appended to it instead (a
+        missing or truncated data file once, a corrupt tensor each) and checking
+        goes on, so one pass names every corrupt file and key.
 
         Example:
             >>> import numpy as np, ckptcore as ck
             >>> ck.load_checkpoint(ck.Checkpoint(a=np.ones(4)).write("memory://doc/verify/c")).verify()
             32
+            >>> found = []; ck.load_checkpoint("memory://doc/verify/c").verify(found), found
+            (32, [])
         """
-        self.check_data_files()
-        if not self.index.checksummed:  # safetensors stores no checksums: nothing to verify against
-            return 0
+        def fail(e: CorruptCheckpointError) -> None:
+            if errors is None:
+                raise e
+            errors.append(e)
+
         t = self.index.table
         shard, offset, nbytes = t.shard, t.offset, t.nbytes
         sizes = self.index.shard_sizes
+        if errors is None:
+            self.check_data_files()
+            bad_shards: set[int] = set()
+        else:
+            bad_shards = set()
+            for s in range(self.index.num_shards):
+                try:
+                    self._check_data_file(s)
+                except CorruptCheckpointError as e:
+                    errors.append(e)
+                    bad_shards.add(s)
+        if not self.index.checksummed:  # safetensors stores no checksums: nothing to verify against
+            return 0
         scratch = memoryview(np.empty(min(VERIFY_CHUNK, max(sizes, default=0)), np.uint8))  # type: ignore[arg-type]
         order = sorted(range(len(t)), key=lambda r: (shard[r], offset[r]))
         for s, rows in groupby(order, key=shard.__getitem__):
+            if s in bad_shards:
+                continue
             f = self.data_file(s)
             size = sizes[s]
             lo = hi = 0  # the file range [lo, hi) now in the scratch buffer
-            with self.storage.open_reader(f) as rd:
+            with self._open_reader(f) as rd:
                 for r in rows:
                     pos, end, crc = offset[r], offset[r] + nbytes[r], 0
                     while pos < end:
                         if not lo <= pos < hi:
                             lo, hi = pos, min(pos + len(scratch), size)
                             if rd.readinto(lo, scratch[:hi - lo]) != hi - lo:
-                                raise _short(t.entry(r), f)
+                                break
                         stop = min(end, hi)
                         crc = fmt.crc32c(scratch[pos - lo:stop - lo], crc)
                         pos = stop
+                    if pos < end:
+                        fail(_short(t.entry(r), f))
+                        break  # the rest of this file cannot be read either
                     if crc != t.crc32c[r]:
-                        raise _mismatch(t.entry(r), f)
+                        fail(_mismatch(t.entry(r), f))
         return sum(nbytes)
 
     def read(self, requests: Iterable[tuple[fmt.TensorEntry, np.ndarray | None, Callable | None]],
@@ -234,7 +284,7 @@ class CheckpointReader:
             return
         for shard, items in by_shard.items():
             f = self.data_file(shard)
-            with self.storage.open_reader(f) as rd:
+            with self._open_reader(f) as rd:
                 read_tensors(rd, f, items, verify)
 
     def read_rows(self, rows: list[int], dests: list, callbacks: list, verify: bool | None = None) -> None:
@@ -268,7 +318,7 @@ class CheckpointReader:
             order = order.tolist()
             rows, dests, callbacks = [rows[i] for i in order], [dests[i] for i in order], [callbacks[i] for i in order]
         f = self.data_file(0)
-        with self.storage.open_reader(f) as rd:
+        with self._open_reader(f) as rd:
             if getattr(rd, "readv", None) is None:
                 read_tensors(rd, f, [(table.entry(t), d, cb) for t, d, cb in zip(rows, dests, callbacks)], verify)
             else:
@@ -293,7 +343,7 @@ class CheckpointReader:
 
                 wrapped = [(e, d, (lambda arr, cb=cb: deliver(arr, cb)) if cb is not None else None)
                            for e, d, cb in items]
-                with self.storage.open_reader(f) as rd:
+                with self._open_reader(f) as rd:
                     read_tensors(rd, f, wrapped, verify)
             except _Stopped:
                 pass

@@ -46,6 +46,8 @@ MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
 # stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
 FAST_DTYPES = _BY_NAME
+USER_METADATA_KEY = "user"  # the index metadata entry holding the user's own (CheckpointOptions.metadata)
+METRICS_KEY = "metrics"     # the metrics CheckpointManager.save(metrics=...) was given
 
 
 def crc32c(buf, value: int = 0, release_gil: bool = False) -> int:

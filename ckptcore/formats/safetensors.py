@@ -7,6 +7,9 @@ executed or unpickled. Its flat keys (``encoder.layers.3.bias``) become object p
 beyond the header's consistency: every range must lie in the file, match its dtype and
 shape, and no two may overlap.
 
+:func:`write` writes one, a tensor at a time (``ckptcore convert``), and
+:func:`read_metadata` reads its ``__metadata__`` (string to string).
+
 Example:
     >>> import json, struct
     >>> head = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
@@ -18,11 +21,14 @@ Example:
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
-from ..dtypes import dtype_from_name
-from ..errors import CorruptCheckpointError
+from ..dtypes import dtype_from_name, dtype_name
+from ..errors import CorruptCheckpointError, UnsupportedDtypeError
 from . import ckpt as fmt
 from .base import Format, looks_like_safetensors
 from .byname import nodes_from_keys
@@ -112,3 +118,94 @@ class SafetensorsFormat(Format):
         index.data_files = [path]
         index.checksummed = False
         return index
+
+
+_CODES = {name: code for code, name in DTYPES.items()}  # ckptcore dtype name -> safetensors dtype code
+
+
+def read_metadata(storage, path: str) -> dict[str, str]:
+    """The ``__metadata__`` of the safetensors file ``path`` (``{}`` if none), checked to map strings to strings.
+
+    Example:
+        >>> from ckptcore.storage import open_storage
+        >>> s, p = open_storage("memory://doc/st/meta.safetensors")
+        >>> write(s, p, [("w", np.ones(1))], metadata={"step": "3"}); read_metadata(s, p)
+        {'step': '3'}
+    """
+    size = storage.size(path)
+    with storage.open_reader(path) as rd:
+        head = bytearray(8)
+        if rd.readinto(0, memoryview(head)) != 8:
+            raise _bad(path, "the file is truncated")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise _bad(path, f"its header claims {n} bytes in a file of {size}")
+        header = bytearray(n)
+        if rd.readinto(8, memoryview(header)) != n:
+            raise _bad(path, "the file is truncated")
+    try:
+        doc = json.loads(bytes(header).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _bad(path, f"its header is not JSON ({e})") from None
+    meta = doc.get("__metadata__") if type(doc) is dict else None
+    if meta is None:
+        return {}
+    if type(meta) is not dict or not all(type(k) is str and type(v) is str for k, v in meta.items()):
+        raise _bad(path, "__metadata__ must map strings to strings")
+    return meta
+
+
+def write(storage, path: str, tensors: Iterable[tuple[str, Any]], metadata: dict[str, str] | None = None,
+          specs: list[tuple[str, str, tuple[int, ...]]] | None = None) -> None:
+    """Write a safetensors file from ``(key, array)`` pairs, committed atomically.
+
+    Arrays may come from a generator, one at a time; the header needs every
+    key, dtype and shape first, so pass ``specs`` (``(key, dtype name, shape)``
+    in the same order) when ``tensors`` is a generator that reads lazily.
+
+    Example:
+        >>> from ckptcore.storage import open_storage
+        >>> s, p = open_storage("memory://doc/st/w.safetensors")
+        >>> write(s, p, [("b", np.zeros((2, 2), np.int8))]); s.size(p) > 8
+        True
+    """
+    if specs is None:
+        tensors = list(tensors)
+        specs = [(k, dtype_name(np.asarray(a).dtype), tuple(np.shape(a))) for k, a in tensors]
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for key, name, shape in specs:
+        code = _CODES.get(name)
+        if code is None:
+            raise UnsupportedDtypeError(f"tensor {key!r} has dtype {name}, which safetensors cannot hold; "
+                                        f"it holds {', '.join(sorted(_CODES))}")
+        count = 1
+        for d in shape:
+            count *= d
+        nbytes = count * dtype_from_name(name).itemsize
+        header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as the safetensors library writes it
+    d = storage.dirname(path)
+    if d:
+        storage.makedirs(d)
+    writer = storage.open_writer(path)
+    try:
+        writer.write(struct.pack("<Q", len(raw)) + raw)
+        for (key, name, shape), (key2, arr) in zip(specs, tensors, strict=True):
+            arr = np.asarray(arr)
+            if not arr.flags.c_contiguous:
+                arr = arr.copy(order="C")  # (np.ascontiguousarray would make a scalar 1-d)
+            if key2 != key or tuple(arr.shape) != tuple(shape) or dtype_name(arr.dtype) != name:
+                raise ValueError(f"tensor {key2!r} does not match its spec {key!r} {name}{list(shape)}")
+            if arr.dtype.byteorder == ">":  # pragma: no cover - big-endian hosts
+                arr = arr.astype(arr.dtype.newbyteorder("<"))
+            if arr.nbytes:
+                writer.write(memoryview(arr.reshape(-1).view(np.uint8)))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
