@@ -190,7 +190,8 @@ def run(src: str, dst: str, to: str | None, storage_options: dict, as_json: bool
             if kind == "safetensors" and GRAPH_META not in passthrough:
                 meta = passthrough  # a copy of a foreign file keeps its own metadata
             else:
-                meta = {GRAPH_META: json.dumps(_graph_doc(graph, [t.key[r] for r in rows], flat), separators=(",", ":")),
+                gdoc = _graph_doc(graph, [t.key[r] for r in rows], flat)
+                meta = {GRAPH_META: json.dumps(gdoc, separators=(",", ":")),
                         USER_META: json.dumps(user_meta)}
             st.write(dstorage, dpath, arrays(order), metadata=meta,
                      specs=[(t.key[r], t.dtype[r], tuple(t.shape[r])) for r in order])

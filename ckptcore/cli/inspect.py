@@ -98,7 +98,8 @@ def run(path: str, storage_options: dict, as_json: bool, keys: bool) -> None:
         return
     tree = graph_tree(index)
     user_meta = reader.metadata
-    summary = {"path": prefix, "format": reader.format.name, "format_version": index.version, "num_shards": index.num_shards,
+    summary = {"path": prefix, "format": reader.format.name, "format_version": index.version,
+               "num_shards": index.num_shards,
                "objects": len(index.graph), "tensors": len(t), "bytes": sum(t.nbytes), "metadata": user_meta,
                "metrics": index.metadata.get(fmt.METRICS_KEY)}
     if as_json:
@@ -140,7 +141,8 @@ def run(path: str, storage_options: dict, as_json: bool, keys: bool) -> None:
     con.print(root)
     con.print(f"{summary['objects']} objects, {summary['tensors']} tensors, {_common.human_bytes(summary['bytes'])}"
               f" in {index.num_shards} data file(s); " +
-              (f"format version {index.version}" if reader.format.name == "ckptcore" else f"{reader.format.name} format"))
+              (f"format version {index.version}" if reader.format.name == "ckptcore"
+               else f"{reader.format.name} format"))
     if user_meta:
         import json
 
