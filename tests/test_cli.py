@@ -135,6 +135,8 @@ def test_inspect_tree_keys_metadata_and_path_typos(tmp_path, run):
     save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "m.safetensors"))
     r = run("inspect", str(tmp_path / "m.safetensors"))  # the library reads safetensors files by name
     assert r.returncode == 0 and "w  float32[2]  8 B" in r.stdout and "safetensors format" in r.stdout
+    r = run("verify", str(tmp_path / "m.safetensors"))
+    assert r.returncode == 0 and "stores no checksums" in r.stdout
     import pickle
     (tmp_path / "model.pt").write_bytes(pickle.dumps({"w": [1, 2]}))
     r = run("inspect", str(tmp_path / "model.pt"))

@@ -20,9 +20,6 @@ from typing import Any
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 
-_BROKEN_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/([^/].*)?$")
-
-
 class Finding(Exception):
     """A command found something (corruption, a difference): exit code 1, after its report."""
 
@@ -50,8 +47,8 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def check_url(path: str) -> str:
-    """Catch the path typos that would otherwise silently name a local file.
+def check_url(path: str, purpose: str = "restore") -> str:
+    """The library's path checks (:func:`ckptcore.storage.paths.check_checkpoint_path`), as a usage error.
 
     Example:
         >>> check_url("s3://bucket/run")
@@ -59,14 +56,16 @@ def check_url(path: str) -> str:
         >>> try:
         ...     check_url("s3:/bucket/run")
         ... except Usage as e:
-        ...     print(e)
-        's3:/bucket/run' is not a URL (one slash after 's3:'): did you mean 's3://bucket/run'?
+        ...     print(str(e).split("; ")[1])
+        did you mean 's3://bucket/run'?
     """
-    m = _BROKEN_SCHEME.match(path)
-    if m and len(m.group(1)) > 1:  # (a one-letter "scheme" is a Windows drive)
-        raise Usage(f"{path!r} is not a URL (one slash after '{m.group(1)}:'): "
-                    f"did you mean '{m.group(1)}://{m.group(2) or ''}'?")
-    return path
+    from ..errors import InvalidPathError
+    from ..storage.paths import check_checkpoint_path
+
+    try:
+        return check_checkpoint_path(path, purpose)
+    except InvalidPathError as e:
+        raise Usage(str(e)) from None
 
 
 def resolve_checkpoint(path: str, storage_options: dict, *, latest: bool = True) -> str:
@@ -118,7 +117,13 @@ def resolve_checkpoint(path: str, storage_options: dict, *, latest: bool = True)
         is_file = False
     if is_file:  # a single file: the reader opens it (model.safetensors) or says what it is (a pickle, ...)
         return path
-    hint = _did_you_mean(storage, spath)
+    from ..storage.paths import missing_checkpoint_hint
+
+    def exists(p: str) -> bool:
+        st, sp = open_storage(p, storage_options)
+        return st.exists(sp)
+
+    hint = missing_checkpoint_hint(path, exists) or _did_you_mean(storage, spath)
     raise Usage(f"no checkpoint at {path}: {fmt.index_path(path)} does not exist{hint}")
 
 

@@ -145,7 +145,7 @@ def run(src: str, dst: str, to: str | None, storage_options: dict, as_json: bool
         to = "safetensors" if dst.endswith(".safetensors") else "ckptcore"
     if to not in ("ckptcore", "safetensors"):
         raise _common.Usage(f"--to must be ckptcore or safetensors, got {to!r} (writing TensorFlow's format: not yet)")
-    _common.check_url(dst)
+    _common.check_url(dst, "write")
     reader = CheckpointReader(_common.resolve_checkpoint(src, storage_options), storage_options)
     kind = reader.format.name
     dstorage, dpath = open_storage(dst, storage_options)

@@ -61,7 +61,7 @@ def run(directory: str, storage_options: dict, as_json: bool) -> None:
     from ..state import read_state
     from ..storage import open_storage
 
-    _common.check_url(directory)
+    _common.check_url(directory, "directory")
     storage, d = open_storage(directory.rstrip("/") or directory, storage_options)
     if not storage.isdir(d) and storage.exists(d):
         raise _common.Usage(f"{directory} is a file, not a directory: `ckptcore inspect {directory}` looks inside "

@@ -9,8 +9,8 @@ Example:
     >>> import numpy as np, ckptcore as ck
     >>> from ckptcore.cli import main
     >>> p = ck.Checkpoint(a=np.ones(4)).write("memory://doc/cli/verify/c")
-    >>> main(["verify", p, "--json"])
-    {"ok": true, "checkpoints": [{"path": "memory://doc/cli/verify/c", "ok": true, "bytes": 32, "errors": []}]}
+    >>> main(["verify", p])
+    ok  memory://doc/cli/verify/c: 32 B verified
     0
 """
 
@@ -43,6 +43,7 @@ def run(paths: list[str], storage_options: dict, as_json: bool, show_progress: b
                     reader.progress = bar.update
                 nbytes = reader.verify(errors)
             results.append({"path": prefix, "ok": not errors, "bytes": nbytes,
+                            "checksums": reader is None or reader.index.checksummed,
                             "errors": [{"file": e.path, "key": e.key, "message": str(e)} for e in errors]})
     finally:
         progress.close(bar)
@@ -53,7 +54,9 @@ def run(paths: list[str], storage_options: dict, as_json: bool, show_progress: b
         import sys
 
         for r in results:
-            if r["ok"]:
+            if r["ok"] and not r["checksums"]:
+                sys.stdout.write(f"ok  {r['path']}: its format stores no checksums; only its layout was checked\n")
+            elif r["ok"]:
                 sys.stdout.write(f"ok  {r['path']}: {_common.human_bytes(r['bytes'])} verified\n")
             else:
                 sys.stdout.write(f"CORRUPT  {r['path']}: {len(r['errors'])} problem(s)\n")
