@@ -31,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--version"]:
-        from importlib.metadata import PackageNotFoundError, version
+        from .._version import version_of
 
-        try:
-            v = version("ckptcore")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            from .. import __version__ as v
-        sys.stdout.write(f"ckptcore {v}\n")
+        sys.stdout.write(f"ckptcore {version_of('ckptcore')}\n")
         return 0
     try:
         from ._app import build
