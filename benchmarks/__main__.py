@@ -9,11 +9,13 @@ Prints, each a ratio to "raw" measured in the same run (medians of ``--runs``):
 * per-object overhead: 1x, 4x, 16x the number of arrays at a fixed total size;
 * issue 15's workloads (``benchmarks/bench15.py``): LIST (lists of random-size arrays), GPT2 (a
   GPT-2-small-shaped torch model + AdamW against torch.save/load and DCP), SWEEP (1k to 100k arrays,
-  1M with ``--sweep-max 1000000``, and a torch model with Adam).
+  1M with ``--sweep-max 1000000``, and a torch model with Adam);
+* multi-worker: a sharded 1 GiB state saved/loaded/resharded by 2 and 4 processes against
+  ``torch.distributed.checkpoint`` (``benchmarks/bench_distributed.py``).
 
 The page cache is warm for loads (the file was just written and fsynced), as
 in issue 6's table. Options: ``--quick`` (2 runs, smaller W1/W2), ``--only W1``,
-``--runs N``, ``--dir DIR``, ``--skip memory,import,objects,async``,
+``--runs N``, ``--dir DIR``, ``--skip memory,import,objects,async,distributed``,
 ``--json FILE``, ``--s3`` (also run ``benchmarks/bench_s3.py`` if present).
 """
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="largest array count of the SWEEP (1000000 for the issue's top end: minutes)")
     ap.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5, quick 2)")
     ap.add_argument("--methods", default=None, help="comma-separated subset of: " + ", ".join(available()))
-    ap.add_argument("--skip", default="", help="comma-separated: memory, async, import, objects")
+    ap.add_argument("--skip", default="", help="comma-separated: memory, async, import, objects, distributed")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir, removed afterwards)")
     ap.add_argument("--json", default=None, help="also write all results to this file")
     ap.add_argument("--s3", action="store_true", help="also run benchmarks/bench_s3.py (S3 via a local server)")
@@ -171,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
+    if "distributed" not in skip:  # the sharded 1 GiB state on 2 and 4 processes, against DCP
+        try:
+            import torch.distributed  # noqa: F401
+        except ImportError as e:
+            print(f"\ndistributed benchmark skipped: torch.distributed is not available ({e})")
+        else:
+            from . import bench_distributed
+
+            bench_distributed.main(["--quick"] if a.quick else [])
     if a.s3:
         try:
             from . import bench_s3

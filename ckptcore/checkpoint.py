@@ -32,6 +32,7 @@ import numpy as np
 
 from . import progress
 from ._perf import paused_gc
+from .distributed.collective import DEFAULT_TIMEOUT, current_group
 from .errors import CheckpointError, InvalidArgumentError, NotTrackableError
 from .formats import ckpt as fmt
 from .formats.base import writer as writer_for
@@ -286,12 +287,46 @@ class Checkpoint(Module):
         metadata = dict(index_metadata or {})  # the manager's entries (metrics), then the user's own
         if options.metadata:
             metadata[fmt.USER_METADATA_KEY] = dict(options.metadata)
+        fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
+        group = current_group(options)
+        if group is not None:  # torch.distributed (or another group): every worker writes its section
+            from .distributed.save import collective_write
+
+            if options.format != "ckptcore":
+                raise CheckpointError(f"CheckpointOptions(format={options.format!r}): multi-worker saves write "
+                                      "ckptcore's own format only; convert a single-process copy instead")
+
+            def on_commit() -> None:
+                if record and group.rank == 0:
+                    fmt_writer.record_save(storage, storage.dirname(spath), storage.basename(spath))
+                if after_commit is not None:
+                    after_commit()
+
+            if not options.enable_async:
+                collective_write(group, storage, spath, lambda: plan_save(root, extra, metadata=metadata or None),
+                                 timeout=options.collective_timeout, on_commit=on_commit)
+                return path
+            # async: each worker snapshots its own values now; the collective steps and the writes run
+            # on the writer thread, over a group of their own (the training's collectives go on meanwhile)
+            background = group.background(options.collective_timeout or DEFAULT_TIMEOUT)
+            try:
+                snapshot, failure = plan_save(root, extra, snapshot=True, metadata=metadata or None), None
+            except BaseException as e:  # noqa: BLE001 -- reported to every worker by the write, raised by sync()
+                snapshot, failure = None, e
+
+            def planned():
+                if failure is not None:
+                    raise failure
+                return snapshot
+
+            self._ck_async.submit(lambda: collective_write(background, storage, spath, planned,
+                                                           timeout=options.collective_timeout, on_commit=on_commit))
+            return path
         plan = plan_save(root, extra, snapshot=options.enable_async, metadata=metadata or None)
         if progress.log.isEnabledFor(logging.DEBUG):
             progress.log.debug("planned %s: %d tensors, %d bytes in %.3f s", path, len(plan.node_of), plan.nbytes,
                                timer.elapsed())
 
-        fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
 
         def commit() -> None:
             bar = progress.bar(f"saving {path}", plan.nbytes, True) if options.progress else None
@@ -390,7 +425,13 @@ class Checkpoint(Module):
                 root, extra = self._ck_graph()
                 session = RestoreSession(reader, root, extra, ignore_live_names=ignore,
                                          verify=options.verify_checksums)
-                session.run()
+                group = current_group(options)
+                if group is None:
+                    session.run()
+                else:  # every worker restores its own objects; they agree before reading and after
+                    from .distributed.restore import run_collective
+
+                    run_collective(session, group, options.collective_timeout)
             finally:
                 reader.progress = None  # later (deferred) restores read without it
                 progress.close(bar)

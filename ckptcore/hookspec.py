@@ -138,3 +138,25 @@ def ckptcore_register_formats():
         def ckptcore_register_formats():
             return [FormatRegistration(MyFormat(), priority=5)]
     """
+
+
+@hookspec(firstresult=True)
+def ckptcore_collective_group(process_group):
+    """Return the :class:`~ckptcore.distributed.Group` a save or restore is collective over, or None.
+
+    First-result. Called on every ``save``/``write``/``restore``/``read`` with
+    ``CheckpointOptions.process_group`` (None: the framework's default group). Return None
+    when the framework's distributed runtime is not in use, so a single process is
+    unaffected; do not import the framework just to find out (check ``sys.modules``).
+    The group needs only ``all_gather``, ``broadcast`` and ``barrier`` on small ``bytes``,
+    each with a timeout (see :mod:`ckptcore.distributed.collective`).
+
+    Example::
+
+        @ck.hookimpl
+        def ckptcore_collective_group(process_group):
+            dist = sys.modules.get("torch.distributed")
+            if dist is None or not dist.is_initialized():
+                return None
+            return TorchGroup(process_group)
+    """

@@ -103,6 +103,13 @@ class CheckpointOptions:
         metadata: small JSON-serializable dict saved in the checkpoint's index
             (a step, a loss, a git hash...), read back by
             ``ck.load_checkpoint(path).metadata``; at most 1 MiB encoded.
+        process_group: the group of workers a save/restore is collective over
+            (a ``torch.distributed`` process group, or a ``ckptcore.distributed.Group``);
+            None: the default group when ``torch.distributed`` is initialized.
+            See docs/distributed.md.
+        collective_timeout: seconds each collective step of a multi-worker
+            save/restore may wait for the other workers before it raises
+            ``ckptcore.distributed.CollectiveTimeoutError`` (default 600).
 
     Example:
         >>> import ckptcore as ck
@@ -123,6 +130,8 @@ class CheckpointOptions:
     format: str = "ckptcore"
     progress: bool = False
     metadata: Mapping[str, Any] | None = None
+    process_group: Any = None
+    collective_timeout: float | None = None
 
     def __post_init__(self):
         for name in ("enable_async", "verify_checksums", "verify_before_restore", "progress"):

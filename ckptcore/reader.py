@@ -213,6 +213,9 @@ class CheckpointReader:
             >>> found = []; ck.load_checkpoint("memory://doc/verify/c").verify(found), found
             (32, [])
         """
+        if self.index.pieces is not None:  # sharded tensors: every ordinary row and every piece
+            from .distributed.reshard import verify_pieces
+            return verify_pieces(self)
         def fail(e: CorruptCheckpointError) -> None:
             if errors is None:
                 raise e
@@ -270,6 +273,12 @@ class CheckpointReader:
         verified after filling). ``callback(array)`` receives the filled array once its checksum passed.
         """
         verify = (self.verify_checksums if verify is None else verify) and self.index.checksummed
+        if self.index.pieces is not None:  # sharded tensors: assembled from their pieces
+            requests = list(requests)
+            rows = [self._rows[r[0].key] for r in requests]
+            from .distributed.reshard import read_rows as read_pieces
+            read_pieces(self, rows, [r[1] for r in requests], [r[2] for r in requests], verify)
+            return
         self.check_data_files()
         if self.index.num_shards == 1:
             reqs = sorted(requests, key=_offset_of)  # one pass when already in file order
@@ -303,6 +312,10 @@ class CheckpointReader:
         """
         verify = (self.verify_checksums if verify is None else verify) and self.index.checksummed
         if not rows:
+            return
+        if self.index.pieces is not None:  # sharded tensors: assembled from their pieces
+            from .distributed.reshard import read_rows as read_pieces
+            read_pieces(self, rows, dests, callbacks, verify)
             return
         table = self.index.table
         if self.index.num_shards != 1:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
+from .distributed.shards import ShardedValue
 from .dtypes import dtype_name, storage_dtype
 from .errors import CheckpointError, UnsupportedDtypeError
 from .formats import ckpt as fmt
@@ -123,6 +124,8 @@ def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
     """The C-contiguous little-endian array to write and its dtype name. ``where()`` names it in errors."""
     if isinstance(value, np.ndarray):
         arr = value
+    elif type(value) is ShardedValue:  # a multi-worker value: ckptcore.distributed writes its shards
+        return value, _dtype_info(value.dtype)[0]  # type: ignore[return-value]
     elif value is None:
         raise CheckpointError(f"cannot save {where()}: its adapter's get_value() returned None; an adapter must "
                               "return the value as an array (or list it in attributes() only when it has one)")

@@ -175,7 +175,8 @@ def _normalize(text: str) -> str:
 
 
 @pytest.mark.parametrize("hook", ["ckptcore_register_adapters", "ckptcore_register_storage",
-                                  "ckptcore_register_formats", "ckptcore_install_creation_hooks"])
+                                  "ckptcore_register_formats", "ckptcore_collective_group",
+                                  "ckptcore_install_creation_hooks"])
 def test_each_hook_is_documented_with_its_own_docstring(hook):
     doc = DOC.read_text()
     assert f"### `{hook}`" in doc
@@ -188,7 +189,7 @@ def test_each_hook_is_documented_with_its_own_docstring(hook):
 def test_every_hook_in_the_hookspec_module_is_documented():
     declared = {n for n, f in vars(hookspec).items() if n.startswith("ckptcore_") and callable(f)}
     assert declared == {"ckptcore_register_adapters", "ckptcore_register_storage",
-                        "ckptcore_register_formats", "ckptcore_install_creation_hooks"}
+                        "ckptcore_register_formats", "ckptcore_collective_group", "ckptcore_install_creation_hooks"}
 
 
 def test_the_hookspec_module_example_works(ckptcore_registry, tmp_path):

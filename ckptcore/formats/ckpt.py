@@ -36,7 +36,7 @@ from ..errors import CorruptCheckpointError
 from .base import Format
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)  # 3: version 2 plus sharded tensors (formats/pieces.py)
 MAGIC = b"CKPTIDX1"
 _HEADER = struct.Struct("<8sIIQI4x")  # magic, version, flags, json length, json crc32c, pad -> 32 bytes
 HEADER_SIZE = _HEADER.size
@@ -348,7 +348,7 @@ class Index:
 
     def __init__(self, nodes: list[Node] | None = None, num_shards: int = 1, shard_sizes: list[int] | None = None,
                  metadata: dict | None = None, version: int = FORMAT_VERSION, *, graph: Graph | None = None,
-                 table: TensorTable | None = None):
+                 table: TensorTable | None = None, pieces=None):
         if nodes is None and (graph is None or table is None):
             raise ValueError("an Index needs nodes, or a graph and a table")
         self._nodes = nodes
@@ -357,6 +357,7 @@ class Index:
         self.shard_sizes = [0] if shard_sizes is None else shard_sizes
         self.metadata = {} if metadata is None else metadata
         self.version = version
+        self.pieces = pieces  # formats.pieces.Pieces of the sharded tensors (version 3), or None
 
     def __repr__(self) -> str:
         return (f"Index(version={self.version}, nodes={len(self.graph)}, tensors={len(self.table)}, "
@@ -399,6 +400,9 @@ class Index:
             from .ckpt_v1 import encode_v1
             body, columns = encode_v1(self).encode("ascii"), b""
         else:
+            if self.pieces is not None and len(self.pieces):
+                from .pieces import PIECES_VERSION
+                self.version = max(self.version, PIECES_VERSION)
             body, columns = _encode_v2(self)
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body + columns
 
@@ -481,6 +485,9 @@ def _encode_v2(index: Index) -> tuple[bytes, bytes]:
                f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
                f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(t.shard)},'
                f'"offset":{col.ref(t.offset)},"nbytes":{col.ref(t.nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
+    if index.pieces is not None and len(index.pieces):
+        from .pieces import encode_pieces
+        tensors = f'{tensors[:-1]},"pieces":{encode_pieces(index.pieces, t, col)}}}'
     columns = b"".join(col.parts)
     head = f'{_head(index)[:-1]},"columns":{{"nbytes":{len(columns)},"crc32c":{crc32c(columns)}}}'
     return f'{head},"nodes":{graph},"tensors":{tensors}}}'.encode("ascii"), columns
@@ -703,8 +710,15 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     offset = _binary(t, "offset", path, section, m, keys=keys).astype(np.int64)
     nbytes = _binary(t, "nbytes", path, section, m, keys=keys).astype(np.int64)
     crcs = _binary(t, "crc32c", path, section, m, 0xFFFFFFFF, keys)
+    pieces = None
+    if version >= 3 and "pieces" in t:  # sharded tensors (formats/pieces.py)
+        from .pieces import parse_pieces
+        itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
+        pieces = parse_pieces(t["pieces"], path, section, _binary, keys, itemsize, ndim, dims.tolist(), shard,
+                              offset, nbytes, crcs, sizes, num_shards)
     if m:
-        _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes)
+        _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes,
+                       None if pieces is None else list(pieces.by_row))
     vectors = bool((ndim == 1).all())
     dims, ndim = dims.tolist(), ndim.tolist()
     num_children, num_attrs = num_children.tolist(), num_attrs.tolist()
@@ -754,7 +768,8 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard.tolist(),
                         offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs).tolist())
     table._arrays = (shard, offset, nbytes)
-    return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table)
+    return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table,
+                 pieces=pieces)
 
 
 def _gather(names: list[str], ids: np.ndarray) -> list[str]:
@@ -764,9 +779,10 @@ def _gather(names: list[str], ids: np.ndarray) -> list[str]:
     return table[ids].tolist()
 
 
-def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes) -> None:
+def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes, sharded=None) -> None:
     """Sizes and positions of every tensor, vectorized: ``nbytes`` is ``product(shape) * itemsize``
-    (no shape of 2^62 bytes or more), and each tensor lies inside its data file."""
+    (no shape of 2^62 bytes or more), and each tensor lies inside its data file (``sharded``: rows
+    stored as pieces, whose positions formats.pieces checks instead)."""
     ndim_a = np.asarray(ndim, np.int64)
     itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
     if len(dims):
@@ -795,7 +811,10 @@ def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nby
         raise CorruptCheckpointError(
             f"corrupt checkpoint index {path}: tensor {keys[i]!r} has {int(elems[i])} elements of "
             f"{int(itemsize[i])} bytes but records {int(nbytes[i])} bytes", path=path, key=keys[i])
-    past = np.flatnonzero(np.array(offset, np.int64) + nbytes_a > np.array(sizes, np.int64)[np.array(shard, np.int64)])
+    ends = np.array(offset, np.int64) + nbytes_a
+    if sharded:
+        ends[np.asarray(sharded, np.int64)] = 0
+    past = np.flatnonzero(ends > np.array(sizes, np.int64)[np.array(shard, np.int64)])
     if past.size:
         i = int(past[0])
         raise CorruptCheckpointError(

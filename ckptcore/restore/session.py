@@ -34,6 +34,7 @@ import numpy as np
 from .._perf import paused_gc
 from ..adapters import Adapter
 from ..builtin.numpy_adapters import NumpyArrayAdapter
+from ..distributed.shards import ShardBuffer
 from ..dtypes import storage_dtype
 from ..errors import AdapterStateError, CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
 from ..formats import ckpt as fmt
@@ -286,6 +287,7 @@ class RestoreSession:
         self.live_extra = False
         self.matched_adapters: set[type] = set()
         self.changes_seen = -1
+        self._partial: list | None = None  # reads into ShardBuffers (a worker's shards), planned by _plan_values
 
     def __del__(self):
         # One summary of unused values, once nothing can fill them any more: the Checkpoint, its
@@ -347,6 +349,11 @@ class RestoreSession:
             if rows:
                 self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
             del rows, dests, callbacks
+            if self._partial:
+                from ..distributed.reshard import read_rows as read_shards
+                shard_reads, self._partial = self._partial, None
+                read_shards(self.reader, [r[0] for r in shard_reads], [r[1] for r in shard_reads],
+                            [r[2] for r in shard_reads], self.verify)
             # only after the values arrived: a failed read marks nothing matched and queues nothing
             with paused_gc():
                 self._commit_matches(matches, pending)
@@ -528,6 +535,11 @@ class RestoreSession:
                     if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous
                                                  and dest.flags.writeable and dest.dtype == np_dtype
                                                  and dest.shape == entry_shape):
+                        if type(dest) is ShardBuffer and dest.dtype == np_dtype and dest.shape == entry_shape:
+                            if self._partial is None:
+                                self._partial = []
+                            self._partial.append((t, dest, partial(set_value, obj, attr)))
+                            continue
                         dest = None
                     add_row(t)
                     add_dest(dest)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed.shards import ShardBuffer
 from ..errors import CheckpointError
 from ..formats import ckpt as fmt
 
@@ -156,6 +157,13 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             raise CheckpointError(f"adapter {getattr(adapter, 'name', adapter)!r}: slot_restore_buffers returned "
                                   f"{len(buffers)} buffers for {len(requests)} slots")
         for k, ((_var, _name, row), buf, spec) in enumerate(zip(requests, buffers, specs)):
+            if type(buf) is ShardBuffer and buf.dtype == spec[3] and buf.shape == tuple(spec[2]):
+                if row not in plan.in_buffers:  # a sharded variable's slot: this worker's boxes of it
+                    plan.in_buffers.add(row)
+                    if session._partial is None:
+                        session._partial = []
+                    session._partial.append((row, buf, partial_got(plan, row)))
+                continue
             if buf is not None and not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable
                                         and buf.dtype == spec[3] and buf.shape == spec[2]):
                 buf = buffers[k] = None   # not usable as read memory: read into a fresh array instead

@@ -168,6 +168,11 @@ def to_numpy(tensor: Any) -> np.ndarray:
         >>> to_numpy(torch.arange(3, dtype=torch.int32)).tolist()
         [0, 1, 2]
     """
+    dtensors = sys.modules.get("torch.distributed.tensor")
+    if dtensors is not None and isinstance(tensor, dtensors.DTensor):
+        from .dtensor import sharded_value  # optimizer state of FSDP2 parameters, say
+
+        return sharded_value(tensor)
     check_materialized(tensor)
     npd, view = _entry(tensor.dtype) or (None, None)
     if npd is None:

@@ -34,10 +34,12 @@ from typing import Any
 import numpy as np
 
 from ckptcore.adapters import Adapter, SlotVariable
+from ckptcore.distributed import ShardBuffer
 from ckptcore.errors import CheckpointError
 
 from . import codec
 from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
+from .dtensor import from_buffer, is_dtensor, shard_buffer
 
 __all__ = ["OptimizerAdapter"]
 
@@ -278,6 +280,9 @@ class OptimizerAdapter(Adapter):
         group_of = None
         for variable, name, shape, dtype in requests:
             buf = None
+            if is_dtensor(variable) and tuple(variable.shape) == tuple(shape):
+                out.append(shard_buffer(variable).like(dtype))  # read this worker's boxes of the slot only
+                continue
             s = state.get(variable) if _is_tensor(variable) else None   # .get: state is a defaultdict
             if s:
                 t = _at(s, name)
@@ -317,6 +322,9 @@ class OptimizerAdapter(Adapter):
                 raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
             segments = name.split("/")
             s = state[variable]
+            if isinstance(value, ShardBuffer):  # a sharded (DTensor) parameter's slot: a DTensor laid out like it
+                _put(s, segments, from_buffer(value, like=variable))
+                continue
             old = _at(s, name)
             if _is_tensor(old) and shares_memory(value, old):
                 continue   # read in place, into the state tensor itself

@@ -23,6 +23,8 @@ from .adapters import (
     TensorAdapter,
     has_state_dict,
 )
+from .distributed import ckptcore_collective_group  # noqa: F401 -- the hook: torch.distributed groups
+from .dtensor import DTensorAdapter
 from .optim import OptimizerAdapter
 
 #: Priority of the ``state_dict()`` fallback: any specific claim wins over it.
@@ -31,15 +33,16 @@ FALLBACK_PRIORITY = -100
 
 @hookimpl
 def ckptcore_register_adapters():
-    """Claim torch modules, tensors, optimizers, schedulers, generators and ``state_dict`` objects.
+    """Claim torch modules, tensors (DTensors too), optimizers, schedulers, generators and ``state_dict`` objects.
 
     Example:
         >>> sorted(r.adapter.name for r in ckptcore_register_adapters())[:2]
-        ['ckptcore_torch.generator', 'ckptcore_torch.lr_scheduler']
+        ['ckptcore_torch.dtensor', 'ckptcore_torch.generator']
     """
     return [
         AdapterRegistration(types=("torch.nn.modules.module.Module",), adapter=ModuleAdapter()),
         AdapterRegistration(types=("torch.Tensor",), adapter=TensorAdapter()),
+        AdapterRegistration(types=("torch.distributed.tensor.DTensor",), adapter=DTensorAdapter()),
         AdapterRegistration(types=("torch.optim.optimizer.Optimizer",), adapter=OptimizerAdapter()),
         AdapterRegistration(types=("torch.optim.lr_scheduler.LRScheduler",
                                    "torch.optim.lr_scheduler.ReduceLROnPlateau"), adapter=LRSchedulerAdapter()),

@@ -1,0 +1,223 @@
+"""The framework-free multi-worker layer: assignment, merge, reshard planning, the pieces format,
+and collective saves/restores over an in-process group of threads (ckptcore.distributed.ThreadGroup)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ckptcore as ck
+from ckptcore.distributed import CollectiveTimeoutError, ShardBuffer, ShardedValue, ThreadGroup
+from ckptcore.distributed.merge import assign
+from ckptcore.distributed.reshard import runs
+from ckptcore.formats import ckpt as fmt
+from ckptcore.formats.pieces import Pieces
+
+
+class Sharded:
+    """A test type: this worker's boxes of a global array (what a DTensor adapter describes)."""
+
+    def __init__(self, shape, boxes):
+        self.shape, self.boxes = shape, boxes  # boxes: [(start, array)]
+
+
+class ShardedAdapter(ck.Adapter):
+    name = "test.sharded"
+
+    def attributes(self, obj):
+        return ["VARIABLE_VALUE"]
+
+    def get_value(self, obj, attr):
+        return ShardedValue(obj.shape, obj.boxes[0][1].dtype, obj.boxes)
+
+    def spec(self, obj, attr):
+        return tuple(obj.shape), obj.boxes[0][1].dtype
+
+    def restore_buffer(self, obj, attr):
+        return ShardBuffer(obj.shape, obj.boxes[0][1].dtype, obj.boxes)
+
+    def set_value(self, obj, attr, value):
+        assert value.shards[0][1] is obj.boxes[0][1]  # filled in place
+
+
+@pytest.fixture(autouse=True)
+def _adapter():
+    name = ck.register_adapter(Sharded, ShardedAdapter())
+    yield
+    ck.registry.unregister_plugin(name)
+
+
+def on_threads(n, fn):
+    """Run ``fn(group)`` on ``n`` threads, one rank each; their results (exceptions included)."""
+    groups, out = ThreadGroup.create(n), [None] * n
+
+    def run(g):
+        try:
+            out[g.rank] = fn(g)
+        except BaseException as e:  # noqa: BLE001
+            out[g.rank] = e
+    ts = [threading.Thread(target=run, args=(g,)) for g in groups]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    return out
+
+
+def split(shape, world, dim):
+    """Boxes of an even-ish split of ``shape`` along ``dim`` (numpy.array_split bounds)."""
+    bounds = np.array_split(np.arange(shape[dim]), world)
+    out = []
+    for b in bounds:
+        start = [0] * len(shape)
+        ext = list(shape)
+        start[dim] = int(b[0]) if len(b) else shape[dim]
+        ext[dim] = len(b)
+        out.append((tuple(start), tuple(ext)))
+    return out
+
+
+def box_of(full, start, ext):
+    return np.ascontiguousarray(full[tuple(slice(s, s + e) for s, e in zip(start, ext))])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3).flatmap(
+    lambda shape: st.tuples(st.just(tuple(shape)),
+                            st.tuples(*[st.integers(0, d - 1) for d in shape]),
+                            st.tuples(*[st.integers(1, d) for d in shape]))))
+def test_runs_cover_exactly_the_box(args):
+    shape, lo, ext = args
+    ext = tuple(min(e, d - s) for s, e, d in zip(lo, ext, shape))
+    full = np.arange(int(np.prod(shape))).reshape(shape)
+    offs, run = runs(shape, lo, ext)
+    got = np.concatenate([full.reshape(-1)[o:o + run] for o in offs])
+    np.testing.assert_array_equal(got, box_of(full, lo, ext).reshape(-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.lists(st.tuples(st.integers(1, 9), st.integers(0, 1), st.booleans()), min_size=1,
+                                   max_size=6))
+def test_assign_writes_each_box_exactly_once_by_a_holder(world, tensors):
+    descs = [[] for _ in range(world)]
+    for i, (n, dim, replicated) in enumerate(tensors):
+        shape = [n, 3]
+        for r in range(world):
+            boxes = None if replicated else [[list(s), list(e)] for s, e in [split(shape, world, dim)[r]]]
+            descs[r].append([f"t{i}", "float32", shape, boxes])
+    plan = assign(descs)
+    written = [(k, r) for r, ks in plan.items() for k in ks]
+    keys = [k for k, _ in written]
+    assert len(keys) == len(set(keys))  # no box twice
+    for (row, start, extent), r in written:
+        boxes = descs[r][row][3]
+        assert boxes is None or [list(start), list(extent)] in boxes  # written by a worker that holds it
+    for row, (n, _dim, _replicated) in enumerate(tensors):
+        vol = sum(int(np.prod(e)) for (rw, _s, e) in keys if rw == row)
+        assert vol == n * 3  # the whole tensor, once
+
+
+def test_replicated_values_spread_over_workers():
+    rows = [[f"v{i}", "float32", [1000], None] for i in range(8)]
+    plan = assign([rows] * 4)
+    assert sorted(len(v) for v in plan.values()) == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("save_world,save_dim,load_world,load_dim", [(2, 0, 3, 1), (3, 1, 2, 0), (2, 0, 1, 0),
+                                                                      (1, 0, 2, 1)])
+def test_collective_save_and_reshard_restore_on_threads(save_world, save_dim, load_world, load_dim):
+    full = np.arange(7 * 5, dtype=np.float32).reshape(7, 5)
+    path = f"memory://dist/core/{save_world}{save_dim}{load_world}{load_dim}/ckpt"
+    extra = np.arange(3.0)  # replicated: the same on every worker
+
+    def save(g):
+        start, ext = split(full.shape, g.size, save_dim)[g.rank]
+        obj = Sharded(full.shape, [(start, box_of(full, start, ext))])
+        return ck.Checkpoint(w=obj, e=extra.copy()).save(path, ck.CheckpointOptions(process_group=g))
+    paths = on_threads(save_world, save)
+    assert paths == [path + "-1"] * save_world
+    reader = ck.load_checkpoint(path + "-1")
+    np.testing.assert_array_equal(reader.get_tensor("w/.ATTRIBUTES/VARIABLE_VALUE"), full)
+    np.testing.assert_array_equal(reader.get_tensor("e/.ATTRIBUTES/VARIABLE_VALUE"), extra)
+    assert reader.verify() == full.nbytes + extra.nbytes + 8  # + save_counter, each written once
+
+    def restore(g):
+        start, ext = split(full.shape, g.size, load_dim)[g.rank]
+        obj = Sharded(full.shape, [(start, np.zeros(ext, np.float32))])
+        e = np.zeros(3)
+        ck.Checkpoint(w=obj, e=e).restore(path + "-1", ck.CheckpointOptions(process_group=g)).assert_consumed()
+        return np.array_equal(obj.boxes[0][1], box_of(full, start, ext)) and np.array_equal(e, extra)
+    assert on_threads(load_world, restore) == [True] * load_world
+
+
+def test_a_shape_mismatch_on_one_worker_fails_the_restore_everywhere_with_nothing_assigned():
+    path = ck.Checkpoint(a=np.ones(4), b=np.ones(2)).write("memory://dist/core/mismatch/c")
+
+    def restore(g):
+        a, b = np.zeros(4), np.zeros(3 if g.rank == 1 else 2)
+        try:
+            ck.Checkpoint(a=a, b=b).read(path, ck.CheckpointOptions(process_group=g))
+        except ck.CheckpointError as e:
+            return type(e).__name__, bool(a.any() or b.any())
+        return None
+    (e0, touched0), (e1, touched1) = on_threads(2, restore)
+    assert e1 == "ShapeMismatchError" and e0 == "_RemoteError"
+    assert not touched0 and not touched1
+
+
+def test_a_worker_that_fails_while_writing_fails_the_save_everywhere(monkeypatch):
+    import ckptcore.saver as saver
+
+    real = saver._write_tensors
+    path = "memory://dist/core/fail/c"
+
+    def write(writer, items, progress):
+        if threading.current_thread().name.endswith("rank1"):
+            raise OSError("disk full")
+        return real(writer, items, progress)
+    monkeypatch.setattr(saver, "_write_tensors", write)
+
+    def save(g):
+        threading.current_thread().name = f"rank{g.rank}"
+        return ck.Checkpoint(a=np.ones(100), b=np.ones(100)).write(path, ck.CheckpointOptions(process_group=g))
+    r0, r1 = on_threads(2, save)
+    assert isinstance(r0, ck.CheckpointError) and "rank 1 failed writing its section" in str(r0)
+    assert isinstance(r1, OSError)
+    with pytest.raises(ck.NotFoundError):
+        ck.load_checkpoint(path)
+
+
+def test_a_dead_worker_makes_the_others_raise_within_the_timeout():
+    groups = ThreadGroup.create(2)
+    with pytest.raises(CollectiveTimeoutError, match="within 0.2 s"):
+        ck.Checkpoint(a=np.ones(2)).write("memory://dist/core/dead/c",
+                                          ck.CheckpointOptions(process_group=groups[0], collective_timeout=0.2))
+    with pytest.raises(ck.NotFoundError):
+        ck.load_checkpoint("memory://dist/core/dead/c")
+
+
+def _index_with(pieces, shape=(4,), sizes=(16, 16)):
+    e = fmt.TensorEntry("w", "float32", shape, 0, 0, 4 * int(np.prod(shape)), 0)
+    return fmt.Index(nodes=[fmt.Node(attributes={"VARIABLE_VALUE": e})], num_shards=2, shard_sizes=list(sizes),
+                     pieces=pieces).encode()
+
+
+@pytest.mark.parametrize("pieces,match", [
+    (Pieces([0, 0], [0, 1], [0, 0], [8, 8], [0, 0], [(0,), (1,)], [(2,), (2,)]), "overlap"),
+    (Pieces([0, 0], [0, 1], [0, 0], [8, 8], [0, 0], [(0,), (3,)], [(2,), (2,)]), "outside its shape"),
+    (Pieces([0], [0], [0], [8], [0], [(0,)], [(2,)]), "do not add up"),
+    (Pieces([0, 0], [0, 1], [0, 12], [8, 8], [0, 0], [(0,), (2,)], [(2,), (2,)]), "past the end"),
+    (Pieces([0, 0], [0, 1], [0, 0], [8, 4], [0, 0], [(0,), (2,)], [(2,), (2,)]), "records 4 bytes"),
+])
+def test_hostile_pieces_are_rejected(pieces, match):
+    with pytest.raises(ck.CorruptCheckpointError, match=match):
+        fmt.decode_index(_index_with(pieces), "x.index")
+
+
+def test_an_index_without_pieces_stays_version_2():
+    raw = ck.Checkpoint(a=np.ones(2)).write("memory://dist/core/v2/c")
+    assert ck.load_checkpoint(raw).index.version == 2
