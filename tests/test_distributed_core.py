@@ -221,3 +221,52 @@ def test_hostile_pieces_are_rejected(pieces, match):
 def test_an_index_without_pieces_stays_version_2():
     raw = ck.Checkpoint(a=np.ones(2)).write("memory://dist/core/v2/c")
     assert ck.load_checkpoint(raw).index.version == 2
+
+
+class _CountingReader:
+    """A data-file reader that counts its read calls (to see runs read as one span)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def readinto(self, offset, buf):
+        self.calls += 1
+        return self.inner.readinto(offset, buf)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=3).flatmap(
+    lambda shape: st.tuples(st.just(tuple(shape)),
+                            st.tuples(*[st.integers(0, d - 1) for d in shape]),
+                            st.tuples(*[st.integers(1, d) for d in shape]))),
+       st.sampled_from([(0, 8 << 20), (64 << 10, 8 << 20), (64 << 10, 16), (1 << 30, 1 << 30)]),
+       st.sampled_from(["float32", "int16", "float64"]))
+def test_a_box_read_in_spans_equals_the_slice_whatever_the_span_limits(tmp_path_factory, args, limits, dtype):
+    """fill_box groups close runs into one read and copies them apart: the box equals numpy's slice."""
+    from contextlib import ExitStack
+
+    from ckptcore.distributed import reshard
+
+    shape, lo, ext = args
+    ext = tuple(min(e, d - s) for s, e, d in zip(lo, ext, shape))
+    full = (np.arange(int(np.prod(shape))) * 3 - 7).astype(dtype).reshape(shape)
+    path = ck.Checkpoint(a=full).write(str(tmp_path_factory.mktemp("span") / "c"))
+    reader = ck.load_checkpoint(path)
+    row = reader.index.table.key.index("a/.ATTRIBUTES/VARIABLE_VALUE")
+    dest = np.full(ext, -1, dtype)
+    old = reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES
+    reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES = limits
+    try:
+        with ExitStack() as stack:
+            readers = reshard._Readers(reader, stack)
+            counting = _CountingReader(readers.get(0))
+            readers.open[0] = counting
+            reshard.fill_box(reader, readers, row, lo, dest, verify=True)
+    finally:
+        reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES = old
+    np.testing.assert_array_equal(dest, box_of(full, lo, ext))
+    n_runs = len(runs(shape, lo, ext)[0])
+    if limits[0] == 0 and n_runs > 1 and ext[-1] < shape[-1]:
+        assert counting.calls == n_runs          # gaps never bridged: a read per run
+    if limits == (1 << 30, 1 << 30):
+        assert counting.calls == 1               # everything within limits: one read
