@@ -566,6 +566,26 @@ class _BufferedWriter:
             _rm_quietly(self._st, self.path)
 
 
+@contextlib.contextmanager
+def _commit_errors(st: CloudStorage, path: str):
+    """Around a writer's commit: failures become ckptcore errors naming ``path``; the listing cache is dropped.
+
+    Example:
+        >>> import fsspec
+        >>> st = CloudStorage(fsspec.filesystem("memory"), protocol="memory")
+        >>> with _commit_errors(st, "/doc/commit-errors/x"):
+        ...     pass
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise st._translate(e, "write", path) from e
+    finally:
+        st.fs.invalidate_cache(path)
+
+
 def _rm_quietly(storage: CloudStorage, path: str) -> None:
     """Best-effort removal of an aborted upload's object (it may never have been created)."""
     try:
@@ -694,7 +714,7 @@ class _S3MultipartWriter:
 
     def commit(self) -> None:
         st = self._st
-        try:
+        with _commit_errors(st, self.path):
             if self._whole is not None:
                 data, self._whole = b"".join(self._whole), []
                 self._sent_final = True
@@ -714,12 +734,6 @@ class _S3MultipartWriter:
                     if "NoSuchUpload" not in repr(e) or not self._landed():
                         raise
                 self._upload_id = None
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise st._translate(e, "write", self.path) from e
-        finally:
-            st.fs.invalidate_cache(self.path)
 
     def _landed(self) -> bool:
         try:
@@ -808,7 +822,7 @@ class _GCSComposeWriter:
 
     def commit(self) -> None:
         st = self._st
-        try:
+        with _commit_errors(st, self.path):
             rest = self._parts_of.take_rest()
             if not self._tmps:
                 data = b"".join([*self._held, rest])
@@ -834,12 +848,6 @@ class _GCSComposeWriter:
                 level = nxt
             self._sent_final = True
             self._compose(self.path, level)
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise st._translate(e, "write", self.path) from e
-        finally:
-            st.fs.invalidate_cache(self.path)
         self._cleanup()
 
     def _cleanup(self) -> None:
