@@ -239,30 +239,28 @@ def test_storage_failures_during_save_are_ckptcore_errors(tmp_path, monkeypatch,
     ck.load_checkpoint(first).verify()
 
 
-def test_a_failed_directory_fsync_fails_the_save(tmp_path, monkeypatch):
+def _fail_directory_fsync(monkeypatch, code: int) -> None:
+    """os.fsync raises ``OSError(code)`` on directories and works on files."""
+    import stat
+
     real_fsync = os.fsync
 
     def fsync(fd):
-        import stat
         if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EIO, "Input/output error")
+            raise OSError(code, os.strerror(code))
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_failed_directory_fsync_fails_the_save(tmp_path, monkeypatch):
+    _fail_directory_fsync(monkeypatch, errno.EIO)
     with pytest.raises(ck.StorageError, match="fsync the directory"):
         ck.Checkpoint(a=np.ones(1)).save(str(tmp_path / "ckpt"))
 
 
 def test_directory_fsync_unsupported_by_the_file_system_is_not_an_error(tmp_path, monkeypatch):
-    real_fsync = os.fsync
-
-    def fsync(fd):
-        import stat
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    _fail_directory_fsync(monkeypatch, errno.EINVAL)
     assert ck.Checkpoint(a=np.ones(1)).save(str(tmp_path / "ckpt")).endswith("ckpt-1")
 
 
