@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -246,6 +247,14 @@ def main() -> None:
         result = SCENARIOS[scenario](rank, world, workdir, json.loads(params))
         with open(os.path.join(workdir, f"result-{scenario}-{rank}.json"), "w") as f:
             json.dump(result, f)
+        # Every rank leaves together: a rank that tears its gloo pairs (or rank 0's TCP store) down
+        # while a peer is still in its last collective makes the peer abort in C++
+        # ("terminate called without an active exception"), which is the harness, not the library.
+        # A peer a failure scenario killed never arrives: wait a bounded time, then leave anyway.
+        try:
+            dist.barrier(async_op=True).wait(timedelta(seconds=20))
+        except Exception:
+            pass
     finally:
         dist.destroy_process_group()
 
