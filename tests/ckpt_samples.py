@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 import ckptcore as ck
@@ -32,3 +34,32 @@ def open_every_way(path):
     r.verify()
     ck.list_variables(path)
     ck.Checkpoint(model=fresh()).read(path).expect_partial()
+
+
+@contextlib.contextmanager
+def toy_optimizer(adapter_name: str, slot_name: str, slot_value):
+    """A registered toy optimizer adapter: yields ``(w, opt)``, ``opt`` holding one slot of ``w`` and state.
+
+    The slot is ``slot_name`` with ``slot_value``; the state is ``{"lr": 0.1}``. The adapter is
+    unregistered on exit.
+    """
+
+    class Opt(ck.Adapter):
+        name = adapter_name
+
+        def slots(self, obj):
+            return [ck.SlotVariable(variable=obj.w, name=slot_name, value=slot_value)]
+
+        def get_state(self, obj):
+            return {"lr": 0.1}
+
+    class Optim:
+        def __init__(self, w):
+            self.w = w
+
+    plugin = ck.register_adapter(Optim, Opt())
+    try:
+        w = ck.Variable(np.zeros(2))
+        yield w, Optim(w)
+    finally:
+        ck.registry.unregister_plugin(plugin)

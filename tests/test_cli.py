@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ckpt_samples import toy_optimizer
 
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
@@ -144,25 +145,8 @@ def test_inspect_tree_keys_metadata_and_path_typos(tmp_path, run):
 
 
 def test_inspect_shows_slot_variables_and_state(tmp_path, run):
-    class Opt(ck.Adapter):
-        name = "test.opt"
-
-        def slots(self, obj):
-            return [ck.SlotVariable(variable=obj.w, name="momentum", value=np.ones(2, np.float32))]
-
-        def get_state(self, obj):
-            return {"lr": 0.1}
-
-    class Optim:
-        def __init__(self, w):
-            self.w = w
-
-    plugin = ck.register_adapter(Optim, Opt())
-    try:
-        w = ck.Variable(np.zeros(2))
-        path = ck.Checkpoint(w=w, opt=Optim(w)).write(str(tmp_path / "ckpt"))
-    finally:
-        ck.registry.unregister_plugin(plugin)
+    with toy_optimizer("test.opt", "momentum", np.ones(2, np.float32)) as (w, opt):
+        path = ck.Checkpoint(w=w, opt=opt).write(str(tmp_path / "ckpt"))
     r = run("inspect", path)
     assert r.returncode == 0, r.stderr
     assert "slot momentum of w  float32[2]  8 B" in r.stdout and "state: {'lr': 0.1}" in r.stdout, r.stdout

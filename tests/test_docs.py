@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from ckpt_samples import toy_optimizer
 
 import ckptcore as ck
 
@@ -238,25 +239,8 @@ def test_format_page_matches_the_code(tmp_path):
     assert f"`P{fmt.INDEX_SUFFIX}`" in text and "`P.data-00000-of-00001`" in text
     assert f"`{state.STATE_FILENAME}`" in text
     # Every JSON field the code writes is documented.
-    class Opt(ck.Adapter):
-        name = "doc.opt"
-
-        def slots(self, obj):
-            return [ck.SlotVariable(variable=obj.w, name="m", value=np.ones(2))]
-
-        def get_state(self, obj):
-            return {"lr": 0.1}
-
-    class Optim:
-        def __init__(self, w):
-            self.w = w
-
-    plugin = ck.register_adapter(Optim, Opt())
-    try:
-        w = ck.Variable(np.zeros(2))
-        path = ck.Checkpoint(w=w, opt=Optim(w)).save(str(tmp_path / "ckpt"))
-    finally:
-        ck.registry.unregister_plugin(plugin)
+    with toy_optimizer("doc.opt", "m", np.ones(2)) as (w, opt):
+        path = ck.Checkpoint(w=w, opt=opt).save(str(tmp_path / "ckpt"))
     raw = open(path + fmt.INDEX_SUFFIX, "rb").read()
     length = int.from_bytes(raw[16:24], "little")  # the JSON; the binary columns follow it
     doc = json.loads(raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + length])
