@@ -95,8 +95,14 @@ def _import_time(n: int, root: str | None = None) -> tuple[float, str]:
     where = "fresh interpreter of a fresh venv" if python != sys.executable else "fresh interpreter"
     times = []
     cwd = tempfile.gettempdir()  # not the source tree: the installed package, as a user imports it
+    # pip compiles a package's .pyc files when it installs it, so a user's import never compiles
+    # ckptcore's sources: with PYTHONDONTWRITEBYTECODE set (CI, some shells) every import would
+    # compile ~40 modules (~50 ms). One discarded import writes the .pyc files first.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([python, "-c", "import ckptcore"], capture_output=True, check=True, cwd=cwd, env=env)
     for _ in range(n):
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd=cwd).stdout.strip()
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True, cwd=cwd,
+                             env=env).stdout.strip()
         if out.startswith("imported"):
             raise SystemExit(f"import ckptcore {out} (these must load lazily)")
         times.append(float(out))
