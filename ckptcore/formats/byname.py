@@ -120,7 +120,7 @@ def restore_by_name(session, root, extra_root_children) -> int:
         t = rows.get(_tf_name(obj.name))
         if t is None:
             continue
-        nid = table.node[t]
+        nid = int(table.node[t])
         if session.matched_node(obj) == nid:
             continue
         matches = [(obj, ln.adapter, nid, -1, None)]

@@ -256,8 +256,8 @@ class Graph:
 class TensorTable:
     """Every tensor of an index, column by column: row ``t`` is tensor ``t``.
 
-    ``node[t]`` is the node that holds it. :meth:`entry` builds a :class:`TensorEntry`
-    for one row; :meth:`arrays` gives the layout columns as numpy arrays.
+    ``node[t]`` is the node that holds it (a list, or an int64 array in a decoded index).
+    :meth:`entry` builds a :class:`TensorEntry` for one row; :meth:`arrays` gives the layout columns as numpy arrays.
 
     Example:
         >>> e = TensorEntry("k", "float32", (2,), 0, 0, 8, 7)
@@ -719,19 +719,15 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     if m:
         _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes,
                        None if pieces is None else list(pieces.by_row))
-    vectors = bool((ndim == 1).all())
-    dims, ndim = dims.tolist(), ndim.tolist()
-    num_children, num_attrs = num_children.tolist(), num_attrs.tolist()
-
     # -- per-node checks, then the columns restore works on -----------------------------------------
-    child_start = [0, *accumulate(num_children)]
-    for nid in [i for i, c in enumerate(num_children) if c > 1]:
+    child_start = np.concatenate(([0], np.cumsum(num_children))).tolist()
+    for nid in np.flatnonzero(num_children > 1).tolist():
         names = child_names[child_start[nid]:child_start[nid + 1]]
         if len(set(names)) != len(names):
             dup = next(x for i, x in enumerate(names) if x in names[:i])
             raise _bad(path, f"node {nid} has two children named {dup!r}")
-    attr_start = [0, *accumulate(num_attrs)]
-    for nid in [i for i, c in enumerate(num_attrs) if c > 1]:
+    attr_start = np.concatenate(([0], np.cumsum(num_attrs))).tolist()
+    for nid in np.flatnonzero(num_attrs > 1).tolist():
         names = attr_names[attr_start[nid]:attr_start[nid + 1]]
         if len(set(names)) != len(names):
             raise _bad(path, f"node {nid} has two attributes of one name")
@@ -751,25 +747,39 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
         node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
                                                _str(row[2], "slot name", path),
                                                _int(row[3], "slot node", path, 0, n - 1)))
-    # Equal shapes share one tuple: models repeat a few shapes many times, and tens of thousands of
-    # tuples would be that many more objects for the garbage collector to scan after a restore.
-    if vectors:  # the common case: C-level passes
-        one = {d: (d,) for d in set(dims)}
-        shapes = list(map(one.__getitem__, dims))
-    else:
-        shapes, p = [], 0
-        seen_shapes: dict[tuple, tuple] = {}
-        for k in ndim:
-            shape = tuple(dims[p:p + k])
-            shapes.append(seen_shapes.setdefault(shape, shape))
-            p += k
+    shapes = _shapes(ndim, dims)
     graph = Graph(_gather(adapters, node_adapter), _gather(types, node_type), child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)
     table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard.tolist(),
-                        offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs).tolist())
+                        offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs))
     table._arrays = (shard, offset, nbytes)
     return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table,
                  pieces=pieces)
+
+
+def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
+    """Each row's shape tuple from the ``ndim`` and flat ``dims`` columns, in numpy passes per rank.
+
+    Equal shapes share one tuple: models repeat a few shapes many times, and a million tuples
+    would be that many more objects for the garbage collector to scan after a restore.
+    """
+    m = len(ndim)
+    if not m:
+        return []
+    starts = np.cumsum(ndim) - ndim
+    out = np.empty(m, object)
+    ranks = np.unique(ndim).tolist()
+    for k in ranks:
+        rows = np.flatnonzero(ndim == k) if len(ranks) > 1 else slice(None)
+        if k == 0:
+            out[rows] = np.fromiter([()], object, 1)[np.zeros(m if len(ranks) == 1 else len(rows), np.intp)]
+        elif k == 1:
+            uniq, inverse = np.unique(dims[starts[rows]], return_inverse=True)
+            out[rows] = np.fromiter(((d,) for d in uniq.tolist()), object, len(uniq))[inverse]
+        else:
+            uniq, inverse = np.unique(dims[starts[rows, None] + np.arange(k)], axis=0, return_inverse=True)
+            out[rows] = np.fromiter(map(tuple, uniq.tolist()), object, len(uniq))[inverse.reshape(-1)]
+    return out.tolist()
 
 
 def _gather(names: list[str], ids: np.ndarray) -> list[str]:
