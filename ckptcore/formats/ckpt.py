@@ -770,9 +770,9 @@ def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
     out = np.empty(m, object)
     ranks = np.unique(ndim).tolist()
     for k in ranks:
-        rows = np.flatnonzero(ndim == k) if len(ranks) > 1 else slice(None)
+        rows = np.flatnonzero(ndim == k) if len(ranks) > 1 else np.arange(m)
         if k == 0:
-            out[rows] = np.fromiter([()], object, 1)[np.zeros(m if len(ranks) == 1 else len(rows), np.intp)]
+            out[rows] = np.fromiter([()], object, 1)[np.zeros(len(rows), np.intp)]
         elif k == 1:
             uniq, inverse = np.unique(dims[starts[rows]], return_inverse=True)
             out[rows] = np.fromiter(((d,) for d in uniq.tolist()), object, len(uniq))[inverse]
