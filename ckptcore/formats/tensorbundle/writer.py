@@ -1,14 +1,17 @@
 """Writing TensorBundle checkpoints that TensorFlow itself restores (``CheckpointOptions(format="tensorflow")``).
 
 Layout, as TensorFlow's ``BundleWriter`` lays out a single-shard bundle: each tensor's
-raw little-endian bytes, one after another with no padding, in the order of the object
-graph (breadth-first, as TensorFlow orders its saveables), then the serialized
-``TrackableObjectGraph`` as the scalar string tensor ``_CHECKPOINTABLE_OBJECT_GRAPH``.
-The index is a table (:func:`.table.build`) of the header and one ``BundleEntryProto``
-per key in key order, each with its masked CRC32C.
+raw little-endian bytes, one after another with no padding, in the order they are added
+(for a save: the order of the object graph, breadth-first, as TensorFlow orders its
+saveables), then the serialized ``TrackableObjectGraph`` as the scalar string tensor
+``_CHECKPOINTABLE_OBJECT_GRAPH``. The index is a table (:func:`.table.build`) of the
+header and one ``BundleEntryProto`` per key in key order, each with its masked CRC32C.
 
-The commit protocol is ckptcore's: the data file is written and made durable first,
-the index last and atomically; a failure leaves no index behind.
+:class:`BundleWriter` is the streaming entry: tensors are added one at a time (an array,
+bytes, a function returning either, or an iterable of byte chunks), so memory is bounded
+by the largest tensor (or chunk), not the checkpoint. The commit protocol is ckptcore's:
+the data file is written and made durable first, the index last and atomically; a
+failure leaves no index behind.
 
 Example:
     >>> import numpy as np, ckptcore as ck
@@ -20,54 +23,34 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
 import numpy as np
 
 from ...errors import CheckpointError
 from .. import ckpt as fmt
 from ..byname import _tf_name
 from . import table as tbl
+from .adapter_state import STATE_ATTRIBUTE, encode_state, state_key
 from .bundle import DT_STRING, DTYPE_NUMBERS, OBJECT_GRAPH_KEY
 from .protos import message
 
+__all__ = ["BundleWriter", "object_graph", "string_tensor", "encode_index", "write"]
 
-def object_graph(plan) -> bytes:
-    """The serialized ``TrackableObjectGraph`` of a save plan (ckptcore's graph in TensorFlow's message).
-
-    ``has_checkpoint_values`` is set on every node as TensorFlow sets it: true where the
-    node or a descendant holds a value (TensorFlow's restore skips subtrees marked false).
-    """
-    g = plan.graph
-    names = getattr(plan, "full_names", {})
-    keys = [e.key for e, _ in plan.tensors]
-    n = len(g)
-    has = [g.attr_start[i + 1] > g.attr_start[i] for i in range(n)]
-    has_slots = {s for rows in g.slots.values() for _, _, s in rows}
-    for s in has_slots:
-        has[s] = True
-    order = _bfs(g)
-    for i in reversed(order):  # children before parents
-        for _, c in g.children(i):
-            if has[c]:
-                has[i] = True
-    proto = message("TrackableObjectGraph")()
-    for i in range(n):
-        node = proto.nodes.add()
-        for name, c in g.children(i):
-            node.children.add(node_id=c, local_name=name)
-        full_name = _tf_name(names.get(i, ""))
-        for t in g.attributes(i):
-            node.attributes.add(name=g.attr_name[t], full_name=full_name, checkpoint_key=keys[t])
-        for var, name, slot in g.slots.get(i, ()):
-            node.slot_variables.add(original_variable_node_id=var, slot_name=name, slot_variable_node_id=slot)
-        node.has_checkpoint_values.value = has[i]
-    return proto.SerializeToString()
+STRING = "string"  # the dtype name BundleWriter.add takes for TensorFlow's DT_STRING
 
 
-def _bfs(g) -> list[int]:
+def reachable(g) -> list[int]:
+    """Node ids reachable from the root through children and slot references, breadth-first."""
     seen, order = {0}, [0]
     k = 0
     while k < len(order):
-        for _, c in g.children(order[k]):
+        i = order[k]
+        nxt = [c for _, c in g.children(i)]
+        for var, _, slot in g.slots.get(i, ()):
+            nxt += [var, slot]
+        for c in nxt:
             if c not in seen:
                 seen.add(c)
                 order.append(c)
@@ -75,19 +58,94 @@ def _bfs(g) -> list[int]:
     return order
 
 
-def string_scalar(value: bytes) -> tuple[bytes, int]:
-    """A scalar string tensor's bytes in a data file, and its (unmasked) CRC32C.
+def object_graph(graph, keys: Sequence[str], full_names: dict[int, str] | None = None) -> bytes:
+    """The serialized ``TrackableObjectGraph`` of a ckptcore graph (tensor ``t`` of ``graph`` has key ``keys[t]``).
+
+    ``has_checkpoint_values`` is set on every node as TensorFlow sets it: true where the
+    node or a descendant holds a value (TensorFlow's restore skips subtrees marked false).
+    A node's adapter state (``graph.state``) is one more attribute, ``CKPTCORE_STATE``
+    (see :mod:`.adapter_state`). Nodes not reachable from the root (keys a TensorFlow
+    graph did not name) are left out of the graph; their tensors stay readable by key.
+    """
+    g = graph
+    names = full_names or {}
+    order = reachable(g)
+    new_id = {old: new for new, old in enumerate(sorted(order))}
+    n = len(g)
+    has = [g.attr_start[i + 1] > g.attr_start[i] or i in g.state for i in range(n)]
+    for rows in g.slots.values():
+        for _, _, s in rows:
+            has[s] = True
+    for i in reversed(order):  # children before parents
+        for _, c in g.children(i):
+            if has[c]:
+                has[i] = True
+    paths = _paths(g) if g.state else {}
+    proto = message("TrackableObjectGraph")()
+    for i in sorted(order):
+        node = proto.nodes.add()
+        for name, c in g.children(i):
+            node.children.add(node_id=new_id[c], local_name=name)
+        full_name = _tf_name(names.get(i, ""))
+        for t in g.attributes(i):
+            node.attributes.add(name=g.attr_name[t], full_name=full_name, checkpoint_key=keys[t])
+        if i in g.state:
+            node.attributes.add(name=STATE_ATTRIBUTE, full_name=full_name, checkpoint_key=state_key(paths[i]))
+        for var, name, slot in g.slots.get(i, ()):
+            node.slot_variables.add(original_variable_node_id=new_id[var], slot_name=name,
+                                    slot_variable_node_id=new_id[slot])
+        node.has_checkpoint_values.value = has[i]
+    return proto.SerializeToString()
+
+
+def _paths(g) -> dict[int, tuple[str, ...]]:
+    """Each reachable node's shortest path of edge names (the path its keys are built from)."""
+    out: dict[int, tuple[str, ...]] = {0: ()}
+    for i in reachable(g):
+        for name, c in g.children(i):
+            if c not in out and i in out:
+                out[c] = out[i] + (name,)
+    return out
+
+
+def _path(g, nid: int) -> str:
+    return "/".join(_paths(g).get(nid, ())) or "(root)"
+
+
+def string_tensor(elements: Iterable[bytes]) -> tuple[bytes, int]:
+    """A string tensor's bytes in a data file, and its (unmasked) CRC32C, as TensorFlow lays them out.
+
+    All lengths as varints, the masked CRC32C of the lengths (each as a little-endian
+    ``uint32``, or ``uint64`` past 4 GiB), then every element's bytes. The CRC32C covers
+    the lengths (as integers), the length checksum and the bytes.
 
     Example:
-        >>> data, crc = string_scalar(b"abc")
+        >>> data, crc = string_tensor([b"abc"])
         >>> data[:1], data[5:]
         (b'\\x03', b'abc')
     """
+    elems = [bytes(e) for e in elements]
     head = bytearray()
-    tbl.put_varint(head, len(value))
-    length_crc = fmt.crc32c(len(value).to_bytes(4, "little"))
-    masked = tbl.mask(length_crc).to_bytes(4, "little")
-    return bytes(head) + masked + value, fmt.crc32c(masked + value, length_crc)
+    crc = 0
+    for e in elems:
+        tbl.put_varint(head, len(e))
+        width = 4 if len(e) <= 0xFFFFFFFF else 8
+        crc = fmt.crc32c(len(e).to_bytes(width, "little"), crc)
+    masked = tbl.mask(crc).to_bytes(4, "little")
+    crc = fmt.crc32c(masked, crc)
+    for e in elems:
+        crc = fmt.crc32c(e, crc)
+    return bytes(head) + masked + b"".join(elems), crc
+
+
+def string_scalar(value: bytes) -> tuple[bytes, int]:
+    """A scalar string tensor's bytes and (unmasked) CRC32C (:func:`string_tensor` of one element).
+
+    Example:
+        >>> string_scalar(b"abc") == string_tensor([b"abc"])
+        True
+    """
+    return string_tensor([value])
 
 
 def _entry_bytes(dtype: int, shape, offset: int, size: int, crc: int) -> bytes:
@@ -98,79 +156,228 @@ def _entry_bytes(dtype: int, shape, offset: int, size: int, crc: int) -> bytes:
     return e.SerializeToString()
 
 
-def encode_index(entries: list[tuple[str, bytes]]) -> bytes:
+def encode_index(entries: list[tuple[str, bytes]], num_shards: int = 1) -> bytes:
     """The ``.index`` bytes for ``(key, serialized BundleEntryProto)`` pairs (any order)."""
-    header = message("BundleHeaderProto")(num_shards=1)
+    header = message("BundleHeaderProto")(num_shards=num_shards)
     header.version.producer = 1
     items = [(b"", header.SerializeToString())]
     items += sorted((k.encode("utf-8"), v) for k, v in entries)
     return tbl.build(items)
 
 
+def _elements(value: Any, key: str, n: int) -> list[bytes]:
+    """The ``n`` elements of a string tensor given as a numpy ``S``/object array, bytes, or a list."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        flat: list = [bytes(value)]
+    else:
+        flat = list(np.asarray(value, dtype=object).reshape(-1))
+    out = []
+    for e in flat:
+        if isinstance(e, str):
+            e = e.encode("utf-8")
+        if not isinstance(e, (bytes, bytearray, memoryview, np.bytes_)):
+            raise CheckpointError(f"tensor {key!r}: a string tensor's elements must be bytes or str, got "
+                                  f"{type(e).__name__}")
+        out.append(bytes(e))
+    if len(out) != n:
+        raise CheckpointError(f"tensor {key!r}: {len(out)} string elements for a shape of {n} elements")
+    return out
+
+
+class BundleWriter:
+    """Write one TensorBundle checkpoint at ``prefix``, one tensor at a time.
+
+    Call order: :meth:`add` for each tensor (any order; the index lists keys sorted,
+    as TensorFlow's does), then :meth:`commit` with the serialized object graph (or
+    None for a TF1-style checkpoint of name keys), which makes the data file durable
+    and then writes the index atomically: the commit point. :meth:`abort` (or leaving a
+    ``with`` block by an exception) removes what was written; an existing checkpoint at
+    ``prefix`` is uncommitted (its index removed) when the writer opens.
+
+    ``add`` takes the value as a numpy array, a bytes-like object, a function returning
+    either (called once, when the tensor is written), or an iterable of byte chunks; so
+    a conversion holds one tensor (or one chunk) in memory at a time.
+
+    Example:
+        >>> import numpy as np, ckptcore as ck
+        >>> from ckptcore.storage import open_storage
+        >>> st, p = open_storage("memory://doc/tfw/stream/ckpt")
+        >>> with BundleWriter(st, p) as w:
+        ...     offset, crc = w.add("dense/kernel", "float32", (2,), lambda: np.arange(2, dtype=np.float32))
+        ...     _ = w.add("names", "string", (2,), [b"a", b"bc"])
+        ...     size = w.commit()
+        >>> ck.load_checkpoint("memory://doc/tfw/stream/ckpt").get_tensor("dense/kernel").tolist()
+        [0.0, 1.0]
+    """
+
+    def __init__(self, storage, prefix: str, progress: Callable[[int], Any] | None = None):
+        from ...saver import checkpoint_files
+
+        self._storage, self._prefix, self._progress = storage, prefix, progress
+        d = storage.dirname(prefix)
+        if d:
+            storage.makedirs(d)
+        self.index_file = fmt.index_path(prefix)
+        self.data_file = fmt.data_path(prefix, 0, 1)
+        self._stale: list[str] = []
+        if storage.exists(self.index_file):
+            # Overwriting (write() to the same path): uncommit the old checkpoint first, so its index never
+            # describes the new data; its other data files go once the new one is committed.
+            storage.remove([self.index_file])
+            self._stale = [f for f in checkpoint_files(storage, prefix) if f not in (self.index_file, self.data_file)]
+        self._entries: dict[str, bytes] = {}
+        self._offset = 0
+        self._writer = storage.open_writer(self.data_file)
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        """Bytes written to the data file so far."""
+        return self._offset
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+    def _check_key(self, key: str) -> None:
+        if self._done:
+            raise CheckpointError(f"the TensorBundle writer of {self._prefix} is closed")
+        if not isinstance(key, str) or not key:
+            raise CheckpointError(f"a TensorBundle key must be a non-empty string, got {key!r}")
+        if key in self._entries or key == OBJECT_GRAPH_KEY:
+            raise CheckpointError(f"tensor {key!r} is added twice to {self._prefix} (or is the name TensorFlow "
+                                  "reserves for the object graph)")
+
+    def add(self, key: str, dtype: str, shape: Sequence[int], data: Any) -> tuple[int, int]:
+        """Append tensor ``key`` (ckptcore dtype name, or ``"string"``) to the data file.
+
+        The byte count must match the dtype and shape; the CRC32C is computed as it is
+        written. Returns the tensor's offset in the data file and its (unmasked) CRC32C.
+        """
+        self._check_key(key)
+        shape = tuple(int(d) for d in shape)
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if callable(data):
+            data = data()
+        if dtype == STRING:
+            buf, crc = string_tensor(_elements(data, key, count))
+            return self._put(key, DT_STRING, shape, [buf], len(buf), crc)
+        number = DTYPE_NUMBERS.get(dtype)
+        if number is None:
+            raise CheckpointError(f"tensor {key!r} has dtype {dtype}, which TensorFlow checkpoints cannot hold; "
+                                  "save it in ckptcore's format (the default)")
+        from ...dtypes import dtype_from_name
+
+        want = count * dtype_from_name(dtype).itemsize
+        if isinstance(data, np.ndarray):
+            arr = data if data.flags.c_contiguous else data.copy(order="C")
+            chunks: Iterable = [memoryview(arr.reshape(-1).view(np.uint8))]  # type: ignore[arg-type]
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            chunks = [memoryview(data).cast("B")]
+        else:
+            chunks = data  # an iterable of byte chunks
+        return self._put(key, number, shape, chunks, want, None)
+
+    def _put(self, key: str, number: int, shape: tuple, chunks: Iterable, want: int,
+             crc: int | None) -> tuple[int, int]:
+        written, running = 0, 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B") if not isinstance(chunk, memoryview) else chunk
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            written += view.nbytes
+            if written > want:
+                break
+            if crc is None:
+                running = fmt.crc32c(view, running)
+            if view.nbytes:
+                self._writer.write(view)
+            if self._progress is not None:
+                self._progress(view.nbytes)
+        if written != want:
+            raise CheckpointError(f"tensor {key!r}: {written} bytes given for a shape of {list(shape)} "
+                                  f"({want} bytes)")
+        crc = running if crc is None else crc
+        offset = self._offset
+        self._entries[key] = _entry_bytes(number, shape, offset, want, crc)
+        self._offset += want
+        return offset, crc
+
+    def commit(self, graph: bytes | None = None) -> int:
+        """Write the object graph (if any), make the data durable, then write the index. Returns the data size."""
+        from ...saver import _commit_index
+
+        if self._done:
+            raise CheckpointError(f"the TensorBundle writer of {self._prefix} is closed")
+        try:
+            if graph is not None:
+                buf, crc = string_scalar(graph)
+                self._writer.write(buf)
+                self._entries[OBJECT_GRAPH_KEY] = _entry_bytes(DT_STRING, (), self._offset, len(buf), crc)
+                self._offset += len(buf)
+            self._writer.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        try:
+            encoded = encode_index(list(self._entries.items()))
+        except BaseException:
+            try:
+                self._storage.remove([self.data_file])  # committed data without an index: a partial file
+            except Exception:
+                pass
+            raise
+        _commit_index(self._storage, self.index_file, encoded, [self.data_file])
+        if self._stale:
+            try:
+                self._storage.remove(self._stale)
+            except Exception:
+                pass
+        return self._offset
+
+    def abort(self) -> None:
+        """Drop what was written (nothing is committed)."""
+        if not self._done:
+            self._done = True
+            self._writer.abort()
+
+
+def check_state(graph) -> None:
+    """Refuse adapter state, naming the object, until ckptcore's reader restores ``CKPTCORE_STATE`` attributes.
+
+    (Writing them is ready, :mod:`.adapter_state`; a checkpoint whose state ckptcore could
+    not restore would lose it silently.)
+    """
+    if graph.state:
+        nid = min(graph.state)
+        raise CheckpointError(
+            f"object {_path(graph, nid)!r} ({graph.type[nid] or 'an object'}) carries adapter state, which "
+            "ckptcore does not write in TensorFlow's format yet; save it in ckptcore's format (the default)")
+
+
 def check_plan(plan) -> None:
     """Refuse what TensorFlow's format cannot hold, naming it, instead of dropping it."""
-    g = plan.graph
-    if g.state:
-        nid = min(g.state)
-        raise CheckpointError(
-            f"object {_path(g, nid)!r} ({g.type[nid]}) carries adapter state that a TensorFlow checkpoint cannot "
-            "hold (TensorFlow stores tensors only); save it in ckptcore's format (the default)")
+    check_state(plan.graph)
     for entry, _ in plan.tensors:
         if entry.dtype not in DTYPE_NUMBERS:
             raise CheckpointError(f"tensor {entry.key!r} has dtype {entry.dtype}, which TensorFlow checkpoints "
                                   "cannot hold; save it in ckptcore's format (the default)")
 
 
-def _path(g, nid: int) -> str:
-    parent: dict[int, tuple[int, str]] = {}
-    for i in _bfs(g):
-        for name, c in g.children(i):
-            parent.setdefault(c, (i, name))
-    names = []
-    while nid in parent:
-        nid, name = parent[nid]
-        names.append(name)
-    return "/".join(reversed(names)) or "(root)"
-
-
 def write(storage, prefix: str, plan, progress=None) -> None:
     """Write ``plan`` as a single-shard TensorBundle at ``prefix``: data (made durable), then the index."""
-    from ...saver import _commit_index, checkpoint_files
-
     check_plan(plan)
-    graph_bytes, graph_crc = string_scalar(object_graph(plan))
-    d = storage.dirname(prefix)
-    if d:
-        storage.makedirs(d)
-    index_file = fmt.index_path(prefix)
-    data = fmt.data_path(prefix, 0, 1)
-    overwrite = storage.exists(index_file)
-    if overwrite:
-        storage.remove([index_file])
-    entries: list[tuple[str, bytes]] = []
-    writer = storage.open_writer(data)
-    try:
-        offset = 0
+    keys = [e.key for e, _ in plan.tensors]
+    graph = object_graph(plan.graph, keys, getattr(plan, "full_names", {}))
+    paths = _paths(plan.graph) if plan.graph.state else {}
+    with BundleWriter(storage, prefix, progress) as w:
         for entry, arr in plan.tensors:
-            buf = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-            crc = fmt.crc32c(buf)
-            entry.offset, entry.crc32c = offset, crc
-            if buf.nbytes:
-                writer.write(buf)
-            if progress is not None:
-                progress(buf.nbytes)
-            entries.append((entry.key, _entry_bytes(DTYPE_NUMBERS[entry.dtype], arr.shape, offset, buf.nbytes, crc)))
-            offset += buf.nbytes
-        writer.write(graph_bytes)
-        entries.append((OBJECT_GRAPH_KEY, _entry_bytes(DT_STRING, (), offset, len(graph_bytes), graph_crc)))
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    plan.num_shards, plan.shard_sizes = 1, [offset + len(graph_bytes)]
-    _commit_index(storage, index_file, encode_index(entries), [data])
-    if overwrite:
-        try:
-            storage.remove([f for f in checkpoint_files(storage, prefix) if f not in (index_file, data)])
-        except Exception:
-            pass
+            entry.offset, entry.crc32c = w.add(entry.key, entry.dtype, arr.shape, arr)
+        for nid in sorted(plan.graph.state):
+            w.add(state_key(paths[nid]), STRING, (), encode_state(plan.graph.state[nid], _path(plan.graph, nid)))
+        size = w.commit(graph)
+    plan.num_shards, plan.shard_sizes = 1, [size]
