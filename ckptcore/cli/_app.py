@@ -66,13 +66,14 @@ def build() -> typer.Typer:
 
     @app.command("convert")
     @_common.command
-    def convert_cmd(src: Annotated[str, typer.Argument(help="ckptcore checkpoint or .safetensors file")],
+    def convert_cmd(src: Annotated[str, typer.Argument(
+                        help="checkpoint: ckptcore, TensorFlow or a .safetensors file")],
                     dst: Annotated[str, typer.Argument(
-                        help="destination: a .safetensors file, else a ckptcore prefix")],
-                    to: Annotated[str | None, typer.Option("--to", help="output format: ckptcore or safetensors "
-                                                              "(default: from DST's suffix)")] = None,
+                        help="destination: a .safetensors file, else a checkpoint prefix")],
+                    to: Annotated[str | None, typer.Option("--to", help="output format: ckptcore, safetensors or "
+                                                              "tensorflow (default: from DST's suffix)")] = None,
                     storage_option: StorageOpts = None, json: Json = False, no_progress: NoProgress = False) -> None:
-        """Convert between ckptcore checkpoints and safetensors, one tensor in memory at a time."""
+        """Convert between ckptcore, TensorFlow and safetensors checkpoints, one tensor in memory at a time."""
         from .convert import run
         run(src, dst, to, _common.parse_storage_options(storage_option), json, not no_progress)
 

@@ -1,4 +1,4 @@
-"""``ckptcore convert SRC DST``: a checkpoint of any readable format to ckptcore's format or safetensors.
+"""``ckptcore convert SRC DST``: a checkpoint of any readable format to ckptcore's, safetensors or TensorFlow's.
 
 SRC is whatever :func:`ckptcore.load_checkpoint` reads (the formats registry of
 :mod:`ckptcore.formats`): a ckptcore checkpoint, a TensorFlow checkpoint, a
@@ -13,6 +13,9 @@ unpickled: a PyTorch ``.pt``/``.bin`` pickle is refused with an explanation.
   graph the reader builds from the keys (``a.b.weight``: objects ``a`` -> ``b``
   holding ``weight``), restored by name as the file itself is.
 - ckptcore -> ckptcore: a copy (to another store, say), checksums verified.
+- to TensorFlow (``--to tensorflow``): a TensorBundle through
+  :mod:`ckptcore.formats.tensorbundle.export`: TensorFlow's object graph when the
+  source has one, TF1 name keys (``a/b/weight``) when it is flat.
 
 Example:
     >>> import numpy as np, ckptcore as ck
@@ -37,6 +40,7 @@ from typing import Any
 
 from . import _common
 
+TARGETS = ("ckptcore", "safetensors", "tensorflow")
 GRAPH_META = "ckptcore.graph"      # __metadata__ entries of a safetensors file written by ckptcore
 USER_META = "ckptcore.metadata"
 
@@ -143,8 +147,8 @@ def run(src: str, dst: str, to: str | None, storage_options: dict, as_json: bool
 
     if to is None:
         to = "safetensors" if dst.endswith(".safetensors") else "ckptcore"
-    if to not in ("ckptcore", "safetensors"):
-        raise _common.Usage(f"--to must be ckptcore or safetensors, got {to!r} (writing TensorFlow's format: not yet)")
+    if to not in TARGETS:
+        raise _common.Usage(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     _common.check_url(dst, "write")
     reader = CheckpointReader(_common.resolve_checkpoint(src, storage_options), storage_options)
     kind = reader.format.name
@@ -195,11 +199,20 @@ def run(src: str, dst: str, to: str | None, storage_options: dict, as_json: bool
                         USER_META: json.dumps(user_meta)}
             st.write(dstorage, dpath, arrays(order), metadata=meta,
                      specs=[(t.key[r], t.dtype[r], tuple(t.shape[r])) for r in order])
+        elif to == "tensorflow":
+            from ..formats.tensorbundle.export import write_graph
+
+            write_graph(dstorage, dpath, graph, specs, reader.get_tensor, flat=flat, report=report)
         else:
             write_ckptcore(dstorage, dpath, graph, specs, (a for _, a in arrays(rows)), user_meta, None, flat)
     finally:
         progress.close(bar)
     doc = {"src": src, "src_format": kind, "dst": dst, "dst_format": to, "tensors": len(rows), "bytes": total}
+    skipped = reader.index.metadata.get("unsupported_keys") or []
+    if skipped:  # never silently: the tensors the reader cannot hand out (TF string, resource, variant tensors)
+        doc["skipped"] = list(skipped)
+        _common.error(f"warning: {len(skipped)} tensor(s) of {src} cannot be read as arrays and were not "
+                      f"converted: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     if as_json:
         _common.emit_json(doc)
     else:
