@@ -171,6 +171,7 @@ class CheckpointManager:
         self._last_checkpoint_step: int | None = None
         self._maybe_delete: OrderedDict[str, float] = OrderedDict()
         self._latest: str | None = None
+        self._state_format = "ckptcore"  # whose state file this manager writes: its last save's format
         self._recover()
 
     # -- recovery ------------------------------------------------------------------------
@@ -194,6 +195,7 @@ class CheckpointManager:
             # Slightly in the past, as TF does, so a quickly re-created manager preserves consistently.
             self._last_preserved_timestamp = now - 1.0
             return
+        self._state_format = state.format
         stamps = list(state.timestamps) if len(state.timestamps) == len(state.all) else []
         preserved = state.last_preserved_timestamp
         if preserved is None:
@@ -359,7 +361,7 @@ class CheckpointManager:
                 committed = True  # from here on the checkpoint exists: never roll back its number
                 if current is not None:
                     self._last_checkpoint_step = current
-                self._on_commit(name, score)
+                self._on_commit(name, score, options.format)
 
             try:
                 if checkpoint_number is None:
@@ -374,9 +376,11 @@ class CheckpointManager:
                 raise
             return path
 
-    def _on_commit(self, name: str, score: float | None = None) -> None:
+    def _on_commit(self, name: str, score: float | None = None, state_format: str | None = None) -> None:
         # Runs after the index of `name` is committed: in save(), or on the async writer thread.
         with self._lock:
+            if state_format is not None:  # the state file in the format of the checkpoints (TF's text for TF's)
+                self._state_format = state_format
             self._scores[name] = score
             self._maybe_delete.pop(name, None)
             self._maybe_delete[name] = _clock()
@@ -391,7 +395,12 @@ class CheckpointManager:
         state = CheckpointState(latest=self._latest, all=list(self._maybe_delete),
                                 timestamps=list(self._maybe_delete.values()),
                                 last_preserved_timestamp=self._last_preserved_timestamp)
-        write_state(self._storage, self._dir, state)
+        if self._state_format == "ckptcore":
+            write_state(self._storage, self._dir, state)
+        else:  # e.g. "tensorflow": TensorFlow's text CheckpointState, which tf.train.latest_checkpoint reads
+            from .formats.base import writer
+
+            writer(self._state_format).write_state(self._storage, self._dir, state)
 
     def _sweep(self) -> bool:
         """Drop the oldest (with ``best_fn``: the worst) checkpoints beyond ``max_to_keep``; True if it changed."""

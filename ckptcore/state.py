@@ -75,6 +75,7 @@ class CheckpointState:
     all: list[str] = field(default_factory=list)
     timestamps: list[float] = field(default_factory=list)
     last_preserved_timestamp: float | None = None
+    format: str = "ckptcore"  # whose state file it was read from: "ckptcore" (JSON) or "tensorflow" (text)
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {

@@ -97,8 +97,16 @@ def oracle(tmp_path_factory):
     cases.append({"name": "slots", "path": path, "v1_adam": True, "shape": [2]})
     expected["slots"] = {"w": w.numpy(), "m": opt.saved[(w, "m")], "v": opt.saved[(w, "v")]}
 
+    # the writer side (convert --to tensorflow, CheckpointManager, adapter state): tests/tf_live_writer.py
+    import tf_live_writer
+
+    from ckptcore.cli import main
+
+    writer, writer_expected = tf_live_writer.build(d, main)
+    expected.update(writer_expected)
+
     job = d / "job.json"
-    job.write_text(json.dumps({"restore": cases, "write": True}))
+    job.write_text(json.dumps({"restore": cases, "write": True, "writer": writer}))
     out = d / "out"
     out.mkdir()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="tensorflow")
@@ -188,6 +196,52 @@ def test_ckptcore_reads_a_saved_models_variables(oracle):
     m.w = ck.Variable(np.zeros(3, np.float32))
     ck.Checkpoint(root=m).read(info["path"]).expect_partial()
     assert m.w.numpy().tolist() == [1.0, 2.0, 3.0]
+
+
+def _writer(oracle, name):
+    assert name not in oracle["results"]["errors"], oracle["results"]["errors"].get(name)
+    got = np.load(oracle["out"] / f"{name}.npz")
+    for key, want in oracle["expected"][name].items():
+        assert got[key.replace("/", "|") if name == "convert_flat" else key].tobytes() == \
+            np.asarray(want).tobytes(), key
+    return oracle["results"]["writer"][name]
+
+
+@pytest.mark.slow
+def test_tensorflow_restores_a_converted_checkpoint(oracle):
+    """convert --to tensorflow: TF's object graph, so TF restores the objects and assert_consumed passes."""
+    seen = _writer(oracle, "convert_graph")
+    assert seen["assert_consumed"] is None
+    assert "model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE" in seen["keys"]
+
+
+@pytest.mark.slow
+def test_tensorflow_reads_a_converted_safetensors_file_by_name(oracle):
+    seen = _writer(oracle, "convert_flat")
+    assert seen["keys"] == ["encoder/layers/0/bias", "encoder/layers/0/weight", "head"]
+
+
+@pytest.mark.slow
+def test_tensorflow_sees_a_ckptcore_managers_checkpoints_and_ckptcore_sees_tensorflows(oracle):
+    seen = _writer(oracle, "manager")
+    d = next(c["directory"] for c in json.loads((oracle["out"].parent / "job.json").read_text())["writer"]
+             if c["name"] == "manager")
+    assert seen["latest"] == os.path.join(d, "ckpt-3")
+    assert seen["all"] == [os.path.join(d, "ckpt-2"), os.path.join(d, "ckpt-3")]
+    assert len(seen["timestamps"]) == 2
+    assert seen["manager_latest"] == seen["latest"] and seen["manager_checkpoints"] == seen["all"]
+    # TF's manager saved ckpt-10 and, keeping 2, deleted ckpt-2: ckptcore's manager sees exactly that
+    assert seen["after_tf_save"] == ["ckpt-3", "ckpt-10"]
+    w = ck.Variable(np.zeros(3, np.float32))
+    m = ck.Module()
+    m.w = w
+    manager = ck.CheckpointManager(ck.Checkpoint(model=m), d, max_to_keep=2)
+    assert manager.checkpoints == [os.path.join(d, "ckpt-3"), os.path.join(d, "ckpt-10")]
+    assert manager.restore_or_initialize() == os.path.join(d, "ckpt-10")
+    assert w.numpy().tolist() == [4.0, 4.0, 4.0]
+    assert manager.save(checkpoint_number=11, options=TF) == os.path.join(d, "ckpt-11")
+    assert [os.path.basename(p) for p in manager.checkpoints] == ["ckpt-10", "ckpt-11"]
+    assert not os.path.exists(os.path.join(d, "ckpt-3.index"))
 
 
 def test_oracle_script_is_plain_python():

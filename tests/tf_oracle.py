@@ -141,8 +141,66 @@ def main(job_file, out_dir):
             results["errors"][case["name"]] = traceback.format_exc()
     if job.get("write"):
         results["write"] = write_cases(out_dir, results["errors"])
+    results["writer"] = writer_cases(job, out_dir, results["errors"])
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+
+
+# -- TensorFlow reading what ckptcore's writer side produced (convert, manager, adapter state) ---------------
+
+def writer_case(case, out_dir):
+    """One case of the job's ``writer`` list (tests/tf_live_writer.py builds them); returns what TF saw."""
+    kind = case["kind"]
+    if kind == "flat":  # TF1-style name keys: tf.train.load_checkpoint reads every one
+        reader = tf.train.load_checkpoint(case["path"])
+        keys = sorted(k for k, _ in tf.train.list_variables(case["path"]))
+        np.savez(os.path.join(out_dir, case["name"] + ".npz"),
+                 **{k.replace("/", "|"): np.frombuffer(reader.get_tensor(k).tobytes(), np.uint8) for k in keys})
+        return {"keys": keys}
+    if kind == "graph":  # an object graph: restore into TF objects, and say what assert_consumed thinks
+        variables: dict = {}
+        top = {k: build(s, [k], variables) for k, s in case["spec"].items()}
+        status = tf.train.Checkpoint(**top).read(case["path"])
+        consumed = None
+        try:
+            status.assert_consumed()
+        except AssertionError as e:
+            consumed = str(e)
+        status.assert_existing_objects_matched()
+        np.savez(os.path.join(out_dir, case["name"] + ".npz"), **{k: raw(v) for k, v in variables.items()})
+        keys = sorted(k for k, _ in tf.train.list_variables(case["path"]))
+        strings = {k: tf.train.load_variable(case["path"], k).decode("utf-8") for k in keys
+                   if k.endswith("/.ATTRIBUTES/CKPTCORE_STATE")}
+        return {"keys": keys, "assert_consumed": consumed, "strings": strings}
+    if kind == "manager":  # a ckptcore CheckpointManager's directory, seen by TF's own functions and manager
+        d = case["directory"]
+        state = tf.train.get_checkpoint_state(d)
+        variables = {}
+        top = {k: build(s, [k], variables) for k, s in case["spec"].items()}
+        ckpt = tf.train.Checkpoint(**top)
+        manager = tf.train.CheckpointManager(ckpt, d, max_to_keep=case["max_to_keep"])
+        seen = {"latest": tf.train.latest_checkpoint(d), "all": list(state.all_model_checkpoint_paths),
+                "timestamps": list(state.all_model_checkpoint_timestamps),
+                "manager_latest": manager.latest_checkpoint, "manager_checkpoints": list(manager.checkpoints)}
+        ckpt.restore(manager.latest_checkpoint).assert_consumed()
+        np.savez(os.path.join(out_dir, case["name"] + ".npz"), **{k: raw(v) for k, v in variables.items()})
+        for v in variables.values():  # then TF's manager saves once more, into the same directory
+            v.assign(v + tf.ones_like(v))
+        seen["tf_saved"] = manager.save(checkpoint_number=case["tf_number"])
+        seen["after_tf_save"] = [os.path.basename(p) for p in
+                                 tf.train.get_checkpoint_state(d).all_model_checkpoint_paths]
+        return seen
+    raise ValueError(f"unknown writer case kind {kind!r}")
+
+
+def writer_cases(job, out_dir, errors):
+    done = {}
+    for case in job.get("writer", []):
+        try:
+            done[case["name"]] = writer_case(case, out_dir)
+        except Exception:
+            errors[case["name"]] = traceback.format_exc()
+    return done
 
 
 if __name__ == "__main__":

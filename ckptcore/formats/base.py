@@ -90,6 +90,11 @@ class Format:
         """Make ``name`` the latest checkpoint in ``directory``'s state file."""
         raise NotImplementedError(f"format {self.name!r} cannot write checkpoints")
 
+    def write_state(self, storage: Any, directory: str, state: Any) -> None:
+        """Atomically replace ``directory``'s state file with a ``CheckpointManager``'s
+        :class:`~ckptcore.state.CheckpointState` (its checkpoints, timestamps, last preserved time)."""
+        raise NotImplementedError(f"format {self.name!r} cannot write checkpoints")
+
 
 @dataclasses.dataclass(frozen=True)
 class FormatRegistration:

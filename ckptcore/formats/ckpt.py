@@ -862,3 +862,8 @@ class CkptFormat(Format):
         from ..state import record_save
 
         record_save(storage, directory, name)
+
+    def write_state(self, storage, directory, state) -> None:
+        from ..state import write_state
+
+        write_state(storage, directory, state)

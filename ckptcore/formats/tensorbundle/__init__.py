@@ -55,3 +55,10 @@ class TensorBundleFormat(Format):
 
         storage.write_atomic(storage.join(directory, STATE_FILENAME),
                              encode_text_state(CheckpointState(latest=name, all=[name])))
+
+    def write_state(self, storage, directory, state) -> None:
+        # a CheckpointManager's list, as tf.train.CheckpointManager writes it, plus ckptcore's checksum comment
+        from ...state import STATE_FILENAME
+        from .state import encode_text_state
+
+        storage.write_atomic(storage.join(directory, STATE_FILENAME), encode_text_state(state, checksum=True))

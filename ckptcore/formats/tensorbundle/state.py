@@ -13,6 +13,11 @@ directory is taken by its name. A path elsewhere is not managed by a ckptcore
 manager (it names no file of this directory), so it is left out of the list, and
 taken as the latest only if it is the latest.
 
+A ``CheckpointManager`` saving in TensorFlow's format writes the file as
+TensorFlow's manager does, with one comment line first, ``# ckptcore-crc32c: N``,
+the CRC32C of the rest: TensorFlow's parser skips comments, and ckptcore detects
+a damaged file (as it does for its own JSON state file).
+
 Example:
     >>> s = parse_text_state(b'model_checkpoint_path: "ckpt-2"\\nall_model_checkpoint_paths: "ckpt-2"\\n',
     ...                      "run/checkpoint", "run")
@@ -26,6 +31,8 @@ import posixpath
 
 from ...errors import CorruptCheckpointError
 from .protos import message
+
+CRC_COMMENT = b"# ckptcore-crc32c: "
 
 
 def _name(p: str, directory: str) -> str | None:
@@ -46,6 +53,14 @@ def parse_text_state(raw: bytes, path: str, directory: str):
 
     from ...state import CheckpointState
 
+    if raw.startswith(CRC_COMMENT):  # written by ckptcore's manager: the rest must match its checksum
+        from .. import ckpt as fmt
+
+        line, _, rest = raw.partition(b"\n")
+        stored = line[len(CRC_COMMENT):].strip()
+        if not stored.isdigit() or int(stored) != fmt.crc32c(rest):
+            raise CorruptCheckpointError(f"checkpoint state file {path} is corrupt: its checksum does not match its "
+                                         "content (the file was damaged)", path=path)
     try:
         msg = text_format.Parse(raw.decode("utf-8"), message("CheckpointState")())
     except Exception as e:  # text_format.ParseError, UnicodeDecodeError
@@ -63,11 +78,14 @@ def parse_text_state(raw: bytes, path: str, directory: str):
         names.append(latest)
         stamps.append(0.0)
     return CheckpointState(latest=latest, all=names, timestamps=stamps,
-                           last_preserved_timestamp=msg.last_preserved_timestamp or None)
+                           last_preserved_timestamp=msg.last_preserved_timestamp or None, format="tensorflow")
 
 
-def encode_text_state(state) -> bytes:
+def encode_text_state(state, checksum: bool = False) -> bytes:
     """The text-format bytes TensorFlow writes for ``state`` (names relative to the directory).
+
+    With ``checksum``, the first line is the comment ``# ckptcore-crc32c: N`` (the
+    CRC32C of the rest), which TensorFlow ignores and ckptcore verifies.
 
     Example:
         >>> from ckptcore.state import CheckpointState
@@ -84,4 +102,9 @@ def encode_text_state(state) -> bytes:
                                      all_model_checkpoint_timestamps=list(state.timestamps))
     if state.last_preserved_timestamp:
         msg.last_preserved_timestamp = state.last_preserved_timestamp
-    return text_format.MessageToString(msg).encode("utf-8")
+    body = text_format.MessageToString(msg).encode("utf-8")
+    if not checksum:
+        return body
+    from .. import ckpt as fmt
+
+    return CRC_COMMENT + str(fmt.crc32c(body)).encode() + b"\n" + body
