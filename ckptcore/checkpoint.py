@@ -290,11 +290,7 @@ class Checkpoint(Module):
         fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
         group = current_group(options)
         if group is not None:  # torch.distributed (or another group): every worker writes its section
-            from .distributed.save import collective_write
-
-            if options.format != "ckptcore":
-                raise CheckpointError(f"CheckpointOptions(format={options.format!r}): multi-worker saves write "
-                                      "ckptcore's own format only; convert a single-process copy instead")
+            collective_write = fmt_writer.write_collective  # each worker its own data file, one merged index
 
             def on_commit() -> None:
                 if record and group.rank == 0:

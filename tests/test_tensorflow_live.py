@@ -216,6 +216,12 @@ def test_tensorflow_restores_a_converted_checkpoint(oracle):
 
 
 @pytest.mark.slow
+def test_tensorflow_restores_a_multi_worker_checkpoint(oracle):
+    """Three workers' data shards and one merged index: TF's own multi-worker layout, restored by TF."""
+    assert _writer(oracle, "multi")["assert_consumed"] is None
+
+
+@pytest.mark.slow
 def test_tensorflow_reads_a_converted_safetensors_file_by_name(oracle):
     seen = _writer(oracle, "convert_flat")
     assert seen["keys"] == ["encoder/layers/0/bias", "encoder/layers/0/weight", "head"]

@@ -12,6 +12,8 @@ tests/test_tensorflow_live.py (``writer_case`` in tests/tf_oracle.py):
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import ckptcore as ck
@@ -79,6 +81,29 @@ def build(d, main) -> tuple[list[dict], dict]:
     assert main(["convert", str(d / "model.safetensors"), dst, "--to", "tensorflow", "--no-progress"]) == 0
     cases.append({"name": "convert_flat", "kind": "flat", "path": dst})
     expected["convert_flat"] = {k.replace(".", "/"): v for k, v in flat.items()}
+
+    # a multi-worker save: three workers (threads), each its own data shard, one merged index
+    import threading
+
+    from ckptcore.distributed.collective import ThreadGroup
+
+    def worker_save(g):
+        mm = ck.Module()
+        mm.layers = [ck.Variable(np.full((2, 2), i, np.float32)) for i in range(5)]
+        mm.bias = ck.Variable(np.arange(3, dtype=np.int64))
+        ck.Checkpoint(model=mm).write(str(d / "multi" / "ckpt"), ck.CheckpointOptions(
+            format="tensorflow", process_group=g, collective_timeout=60))
+
+    threads = [threading.Thread(target=worker_save, args=(g,)) for g in ThreadGroup.create(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len([n for n in os.listdir(d / "multi") if ".data-" in n]) == 3
+    spec = {"model": {"layers": [_var("float32", (2, 2)) for _ in range(5)], "bias": _var("int64", (3,))}}
+    cases.append({"name": "multi", "kind": "graph", "path": str(d / "multi" / "ckpt"), "spec": spec})
+    expected["multi"] = {**{f"model/layers/{i}": np.full((2, 2), i, np.float32) for i in range(5)},
+                         "model/bias": np.arange(3, dtype=np.int64)}
 
     directory = d / "managed"
     w = ck.Variable(np.zeros(3, np.float32))

@@ -90,6 +90,16 @@ class Format:
         """Make ``name`` the latest checkpoint in ``directory``'s state file."""
         raise NotImplementedError(f"format {self.name!r} cannot write checkpoints")
 
+    def write_collective(self, group: Any, storage: Any, prefix: str, make_plan: Any, *, timeout: Any = None,
+                         on_commit: Any = None) -> None:
+        """A multi-worker save: every worker of ``group`` calls this with its own ``make_plan``;
+        each writes its share of the data, and one index commits the checkpoint
+        (see :func:`ckptcore.distributed.save.collective_write` for the steps)."""
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"CheckpointOptions(format={self.name!r}): this format does not write multi-worker "
+                              "checkpoints; save in ckptcore's format (the default)")
+
     def write_state(self, storage: Any, directory: str, state: Any) -> None:
         """Atomically replace ``directory``'s state file with a ``CheckpointManager``'s
         :class:`~ckptcore.state.CheckpointState` (its checkpoints, timestamps, last preserved time)."""

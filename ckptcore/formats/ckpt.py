@@ -863,6 +863,11 @@ class CkptFormat(Format):
 
         record_save(storage, directory, name)
 
+    def write_collective(self, group, storage, prefix, make_plan, *, timeout=None, on_commit=None) -> None:
+        from ..distributed.save import collective_write
+
+        collective_write(group, storage, prefix, make_plan, timeout=timeout, on_commit=on_commit)
+
     def write_state(self, storage, directory, state) -> None:
         from ..state import write_state
 

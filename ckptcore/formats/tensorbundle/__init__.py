@@ -56,6 +56,11 @@ class TensorBundleFormat(Format):
         storage.write_atomic(storage.join(directory, STATE_FILENAME),
                              encode_text_state(CheckpointState(latest=name, all=[name])))
 
+    def write_collective(self, group, storage, prefix, make_plan, *, timeout=None, on_commit=None) -> None:
+        from .collective import collective_write
+
+        collective_write(group, storage, prefix, make_plan, timeout=timeout, on_commit=on_commit)
+
     def write_state(self, storage, directory, state) -> None:
         # a CheckpointManager's list, as tf.train.CheckpointManager writes it, plus ckptcore's checksum comment
         from ...state import STATE_FILENAME

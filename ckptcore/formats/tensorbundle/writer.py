@@ -148,12 +148,18 @@ def string_scalar(value: bytes) -> tuple[bytes, int]:
     return string_tensor([value])
 
 
-def _entry_bytes(dtype: int, shape, offset: int, size: int, crc: int) -> bytes:
-    e = message("BundleEntryProto")(dtype=dtype, offset=offset, size=size, crc32c=tbl.mask(crc))
+def _entry_bytes(dtype: int, shape, offset: int, size: int, crc: int, shard: int = 0) -> bytes:
+    e = message("BundleEntryProto")(dtype=dtype, shard_id=shard, offset=offset, size=size, crc32c=tbl.mask(crc))
     e.shape.SetInParent()  # TensorFlow always writes the shape, even a scalar's (empty) one
     for d in shape:
         e.shape.dim.add(size=int(d))
     return e.SerializeToString()
+
+
+def entry_bytes(row: Sequence) -> bytes:
+    """A serialized ``BundleEntryProto`` from ``[dtype number, shape, shard, offset, size, crc32c]`` (JSON-ready)."""
+    number, shape, shard, offset, size, crc = row
+    return _entry_bytes(int(number), shape, int(offset), int(size), int(crc), int(shard))
 
 
 def encode_index(entries: list[tuple[str, bytes]], num_shards: int = 1) -> bytes:
@@ -210,22 +216,24 @@ class BundleWriter:
         [0.0, 1.0]
     """
 
-    def __init__(self, storage, prefix: str, progress: Callable[[int], Any] | None = None):
+    def __init__(self, storage, prefix: str, progress: Callable[[int], Any] | None = None, *,
+                 shard: int = 0, num_shards: int = 1):
         from ...saver import checkpoint_files
 
         self._storage, self._prefix, self._progress = storage, prefix, progress
+        self._shard = shard
         d = storage.dirname(prefix)
         if d:
             storage.makedirs(d)
         self.index_file = fmt.index_path(prefix)
-        self.data_file = fmt.data_path(prefix, 0, 1)
+        self.data_file = fmt.data_path(prefix, shard, num_shards)
         self._stale: list[str] = []
-        if storage.exists(self.index_file):
+        if num_shards == 1 and storage.exists(self.index_file):
             # Overwriting (write() to the same path): uncommit the old checkpoint first, so its index never
             # describes the new data; its other data files go once the new one is committed.
             storage.remove([self.index_file])
             self._stale = [f for f in checkpoint_files(storage, prefix) if f not in (self.index_file, self.data_file)]
-        self._entries: dict[str, bytes] = {}
+        self._entries: dict[str, list] = {}  # key -> [dtype number, shape, shard, offset, size, crc32c]
         self._offset = 0
         self._writer = storage.open_writer(self.data_file)
         self._done = False
@@ -302,29 +310,38 @@ class BundleWriter:
                                   f"({want} bytes)")
         crc = running if crc is None else crc
         offset = self._offset
-        self._entries[key] = _entry_bytes(number, shape, offset, want, crc)
+        self._entries[key] = [number, list(shape), self._shard, offset, want, crc]
         self._offset += want
         return offset, crc
 
-    def commit(self, graph: bytes | None = None) -> int:
-        """Write the object graph (if any), make the data durable, then write the index. Returns the data size."""
-        from ...saver import _commit_index
+    def commit_data(self, graph: bytes | None = None) -> dict[str, list]:
+        """Write the object graph (if any) and make the data file durable; no index.
 
+        Returns the entries, ``{key: [dtype number, shape, shard, offset, size, crc32c]}``
+        (for a multi-worker save, whose rank 0 merges every worker's into one index).
+        """
         if self._done:
             raise CheckpointError(f"the TensorBundle writer of {self._prefix} is closed")
         try:
             if graph is not None:
                 buf, crc = string_scalar(graph)
                 self._writer.write(buf)
-                self._entries[OBJECT_GRAPH_KEY] = _entry_bytes(DT_STRING, (), self._offset, len(buf), crc)
+                self._entries[OBJECT_GRAPH_KEY] = [DT_STRING, [], self._shard, self._offset, len(buf), crc]
                 self._offset += len(buf)
             self._writer.commit()
         except BaseException:
             self.abort()
             raise
         self._done = True
+        return dict(self._entries)
+
+    def commit(self, graph: bytes | None = None) -> int:
+        """Write the object graph (if any), make the data durable, then write the index. Returns the data size."""
+        from ...saver import _commit_index
+
+        entries = self.commit_data(graph)
         try:
-            encoded = encode_index(list(self._entries.items()))
+            encoded = encode_index([(k, entry_bytes(v)) for k, v in entries.items()])
         except BaseException:
             try:
                 self._storage.remove([self.data_file])  # committed data without an index: a partial file

@@ -1,0 +1,158 @@
+"""A multi-worker save in TensorFlow's format: each worker writes its own data shard, rank 0 one merged index.
+
+TensorFlow's own multi-worker layout: ``P.data-<rank>-of-<world>`` per worker and one
+``P.index`` whose entries name their shard (``BundleEntryProto.shard_id``), as
+TensorFlow's ``MergeBundles`` leaves them. Who writes which value is decided by
+:func:`ckptcore.distributed.merge.assign` (each value once in total, the bytes spread
+evenly), through the collective interface of :mod:`ckptcore.distributed.collective`;
+the steps are those of ckptcore's own collective save (:mod:`ckptcore.distributed.save`):
+
+1. rank 0 uncommits a checkpoint already at the path (its index first) and removes its
+   files; every worker plans its save; all exchange their descriptions or their error;
+2. every worker writes its values to its own data file, made durable (rank 0 also writes
+   the object graph, at the end of shard 0);
+3. all exchange their entries (offsets, checksums) or their error; on any error every
+   worker removes its own file and raises, naming the failed ranks;
+4. rank 0 merges the entries into one index and writes it: the commit point; then it
+   records the checkpoint and tells the others.
+
+Values sharded across workers (boxes of a global array) would become TensorFlow's
+partitioned-variable slices; they are refused for now, naming the key.
+
+Example:
+    >>> import threading, numpy as np, ckptcore as ck
+    >>> from ckptcore.distributed.collective import ThreadGroup
+    >>> opts = [ck.CheckpointOptions(format="tensorflow", process_group=g) for g in ThreadGroup.create(2)]
+    >>> def save(o): ck.Checkpoint(a=np.arange(4.0), b=np.ones(2)).write("memory://doc/tfmulti/c", o)
+    >>> ts = [threading.Thread(target=save, args=(o,)) for o in opts]
+    >>> _ = [t.start() for t in ts]; _ = [t.join() for t in ts]
+    >>> r = ck.load_checkpoint("memory://doc/tfmulti/c")
+    >>> r.format.name, r.index.num_shards, r.get_tensor("a/.ATTRIBUTES/VARIABLE_VALUE").tolist()
+    ('tensorflow', 2, [0.0, 1.0, 2.0, 3.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import CheckpointError
+from .. import ckpt as fmt
+
+__all__ = ["collective_write"]
+
+
+def _message(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _remove(storage, files) -> None:
+    try:
+        storage.remove(files)
+    except Exception:  # best effort: a later save of the same path removes them too
+        pass
+
+
+def _raise_failed(infos: list[dict], rank: int, what: str, own: BaseException | None) -> None:
+    failed = [(r, i["error"]) for r, i in enumerate(infos) if i["error"]]
+    if not failed:
+        return
+    if own is not None:
+        raise own
+    r, msg = failed[0]
+    more = f" (and {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
+    raise CheckpointError(f"rank {rank}: rank {r} failed {what}{more}, so no checkpoint was written: {msg}")
+
+
+def _check_whole(plan, mine) -> None:
+    for row, start, extent in mine:
+        entry, _ = plan.tensors[row]
+        if tuple(extent) != tuple(entry.shape) or any(start):
+            raise CheckpointError(
+                f"tensor {entry.key!r} is sharded across workers (this worker holds {list(extent)} of "
+                f"{list(entry.shape)}); TensorFlow's format would need partitioned-variable slices, which ckptcore "
+                "does not write yet: save it in ckptcore's format (the default)")
+
+
+def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout: float | None = None,
+                     on_commit: Callable[[], None] | None = None) -> None:
+    """Write the TensorBundle at ``spath`` with every worker of ``group`` (see the module docstring).
+
+    ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit``
+    runs on every worker once the index is committed (rank 0 first).
+    """
+    from ...distributed.collective import DEFAULT_TIMEOUT, all_gather_json, broadcast_json
+    from ...distributed.merge import assign, check_consistent, describe, local_arrays
+    from ...saver import checkpoint_files
+    from .writer import BundleWriter, check_plan, encode_index, entry_bytes, object_graph
+
+    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    rank, world = group.rank, group.size
+    error, desc = None, None
+    plan: Any = None
+    raised: BaseException | None = None
+    try:
+        if rank == 0:
+            d = storage.dirname(spath)
+            if d:
+                storage.makedirs(d)
+            if storage.exists(fmt.index_path(spath)):
+                storage.remove([fmt.index_path(spath)])  # uncommitted first: its index never describes new data
+            old = checkpoint_files(storage, spath)
+            if old:
+                storage.remove(old)
+        plan = make_plan()
+        check_plan(plan)
+        desc = describe(plan)
+    except BaseException as e:  # noqa: BLE001 -- reported to every worker, then raised
+        error, raised = _message(e), e
+    infos = all_gather_json(group, {"error": error, "rows": desc}, timeout, "plan")
+    _raise_failed(infos, rank, "planning its save", raised if error else None)
+    descs = [i["rows"] for i in infos]
+    check_consistent(descs)
+    mine = assign(descs)[rank]
+
+    data_file = fmt.data_path(spath, rank, world)
+    entries: dict = {}
+    try:
+        _check_whole(plan, mine)
+        with BundleWriter(storage, spath, shard=rank, num_shards=world) as w:
+            for entry, arr in local_arrays(plan, mine):
+                w.add(entry.key, entry.dtype, entry.shape, arr)
+            graph = None
+            if rank == 0:
+                graph = object_graph(plan.graph, [e.key for e, _ in plan.tensors], plan.full_names)
+            entries = w.commit_data(graph)
+    except BaseException as e:  # noqa: BLE001
+        error, raised = _message(e), e
+    try:
+        infos = all_gather_json(group, {"error": error, "entries": entries}, timeout, "write")
+    except BaseException:
+        _remove(storage, [data_file])
+        raise
+    if any(i["error"] for i in infos):
+        _remove(storage, [data_file])
+        _raise_failed(infos, rank, "writing its shard", raised if error else None)
+
+    error, committed = None, False
+    if rank == 0:
+        try:
+            merged = [(k, entry_bytes(v)) for i in infos for k, v in i["entries"].items()]
+            storage.write_atomic(fmt.index_path(spath), encode_index(merged, num_shards=world))
+            committed = True
+            if on_commit is not None:
+                on_commit()
+        except BaseException as e:  # noqa: BLE001
+            error, raised = _message(e), e
+            if not committed:
+                _remove(storage, [fmt.index_path(spath)])
+    result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
+    if result["error"]:
+        if not result["committed"]:
+            _remove(storage, [data_file])
+        if rank == 0 and raised is not None:
+            raise raised
+        raise CheckpointError(f"rank {rank}: rank 0 could not {'record' if result['committed'] else 'commit'} "
+                              f"checkpoint {spath!r}: {result['error']}")
+    if rank != 0 and on_commit is not None:
+        on_commit()
