@@ -78,8 +78,9 @@ class Format:
         raise NotImplementedError
 
     # -- writing (formats that write; chosen by ``CheckpointOptions(format=name)``) ---------------
-    # Call order for one save: ``write_plan`` (data durable first, the index last, atomically),
-    # then, for ``Checkpoint.save``, ``record_save`` (the directory's state file).
+    # Call order for one save: ``write_plan`` (data durable first, the index last, atomically), or for a
+    # multi-worker save ``write_collective`` on every worker; then, for ``Checkpoint.save``, ``record_save``
+    # (the directory's state file), or for a ``CheckpointManager`` save ``write_state`` (its whole list).
     writes: bool = False
 
     def write_plan(self, storage: Any, prefix: str, plan: Any, progress: Any = None) -> None:
