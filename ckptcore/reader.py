@@ -184,6 +184,9 @@ class CheckpointReader:
     def get_tensor(self, key: str) -> np.ndarray:
         """Read one tensor into a new array (checksum verified).
 
+        A TensorFlow string tensor is an array of dtype ``object`` holding ``bytes``; a scalar
+        string is returned as ``bytes`` itself, as TensorFlow's ``get_tensor`` returns it.
+
         Example:
             >>> import numpy as np, ckptcore as ck
             >>> p = ck.Checkpoint(v=ck.Variable(5)).write("memory://doc/gt/c")
@@ -193,6 +196,8 @@ class CheckpointReader:
         entry = self.entry(key)
         out: list[np.ndarray] = []
         self.read([(entry, None, out.append)])
+        if out[0].dtype == object and out[0].ndim == 0:  # a scalar string (TensorFlow's): bytes, as TF returns it
+            return out[0][()]
         return out[0]
 
     def verify(self, errors: list | None = None) -> int:
@@ -213,14 +218,22 @@ class CheckpointReader:
             >>> found = []; ck.load_checkpoint("memory://doc/verify/c").verify(found), found
             (32, [])
         """
-        if self.index.pieces is not None:  # sharded tensors: every ordinary row and every piece
-            from .distributed.reshard import verify_pieces
-            return verify_pieces(self)
         def fail(e: CorruptCheckpointError) -> None:
             if errors is None:
                 raise e
             errors.append(e)
 
+        decoded = self.index.decoded_rows or {}
+        done = 0
+        for r, decode in decoded.items():  # rows the format decodes itself (TensorFlow strings): decoding checks
+            try:
+                decode(self, r, True)
+            except CorruptCheckpointError as e:
+                fail(e)
+            done += self.index.table.nbytes[r]
+        if self.index.pieces is not None:  # sharded tensors: every ordinary row and every piece
+            from .distributed.reshard import verify_pieces
+            return verify_pieces(self) + done
         t = self.index.table
         shard, offset, nbytes = t.shard, t.offset, t.nbytes
         sizes = self.index.shard_sizes
@@ -238,7 +251,7 @@ class CheckpointReader:
         if not self.index.checksummed:  # safetensors stores no checksums: nothing to verify against
             return 0
         scratch = memoryview(np.empty(min(VERIFY_CHUNK, max(sizes, default=0)), np.uint8))  # type: ignore[arg-type]
-        order = sorted(range(len(t)), key=lambda r: (shard[r], offset[r]))
+        order = sorted((r for r in range(len(t)) if r not in decoded), key=lambda r: (shard[r], offset[r]))
         for s, rows in groupby(order, key=shard.__getitem__):
             if s in bad_shards:
                 continue
@@ -261,7 +274,7 @@ class CheckpointReader:
                         break  # the rest of this file cannot be read either
                     if crc != t.crc32c[r]:
                         fail(_mismatch(t.entry(r), f))
-        return sum(nbytes)
+        return sum(nbytes)  # (decoded rows included)
 
     def read(self, requests: Iterable[tuple[fmt.TensorEntry, np.ndarray | None, Callable | None]],
              verify: bool | None = None) -> None:
@@ -273,6 +286,8 @@ class CheckpointReader:
         verified after filling). ``callback(array)`` receives the filled array once its checksum passed.
         """
         verify = (self.verify_checksums if verify is None else verify) and self.index.checksummed
+        if self.index.decoded_rows:  # rows the format decodes itself: served here, the rest read below
+            requests = [r for r in requests if not self._decoded(self._rows[r[0].key], r[1], r[2], verify)]
         if self.index.pieces is not None:  # sharded tensors: assembled from their pieces
             requests = list(requests)
             rows = [self._rows[r[0].key] for r in requests]
@@ -311,6 +326,10 @@ class CheckpointReader:
             [0.0, 1.0, 2.0]
         """
         verify = (self.verify_checksums if verify is None else verify) and self.index.checksummed
+        if self.index.decoded_rows:  # rows the format decodes itself: served here, the rest read below
+            keep = [i for i, r in enumerate(rows) if not self._decoded(r, dests[i], callbacks[i], verify)]
+            if len(keep) < len(rows):
+                rows, dests, callbacks = [rows[i] for i in keep], [dests[i] for i in keep], [callbacks[i] for i in keep]
         if not rows:
             return
         if self.index.pieces is not None:  # sharded tensors: assembled from their pieces
@@ -336,6 +355,19 @@ class CheckpointReader:
                 read_tensors(rd, f, [(table.entry(t), d, cb) for t, d, cb in zip(rows, dests, callbacks)], verify)
             else:
                 _read_rows_sorted(rd, f, table, rows, offs, nbytes[r], dests, callbacks, verify)
+
+    def _decoded(self, row: int, dest, callback, verify: bool) -> bool:
+        """Serve ``row`` if the format decodes it itself (``Index.decoded_rows``); False if it is an ordinary row."""
+        decode = (self.index.decoded_rows or {}).get(row)
+        if decode is None:
+            return False
+        value = decode(self, row, verify)
+        if dest is not None:
+            dest[...] = value
+            value = dest
+        if callback is not None:
+            callback(value)
+        return True
 
     def _read_parallel(self, by_shard: dict[int, list], verify: bool, workers: int) -> None:
         """Read several shards at once (object stores); callbacks run on this thread, as the tensors arrive."""

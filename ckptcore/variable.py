@@ -35,8 +35,10 @@ class Variable:
         if isinstance(initial_value, Variable):
             initial_value = initial_value._value
         value = np.array(initial_value, dtype=dtype, copy=True, order="C")
-        if value.dtype == object:
-            raise TypeError(f"Variable {name or ''} cannot hold an object array")
+        if value.dtype == object and not all(type(x) is bytes for x in value.flat):
+            # (an object array of bytes is a TensorFlow string tensor: it restores from and saves to TF's format)
+            raise TypeError(f"Variable {name or ''} cannot hold an object array (other than one of bytes, "
+                            "TensorFlow's strings)")
         self._value = value
         self.name = name
         self.trainable = trainable

@@ -318,5 +318,7 @@ def test_tensorflow_checkpoints_through_every_command(tmp_path, run):
     assert run("convert", st_file, back).returncode == 0
     assert run("diff", out, back).returncode == 0
     for key, _ in keys:
+        if key == "_CHECKPOINTABLE_OBJECT_GRAPH":  # TensorFlow's graph as a tensor: ckptcore's index holds it
+            continue
         np.testing.assert_array_equal(ck.load_checkpoint(back).get_tensor(key),
                                       ck.load_checkpoint(tf_ckpt).get_tensor(key))

@@ -140,6 +140,7 @@ def write_ckptcore(storage, prefix: str, graph, specs: list[tuple[str, str, tupl
 
 def run(src: str, dst: str, to: str | None, storage_options: dict, as_json: bool, show_progress: bool) -> None:
     from .. import progress
+    from ..formats import ckpt as fmt
     from ..formats import safetensors as st
     from ..formats.byname import is_flat
     from ..reader import CheckpointReader
@@ -156,7 +157,13 @@ def run(src: str, dst: str, to: str | None, storage_options: dict, as_json: bool
     if dstorage.exists(dpath + ".index") or (to == "safetensors" and dstorage.exists(dpath)):
         raise _common.Usage(f"{dst} exists; convert never overwrites: remove it or pick another name")
     t = reader.index.table
-    graph, rows, flat, user_meta = reader.index.graph, list(range(len(t))), is_flat(reader.index), reader.metadata
+    # the rows the object graph reaches (a TensorFlow index's own object-graph tensor is a row past them)
+    graph, flat, user_meta = reader.index.graph, is_flat(reader.index), reader.metadata
+    rows = list(range(len(graph.attr_name)))
+    strings = [t.key[r] for r in rows if t.dtype[r] == fmt.STRING_DTYPE]
+    if strings and to != "tensorflow":
+        raise _common.Usage(f"{src} holds string tensors ({', '.join(strings[:3])}{' ...' if len(strings) > 3 else ''}"
+                            f"), which {to} cannot store: convert with --to tensorflow, or restore it in Python")
     passthrough: dict[str, str] = {}
     if kind == "safetensors":
         passthrough = st.read_metadata(reader.storage, reader.data_file(0))

@@ -50,8 +50,9 @@ def run(a: str, b: str, storage_options: dict, as_json: bool, values: bool) -> N
     pb = _common.resolve_checkpoint(b, storage_options)
     ra, rb = CheckpointReader(pa, storage_options), CheckpointReader(pb, storage_options)
     ta, tb = ra.index.table, rb.index.table
-    rows_a = dict(zip(ta.key, range(len(ta))))
-    rows_b = dict(zip(tb.key, range(len(tb))))
+    # values the object graphs reach (not a TensorFlow index's own object-graph tensor: structure, not a value)
+    rows_a = dict(zip(ta.key, range(len(ra.index.graph.attr_name))))
+    rows_b = dict(zip(tb.key, range(len(rb.index.graph.attr_name))))
     added = sorted(k for k in rows_b if k not in rows_a)
     removed = sorted(k for k in rows_a if k not in rows_b)
     changed, value_changed, same = [], [], 0

@@ -203,7 +203,9 @@ def verify_pieces(reader) -> int:
     reader.check_data_files()
     t, p = reader.index.table, reader.index.pieces
     sharded = p.by_row
-    items = [(t.shard[r], t.offset[r], t.nbytes[r], t.crc32c[r], r) for r in range(len(t)) if r not in sharded]
+    decoded = reader.index.decoded_rows or {}  # (verified by the reader itself)
+    items = [(t.shard[r], t.offset[r], t.nbytes[r], t.crc32c[r], r) for r in range(len(t))
+             if r not in sharded and r not in decoded]
     items += [(p.shard[i], p.offset[i], p.nbytes[i], p.crc32c[i], p.row[i]) for i in range(len(p))]
     items.sort()
     sizes = reader.index.shard_sizes

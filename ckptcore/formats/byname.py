@@ -80,6 +80,7 @@ def fit_to_live_root(index: fmt.Index, live_names: list[str]) -> fmt.Index:
     out = fmt.Index(nodes=[fmt.Node(children=[(name, 1)], attributes={}), *shifted], num_shards=index.num_shards,
                     shard_sizes=index.shard_sizes, metadata=dict(index.metadata, rooted_at=name))
     out.data_files, out.checksummed = index.data_files, index.checksummed
+    out.pieces, out.decoded_rows = index.pieces, index.decoded_rows  # (rows keep their numbers)
     return out
 
 

@@ -46,6 +46,10 @@ MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
 # stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
 FAST_DTYPES = _BY_NAME
+# TensorFlow's string tensors (formats.tensorbundle): object arrays of bytes, which that format decodes itself.
+# Never on the allowlist: a ckptcore index naming it is refused (dtype_from_name), so none asks for object arrays.
+STRING_DTYPE = "string"
+_OBJECT = np.dtype(object)
 USER_METADATA_KEY = "user"  # the index metadata entry holding the user's own (CheckpointOptions.metadata)
 METRICS_KEY = "metrics"     # the metrics CheckpointManager.save(metrics=...) was given
 
@@ -153,7 +157,9 @@ class TensorEntry:
     @property
     def np_dtype(self) -> np.dtype:
         dt = FAST_DTYPES.get(self.dtype)
-        return dt if dt is not None else dtype_from_name(self.dtype)
+        if dt is not None:
+            return dt
+        return _OBJECT if self.dtype == STRING_DTYPE else dtype_from_name(self.dtype)
 
     def to_json(self) -> dict:
         return {"key": self.key, "dtype": self.dtype, "shape": list(self.shape), "shard": self.shard,
@@ -303,7 +309,9 @@ class TensorTable:
             dtype('int8')
         """
         dt = FAST_DTYPES.get(self.dtype[t])
-        return dt if dt is not None else dtype_from_name(self.dtype[t])
+        if dt is not None:
+            return dt
+        return _OBJECT if self.dtype[t] == STRING_DTYPE else dtype_from_name(self.dtype[t])
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``shard``, ``offset`` and ``nbytes`` as int64 arrays (built once).
@@ -345,6 +353,9 @@ class Index:
     # safetensors file), and by formats that store no per-tensor checksums.
     data_files: list[str] | None = None
     checksummed: bool = True
+    # Set by formats with rows that are not raw array bytes (TensorFlow's string tensors): table row ->
+    # ``read(reader, row, verify) -> np.ndarray``, which reads, checks and decodes that row's value.
+    decoded_rows: dict[int, Any] | None = None
 
     def __init__(self, nodes: list[Node] | None = None, num_shards: int = 1, shard_sizes: list[int] | None = None,
                  metadata: dict | None = None, version: int = FORMAT_VERSION, *, graph: Graph | None = None,

@@ -20,21 +20,23 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ...dtypes import dtype_from_name
 from ...errors import CorruptCheckpointError
 from .. import ckpt as fmt
 from ..byname import nodes_from_keys
+from ..pieces import Pieces
 from . import table as tbl
 from .protos import message
+from .slices import check_tiling, decode_slice_key, encode_slice_key, slice_boxes
+from .strings import read_strings
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 DT_STRING = 7
 MAX_GRAPH_BYTES = 1 << 30
 MAX_SHARDS = 1 << 16
+MAX_DATA_BYTES = 1 << 56  # offsets and sizes past this are no file anyone wrote
 
 # TensorFlow's DataType numbers (types.proto) -> ckptcore's stored dtype names
 TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 8: "complex64", 9: "int64",
@@ -58,8 +60,29 @@ def _parse(name: str, raw: bytes, path: str, key: str | None):
         raise _bad(path, f"its {name} does not parse ({type(e).__name__})", key) from None
 
 
+def key_text(kb: bytes) -> str:
+    """A table key as text: UTF-8, else Latin-1 (the binary slice keys of partitioned variables).
+
+    Example:
+        >>> key_text(b"dense/kernel"), key_text(b"\\xff")
+        ('dense/kernel', '\xff')
+    """
+    try:
+        return kb.decode("utf-8")
+    except UnicodeDecodeError:
+        return kb.decode("latin-1")
+
+
 def parse_entries(raw, path: str):
-    """The header and ``{key: BundleEntryProto}`` of a TensorBundle index file's bytes, validated."""
+    """The header and ``{key: BundleEntryProto}`` of a TensorBundle index file's bytes, validated.
+
+    Keys are :func:`key_text` of the stored bytes.
+    """
+    header, items = _raw_entries(raw, path)
+    return header, {key_text(kb): e for kb, e in items.items()}
+
+
+def _raw_entries(raw, path: str):
     items = tbl.read_table(raw, path)
     if not items or items[0][0] != b"":
         raise _bad(path, "the header entry is missing")
@@ -74,12 +97,13 @@ def parse_entries(raw, path: str):
             f"TensorFlow checkpoint {path} needs a reader of bundle version {header.version.min_consumer} or newer "
             "(ckptcore reads version 1, as TensorFlow 2 writes)", path=path)
     entries = {}
+    texts: set[str] = set()
     for kb, vb in items[1:]:
-        try:
-            key = kb.decode("utf-8")
-        except UnicodeDecodeError:
-            key = kb.decode("latin-1")  # slice keys of partitioned variables are binary
-        entries[key] = _parse("BundleEntryProto", vb, path, key)
+        key = key_text(kb)
+        if key in texts:
+            raise _bad(path, "two keys read as the same text", key)
+        texts.add(key)
+        entries[bytes(kb)] = _parse("BundleEntryProto", vb, path, key)
     return header, entries
 
 
@@ -92,6 +116,11 @@ def _shape(entry, path: str, key: str) -> tuple[int, ...]:
     return dims
 
 
+def _position(key: str, e, num_shards: int, path: str) -> None:
+    if not 0 <= e.shard_id < num_shards or e.offset < 0 or e.size < 0 or e.offset + e.size > MAX_DATA_BYTES:
+        raise _bad(path, f"shard {e.shard_id} / offset {e.offset} / size {e.size} out of range", key)
+
+
 def _tensor_entry(key: str, e, num_shards: int, path: str) -> fmt.TensorEntry:
     name = TF_DTYPES.get(e.dtype)
     if name is None:
@@ -100,16 +129,42 @@ def _tensor_entry(key: str, e, num_shards: int, path: str) -> fmt.TensorEntry:
             f"TensorFlow checkpoint {path}: tensor {key!r} has dtype {what}, which ckptcore cannot read into an "
             "array", path=path, key=key)
     shape = _shape(e, path, key)
+    nbytes = _nbytes(name, shape, path, key)
+    if e.size != nbytes:
+        raise _bad(path, f"{e.size} bytes recorded for {nbytes} bytes of {name}{list(shape)}", key)
+    _position(key, e, num_shards, path)
+    return fmt.TensorEntry(key, name, shape, int(e.shard_id), int(e.offset), nbytes, tbl.unmask(e.crc32c))
+
+
+def _nbytes(name: str, shape: tuple[int, ...], path: str, key: str) -> int:
     itemsize = dtype_from_name(name).itemsize
     bits = sum(np.log2(max(d, 1)) for d in shape) + np.log2(itemsize)
     if bits >= 61.9:
         raise _bad(path, f"impossible shape {shape}", key)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize if shape else itemsize
-    if e.size != nbytes:
-        raise _bad(path, f"{e.size} bytes recorded for {nbytes} bytes of {name}{list(shape)}", key)
-    if not 0 <= e.shard_id < num_shards or e.offset < 0:
-        raise _bad(path, f"shard {e.shard_id} / offset {e.offset} out of range", key)
-    return fmt.TensorEntry(key, name, shape, int(e.shard_id), int(e.offset), nbytes, tbl.unmask(e.crc32c))
+    return int(np.prod(shape, dtype=np.int64)) * itemsize if shape else itemsize
+
+
+def _string_entry(key: str, e, num_shards: int, path: str) -> fmt.TensorEntry:
+    """A ``DT_STRING`` entry as a table row of dtype ``"string"`` (``nbytes``: its stored size)."""
+    shape = _shape(e, path, key)
+    n = 1
+    for d in shape:
+        n *= d
+    if n > e.size:  # each element has at least one length byte
+        raise _bad(path, f"{e.size} bytes cannot hold {n} strings", key)
+    _position(key, e, num_shards, path)
+    return fmt.TensorEntry(key, fmt.STRING_DTYPE, shape, int(e.shard_id), int(e.offset), int(e.size),
+                           tbl.unmask(e.crc32c))
+
+
+def read_string_row(reader, row: int, verify: bool = True) -> np.ndarray:
+    """The value of string row ``row`` of a TensorFlow index's table: an object array of ``bytes``, checksum verified.
+
+    (What ``Index.decoded_rows`` maps string rows to; ``verify`` is ignored: decoding checks everything.)
+    """
+    t = reader.index.table
+    return read_strings(reader.storage, reader.data_file(t.shard[row]), t.offset[row], t.nbytes[row], t.shape[row],
+                        t.crc32c[row], reader.index_file, t.key[row])
 
 
 def read_string_scalar(storage, data_file: str, entry, path: str, key: str, limit: int = MAX_GRAPH_BYTES) -> bytes:
@@ -117,7 +172,7 @@ def read_string_scalar(storage, data_file: str, entry, path: str, key: str, limi
 
     On disk: the element's length as a varint, the masked CRC32C of that length (as a
     little-endian ``uint32``), then the bytes; the entry's CRC32C covers the length (as
-    ``uint32``), the length checksum and the bytes.
+    ``uint32``), the length checksum and the bytes (see :mod:`.strings`).
     """
     if entry.dtype != DT_STRING or _shape(entry, path, key) != ():
         raise _bad(path, "expected a scalar string", key)
@@ -131,67 +186,116 @@ def read_string_scalar(storage, data_file: str, entry, path: str, key: str, limi
     if entry.offset + entry.size > size:
         raise CorruptCheckpointError(f"data file {data_file} is truncated: tensor {key!r} is incomplete",
                                      path=data_file, key=key)
-    buf = bytearray(entry.size)
-    with storage.open_reader(data_file) as rd:
-        if rd.readinto(entry.offset, memoryview(buf)) != entry.size:
-            raise CorruptCheckpointError(f"data file {data_file} is truncated: tensor {key!r} is incomplete",
-                                         path=data_file, key=key)
-    n, pos = tbl.get_varint(buf, 0, len(buf), data_file)
-    if pos + 4 + n != len(buf) or n > 0xFFFFFFFF:
-        raise CorruptCheckpointError(f"checksum mismatch for tensor {key!r} in {data_file}: its string length "
-                                     "does not fit its size", path=data_file, key=key)
-    length_crc = fmt.crc32c(n.to_bytes(4, "little"))
-    crc = fmt.crc32c(buf[pos:], length_crc)
-    if int.from_bytes(buf[pos:pos + 4], "little") != tbl.mask(length_crc) or crc != tbl.unmask(entry.crc32c):
-        raise CorruptCheckpointError(f"checksum mismatch for tensor {key!r} in {data_file}: the checkpoint is "
-                                     "corrupt", path=data_file, key=key)
-    return bytes(buf[pos + 4:])
+    return bytes(read_strings(storage, data_file, int(entry.offset), int(entry.size), (), tbl.unmask(entry.crc32c),
+                              path, key)[()])
+
+
+def _sliced_entry(kb: bytes, e, entries: dict, num_shards: int, path: str, used: set[bytes]):
+    """The row and pieces of the partitioned variable stored under ``kb``: ``(TensorEntry, [(shard, offset,
+    nbytes, crc, start, extent)])``; its slice entries' keys are added to ``used``."""
+    key = key_text(kb)
+    name = TF_DTYPES.get(e.dtype)
+    if name is None:
+        raise CorruptCheckpointError(
+            f"TensorFlow checkpoint {path}: tensor {key!r} is a partitioned variable of dtype "
+            f"{_TF_NAMES.get(e.dtype, e.dtype)}, which ckptcore cannot assemble", path=path, key=key)
+    shape = _shape(e, path, key)
+    nbytes = _nbytes(name, shape, path, key)
+    boxes = slice_boxes(e, shape, path, key)
+    check_tiling([(b[0], b[1]) for b in boxes], shape, path, key)
+    pieces = []
+    for i, (start, extent, klen) in enumerate(boxes):
+        sk = encode_slice_key(kb, start, klen)
+        se = entries.get(sk)
+        if se is None:
+            raise _bad(path, f"slice {i} (start {list(start)}, extent {list(extent)}) has no entry", key)
+        if sk in used:
+            raise _bad(path, f"slice {i} is listed twice", key)
+        if len(se.slices) or se.dtype != e.dtype or _shape(se, path, key) != extent:
+            raise _bad(path, f"the entry of slice {i} does not match it (dtype, shape or slices)", key)
+        t = _tensor_entry(key, se, num_shards, path)
+        used.add(sk)
+        pieces.append((t.shard, t.offset, t.nbytes, t.crc32c, start, extent))
+    crc = fmt.crc32c(b"".join(p[3].to_bytes(4, "little") for p in pieces))  # changes with any slice (cli diff)
+    return fmt.TensorEntry(key, name, shape, 0, 0, nbytes, crc), pieces
 
 
 def decode(raw, path: str, storage, prefix: str) -> fmt.Index:
     """A ckptcore :class:`~ckptcore.formats.ckpt.Index` for the TensorBundle index bytes ``raw``.
 
     Numeric tensors become rows of the index's table (their masked checksums unmasked,
-    so the reader verifies them as its own); the object graph, or for a TF1 checkpoint a
-    graph built from the keys, becomes its graph.
+    so the reader verifies them as its own); partitioned variables become rows stored in
+    pieces (their slices); string tensors become rows the format decodes itself
+    (``Index.decoded_rows``). The object graph, or for a TF1 checkpoint a graph built from
+    the keys, becomes its graph; the object graph's own tensor is a last row that belongs to
+    no object (listed and readable by key, as in TensorFlow, never restored).
     """
-    header, entries = parse_entries(raw, path)
+    header, entries = _raw_entries(raw, path)
     num_shards = int(header.num_shards)
-    graph_entry = entries.pop(OBJECT_GRAPH_KEY, None)
+    graph_entry = entries.get(OBJECT_GRAPH_KEY.encode())
     tensors: dict[str, fmt.TensorEntry] = {}
-    sliced: dict[str, Any] = {}
+    pieces: dict[str, list] = {}
+    slice_keys: set[bytes] = set()
     unsupported: list[str] = []
-    for key, e in entries.items():
+    for kb, e in entries.items():
         if len(e.slices):
-            sliced[key] = e
+            key = key_text(kb)
+            if e.dtype in (DT_STRING, 20, 21):
+                unsupported.append(key)  # (TensorFlow's reader assembles no partitioned strings either)
+                continue
+            tensors[key], pieces[key] = _sliced_entry(kb, e, entries, num_shards, path, slice_keys)
+    for kb, e in entries.items():
+        key = key_text(kb)
+        if key in tensors or kb in slice_keys or key == OBJECT_GRAPH_KEY or key in unsupported:
             continue
-        if e.dtype in (DT_STRING, 20, 21):  # strings, resources, variants: not arrays ckptcore holds
+        if kb.startswith(b"\x00") and decode_slice_key(kb) is not None:
+            raise _bad(path, "a slice entry no partitioned variable lists", key)
+        if e.dtype == DT_STRING:
+            tensors[key] = _string_entry(key, e, num_shards, path)
+        elif e.dtype in (20, 21):  # resources, variants: not values ckptcore holds
             unsupported.append(key)
-            continue
-        tensors[key] = _tensor_entry(key, e, num_shards, path)
-    if sliced:
-        key = sorted(sliced)[0]
-        raise CorruptCheckpointError(
-            f"TensorFlow checkpoint {path}: tensor {key!r} is a partitioned variable ({len(sliced[key].slices)} "
-            "slices); ckptcore does not read partitioned variables yet", path=path, key=key)
+        else:
+            tensors[key] = _tensor_entry(key, e, num_shards, path)
+    graph_row = None
     if graph_entry is not None:
-        data_file = fmt.data_path(prefix, graph_entry.shard_id, num_shards)
         if not 0 <= graph_entry.shard_id < num_shards:
             raise _bad(path, "shard out of range", OBJECT_GRAPH_KEY)
+        data_file = fmt.data_path(prefix, graph_entry.shard_id, num_shards)
         proto = _parse("TrackableObjectGraph",
                        read_string_scalar(storage, data_file, graph_entry, path, OBJECT_GRAPH_KEY),
                        path, OBJECT_GRAPH_KEY)
         nodes = graph_nodes(proto, tensors, path)
+        graph_row = _string_entry(OBJECT_GRAPH_KEY, graph_entry, num_shards, path)
         kind = "tensorflow"
     else:
         nodes = nodes_from_keys(tensors, "/")
         kind = "tensorflow-v1"
+    rows = [e for n in nodes for e in n.attributes.values()]
+    owner = [i for i, n in enumerate(nodes) for _ in n.attributes]
+    if graph_row is not None:  # a row no node's attributes reach; node 0 (the root, always matched) holds it
+        rows.append(graph_row)
+        owner.append(0)
+    table = fmt.TensorTable.from_entries(rows, owner)
     sizes = [0] * num_shards
-    for t in tensors.values():
-        sizes[t.shard] = max(sizes[t.shard], t.offset + t.nbytes)
-    index = fmt.Index(nodes=nodes, num_shards=num_shards, shard_sizes=sizes,
-                      metadata={"format": kind, "flat": graph_entry is None,
-                                "unsupported_keys": sorted(unsupported)})
+    for t in rows:
+        if t.key not in pieces:
+            sizes[t.shard] = max(sizes[t.shard], t.offset + t.nbytes)
+    for ps in pieces.values():
+        for shard, offset, n, *_ in ps:
+            sizes[shard] = max(sizes[shard], offset + n)
+    index = fmt.Index(num_shards=num_shards, shard_sizes=sizes, graph=fmt.Graph.from_nodes(nodes), table=table,
+                      metadata={"format": kind, "flat": graph_entry is None, "unsupported_keys": sorted(unsupported)})
+    row_of = {t.key: r for r, t in enumerate(rows)}
+    if pieces:
+        cols: list[list] = [[], [], [], [], [], [], []]
+        for key, ps in pieces.items():
+            for p in ps:
+                for col, v in zip(cols, (row_of[key], *p)):
+                    col.append(v)
+        index.pieces = Pieces(*cols)
+    strings = {r: read_string_row for r, t in enumerate(rows) if t.dtype == fmt.STRING_DTYPE}
+    if strings:
+        index.decoded_rows = strings
     return index
 
 
