@@ -389,3 +389,21 @@ def test_string_counts_and_lengths_are_bounded_before_allocating():
     table.put_varint(huge, 1 << 60)
     with pytest.raises(ck.CorruptCheckpointError, match="do not add up"):
         decode_strings(bytes(huge) + b"\x00" * 8, (1,), 0, "d", "k")
+
+
+def test_diff_compares_sliced_variables_by_value(tmp_path, capsys):
+    from ckptcore.cli import main
+
+    out = str(tmp_path / "whole")
+    assert main(["convert", _fixture("tf1_partitioned"), out]) == 0  # slices -> one tensor each
+    assert main(["diff", _fixture("tf1_partitioned"), out]) == 0     # same values, though stored apart
+    from safetensors.numpy import save_file
+
+    r = ck.load_checkpoint(out)
+    emb = r.get_tensor("emb")
+    emb[0, 0] += 1
+    other = str(tmp_path / "other.safetensors")
+    save_file({"emb": emb, "dense/cols": r.get_tensor("dense/cols")}, other)
+    capsys.readouterr()
+    assert main(["diff", _fixture("tf1_partitioned"), other, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["value_changed"] == ["emb"]
