@@ -167,7 +167,8 @@ def test_ckptcore_reads_keras3_model_and_optimizer_variables(oracle):
     info = _written(oracle, "keras3")
     want = np.load(oracle["out"] / "keras3.npz")
     r = ck.load_checkpoint(info["path"])
-    assert sorted(k for k, _ in ck.list_variables(info["path"])) == sorted([*want.files, "_CHECKPOINTABLE_OBJECT_GRAPH"])
+    keys = sorted(k for k, _ in ck.list_variables(info["path"]))
+    assert keys == sorted([*want.files, "_CHECKPOINTABLE_OBJECT_GRAPH"])
     for k in want.files:
         np.testing.assert_array_equal(r.get_tensor(k), want[k])
     # the optimizer's moments restore into a ckptcore structure of the same shape
