@@ -42,6 +42,8 @@ from .reader import CheckpointReader
 from .registry import adapter_or_none, find_adapter
 from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notify_dependency_added
 from .saver import plan_save
+from .staging import Staging
+from .staging import active as staging_active
 from .state import latest_checkpoint
 from .storage import LocalStorage, open_storage
 from .storage.paths import check_checkpoint_path
@@ -318,7 +320,13 @@ class Checkpoint(Module):
             self._ck_async.submit(lambda: collective_write(background, storage, spath, planned,
                                                            timeout=options.collective_timeout, on_commit=on_commit))
             return path
-        plan = plan_save(root, extra, snapshot=options.enable_async, metadata=metadata or None)
+        stage = Staging(options.pinned_memory_bytes)  # host memory plugins stage device tensors in, until written
+        try:
+            with staging_active(stage):
+                plan = plan_save(root, extra, snapshot=options.enable_async, metadata=metadata or None)
+        except BaseException:
+            stage.end()
+            raise
         if progress.log.isEnabledFor(logging.DEBUG):
             progress.log.debug("planned %s: %d tensors, %d bytes in %.3f s", path, len(plan.node_of), plan.nbytes,
                                timer.elapsed())
@@ -330,6 +338,7 @@ class Checkpoint(Module):
                 fmt_writer.write_plan(storage, spath, plan, progress=bar.update if bar is not None else None)
             finally:
                 progress.close(bar)
+                stage.end()
             progress.log.debug("committed the index of %s after %.3f s", path, timer.elapsed())
             if record:
                 fmt_writer.record_save(storage, storage.dirname(spath), storage.basename(spath))
@@ -422,12 +431,17 @@ class Checkpoint(Module):
                 session = RestoreSession(reader, root, extra, ignore_live_names=ignore,
                                          verify=options.verify_checksums)
                 group = current_group(options)
-                if group is None:
-                    session.run()
-                else:  # every worker restores its own objects; they agree before reading and after
-                    from .distributed.restore import run_collective
+                stage = Staging(options.pinned_memory_bytes)
+                try:
+                    with staging_active(stage):
+                        if group is None:
+                            session.run()
+                        else:  # every worker restores its own objects; they agree before reading and after
+                            from .distributed.restore import run_collective
 
-                    run_collective(session, group, options.collective_timeout)
+                            run_collective(session, group, options.collective_timeout)
+                finally:
+                    stage.end()
             finally:
                 reader.progress = None  # later (deferred) restores read without it
                 progress.close(bar)

@@ -110,6 +110,13 @@ class CheckpointOptions:
         collective_timeout: seconds each collective step of a multi-worker
             save/restore may wait for the other workers before it raises
             ``ckptcore.distributed.CollectiveTimeoutError`` (default 600).
+        pinned_memory_bytes: at most this many bytes of page-locked ("pinned") host memory
+            a save or restore may allocate to stage device tensors (CUDA) through; copies
+            between device and pinned memory run at the bus's full speed. 0 (the default)
+            stages nothing: device tensors go through ordinary host memory. The memory is
+            given back when the operation ends (an async save: when its write finishes).
+            Tensors that do not fit in what is left take the ordinary path.
+            See docs/performance.md.
 
     Example:
         >>> import ckptcore as ck
@@ -132,6 +139,7 @@ class CheckpointOptions:
     metadata: Mapping[str, Any] | None = None
     process_group: Any = None
     collective_timeout: float | None = None
+    pinned_memory_bytes: int = 0
 
     def __post_init__(self):
         for name in ("enable_async", "verify_checksums", "verify_before_restore", "progress"):
@@ -148,6 +156,10 @@ class CheckpointOptions:
         if retries is not None and (type(retries) is not int or retries < 0):
             raise InvalidArgumentError("CheckpointOptions(max_retries=...) must be a non-negative int or None, got "
                                        f"{retries!r}")
+        pinned = self.pinned_memory_bytes
+        if type(pinned) is not int or pinned < 0:
+            raise InvalidArgumentError("CheckpointOptions(pinned_memory_bytes=...) must be a non-negative int (bytes), "
+                                       f"got {pinned!r}")
         object.__setattr__(self, "storage_options", MappingProxyType(dict(self.storage_options or {})))
         if self.metadata is not None:
             object.__setattr__(self, "metadata", MappingProxyType(check_metadata(self.metadata)))

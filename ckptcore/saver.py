@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import staging
 from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .distributed.shards import ShardedValue
@@ -299,7 +300,11 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
     if snapshot:
         # every array copied in one tight pass after the walk (as fast as copying a list of arrays;
         # copying inside the walk above cost ~15 % more for 20,000 small arrays)
-        arrays = [a.copy() for a in arrays]
+        stage = staging.current()
+        if stage is not None and stage.has_private:  # values a plugin copied already (device tensors)
+            arrays = [a if stage.is_private(a) else a.copy() for a in arrays]
+        else:
+            arrays = [a.copy() for a in arrays]
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
     plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
     plan.full_names = full_names

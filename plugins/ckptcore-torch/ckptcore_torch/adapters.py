@@ -26,7 +26,16 @@ from ckptcore.naming import VARIABLE_VALUE
 from ckptcore.restore import WeakIdTable
 
 from . import codec, hooks
-from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
+from .convert import (
+    check_materialized,
+    finish_staged,
+    from_numpy,
+    numpy_dtype,
+    shares_memory,
+    staged_restore_buffer,
+    to_numpy,
+    writable_view,
+)
 
 __all__ = ["ModuleAdapter", "TensorAdapter", "GeneratorAdapter", "StateDictAdapter", "LRSchedulerAdapter",
            "has_state_dict"]
@@ -143,11 +152,13 @@ class TensorAdapter(Adapter):
         return tuple(int(d) for d in obj.shape), numpy_dtype(obj.dtype)
 
     def restore_buffer(self, obj, attr):
+        if obj.device.type != "cpu":  # a pinned buffer when the restore has pinned memory to stage through
+            return staged_restore_buffer(obj)
         return writable_view(obj)
 
     def set_value(self, obj, attr, value):
-        if shares_memory(value, obj):
-            return  # already read in place
+        if shares_memory(value, obj) or finish_staged(obj, value):
+            return  # already read in place, or staged through pinned memory and copied to the device
         import torch
 
         src = from_numpy(np.asarray(value))

@@ -18,13 +18,15 @@ Example:
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 import numpy as np
 
 from ckptcore.errors import CheckpointError, UnsupportedDtypeError
 
-__all__ = ["numpy_dtype", "to_numpy", "from_numpy", "writable_view", "is_materialized"]
+__all__ = ["numpy_dtype", "to_numpy", "from_numpy", "writable_view", "is_materialized", "staged_restore_buffer",
+           "finish_staged", "pinned_view"]
 
 # torch dtype name -> (numpy dtype, integer torch dtype name used for the bit view or None)
 _ML_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
@@ -178,15 +180,118 @@ def to_numpy(tensor: Any) -> np.ndarray:
     if npd is None:
         numpy_dtype(tensor.dtype)  # raises
     t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
+    on_device = t.device.type != "cpu"
     if t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
-    if view is not None:
-        return t.view(view).numpy().view(npd)
-    return t.numpy()
+    if on_device:
+        t = _to_host(t)
+    arr = t.view(view).numpy().view(npd) if view is not None else t.numpy()
+    if on_device:
+        from ckptcore import staging
+
+        stage = staging.current()
+        if stage is not None:  # a copy of its own: an async save need not snapshot it again
+            stage.mark_private(arr)
+    return arr
+
+
+def _to_host(t: Any) -> Any:
+    """A host copy of device tensor ``t``: in a pinned buffer of the running save's pool when one fits
+    (``CheckpointOptions(pinned_memory_bytes=...)``), else ``t.cpu()``."""
+    from ckptcore import staging
+
+    from .staging import pool_for
+
+    pool = pool_for(staging.current())
+    nbytes = t.numel() * t.element_size()
+    buf = pool.take(nbytes) if pool is not None else None
+    if buf is None:
+        return t.cpu()
+    host = pinned_view(buf, t.dtype, t.shape)
+    host.copy_(t)  # device to pinned host memory at full bus speed; returns once the bytes are there
+    return host
+
+
+def pinned_view(buf: Any, dtype: Any, shape: Any) -> Any:
+    """The first bytes of uint8 buffer tensor ``buf`` as a contiguous tensor of ``dtype`` and ``shape``.
+
+    Example:
+        >>> import torch
+        >>> pinned_view(torch.zeros(64, dtype=torch.uint8), torch.float32, (2, 3)).shape
+        torch.Size([2, 3])
+    """
+    import math
+
+    return buf[:math.prod(shape) * dtype.itemsize].view(dtype).view(tuple(shape))
+
+
+def staged_restore_buffer(tensor: Any) -> np.ndarray | None:
+    """A numpy view of a pinned buffer (from the running restore's pool) to read device tensor
+    ``tensor``'s bytes into, or None (CPU tensors, no pool, no room). :func:`finish_staged` then
+    copies it to the device and gives the buffer back.
+
+    Example:
+        >>> import torch
+        >>> staged_restore_buffer(torch.zeros(3)) is None  # CPU tensors are read in place instead
+        True
+    """
+    if tensor.device.type == "cpu" or not is_materialized(tensor) or _entry(tensor.dtype) is None:
+        return None
+    return _lend(tensor)
+
+
+def _lend(tensor: Any) -> np.ndarray | None:
+    from ckptcore import staging
+
+    from .staging import pool_for
+
+    stage = staging.current()
+    pool = pool_for(stage)
+    if pool is None:
+        return None
+    buf = pool.take(tensor.numel() * tensor.element_size())
+    if buf is None:
+        return None
+    host = pinned_view(buf, tensor.dtype, tensor.shape)
+    arr = to_numpy(host)
+    key = id(arr)
+    with _lent_lock:
+        _LENT[key] = (arr, host, buf, pool)
+    stage.on_end(lambda: _LENT.pop(key, None))  # a buffer never copied (a failed restore): forgotten at the end
+    return arr
+
+
+# id(array) -> (array, pinned host tensor, pool buffer, pool): buffers lent to the reader. Module-level,
+# not per operation: the reader may deliver a value on a thread that does not see the current Staging.
+_LENT: dict[int, tuple] = {}
+_lent_lock = threading.Lock()
+
+
+def finish_staged(tensor: Any, value: Any) -> bool:
+    """If ``value`` is a buffer from :func:`staged_restore_buffer`: copy it into ``tensor``, give the
+    buffer back to the pool for the next tensor, and return True.
+
+    Example:
+        >>> import torch, numpy as np
+        >>> finish_staged(torch.zeros(2), np.ones(2))
+        False
+    """
+    if not _LENT:
+        return False
+    with _lent_lock:
+        entry = _LENT.get(id(value))
+        if entry is None or entry[0] is not value:
+            return False
+        del _LENT[id(value)]
+    _arr, host, buf, pool = entry
+    import torch
+
+    with torch.no_grad():
+        tensor.copy_(host)  # pinned host memory to the device; returns once the bytes are there
+    pool.give(buf)
+    return True
 
 
 def writable_view(tensor: Any) -> np.ndarray | None:

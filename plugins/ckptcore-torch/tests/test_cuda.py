@@ -129,3 +129,71 @@ def test_state_dict_fallback_and_cuda_generator(prefix):
     ck.Checkpoint(scaler=scaler2, rng=gen2).read(path).assert_consumed()
     assert scaler2.state_dict()["scale"] == 1024.0
     assert torch.equal(torch.rand(3, device="cuda", generator=gen2), expected)
+
+
+# -- pinned staging (CheckpointOptions(pinned_memory_bytes=...)) ---------------------------------
+PINNED = ck.CheckpointOptions(pinned_memory_bytes=64 << 20)
+
+
+def _big_net(seed=0, width=1024, layers=6):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)]).cuda()  # 24 MiB
+
+
+def _pool_sizes(monkeypatch):
+    """Every pinned pool made, with the buffers it lent."""
+    from ckptcore_torch import staging as pinned
+
+    pools = []
+    real = pinned.PinnedPool.__init__
+
+    def init(self, *a, **k):
+        real(self, *a, **k)
+        pools.append(self)
+
+    monkeypatch.setattr(pinned.PinnedPool, "__init__", init)
+    return pools
+
+
+@pytest.mark.parametrize("enable_async", [False, True])
+def test_saves_stage_gpu_tensors_through_a_bounded_pinned_pool(prefix, monkeypatch, enable_async):
+    pools = _pool_sizes(monkeypatch)
+    src = _big_net(1)
+    opts = ck.CheckpointOptions(pinned_memory_bytes=8 << 20, enable_async=enable_async)  # less than the model
+    ckpt = ck.Checkpoint(model=src)
+    path = ckpt.write(prefix, options=opts)
+    expected = [p.detach().cpu().clone() for p in src.parameters()]
+    with torch.no_grad():
+        for p in src.parameters():
+            p.mul_(0)  # after an async save returns, the values it saves are fixed
+    ckpt.sync()
+    assert len(pools) == 1 and 0 < pools[0].peak_bytes <= 8 << 20 and pools[0].released
+    dst = _big_net(2)
+    ck.Checkpoint(model=dst).read(path).assert_consumed()
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(dst.parameters(), expected))
+
+
+def test_restores_stage_through_pinned_buffers_reused_tensor_after_tensor(prefix, monkeypatch):
+    src = _big_net(3)
+    path = ck.Checkpoint(model=src).write(prefix)
+    pools = _pool_sizes(monkeypatch)
+    dst = _big_net(4)
+    ptrs = [p.data_ptr() for p in dst.parameters()]
+    ck.Checkpoint(model=dst).read(path, options=ck.CheckpointOptions(pinned_memory_bytes=8 << 20)).assert_consumed()
+    assert all(torch.equal(a, b) for a, b in zip(src.parameters(), dst.parameters()))
+    assert [p.data_ptr() for p in dst.parameters()] == ptrs
+    assert len(pools) == 1 and pools[0].peak_bytes <= 8 << 20 and pools[0].in_use_bytes == 0
+    assert pools[0].released
+
+
+def test_pinned_staging_keeps_every_dtype_bit_for_bit(prefix):
+    vals = {"bf16": torch.randn(300_000, device="cuda").to(torch.bfloat16),
+            "f8": torch.linspace(-2, 2, 200_000, device="cuda").to(torch.float8_e4m3fn),
+            "i64": torch.arange(100_000, device="cuda"), "strided": torch.randn(512, 512, device="cuda").t()}
+    path = ck.Checkpoint(**vals).write(prefix, options=PINNED)
+    out = {k: torch.zeros_like(v) for k, v in vals.items()}
+    ck.Checkpoint(**out).read(path, options=PINNED).assert_consumed()
+    for k in vals:
+        a, b = vals[k], out[k]
+        assert torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                           b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b), k
