@@ -8,7 +8,8 @@ ranges: :mod:`ckptcore.distributed.reshard`) and, at the end, they exchange the 
 so that a failed read on one worker fails the restore on every worker.
 
 Values that wait for objects created later (restore-on-create) are restored by each worker
-on its own, when the object appears: that part is not collective.
+on its own, when the object appears: that part is not collective. The load-status assertions
+afterwards are (:mod:`ckptcore.distributed.status`).
 
 Example:
     >>> import threading, numpy as np, ckptcore as ck
@@ -72,6 +73,7 @@ def run_collective(session, group: Group, timeout: float | None = None) -> None:
     from ..restore.session import _LOCK
 
     agree = _Agreement(group, DEFAULT_TIMEOUT if timeout is None else float(timeout))
+    session.collective = (group, timeout)  # the status assertions agree too (ckptcore.distributed.status)
     error = None
     try:
         root = session.root()

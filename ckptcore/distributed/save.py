@@ -12,8 +12,12 @@ Steps, on every worker of the group (each one a collective call, bounded by the 
 4. rank 0 merges the sections into one index and writes it: the commit point. Then it
    records the checkpoint (state file, manager) and tells the others, which return the path.
 
-A worker that dies makes the others fail at the next step within the timeout, with
-nothing committed.
+A worker that dies makes the others fail at the next step within the timeout. Before
+rank 0's index write nothing is committed (no index: ``latest`` still names the previous
+checkpoint). After it the checkpoint is complete: rank 0 killed between its index write and
+step 4's message leaves a complete checkpoint (recorded as latest only if rank 0 got that
+far) and the others raise :class:`~ckptcore.distributed.CollectiveTimeoutError` saying the
+index exists; another worker killed then does not stop rank 0, which returns the path.
 
 Example:
     >>> import threading, numpy as np, ckptcore as ck
@@ -29,11 +33,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from ..errors import CheckpointError
 from ..formats import ckpt as fmt
-from .collective import DEFAULT_TIMEOUT, Group, all_gather_json, broadcast_json
+from ..progress import log
+from .collective import DEFAULT_TIMEOUT, CollectiveTimeoutError, Group, all_gather_json, broadcast_json
 from .merge import assign, check_consistent, describe, local_arrays, merge
 
 __all__ = ["collective_write"]
@@ -65,9 +71,9 @@ def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, 
             index_file = fmt.index_path(spath)
             if storage.exists(index_file):
                 storage.remove([index_file])  # uncommitted first: its index never describes new data
-            old = checkpoint_files(storage, spath)
+            old = checkpoint_files(storage, spath) + _temp_files(storage, spath)
             if old:
-                storage.remove(old)  # an earlier, failed or overwritten, save's sections
+                storage.remove(old)  # an earlier, failed (killed: its temp files) or overwritten save's sections
         plan = make_plan()
         desc = describe(plan)
     except BaseException as e:  # noqa: BLE001 -- reported to every worker, then raised
@@ -121,7 +127,13 @@ def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, 
             raised = e
             if not committed:
                 _remove(storage, [fmt.index_path(spath)])
-    result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
+    try:
+        result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
+    except CollectiveTimeoutError as e:
+        if rank == 0 and error is not None:
+            raise raised from e
+        _commit_unconfirmed(group, storage, spath, committed and error is None, e)
+        return  # rank 0: committed and recorded; the dead worker's failure shows at the group's next step
     if result["error"]:
         if not result["committed"]:
             _remove(storage, [data_file])
@@ -132,6 +144,44 @@ def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, 
                               f"{result['error']}")
     if rank != 0 and on_commit is not None:
         on_commit()
+
+
+def _commit_unconfirmed(group: Group, storage, spath: str, done: bool, e: CollectiveTimeoutError) -> None:
+    """The last step (rank 0 telling the others the outcome of its commit) failed: a worker died after
+    every section was durable. Rank 0, whose commit and record succeeded, returns (logging it): the
+    checkpoint is complete and ``latest``. Every other worker raises, saying what it finds at the path:
+    an index there is a complete checkpoint (rank 0 died after its commit, maybe before recording it
+    as latest); no index, nothing committed."""
+    if done:
+        log.warning("rank 0: checkpoint %s is committed and recorded, but not every worker heard it: %s", spath, e)
+        return
+    try:
+        there = storage.exists(fmt.index_path(spath))
+    except Exception:  # noqa: BLE001 -- the message says so
+        there = None
+    state = ("its index exists: rank 0 committed it before it failed, so the checkpoint is complete and "
+             "restorable by path, and latest_checkpoint names it only if rank 0 also recorded it" if there
+             else "no index was written, so nothing was committed" if there is False
+             else "whether rank 0 committed it is unknown (the storage did not answer)")
+    raise CollectiveTimeoutError(
+        f"rank {group.rank} of {group.size}: the commit step of checkpoint {spath!r} failed or did not finish "
+        f"(rank 0 died or hung after every section was written; {type(e.__cause__ or e).__name__}): "
+        f"{state}.") from e
+
+
+def _temp_files(storage, spath: str) -> list[str]:
+    """The temporary files of sections (and index) of ``spath`` that a killed writer left behind.
+
+    Example:
+        >>> from ckptcore.storage import open_storage
+        >>> st, p = open_storage("memory://doc/tempfiles/ckpt-2")
+        >>> st.write_atomic("memory://doc/tempfiles/.ckpt-2.data-00001-of-00002.tmp-" + "0" * 32, b"x")
+        >>> [st.basename(f) for f in _temp_files(st, p)]
+        ['.ckpt-2.data-00001-of-00002.tmp-00000000000000000000000000000000']
+    """
+    d, base = storage.dirname(spath), storage.basename(spath)
+    pattern = re.compile(re.escape(f".{base}") + r"(\.index|\.data-\d+-of-\d+)\.tmp-[0-9a-f]{32}")
+    return [storage.join(d, n) for n in storage.listdir(d) if pattern.fullmatch(n)]
 
 
 def _remove(storage, files) -> None:

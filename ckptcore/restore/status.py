@@ -52,14 +52,15 @@ class LoadStatus:
         """
         unused = self.session.unmatched_checkpoint_keys()
         live = self.session.unmatched_live_paths()
+        msg = None
         if unused or live:
             lines = [f"restore of {self.session.path!r} is not complete (assert_consumed):"]
             if unused:
                 lines.append(_summary("checkpoint values without a matching object", unused))
             if live:
                 lines.append(_summary("live objects without a value in the checkpoint", live))
-            raise AssertionFailedError("\n".join(lines))
-        return self
+            msg = "\n".join(lines)
+        return self._conclude("assert_consumed", msg)
 
     def assert_existing_objects_matched(self) -> LoadStatus:
         """Fail if any live object in the graph got no value; unused checkpoint values are fine.
@@ -71,12 +72,12 @@ class LoadStatus:
             True
         """
         live = self.session.unmatched_live_paths()
+        msg = None
         if live:
-            raise AssertionFailedError(
-                f"restore of {self.session.path!r} left existing objects unmatched "
-                f"(assert_existing_objects_matched):\n"
-                + _summary("live objects without a value in the checkpoint", live))
-        return self
+            msg = (f"restore of {self.session.path!r} left existing objects unmatched "
+                   f"(assert_existing_objects_matched):\n"
+                   + _summary("live objects without a value in the checkpoint", live))
+        return self._conclude("assert_existing_objects_matched", msg)
 
     def assert_nontrivial_match(self) -> LoadStatus:
         """Fail unless something besides the root (and ``save_counter``) was matched.
@@ -90,10 +91,22 @@ class LoadStatus:
             ...     print("nothing matched")
             nothing matched
         """
+        msg = None
         if not self.session.nontrivial():
-            raise AssertionFailedError(
-                f"nothing except the root was matched when restoring {self.session.path!r} "
-                "(assert_nontrivial_match): is this the checkpoint of this model?")
+            msg = (f"nothing except the root was matched when restoring {self.session.path!r} "
+                   "(assert_nontrivial_match): is this the checkpoint of this model?")
+        return self._conclude("assert_nontrivial_match", msg)
+
+    def _conclude(self, what: str, msg: str | None) -> LoadStatus:
+        # After a collective restore the workers agree (ckptcore.distributed.status): one that
+        # fails makes every one fail, with the same message. A single process just raises.
+        collective = getattr(self.session, "collective", None)
+        if collective is not None:
+            from ..distributed.status import agree
+
+            msg = agree(collective, what, msg)
+        if msg:
+            raise AssertionFailedError(msg)
         return self
 
     def expect_partial(self) -> LoadStatus:

@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def run_world(world: int, scenario: str, workdir: str, timeout: float = 120, expect_fail=(), **params) -> list:
-    """Run ``scenario`` on ``world`` ranks; return each rank's result (None for ranks in ``expect_fail``)."""
+    """Run ``scenario`` on ``world`` ranks; return each rank's result (for ranks in ``expect_fail``: the
+    result file they left, or None)."""
     port = free_port()
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     procs = []
@@ -41,8 +42,13 @@ def run_world(world: int, scenario: str, workdir: str, timeout: float = 120, exp
         raise AssertionError(f"scenario {scenario!r} on {world} ranks did not finish within {timeout} s") from None
     results = []
     for rank, (p, out) in enumerate(zip(procs, outs)):
-        if rank in expect_fail:
-            results.append(None)
+        if rank in expect_fail:  # what it wrote before it died (a seq scenario's steps so far), or None
+            partial = os.path.join(workdir, f"result-{scenario}-{rank}.json")
+            if os.path.exists(partial):
+                with open(partial) as f:
+                    results.append(json.load(f))
+            else:
+                results.append(None)
             continue
         assert p.returncode == 0, f"rank {rank} of {scenario!r} failed (exit {p.returncode}):\n{out[-6000:]}"
         with open(os.path.join(workdir, f"result-{scenario}-{rank}.json")) as f:

@@ -75,10 +75,11 @@ def fsdp_save(rank, world, workdir, params):
     batches = data(STEPS)
     train(model, opt, batches[:2])
     ckpt = ck.Checkpoint(model=model, optimizer=opt)
-    path = ckpt.save(os.path.join(workdir, "fsdp", "ckpt"))
+    path = ckpt.save(os.path.join(workdir, params.get("dir", "fsdp"), "ckpt"))
     ref = full_state(model, opt)
     if rank == 0:
-        np.savez(os.path.join(workdir, "reference.npz"), **{k.replace("/", "|"): v for k, v in ref.items()})
+        np.savez(os.path.join(workdir, params.get("ref", "reference.npz")),
+                 **{k.replace("/", "|"): v for k, v in ref.items()})
     after = train(model, opt, batches[2:])
     return {"path": path, "losses": after}
 
@@ -89,7 +90,7 @@ def fsdp_resume(rank, world, workdir, params):
     opt = torch.optim.AdamW(model.parameters(), lr=0.05)
     status = ck.Checkpoint(model=model, optimizer=opt).restore(params["path"])
     status.assert_consumed()
-    ref = np.load(os.path.join(workdir, "reference.npz"))
+    ref = np.load(os.path.join(workdir, params.get("ref", "reference.npz")))
     got = full_state(model, opt)
     mismatched = [k for k in got if not np.array_equal(got[k], ref[k.replace("/", "|")])]
     losses = train(model, opt, data(STEPS)[2:]) if params.get("train") else []
@@ -125,28 +126,47 @@ def dtensor_layouts(rank, world, workdir, params):
 
 
 def failure(rank, world, workdir, params):
-    """Rank 1 raises (or is SIGKILLed) at ``params['moment']`` of the second save; rank 0 reports what it saw."""
+    """Rank ``params['victim']`` (1) raises (or is SIGKILLed) at ``params['moment']`` of the second save; the
+    others report what they saw. Moments: "plan", "write" (before the commit point), "index" (just after rank 0
+    wrote the index, before it records it as latest), "commit" (the last message: rank 0 has recorded it)."""
     import signal
     import time
 
     import ckptcore.distributed.save as dsave
     import ckptcore.saver as saver
+    from ckptcore.storage import LocalStorage
 
     model = make_model()
     opts = ck.CheckpointOptions(collective_timeout=params.get("timeout_s", 20))
     ckpt = ck.Checkpoint(model=model)
-    prefix = os.path.join(workdir, f"fail-{params['moment']}-{params['how']}", "ckpt")
+    prefix = os.path.join(workdir, f"fail-{params['moment']}-{params['how']}-{params.get('victim', 1)}", "ckpt")
     first = ckpt.save(prefix, opts)
     originals = dsave.describe, saver._write_tensors
-    if rank == 1:
+    if rank == params.get("victim", 1):
         def boom(*a, **k):
             if params["how"] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError("disk on fire")
         if params["moment"] == "plan":
             dsave.describe = boom
-        else:
+        elif params["moment"] == "write":
             saver._write_tensors = boom
+        elif params["moment"] == "index":
+            real_atomic = LocalStorage.write_atomic
+
+            def atomic(self, path, data):
+                real_atomic(self, path, data)
+                if path.endswith(".index"):
+                    boom()
+            LocalStorage.write_atomic = atomic
+        else:
+            real_bcast = dsave.broadcast_json
+
+            def bcast(g, value, src, timeout, what="broadcast"):
+                if what == "commit":
+                    boom()
+                return real_bcast(g, value, src, timeout, what)
+            dsave.broadcast_json = bcast
     before = model[0].weight.detach().clone()
     with torch.no_grad():
         model[0].weight.add_(1.0)
@@ -158,9 +178,14 @@ def failure(rank, world, workdir, params):
         error = f"{'CheckpointError' if isinstance(e, ck.CheckpointError) else type(e).__name__}: {e}"
     elapsed = time.monotonic() - t0
     out = {"error": error, "elapsed": elapsed, "latest": ck.latest_checkpoint(os.path.dirname(prefix)),
-           "index_exists": os.path.exists(prefix + "-2.index")}
-    saved = ck.load_checkpoint(first).get_tensor("model/0/weight/.ATTRIBUTES/VARIABLE_VALUE")  # not collective
+           "index_exists": os.path.exists(prefix + "-2.index"), "prefix": prefix}
+    key = "model/0/weight/.ATTRIBUTES/VARIABLE_VALUE"
+    saved = ck.load_checkpoint(first).get_tensor(key)  # not collective
     out["first_restorable"] = bool(np.array_equal(saved, before.numpy()))
+    if out["index_exists"]:  # committed: complete, with the values of the second save
+        reader = ck.load_checkpoint(prefix + "-2")
+        out["second_complete"] = bool(reader.verify() > 0 and np.array_equal(reader.get_tensor(key),
+                                                                                model[0].weight.detach().numpy()))
     if params["how"] == "raise":  # both alive: a later save of the same number cleans up and commits
         if rank == 1:
             dsave.describe, saver._write_tensors = originals
@@ -225,18 +250,56 @@ def manager(rank, world, workdir, params):
             "files": sorted(f for f in os.listdir(directory) if f.startswith("ckpt-1"))}
 
 
+def restore_on_create(rank, world, workdir, params):
+    """Restore first, build later: ``Checkpoint().restore(p)`` on every rank before the model and optimizer
+    exist, then an FSDP2 model and a fresh AdamW attached (deferred restores of DTensor shards and of the
+    optimizer state), and a replicated plain model attached to another restore. Every value equals the
+    reference; the collective status assertions pass on every rank. Then one rank's graph differs (an extra
+    module on rank 1 only): assert_consumed fails on every rank, naming rank 1."""
+    ckpt = ck.Checkpoint()
+    status = ckpt.restore(params["path"])
+    ckpt.model = model = fsdp(make_model(seed=7))       # the shards each rank holds are read now
+    ckpt.optimizer = opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    ref = np.load(os.path.join(workdir, "reference.npz"))
+    got = full_state(model, opt)
+    mismatched = [k for k in got if not np.array_equal(got[k], ref[k.replace("/", "|")])]
+    status.assert_consumed().assert_existing_objects_matched().assert_nontrivial_match()
+    losses = train(model, opt, data(STEPS)[2:])
+
+    plain = ck.Checkpoint()
+    plain_status = plain.read(params["replicated"])
+    plain.model = make_model(seed=11)
+    want = make_model()  # what replicated_save saved
+    replicated_ok = all(torch.equal(a, b) for a, b in zip(plain.model.parameters(), want.parameters()))
+    plain_status.assert_consumed()
+
+    if rank == 1:
+        ckpt.extra = torch.nn.Linear(2, 2)  # only here: this rank's graph differs
+    try:
+        status.assert_consumed()
+        differs = None
+    except AssertionError as e:
+        differs = str(e)
+    return {"mismatched": mismatched, "keys": len(got), "losses": losses, "replicated_ok": replicated_ok,
+            "differs": differs}
+
+
 def seq(rank, world, workdir, params):
     """Several scenarios, one after the other, in the same process group (one spawn for all)."""
     out = []
     for name, p in params["steps"]:
         if name == "fsdp_resume" and "path" not in p:
             p = dict(p, path=out[0]["path"])  # the checkpoint of an fsdp_save step run before
+        if name == "restore_on_create":  # those of the fsdp_save and replicated_save steps run before
+            p = dict(p, path=out[0]["path"], replicated=out[2]["path"])
         out.append(SCENARIOS[name](rank, world, workdir, p))
+        with open(os.path.join(workdir, f"result-seq-{rank}.json"), "w") as f:
+            json.dump(out, f)  # so far: a rank a later step kills leaves these
     return out
 
 
 SCENARIOS = {f.__name__: f for f in (fsdp_save, fsdp_resume, replicated_save, dtensor_layouts, failure, async_save,
-                                      manager, seq)}
+                                      manager, restore_on_create, seq)}
 
 
 def main() -> None:
