@@ -115,12 +115,13 @@ def dtensor_layouts(rank, world, workdir, params):
         return Replicate() if p == "r" else Shard(int(p))
 
     path = f"{params.get('root', workdir)}/layout/c-{params['save']}"  # a local directory or an s3:// URL
+    opts = ck.CheckpointOptions(storage_options=params.get("storage_options"))  # (gs://: the emulator's)
     if params.get("write"):
-        ck.Checkpoint(t=distribute_tensor(full, mesh, [place(params["save"])])).write(path)
+        ck.Checkpoint(t=distribute_tensor(full, mesh, [place(params["save"])])).write(path, opts)
     out = {}
     for load in params["load"]:
         dst = distribute_tensor(torch.zeros(6, 10), mesh, [place(load)])
-        ck.Checkpoint(t=dst).read(path).assert_consumed()
+        ck.Checkpoint(t=dst).read(path, opts).assert_consumed()
         out[load] = bool(torch.equal(dst.full_tensor(), full))
     return out
 
