@@ -28,6 +28,7 @@ from .. import ckpt as fmt
 from ..byname import nodes_from_keys
 from ..pieces import Pieces
 from . import table as tbl
+from .keras3 import add_keras3_names
 from .protos import message
 from .slices import check_tiling, decode_slice_key, encode_slice_key, slice_boxes
 from .strings import read_strings
@@ -306,6 +307,7 @@ def graph_nodes(proto, tensors: dict[str, fmt.TensorEntry], path: str) -> list[f
         raise _bad(path, "the object graph has no root", OBJECT_GRAPH_KEY)
     nodes = []
     used: set[str] = set()
+    full_names: dict[int, str] = {}
     for i, obj in enumerate(proto.nodes):
         children = []
         names = set()
@@ -329,6 +331,9 @@ def graph_nodes(proto, tensors: dict[str, fmt.TensorEntry], path: str) -> list[f
                 raise _bad(path, f"node {i} has a slot variable outside the graph", OBJECT_GRAPH_KEY)
             slots.append((int(s.original_variable_node_id), s.slot_name, int(s.slot_variable_node_id)))
         nodes.append(fmt.Node(adapter="", type="", children=children, attributes=attrs, slots=slots))
+        if "VARIABLE_VALUE" in attrs:
+            full_names[i] = next(a.full_name for a in obj.attributes if a.name == "VARIABLE_VALUE")
+    add_keras3_names(nodes, full_names)  # Keras 3 objects as TF tracks them: also under ckptcore's Keras names
     for key in sorted(set(tensors) - used):  # readable by key (load_checkpoint), reported as unused by restore
         attr = key.rsplit("/.ATTRIBUTES/", 1)[1] if "/.ATTRIBUTES/" in key else "VARIABLE_VALUE"
         nodes.append(fmt.Node(attributes={attr: tensors[key]}))

@@ -311,6 +311,7 @@ class OptimizerAdapter(Adapter):
         """
         import torch
 
+        _refuse_foreign_slots(obj, items)
         group_of = _group_index(obj)   # once per call: no scan of the parameters per slot
         state = obj.state
         for variable, name, value in items:
@@ -332,6 +333,24 @@ class OptimizerAdapter(Adapter):
             # fresh memory), converted only where load_state_dict would convert it.
             t = _landing(from_numpy(np.asarray(value)), variable, name, None, group)
             _put(s, segments, t)
+
+
+# Slot names TensorFlow's and Keras's optimizers use, which no torch.optim optimizer keeps as state: stored
+# under them, a TF/Keras moment would sit in the state unused (and the next step would fail on a missing "step").
+_TF_KERAS_SLOTS = frozenset({"m", "v", "vhat", "momentum", "velocity", "accumulator", "linear", "average_gradient",
+                             "accumulated_grad", "accumulated_delta_var", "u"})
+
+
+def _refuse_foreign_slots(obj, items) -> None:
+    if not type(obj).__module__.startswith("torch.optim"):
+        return  # a user's optimizer may use any name
+    for _variable, name, _value in items:
+        if name.split("/", 1)[0] in _TF_KERAS_SLOTS:
+            raise CheckpointError(
+                f"{_opt_name(obj)}: the checkpoint's optimizer slot {name!r} is TensorFlow's or Keras's (its Adam "
+                "keeps 'm'/'momentum' and 'v'/'velocity' and one iteration count; torch's keeps exp_avg, exp_avg_sq "
+                "and a step per parameter), so it cannot become this optimizer's state. Restore the model's "
+                "variables alone (a checkpoint of the model), or the optimizer into the framework that wrote it.")
 
 
 def _is_tensor(x) -> bool:
