@@ -151,7 +151,7 @@ def test_the_library_entry_reports_progress_in_bytes(tmp_path):
     assert sum(got) == 83 and summary["tensors"] == 2 and not summary["flat"]
 
 
-@pytest.mark.parametrize("name", ["tf1_saver", "tf2_dtypes"])
+@pytest.mark.parametrize("name", ["tf1_saver", "tf2_dtypes", "tf2_strings", "tf2_sliced", "tf1_partitioned"])
 def test_tensorflow_sources_of_every_kind_convert_to_tensorflow(tmp_path, name):
     prefix = os.path.join(FIXTURES, name)
     src = next(os.path.join(prefix, f[:-6]) for f in sorted(os.listdir(prefix)) if f.endswith(".index"))
@@ -160,14 +160,59 @@ def test_tensorflow_sources_of_every_kind_convert_to_tensorflow(tmp_path, name):
     assert main(["diff", src, dst]) == 0
 
 
-def test_adapter_state_is_refused_naming_the_object_not_dropped(tmp_path, capsys):
+def test_adapter_state_round_trips_through_tensorflows_format(tmp_path):
+    """Adapter state (JSON) is the CKPTCORE_STATE attribute of its node: saved, converted and restored losslessly."""
     import ckpt_samples
 
+    from ckptcore.formats.tensorbundle.adapter_state import STATE_ATTRIBUTE
+
     with ckpt_samples.toy_optimizer("tests.c12w_opt", "m", np.ones(2)) as (w, opt):
+        direct = ck.Checkpoint(w=w, opt=opt).write(str(tmp_path / "direct"), options=ck.CheckpointOptions(
+            format="tensorflow"))
         src = ck.Checkpoint(w=w, opt=opt).write(str(tmp_path / "c"))
-        with pytest.raises(ck.CheckpointError, match="'opt' .*carries adapter state"):
-            ck.Checkpoint(w=w, opt=opt).write(str(tmp_path / "direct"), options=ck.CheckpointOptions(
-                format="tensorflow"))
-    assert main(["convert", src, str(tmp_path / "tf"), "--to", "tensorflow", "--no-progress"]) == 2
-    assert "'opt'" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["c.data-00000-of-00001", "c.index"]
+    tf = str(tmp_path / "tf")
+    assert main(["convert", src, tf, "--to", "tensorflow", "--no-progress"]) == 0
+    for path in (direct, tf):
+        r = ck.load_checkpoint(path)
+        assert r.format.name == "tensorflow"
+        nid = r.index.graph.children(0)[[n for n, _ in r.index.graph.children(0)].index("opt")][1]
+        assert r.index.graph.state[nid] == {"lr": 0.1}
+        assert STATE_ATTRIBUTE not in r.index.graph.attr_name  # the state is no tensor to restore
+    back = str(tmp_path / "back")
+    assert main(["convert", tf, back, "--no-progress"]) == 0
+    assert main(["diff", src, back]) == 0
+    assert ck.load_checkpoint(back).index.graph.state == ck.load_checkpoint(src).index.graph.state
+
+
+def test_a_torch_optimizer_saved_in_tensorflows_format_restores_its_hyperparameters(tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.25, betas=(0.8, 0.9))
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    path = ck.Checkpoint(model=model, optimizer=opt).write(str(tmp_path / "c"),
+                                                          options=ck.CheckpointOptions(format="tensorflow"))
+    keys = dict(ck.list_variables(path))
+    assert "optimizer/.ATTRIBUTES/CKPTCORE_STATE" not in keys and "model/weight/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.Adam(model2.parameters(), lr=0.01)
+    ck.Checkpoint(model=model2, optimizer=opt2).read(path).assert_consumed()
+    assert opt2.param_groups[0]["lr"] == 0.25 and tuple(opt2.param_groups[0]["betas"]) == (0.8, 0.9)
+    assert torch.equal(model2.weight, model.weight)
+    s1, s2 = opt.state_dict()["state"][0], opt2.state_dict()["state"][0]
+    assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and float(s1["step"]) == float(s2["step"])
+
+
+def test_a_damaged_state_attribute_is_a_corrupt_checkpoint_naming_file_and_key(tmp_path):
+    import ckpt_samples
+
+    with ckpt_samples.toy_optimizer("tests.c12w_opt2", "m", np.ones(2)) as (w, opt):
+        path = ck.Checkpoint(w=w, opt=opt).write(str(tmp_path / "c"), options=ck.CheckpointOptions(
+            format="tensorflow"))
+    data = tmp_path / "c.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    at = raw.index(b'{"lr": 0.1}')
+    raw[at + 2] ^= 0x20  # one flipped bit inside the JSON
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ck.CorruptCheckpointError, match="opt/.ATTRIBUTES/CKPTCORE_STATE"):
+        ck.load_checkpoint(path)

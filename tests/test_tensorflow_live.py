@@ -209,11 +209,17 @@ def _writer(oracle, name):
 
 
 @pytest.mark.slow
-def test_tensorflow_restores_a_converted_checkpoint(oracle):
-    """convert --to tensorflow: TF's object graph, so TF restores the objects and assert_consumed passes."""
+def test_tensorflow_restores_a_converted_checkpoint_and_sees_adapter_state(oracle):
+    """convert --to tensorflow: TF's object graph (TF restores the objects); the state is an attribute TF reports."""
+    import tf_live_writer
+
     seen = _writer(oracle, "convert_graph")
-    assert seen["assert_consumed"] is None
     assert "model/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE" in seen["keys"]
+    assert "opt/.ATTRIBUTES/CKPTCORE_STATE" in seen["keys"]
+    assert json.loads(seen["strings"]["opt/.ATTRIBUTES/CKPTCORE_STATE"]) == tf_live_writer.STATE
+    # assert_consumed names the one attribute a TF object at that path has no use for; every object matched
+    # (assert_existing_objects_matched passed in the oracle) and every variable was restored (above)
+    assert "Unused attributes" in seen["assert_consumed"] and "CKPTCORE_STATE" in seen["assert_consumed"]
 
 
 @pytest.mark.slow

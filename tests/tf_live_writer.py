@@ -59,6 +59,7 @@ def build(d, main) -> tuple[list[dict], dict]:
     model.dense.bias = ck.Variable(np.array([0.5, -0.5], np.float32))
     model.blocks = [ck.Variable(np.arange(3, dtype=np.int32))]
     opt = Hyper(7)
+    opt.state = dict(STATE)
     plugin = ck.register_adapter(Hyper, HyperAdapter())
     try:
         src = ck.Checkpoint(model=model, opt=opt).write(str(d / "graph-src" / "ckpt"))

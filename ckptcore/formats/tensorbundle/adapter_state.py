@@ -88,3 +88,26 @@ def decode_state(raw: bytes, path: str, key: str) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def adopt_states(nodes: list, entries: dict, storage: Any, prefix: str, num_shards: int, path: str) -> None:
+    """Turn each node's ``CKPTCORE_STATE`` attribute (a scalar string tensor) into the node's state.
+
+    ``entries`` maps the index's keys (bytes) to their ``BundleEntryProto``. The element is
+    read and checksum-verified now (states are small); the attribute is then no tensor of
+    the node, so restore hands it to the adapter's ``set_state`` as for ckptcore's own format.
+    """
+    from .. import ckpt as fmt
+    from .bundle import read_string_scalar
+
+    for node in nodes:
+        t = node.attributes.get(STATE_ATTRIBUTE)
+        if t is None or t.dtype != "string" or tuple(t.shape) != ():
+            continue
+        e = entries.get(t.key.encode("utf-8"))
+        if e is None:
+            continue
+        data_file = fmt.data_path(prefix, int(e.shard_id), num_shards)
+        raw = read_string_scalar(storage, data_file, e, path, t.key, limit=MAX_STATE_BYTES + 16)
+        node.state = decode_state(raw, data_file, t.key)
+        del node.attributes[STATE_ATTRIBUTE]

@@ -28,6 +28,7 @@ from .. import ckpt as fmt
 from ..byname import nodes_from_keys
 from ..pieces import Pieces
 from . import table as tbl
+from .adapter_state import adopt_states
 from .keras3 import add_keras3_names
 from .protos import message
 from .slices import check_tiling, decode_slice_key, encode_slice_key, slice_boxes
@@ -266,6 +267,7 @@ def decode(raw, path: str, storage, prefix: str) -> fmt.Index:
                        read_string_scalar(storage, data_file, graph_entry, path, OBJECT_GRAPH_KEY),
                        path, OBJECT_GRAPH_KEY)
         nodes = graph_nodes(proto, tensors, path)
+        adopt_states(nodes, entries, storage, prefix, num_shards, path)  # ckptcore's adapter state (JSON)
         graph_row = _string_entry(OBJECT_GRAPH_KEY, graph_entry, num_shards, path)
         kind = "tensorflow"
     else:

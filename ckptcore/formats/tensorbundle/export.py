@@ -69,7 +69,8 @@ def write_from_reader(reader, storage, prefix: str, *, report: Callable[[int], A
 
     index = reader.index
     t = index.table
-    specs = [(t.key[r], t.dtype[r], tuple(t.shape[r])) for r in range(len(t))]
+    # the graph's tensors (a TensorFlow source's own object-graph row comes after them: it is written anew)
+    specs = [(t.key[r], t.dtype[r], tuple(t.shape[r])) for r in range(len(index.graph.attr_name))]
     return write_graph(storage, prefix, index.graph, specs, reader.get_tensor, flat=is_flat(index), report=report)
 
 
@@ -84,10 +85,6 @@ def write_graph(storage, prefix: str, graph, specs: list[tuple[str, str, tuple]]
     name keys (:func:`flat_names`) and no object graph; any other keeps its keys and
     is written with TensorFlow's object graph and the adapter states.
     """
-    from .writer import check_state
-
-    if not flat:
-        check_state(graph)
     keys = flat_names(graph) if flat else [k for k, _, _ in specs]
 
     def value(src_key: str) -> Callable[[], Any]:

@@ -363,22 +363,8 @@ class BundleWriter:
             self._writer.abort()
 
 
-def check_state(graph) -> None:
-    """Refuse adapter state, naming the object, until ckptcore's reader restores ``CKPTCORE_STATE`` attributes.
-
-    (Writing them is ready, :mod:`.adapter_state`; a checkpoint whose state ckptcore could
-    not restore would lose it silently.)
-    """
-    if graph.state:
-        nid = min(graph.state)
-        raise CheckpointError(
-            f"object {_path(graph, nid)!r} ({graph.type[nid] or 'an object'}) carries adapter state, which "
-            "ckptcore does not write in TensorFlow's format yet; save it in ckptcore's format (the default)")
-
-
 def check_plan(plan) -> None:
     """Refuse what TensorFlow's format cannot hold, naming it, instead of dropping it."""
-    check_state(plan.graph)
     for entry, _ in plan.tensors:
         if entry.dtype not in DTYPE_NUMBERS:
             raise CheckpointError(f"tensor {entry.key!r} has dtype {entry.dtype}, which TensorFlow checkpoints "
