@@ -11,10 +11,10 @@ import threading
 
 import numpy as np
 import pytest
+from tf_live_writer import Part, PartAdapter  # a value split across workers by rows
 
 import ckptcore as ck
 from ckptcore.distributed.collective import ThreadGroup
-from ckptcore.distributed.shards import ShardedValue
 
 
 def _run(world: int, fn):
@@ -86,28 +86,27 @@ def test_a_failing_worker_leaves_nothing_and_every_worker_says_which(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_value_sharded_across_workers_is_refused_naming_it(tmp_path):
-    class Part:
-        def __init__(self, rank):
-            self.value = ShardedValue((4,), np.float32, [((2 * rank,), np.full(2, rank, np.float32))])
-
-    class PartAdapter(ck.Adapter):
-        name = "tests.c12w_part"
-
-        def attributes(self, obj):
-            return ["VARIABLE_VALUE"]
-
-        def get_value(self, obj, attr):
-            return obj.value
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_value_sharded_across_workers_becomes_a_partitioned_variable(tmp_path, world):
+    from ckptcore.formats.tensorbundle.bundle import parse_entries
+    from ckptcore.formats.tensorbundle.slices import decode_slice_key
 
     plugin = ck.register_adapter(Part, PartAdapter())
     try:
-        _, errors = _run(2, lambda g: ck.Checkpoint(p=Part(g.rank)).write(str(tmp_path / "c"), _opts(g)))
+        _, errors = _run(world, lambda g: ck.Checkpoint(p=Part(g.rank, world), b=np.ones(3)).write(
+            str(tmp_path / "c"), _opts(g)))
     finally:
         ck.registry.unregister_plugin(plugin)
-    assert all(isinstance(e, ck.CheckpointError) for e in errors)
-    assert any("'p/.ATTRIBUTES/VARIABLE_VALUE' is sharded across workers" in str(e) for e in errors)
-    assert os.listdir(tmp_path) == []
+    assert errors == [None] * world
+    key = "p/.ATTRIBUTES/VARIABLE_VALUE"
+    _, entries = parse_entries((tmp_path / "c.index").read_bytes(), "c.index")
+    assert len(entries[key].slices) == world  # TensorFlow's full entry: dtype, shape, the slices, no data
+    boxes = sorted(decode_slice_key(k.encode("latin-1")) for k in entries if k.startswith("\x00"))
+    rows = 6 // world
+    assert boxes == [(key, (r * rows, 0), (rows, 2)) for r in range(world)]
+    r = ck.load_checkpoint(str(tmp_path / "c"))
+    assert r.get_tensor(key).tolist() == np.arange(12, dtype=np.float32).reshape(6, 2).tolist()
+    r.verify()
 
 
 def test_overwriting_and_async_multi_worker_saves(tmp_path):

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 import ckptcore as ck
+from ckptcore.distributed.shards import ShardedValue
 
 TF = ck.CheckpointOptions(format="tensorflow")
 STATE = {"lr": 0.1, "betas": [0.9, 0.999], "name": "adam-ß"}
@@ -41,6 +42,25 @@ class HyperAdapter(ck.Adapter):
 
     def set_state(self, obj, state):
         obj.state = state
+
+
+class Part:
+    """A value whose global array (6 x 2) is split across workers by rows: this worker's box only."""
+
+    def __init__(self, rank, world):
+        rows = 6 // world
+        full = np.arange(12, dtype=np.float32).reshape(6, 2)
+        self.value = ShardedValue((6, 2), np.float32, [((rank * rows, 0), full[rank * rows:(rank + 1) * rows])])
+
+
+class PartAdapter(ck.Adapter):
+    name = "tests.c12w_part"
+
+    def attributes(self, obj):
+        return ["VARIABLE_VALUE"]
+
+    def get_value(self, obj, attr):
+        return obj.value
 
 
 def _var(dtype: str, shape) -> dict:
@@ -92,19 +112,25 @@ def build(d, main) -> tuple[list[dict], dict]:
         mm = ck.Module()
         mm.layers = [ck.Variable(np.full((2, 2), i, np.float32)) for i in range(5)]
         mm.bias = ck.Variable(np.arange(3, dtype=np.int64))
-        ck.Checkpoint(model=mm).write(str(d / "multi" / "ckpt"), ck.CheckpointOptions(
+        ck.Checkpoint(model=mm, part=Part(g.rank, 3)).write(str(d / "multi" / "ckpt"), ck.CheckpointOptions(
             format="tensorflow", process_group=g, collective_timeout=60))
 
-    threads = [threading.Thread(target=worker_save, args=(g,)) for g in ThreadGroup.create(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    part_plugin = ck.register_adapter(Part, PartAdapter())
+    try:
+        threads = [threading.Thread(target=worker_save, args=(g,)) for g in ThreadGroup.create(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        ck.registry.unregister_plugin(part_plugin)
     assert len([n for n in os.listdir(d / "multi") if ".data-" in n]) == 3
-    spec = {"model": {"layers": [_var("float32", (2, 2)) for _ in range(5)], "bias": _var("int64", (3,))}}
+    spec = {"model": {"layers": [_var("float32", (2, 2)) for _ in range(5)], "bias": _var("int64", (3,))},
+            "part": _var("float32", (6, 2))}  # saved as a partitioned variable: three slices, one per worker
     cases.append({"name": "multi", "kind": "graph", "path": str(d / "multi" / "ckpt"), "spec": spec})
     expected["multi"] = {**{f"model/layers/{i}": np.full((2, 2), i, np.float32) for i in range(5)},
-                         "model/bias": np.arange(3, dtype=np.int64)}
+                         "model/bias": np.arange(3, dtype=np.int64),
+                         "part": np.arange(12, dtype=np.float32).reshape(6, 2)}
 
     directory = d / "managed"
     w = ck.Variable(np.zeros(3, np.float32))

@@ -16,8 +16,9 @@ the steps are those of ckptcore's own collective save (:mod:`ckptcore.distribute
 4. rank 0 merges the entries into one index and writes it: the commit point; then it
    records the checkpoint and tells the others.
 
-Values sharded across workers (boxes of a global array) would become TensorFlow's
-partitioned-variable slices; they are refused for now, naming the key.
+A value sharded across workers (boxes of a global array, a ``ShardedValue``) becomes a
+partitioned variable, as TensorFlow's ``ShardedVariable`` saves: a full entry listing
+its slices, and each worker's box as a slice entry in that worker's shard.
 
 Example:
     >>> import threading, numpy as np, ckptcore as ck
@@ -64,14 +65,20 @@ def _raise_failed(infos: list[dict], rank: int, what: str, own: BaseException | 
     raise CheckpointError(f"rank {rank}: rank {r} failed {what}{more}, so no checkpoint was written: {msg}")
 
 
-def _check_whole(plan, mine) -> None:
-    for row, start, extent in mine:
-        entry, _ = plan.tensors[row]
-        if tuple(extent) != tuple(entry.shape) or any(start):
-            raise CheckpointError(
-                f"tensor {entry.key!r} is sharded across workers (this worker holds {list(extent)} of "
-                f"{list(entry.shape)}); TensorFlow's format would need partitioned-variable slices, which ckptcore "
-                "does not write yet: save it in ckptcore's format (the default)")
+def _merge_slices(plan, infos: list[dict]) -> dict[str, dict]:
+    """Every worker's slices, by key, checked to cover each tensor (the reader checks the exact tiling)."""
+    import numpy as np
+
+    merged: dict[str, dict] = {}
+    for info in infos:
+        for key, rec in info["slices"].items():
+            merged.setdefault(key, {"dtype": rec["dtype"], "shape": rec["shape"], "boxes": []})["boxes"] += rec["boxes"]
+    for key, rec in merged.items():
+        total, want = sum(int(np.prod(b[1])) for b in rec["boxes"]), int(np.prod(rec["shape"]))
+        if total != want:
+            raise CheckpointError(f"the workers' shards of {key!r} cover {total} of its {want} elements (global "
+                                  f"shape {tuple(rec['shape'])}); some part of it is held by no worker")
+    return merged
 
 
 def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout: float | None = None,
@@ -84,7 +91,7 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
     from ...distributed.collective import DEFAULT_TIMEOUT, all_gather_json, broadcast_json
     from ...distributed.merge import assign, check_consistent, describe, local_arrays
     from ...saver import checkpoint_files
-    from .writer import BundleWriter, check_plan, encode_index, entry_bytes, object_graph
+    from .writer import BundleWriter, check_plan, encode_index, entry_bytes, object_graph, sliced_entries
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     rank, world = group.rank, group.size
@@ -114,19 +121,23 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
 
     data_file = fmt.data_path(spath, rank, world)
     entries: dict = {}
+    slices: dict = {}
     try:
-        _check_whole(plan, mine)
         with BundleWriter(storage, spath, shard=rank, num_shards=world) as w:
-            for entry, arr in local_arrays(plan, mine):
-                w.add(entry.key, entry.dtype, entry.shape, arr)
+            for (row, start, extent), (entry, arr) in zip(mine, local_arrays(plan, mine)):
+                full = tuple(plan.tensors[row][0].shape)
+                if tuple(extent) == full and not any(start):
+                    w.add(entry.key, entry.dtype, entry.shape, arr)
+                else:  # a box of a value sharded across workers: a slice of a partitioned variable, as TF's
+                    w.add_slice(entry.key, entry.dtype, full, start, extent, arr)
             graph = None
             if rank == 0:
                 graph = object_graph(plan.graph, [e.key for e, _ in plan.tensors], plan.full_names)
-            entries = w.commit_data(graph)
+            entries, slices = w.commit_data(graph), w.slices
     except BaseException as e:  # noqa: BLE001
         error, raised = _message(e), e
     try:
-        infos = all_gather_json(group, {"error": error, "entries": entries}, timeout, "write")
+        infos = all_gather_json(group, {"error": error, "entries": entries, "slices": slices}, timeout, "write")
     except BaseException:
         _remove(storage, [data_file])
         raise
@@ -138,6 +149,7 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
     if rank == 0:
         try:
             merged = [(k, entry_bytes(v)) for i in infos for k, v in i["entries"].items()]
+            merged += sliced_entries(_merge_slices(plan, infos))
             storage.write_atomic(fmt.index_path(spath), encode_index(merged, num_shards=world))
             committed = True
             if on_commit is not None:

@@ -162,13 +162,37 @@ def entry_bytes(row: Sequence) -> bytes:
     return _entry_bytes(int(number), shape, int(offset), int(size), int(crc), int(shard))
 
 
-def encode_index(entries: list[tuple[str, bytes]], num_shards: int = 1) -> bytes:
-    """The ``.index`` bytes for ``(key, serialized BundleEntryProto)`` pairs (any order)."""
+def encode_index(entries: list[tuple[str | bytes, bytes]], num_shards: int = 1) -> bytes:
+    """The ``.index`` bytes for ``(key, serialized BundleEntryProto)`` pairs (any order; slice keys are bytes)."""
     header = message("BundleHeaderProto")(num_shards=num_shards)
     header.version.producer = 1
     items = [(b"", header.SerializeToString())]
-    items += sorted((k.encode("utf-8"), v) for k, v in entries)
+    items += sorted((k.encode("utf-8") if isinstance(k, str) else k, v) for k, v in entries)
     return tbl.build(items)
+
+
+def sliced_entries(slices: dict[str, dict]) -> list[tuple[str | bytes, bytes]]:
+    """Index entries of partitioned tensors: per key a full entry listing its slices, and one entry per slice.
+
+    ``slices[key]`` is ``{"dtype": number, "shape": [...], "boxes": [[start, extent, shard, offset, size,
+    crc32c], ...]}`` (every worker's boxes of a multi-worker save, gathered).
+    """
+    from .slices import encode_slice_key
+
+    out: list[tuple[str | bytes, bytes]] = []
+    for key, rec in slices.items():
+        number, shape = int(rec["dtype"]), rec["shape"]
+        full = message("BundleEntryProto")(dtype=number)
+        full.shape.SetInParent()
+        for d in shape:
+            full.shape.dim.add(size=int(d))
+        for start, extent, shard, offset, size, crc in sorted(rec["boxes"]):
+            sl = full.slices.add()
+            for s, n in zip(start, extent):
+                sl.extent.add(start=int(s), length=int(n))
+            out.append((encode_slice_key(key, start, extent), entry_bytes([number, extent, shard, offset, size, crc])))
+        out.append((key, full.SerializeToString()))
+    return out
 
 
 def _elements(value: Any, key: str, n: int) -> list[bytes]:
@@ -234,6 +258,7 @@ class BundleWriter:
             storage.remove([self.index_file])
             self._stale = [f for f in checkpoint_files(storage, prefix) if f not in (self.index_file, self.data_file)]
         self._entries: dict[str, list] = {}  # key -> [dtype number, shape, shard, offset, size, crc32c]
+        self._slices: dict[str, dict] = {}  # key -> {"dtype", "shape", "boxes": [[start, extent, shard, ...]]}
         self._offset = 0
         self._writer = storage.open_writer(self.data_file)
         self._done = False
@@ -255,7 +280,7 @@ class BundleWriter:
             raise CheckpointError(f"the TensorBundle writer of {self._prefix} is closed")
         if not isinstance(key, str) or not key:
             raise CheckpointError(f"a TensorBundle key must be a non-empty string, got {key!r}")
-        if key in self._entries or key == OBJECT_GRAPH_KEY:
+        if key in self._entries or key in self._slices or key == OBJECT_GRAPH_KEY:
             raise CheckpointError(f"tensor {key!r} is added twice to {self._prefix} (or is the name TensorFlow "
                                   "reserves for the object graph)")
 
@@ -267,12 +292,43 @@ class BundleWriter:
         """
         self._check_key(key)
         shape = tuple(int(d) for d in shape)
+        number, offset, size, crc = self._write(key, dtype, shape, data)
+        self._entries[key] = [number, list(shape), self._shard, offset, size, crc]
+        return offset, crc
+
+    def add_slice(self, key: str, dtype: str, shape: Sequence[int], start: Sequence[int], extent: Sequence[int],
+                  data: Any) -> None:
+        """Append one slice (box ``start``/``extent``) of tensor ``key`` of global ``shape``.
+
+        The index then lists ``key`` as a partitioned variable, TensorFlow's way: a full entry
+        (dtype, shape, the ``TensorSliceProto`` of every slice, no data) and one entry per
+        slice under TensorFlow's slice key (``EncodeTensorNameSlice``). The slices of one
+        key must tile it; a multi-worker save gathers every worker's slices into one index.
+        """
+        if self._done:
+            raise CheckpointError(f"the TensorBundle writer of {self._prefix} is closed")
+        if key in self._entries or key == OBJECT_GRAPH_KEY:
+            raise CheckpointError(f"tensor {key!r} is added twice to {self._prefix}")
+        shape, start, extent = (tuple(int(d) for d in x) for x in (shape, start, extent))
+        if len(start) != len(shape) or len(extent) != len(shape) or any(
+                s < 0 or n < 1 or s + n > d for s, n, d in zip(start, extent, shape)):
+            raise CheckpointError(f"tensor {key!r}: slice at {list(start)} of {list(extent)} is not inside its shape "
+                                  f"{list(shape)}")
+        if dtype == STRING:
+            raise CheckpointError(f"tensor {key!r}: TensorFlow partitions no string tensors")
+        number, offset, size, crc = self._write(key, dtype, extent, data)
+        rec = self._slices.setdefault(key, {"dtype": number, "shape": list(shape), "boxes": []})
+        if rec["dtype"] != number or rec["shape"] != list(shape):
+            raise CheckpointError(f"tensor {key!r}: slices of different dtypes or shapes")
+        rec["boxes"].append([list(start), list(extent), self._shard, offset, size, crc])
+
+    def _write(self, key: str, dtype: str, shape: tuple, data: Any) -> tuple[int, int, int, int]:
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if callable(data):
             data = data()
         if dtype == STRING:
             buf, crc = string_tensor(_elements(data, key, count))
-            return self._put(key, DT_STRING, shape, [buf], len(buf), crc)
+            return (DT_STRING, *self._put(key, shape, [buf], len(buf), crc))
         number = DTYPE_NUMBERS.get(dtype)
         if number is None:
             raise CheckpointError(f"tensor {key!r} has dtype {dtype}, which TensorFlow checkpoints cannot hold; "
@@ -287,10 +343,9 @@ class BundleWriter:
             chunks = [memoryview(data).cast("B")]
         else:
             chunks = data  # an iterable of byte chunks
-        return self._put(key, number, shape, chunks, want, None)
+        return (number, *self._put(key, shape, chunks, want, None))
 
-    def _put(self, key: str, number: int, shape: tuple, chunks: Iterable, want: int,
-             crc: int | None) -> tuple[int, int]:
+    def _put(self, key: str, shape: tuple, chunks: Iterable, want: int, crc: int | None) -> tuple[int, int, int]:
         written, running = 0, 0
         for chunk in chunks:
             view = memoryview(chunk).cast("B") if not isinstance(chunk, memoryview) else chunk
@@ -310,9 +365,8 @@ class BundleWriter:
                                   f"({want} bytes)")
         crc = running if crc is None else crc
         offset = self._offset
-        self._entries[key] = [number, list(shape), self._shard, offset, want, crc]
         self._offset += want
-        return offset, crc
+        return offset, want, crc
 
     def commit_data(self, graph: bytes | None = None) -> dict[str, list]:
         """Write the object graph (if any) and make the data file durable; no index.
@@ -335,13 +389,18 @@ class BundleWriter:
         self._done = True
         return dict(self._entries)
 
+    @property
+    def slices(self) -> dict[str, dict]:
+        """The slices added (:meth:`add_slice`), by key: ``{"dtype", "shape", "boxes"}`` (JSON-ready)."""
+        return self._slices
+
     def commit(self, graph: bytes | None = None) -> int:
         """Write the object graph (if any), make the data durable, then write the index. Returns the data size."""
         from ...saver import _commit_index
 
         entries = self.commit_data(graph)
         try:
-            encoded = encode_index([(k, entry_bytes(v)) for k, v in entries.items()])
+            encoded = encode_index([(k, entry_bytes(v)) for k, v in entries.items()] + sliced_entries(self._slices))
         except BaseException:
             try:
                 self._storage.remove([self.data_file])  # committed data without an index: a partial file
