@@ -137,3 +137,28 @@ def test_a_manager_of_multi_worker_saves_writes_tensorflows_state_file(tmp_path)
     assert b'model_checkpoint_path: "ckpt-2"' in raw
     assert ck.latest_checkpoint(str(tmp_path)) == results[0]
     assert not (tmp_path / "ckpt-1.index").exists()
+
+
+def test_rank_0_dying_after_its_index_leaves_a_complete_checkpoint_and_the_others_say_so(tmp_path):
+    """The failure rules of ckptcore's collective save hold for TensorFlow's format (its helpers are shared)."""
+    from ckptcore.distributed import CollectiveTimeoutError
+    from ckptcore.formats.tensorbundle.collective import collective_write
+    from ckptcore.saver import plan_save
+    from ckptcore.storage import open_storage
+
+    storage, spath = open_storage(str(tmp_path / "ckpt"))
+    gone = threading.Event()
+
+    def save(g):
+        def on_commit():
+            if g.rank == 0:  # rank 0 "killed" right after its index write: no message to the others
+                g.abort()
+                gone.set()
+                raise SystemExit
+        collective_write(g, storage, spath, lambda: plan_save(ck.Checkpoint(model=_model())._ck_graph()[0]),
+                         timeout=20, on_commit=on_commit)
+
+    _, errors = _run(2, save)
+    assert gone.is_set()
+    assert isinstance(errors[1], CollectiveTimeoutError) and "its index exists" in str(errors[1])
+    ck.load_checkpoint(str(tmp_path / "ckpt")).verify()  # complete, all shards

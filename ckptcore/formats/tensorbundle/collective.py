@@ -5,7 +5,8 @@ TensorFlow's own multi-worker layout: ``P.data-<rank>-of-<world>`` per worker an
 TensorFlow's ``MergeBundles`` leaves them. Who writes which value is decided by
 :func:`ckptcore.distributed.merge.assign` (each value once in total, the bytes spread
 evenly), through the collective interface of :mod:`ckptcore.distributed.collective`;
-the steps are those of ckptcore's own collective save (:mod:`ckptcore.distributed.save`):
+the steps and the failure handling are those of ckptcore's own collective save
+(:mod:`ckptcore.distributed.save`, whose helpers this module uses):
 
 1. rank 0 uncommits a checkpoint already at the path (its index first) and removes its
    files; every worker plans its save; all exchange their descriptions or their error;
@@ -43,28 +44,6 @@ from .. import ckpt as fmt
 __all__ = ["collective_write"]
 
 
-def _message(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
-def _remove(storage, files) -> None:
-    try:
-        storage.remove(files)
-    except Exception:  # best effort: a later save of the same path removes them too
-        pass
-
-
-def _raise_failed(infos: list[dict], rank: int, what: str, own: BaseException | None) -> None:
-    failed = [(r, i["error"]) for r, i in enumerate(infos) if i["error"]]
-    if not failed:
-        return
-    if own is not None:
-        raise own
-    r, msg = failed[0]
-    more = f" (and {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
-    raise CheckpointError(f"rank {rank}: rank {r} failed {what}{more}, so no checkpoint was written: {msg}")
-
-
 def _merge_slices(plan, infos: list[dict]) -> dict[str, dict]:
     """Every worker's slices, by key, checked to cover each tensor (the reader checks the exact tiling)."""
     import numpy as np
@@ -88,8 +67,11 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
     ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit``
     runs on every worker once the index is committed (rank 0 first).
     """
-    from ...distributed.collective import DEFAULT_TIMEOUT, all_gather_json, broadcast_json
+    from ...distributed.collective import DEFAULT_TIMEOUT, CollectiveTimeoutError, all_gather_json, broadcast_json
     from ...distributed.merge import assign, check_consistent, describe, local_arrays
+
+    # the failure handling of ckptcore's own collective save, shared so both formats fail the same way
+    from ...distributed.save import _commit_unconfirmed, _message, _raise_failed, _remove, _temp_files
     from ...saver import checkpoint_files
     from .writer import BundleWriter, check_plan, encode_index, entry_bytes, object_graph, sliced_entries
 
@@ -105,9 +87,9 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
                 storage.makedirs(d)
             if storage.exists(fmt.index_path(spath)):
                 storage.remove([fmt.index_path(spath)])  # uncommitted first: its index never describes new data
-            old = checkpoint_files(storage, spath)
+            old = checkpoint_files(storage, spath) + _temp_files(storage, spath)
             if old:
-                storage.remove(old)
+                storage.remove(old)  # an earlier, failed (killed: its temp files) or overwritten save's files
         plan = make_plan()
         check_plan(plan)
         desc = describe(plan)
@@ -158,7 +140,13 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
             error, raised = _message(e), e
             if not committed:
                 _remove(storage, [fmt.index_path(spath)])
-    result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
+    try:
+        result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
+    except CollectiveTimeoutError as e:  # a worker died after every shard was durable
+        if rank == 0 and error is not None and raised is not None:
+            raise raised from e
+        _commit_unconfirmed(group, storage, spath, committed and error is None, e)
+        return
     if result["error"]:
         if not result["committed"]:
             _remove(storage, [data_file])
