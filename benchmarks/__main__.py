@@ -137,8 +137,9 @@ def _machine(root: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 runs, W1 256 MiB, W2 64 MiB (array counts unchanged)")
-    ap.add_argument("--only", default="W1,W2,LIST,GPT2,SWEEP",
-                    help="comma-separated workloads: W1, W2 (issue 6), LIST, GPT2, SWEEP (issue 15: bench15.py)")
+    ap.add_argument("--only", default="W1,W2,LIST,GPT2,SWEEP,OPEN,ASYNC",
+                    help="comma-separated workloads: W1, W2 (issue 6), LIST, GPT2, SWEEP, OPEN, ASYNC (issue 15: "
+                         "bench15.py)")
     ap.add_argument("--sweep-max", type=int, default=100_000,
                     help="largest array count of the SWEEP (1000000 for the issue's top end: minutes)")
     ap.add_argument("--runs", type=int, default=None, help="runs per measurement (default 5, quick 2)")
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = ["raw"] + [m for m in methods if m != "raw"]
     only = [w.strip().upper() for w in a.only.split(",") if w.strip()]
     workloads = [w for w in only if w in ("W1", "W2")]
-    issue15 = [w for w in only if w in ("LIST", "GPT2", "SWEEP")]
+    issue15 = [w for w in only if w in ("LIST", "GPT2", "SWEEP", "OPEN", "ASYNC")]
     root = a.dir or tempfile.mkdtemp(prefix="ckptcore-bench-")
     os.makedirs(root, exist_ok=True)
     results: dict = {"runs": runs, "quick": a.quick, "methods": methods, "timing": {}, "memory": [], "objects": []}

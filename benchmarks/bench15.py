@@ -13,6 +13,13 @@
   read at the top end; bytes read by a restore of 1% of the objects. Also a torch model (20
   parameters per module) with Adam, from 1k to 20k parameters (``--sweep-max`` raises it too).
 
+* **OPEN**: one checkpoint of ``--open-n`` (1,000,000) float32 arrays, 64 MiB: ``ck.load_checkpoint``
+  time (median of 5) and the bytes it reads against the index size (target < 1 s, little more than
+  the index); bytes a restore of 1% of the objects reads against the bytes restored.
+* **ASYNC**: the GPT2 model + AdamW saved with ``enable_async=True`` three times in a row in one
+  process (the first snapshot faults fresh memory in; later ones reuse it), against DCP's
+  ``async_save`` three times in a row in another process: how long each call blocks.
+
 Every timing is a median of ``--runs`` in one process; each peak-RSS figure is one operation in a
 fresh process. Run alone: ``python -m benchmarks.bench15 [--quick] [--only LIST,GPT2,SWEEP]``.
 """
@@ -403,6 +410,80 @@ def sweep_worker(args: dict) -> dict:
     return out
 
 
+def open_worker(args: dict) -> dict:
+    """OPEN: ``load_checkpoint`` of a checkpoint of ``n`` arrays, and a 1% restore of it (bytes read)."""
+    import ckptcore as ck
+
+    n, d = args["n"], args["dir"]
+    src, arrays = _flat_model(n, args["total"])
+    path = ck.Checkpoint(model=src).write(os.path.join(d, f"open-{n}"))
+    out: dict = {"n": n, "index_bytes": os.path.getsize(path + ".index"), "data_bytes": sum(a.nbytes for a in arrays)}
+    del src, arrays
+    gc.collect()
+    times, reads = [], []
+    for _ in range(5):
+        before = _rchar()
+        t = time.perf_counter()
+        reader = ck.load_checkpoint(path)
+        times.append(time.perf_counter() - t)
+        reads.append(_rchar() - before)
+        del reader
+        gc.collect()
+    out["open_s"], out["open_read"] = times, reads
+    dst, _ = _flat_model(n, args["total"], fill=False)
+    part = ck.Module()
+    part.blocks = dst.blocks[:max(1, len(dst.blocks) // 100)]
+    before = _rchar()
+    ck.Checkpoint(model=part).read(path).expect_partial()
+    out["part_read"] = _rchar() - before
+    out["part_data"] = sum(a.nbytes for b in part.blocks for a in b.xs)
+    return out
+
+
+def report_open(r: dict) -> str:
+    ts = r["open_s"]
+    return _table([
+        [f"OPEN: {r['n']:,} arrays, index {r['index_bytes'] / MiB:.1f} MiB", "value", "target"],
+        ["load_checkpoint (median of 5, range)", f"{med(ts):.3f} s ({min(ts):.3f}-{max(ts):.3f})",
+         "< 1 s " + ("ok" if med(ts) < 1 else "(not met)")],
+        ["bytes it read / index size", f"{med(r['open_read']) / r['index_bytes']:.3f}", "~1"],
+        ["1% restore: bytes read beyond the index / bytes restored",
+         f"{(r['part_read'] - r['index_bytes']) / r['part_data']:.4f}", "~1"]])
+
+
+def async_worker(args: dict) -> dict:
+    """ASYNC: blocking time of three async saves in a row, ckptcore or DCP, in this process."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import ckptcore as ck
+
+    d, width, method = args["dir"], args["width"], args["method"]
+    small, _ = gpt2_with_adamw(8)  # one-time costs outside the figure
+    model, opt = gpt2_with_adamw(width)
+    blocked = []
+    if method == "ckptcore":
+        ck.Checkpoint(m=small).write(os.path.join(d, "async-warm"), options=ck.CheckpointOptions(enable_async=True))
+        ckpt = ck.Checkpoint(model=model, opt=opt)
+        for i in range(3):
+            t = time.perf_counter()
+            ckpt.write(os.path.join(d, f"async-ck-{i}"), options=ck.CheckpointOptions(enable_async=True))
+            blocked.append(time.perf_counter() - t)
+            ckpt.sync()
+    else:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        dcp.async_save({"m": small.state_dict()}, checkpoint_id=os.path.join(d, "async-dcp-warm")).result()
+        for i in range(3):
+            msd, osd = get_state_dict(model, opt)
+            t = time.perf_counter()
+            fut = dcp.async_save({"model": msd, "opt": osd}, checkpoint_id=os.path.join(d, f"async-dcp-{i}"))
+            blocked.append(time.perf_counter() - t)
+            fut.result()
+    return {"method": method, "blocked": blocked}
+
+
 def _torch_flat(n_params: int, total: int, seed: int = 0):
     import torch
 
@@ -544,8 +625,9 @@ def main(argv: list[str] | None = None, results: dict | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench15", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=None)
-    ap.add_argument("--only", default="LIST,GPT2,SWEEP")
+    ap.add_argument("--only", default="LIST,GPT2,SWEEP,OPEN,ASYNC")
     ap.add_argument("--sweep-max", type=int, default=100_000, help="largest array count of the sweep (up to 1000000)")
+    ap.add_argument("--open-n", type=int, default=1_000_000, help="arrays of the OPEN checkpoint")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -568,6 +650,17 @@ def main(argv: list[str] | None = None, results: dict | None = None) -> dict:
                 print("  GPT2 ...", flush=True)
                 res["GPT2"] = bench_gpt2(root, 2 if a.quick else 3, 192 if a.quick else 768)
                 print("\n" + report_gpt2(res["GPT2"]) + "\n", flush=True)
+        if "OPEN" in only:
+            print(f"  OPEN ({a.open_n:,} arrays) ...", flush=True)
+            res["OPEN"] = _worker("open", {"n": a.open_n, "total": (16 if a.quick else 64) * MiB, "dir": root})
+            print("\n" + report_open(res["OPEN"]) + "\n", flush=True)
+        if "ASYNC" in only and _has_torch():
+            print("  ASYNC ...", flush=True)
+            width = 192 if a.quick else 768
+            res["ASYNC"] = [_worker("async", {"dir": root, "width": width, "method": m}) for m in ("ckptcore", "dcp")]
+            print("\nasync save blocks, three saves in a row (s): " + "; ".join(
+                f"{r['method']} " + ", ".join(f"{b:.3f}" for b in r["blocked"]) for r in res["ASYNC"]) + "\n",
+                flush=True)
         if "SWEEP" in only:
             print("  SWEEP ...", flush=True)
             counts = [n for n in (1_000, 10_000, 100_000, 1_000_000) if n <= a.sweep_max]
@@ -600,7 +693,8 @@ def _gpt2_size(args: dict) -> dict:
 
 
 WORKERS = {"list": lambda a: bench_list(a["dir"], a["runs"], a["total"]), "gpt2": gpt2_worker,
-           "gpt2-size": _gpt2_size, "sweep": sweep_worker, "torch-sweep": torch_sweep_worker}
+           "gpt2-size": _gpt2_size, "sweep": sweep_worker, "torch-sweep": torch_sweep_worker,
+           "open": open_worker, "async": async_worker}
 
 
 if __name__ == "__main__":
