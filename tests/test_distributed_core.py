@@ -270,3 +270,31 @@ def test_a_box_read_in_spans_equals_the_slice_whatever_the_span_limits(tmp_path_
         assert counting.calls == n_runs          # gaps never bridged: a read per run
     if limits == (1 << 30, 1 << 30):
         assert counting.calls == 1               # everything within limits: one read
+
+
+def _spans_reference(boffs, rb, gap_limit, max_limit):
+    """The rule, one run at a time: a span ends where the next run is too far or would make it too long."""
+    out, first = [], 0
+    for k in range(1, len(boffs)):
+        gap = boffs[k] - boffs[k - 1] - rb
+        if gap > gap_limit or boffs[k] - boffs[first] + rb > max_limit:
+            out.append((first, k))
+            first = k
+    out.append((first, len(boffs)))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 64), st.lists(st.integers(0, 300), min_size=1, max_size=60),
+       st.sampled_from([(0, 1 << 20), (16, 64), (100, 256), (1 << 30, 1 << 30), (8, 1)]))
+def test_spans_group_runs_as_one_read_at_a_time_would(rb, gaps, limits):
+    from ckptcore.distributed import reshard
+
+    boffs = np.cumsum([0] + [rb + g for g in gaps[1:]]).astype(np.int64)
+    old = reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES
+    reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES = limits
+    try:
+        got = reshard._spans(boffs, rb)
+    finally:
+        reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES = old
+    assert got == _spans_reference(boffs.tolist(), rb, *limits)

@@ -39,9 +39,15 @@ def runs(piece_extent, lo, ext) -> tuple[list[int], int]:
         >>> runs((), (), ())
         ([0], 1)
     """
+    offs, run = _runs(piece_extent, lo, ext)
+    return offs.tolist(), run
+
+
+def _runs(piece_extent, lo, ext) -> tuple[np.ndarray, int]:
+    """:func:`runs`, the offsets as an int64 array (ascending)."""
     n = len(piece_extent)
     if n == 0:
-        return [0], 1
+        return np.zeros(1, np.int64), 1
     j = n - 1
     while j > 0 and lo[j] == 0 and ext[j] == piece_extent[j]:
         j -= 1
@@ -52,7 +58,7 @@ def runs(piece_extent, lo, ext) -> tuple[list[int], int]:
     offs = np.array([int(lo[j]) * strides[j]], np.int64)
     for d in range(j - 1, -1, -1):
         offs = (np.arange(lo[d], lo[d] + ext[d], dtype=np.int64)[:, None] * strides[d] + offs[None, :]).ravel()
-    return offs.tolist(), run
+    return offs, run
 
 
 def sources(index: fmt.Index, row: int) -> list[tuple[int, int, int, int, tuple, tuple]]:
@@ -79,6 +85,13 @@ class _Readers:
     def __init__(self, reader, stack: ExitStack):
         self.reader, self.stack = reader, stack
         self.open: dict[int, Any] = {}
+        self._scratch = np.empty(0, np.uint8)
+
+    def scratch(self, nbytes: int) -> np.ndarray:
+        """A reused buffer of ``nbytes`` for a span (no fresh pages, hence no page faults, per span)."""
+        if len(self._scratch) < nbytes:
+            self._scratch = np.empty(nbytes, np.uint8)
+        return self._scratch[:nbytes]
 
     def get(self, shard: int):
         rd = self.open.get(shard)
@@ -106,13 +119,14 @@ def fill_box(reader, readers: _Readers, row: int, start, dest: np.ndarray, verif
         view = dest[in_dest] if in_dest else dest
         out = view if view.flags.c_contiguous else np.empty(o_ext, dest.dtype)
         flat = out.reshape(-1).view(np.uint8)
-        offs, run = runs(p_extent, in_piece, o_ext)
+        offs, run = _runs(p_extent, in_piece, o_ext)
         rb = run * itemsize
         rd = readers.get(shard)
         path = reader.data_file(shard)
         if rb:
-            for first, last in _spans(offs, rb, itemsize):
-                if not _read_span(rd, offset, offs[first:last], rb, itemsize, flat[first * rb:last * rb]):
+            boffs = offs * itemsize  # byte offsets of the runs in the piece
+            for first, last in _spans(boffs, rb):
+                if not _read_span(rd, readers, offset, boffs[first:last], rb, flat[first * rb:last * rb]):
                     raise _short(t.entry(row), path)
         got += rb * len(offs)
         if verify and tuple(o_ext) == tuple(p_extent) and fmt.crc32c(flat) != crc:
@@ -129,46 +143,58 @@ SPAN_GAP_BYTES = 64 << 10
 SPAN_MAX_BYTES = 8 << 20   # the most one span holds in its scratch buffer
 
 
-def _spans(offs: list[int], rb: int, itemsize: int) -> list[tuple[int, int]]:
-    """Group consecutive runs (ascending element offsets, ``rb`` bytes each) into spans ``[first, last)``.
+def _spans(boffs: np.ndarray, rb: int) -> list[tuple[int, int]]:
+    """Group consecutive runs (ascending byte offsets ``boffs``, ``rb`` bytes each) into spans ``[first, last)``.
+
+    A span ends where the next run is more than ``SPAN_GAP_BYTES`` away or would make it longer
+    than ``SPAN_MAX_BYTES`` (a span holds at least one run). Vectorized: the work in Python is
+    per span, not per run.
 
     Example:
-        >>> _spans([0, 2, 4], 4, 2)           # 4-byte runs 0 bytes apart: one span
+        >>> _spans(np.array([0, 4, 8]), 4)           # 4-byte runs 0 bytes apart: one span
         [(0, 3)]
-        >>> _spans([0, 1 << 20], 4, 1)        # a 1 MiB gap: two reads
+        >>> _spans(np.array([0, 1 << 20]), 4)        # a 1 MiB gap: two reads
         [(0, 1), (1, 2)]
     """
+    n = len(boffs)
+    if n == 1:
+        return [(0, 1)]
+    gap, most = SPAN_GAP_BYTES, SPAN_MAX_BYTES
+    breaks = (np.flatnonzero(np.diff(boffs) - rb > gap) + 1).tolist()
     out = []
-    first = 0
-    for k in range(1, len(offs)):
-        gap = (offs[k] - offs[k - 1]) * itemsize - rb
-        span = (offs[k] - offs[first]) * itemsize + rb
-        if gap > SPAN_GAP_BYTES or span > SPAN_MAX_BYTES:
-            out.append((first, k))
-            first = k
-    out.append((first, len(offs)))
+    for s, e in zip([0, *breaks], [*breaks, n]):
+        if int(boffs[e - 1]) - int(boffs[s]) + rb <= most:  # the common case: the segment is one span
+            out.append((s, e))
+            continue
+        seg = boffs[s:e]
+        first = 0
+        while first < e - s:
+            last = int(np.searchsorted(seg, int(seg[first]) + most - rb, side="right"))
+            last = max(last, first + 1)
+            out.append((s + first, s + last))
+            first = last
     return out
 
 
-def _read_span(rd, offset: int, offs: list[int], rb: int, itemsize: int, dest: np.ndarray) -> bool:
-    """Read runs ``offs`` (``rb`` bytes each, ascending) into ``dest`` one after another, with one read call.
+def _read_span(rd, readers: _Readers, offset: int, boffs: np.ndarray, rb: int, dest: np.ndarray) -> bool:
+    """Read runs at ``boffs`` (``rb`` bytes each, ascending) into ``dest`` one after another, with one read call.
 
     False if the file ended first.
     """
-    if len(offs) == 1:
-        return rd.readinto(offset + offs[0] * itemsize, dest) == rb
-    base = offs[0] * itemsize
-    span = (offs[-1] * itemsize) - base + rb
-    scratch = np.empty(span, np.uint8)
+    base = int(boffs[0])
+    if len(boffs) == 1:
+        return rd.readinto(offset + base, dest) == rb
+    span = int(boffs[-1]) - base + rb
+    scratch = readers.scratch(span)
     if rd.readinto(offset + base, scratch) != span:
         return False
-    rel = [o * itemsize - base for o in offs]
-    step = rel[1] - rel[0]
-    if all(rel[k] == k * step for k in range(len(rel))):  # evenly spaced (a band of a box): one strided copy
+    rel = boffs - base
+    step = int(rel[1])
+    if len(rel) == 2 or bool((np.diff(rel) == step).all()):  # evenly spaced (a band of a box): one strided copy
         src = np.lib.stride_tricks.as_strided(scratch, shape=(len(rel), rb), strides=(step, 1), writeable=False)
         dest.reshape(len(rel), rb)[...] = src
     else:
-        for k, r in enumerate(rel):
+        for k, r in enumerate(rel.tolist()):
             dest[k * rb:(k + 1) * rb] = scratch[r:r + rb]
     return True
 
