@@ -409,3 +409,21 @@ def test_diff_compares_sliced_variables_by_value(tmp_path, capsys):
     capsys.readouterr()
     assert main(["diff", _fixture("tf1_partitioned"), other, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["value_changed"] == ["emb"]
+
+
+# -- the other dtypes TensorFlow 2.21 saves -------------------------------------------------------------------
+
+
+def test_int4_and_quantized_tensors_read_bit_exact():
+    import ml_dtypes
+
+    r = ck.load_checkpoint(_fixture("tf2_more_dtypes"))
+    want_dtype = {"int4": np.dtype(ml_dtypes.int4), "uint4": np.dtype(ml_dtypes.uint4),
+                  # quantized types: the integers they are stored as (TensorFlow keeps their scale elsewhere)
+                  "qint8": np.dtype("int8"), "quint8": np.dtype("uint8"), "qint32": np.dtype("int32")}
+    for name, raw in EXPECTED["tf2_more_dtypes"]["raw"].items():
+        got = r.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")
+        assert got.dtype == want_dtype[name] and got.tobytes().hex() == raw, name
+    q = np.zeros(3, np.int32)
+    ck.Checkpoint(qint32=q).read(_fixture("tf2_more_dtypes")).expect_partial()
+    assert q.tolist() == [-70000, 1, 2]

@@ -46,6 +46,9 @@ TF_DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: 
              24: "float8_e5m2", 25: "float8_e4m3fn", 26: "float8_e4m3fnuz", 27: "float8_e4m3b11fnuz",
              28: "float8_e5m2fnuz", 29: "int4", 30: "uint4", 31: "int2", 32: "uint2"}
 DTYPE_NUMBERS = {v: k for k, v in TF_DTYPES.items()}
+# TensorFlow's quantized types, read as the integers they are stored as (their scale lives elsewhere):
+# reading only, so DTYPE_NUMBERS never maps int8 back to qint8
+QUANTIZED = {11: "int8", 12: "uint8", 13: "int32", 15: "int16", 16: "uint16"}
 _TF_NAMES = {7: "string", 11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16", 20: "resource",
              21: "variant"}
 
@@ -124,7 +127,7 @@ def _position(key: str, e, num_shards: int, path: str) -> None:
 
 
 def _tensor_entry(key: str, e, num_shards: int, path: str) -> fmt.TensorEntry:
-    name = TF_DTYPES.get(e.dtype)
+    name = TF_DTYPES.get(e.dtype) or QUANTIZED.get(e.dtype)
     if name is None:
         what = _TF_NAMES.get(e.dtype, f"number {e.dtype}")
         raise CorruptCheckpointError(
@@ -196,7 +199,7 @@ def _sliced_entry(kb: bytes, e, entries: dict, num_shards: int, path: str, used:
     """The row and pieces of the partitioned variable stored under ``kb``: ``(TensorEntry, [(shard, offset,
     nbytes, crc, start, extent)])``; its slice entries' keys are added to ``used``."""
     key = key_text(kb)
-    name = TF_DTYPES.get(e.dtype)
+    name = TF_DTYPES.get(e.dtype) or QUANTIZED.get(e.dtype)
     if name is None:
         raise CorruptCheckpointError(
             f"TensorFlow checkpoint {path}: tensor {key!r} is a partitioned variable of dtype "
