@@ -257,6 +257,33 @@ def test_tensorflow_sees_a_ckptcore_managers_checkpoints_and_ckptcore_sees_tenso
     assert not os.path.exists(os.path.join(d, "ckpt-3.index"))
 
 
+@pytest.mark.slow
+def test_ckptcore_reads_tensorflows_sliced_variables_and_strings_as_tensorflow_does(oracle):
+    # TF's own list_variables and get_tensor, key for key and byte for byte: a variable its size policy cut
+    # into slices across shards, a string tensor, and a TF1 partitioned variable (tf.compat.v1 partitioner)
+    info = _written(oracle, "sliced")
+    assert len(info["shards"]) > 2
+    for path in (info["tf2"], info["tf1"]):
+        want = info["read"][path]
+        assert dict(ck.list_variables(path)) == want["keys"]
+        r = ck.load_checkpoint(path)
+        for key, raw in want["values"].items():
+            got = r.get_tensor(key)
+            if isinstance(got, bytes):
+                assert got.hex() == raw, key
+            elif got.dtype == object:
+                assert [x.hex() for x in got.ravel()] == raw, key
+            else:
+                assert got.tobytes().hex() == raw and got.dtype.name == want["dtypes"][key], key
+        assert r.verify() > 0
+    big = ck.Variable(np.zeros((37, 6), np.float32))
+    words = np.empty(3, object)
+    n = np.zeros(5, np.int16)
+    ck.Checkpoint(big=big, words=words, n=n).read(info["tf2"]).assert_consumed()
+    assert big.numpy().tobytes().hex() == info["read"][info["tf2"]]["values"]["big/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert words.tolist() == [b"xxx", b"", b"\x00yz"]
+
+
 def test_oracle_script_is_plain_python():
     # the oracle runs in another environment: it must not import ckptcore
     with open(os.path.join(ROOT, "tests", "tf_oracle.py")) as f:

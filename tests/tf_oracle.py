@@ -77,12 +77,44 @@ def restore(case, out_dir):
 def write_cases(out_dir, errors):
     done = {}
     for name, fn in [("sharded", write_sharded), ("float8", write_float8), ("keras3", write_keras3),
-                     ("saved_model", write_saved_model)]:
+                     ("saved_model", write_saved_model), ("sliced", write_sliced)]:
         try:
             done[name] = fn(out_dir)
         except Exception:
             errors[name] = traceback.format_exc()
     return done
+
+
+def write_sliced(out_dir):
+    # variables TF saves in slices: a large one its size policy cuts across shards (and a string tensor beside
+    # it), and a TF1 partitioned variable; the values and TF's own list_variables/get_tensor, for ckptcore to match
+    rng = np.random.default_rng(0)
+    vs = {"big": tf.Variable(rng.normal(size=(37, 6)).astype(np.float32)),
+          "words": tf.Variable([b"x" * 3, b"", b"\x00yz"]), "n": tf.Variable(np.arange(5, dtype=np.int16))}
+    opts = tf.train.CheckpointOptions(
+        experimental_sharding_callback=tf.train.experimental.MaxShardSizePolicy(max_shard_size=200))
+    p2 = tf.train.Checkpoint(**vs).write(os.path.join(out_dir, "sliced", "tf2", "ckpt"), options=opts)
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.compat.v1.get_variable("part/emb", initializer=tf.constant(rng.normal(size=(11, 3))),
+                                      partitioner=tf.compat.v1.fixed_size_partitioner(4))
+        saver = tf.compat.v1.train.Saver(list(v))
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            p1 = saver.save(sess, os.path.join(out_dir, "sliced", "tf1", "model.ckpt"), write_meta_graph=False)
+    out = {}
+    for p in (p2, p1):
+        r = tf.train.load_checkpoint(p)
+        keys = {k: list(sh) for k, sh in tf.train.list_variables(p)}
+        vals = {}
+        for k in keys:
+            t = r.get_tensor(k)
+            vals[k] = t.hex() if isinstance(t, bytes) else \
+                [x.hex() for x in t.ravel()] if t.dtype == object else t.tobytes().hex()
+        out[p] = {"keys": keys, "values": vals, "dtypes": {k: str(d.name) for k, d in
+                                                           r.get_variable_to_dtype_map().items()}}
+    return {"tf2": p2, "tf1": p1, "read": out,
+            "shards": sorted(f for f in os.listdir(os.path.dirname(p2)) if ".data-" in f)}
 
 
 def write_sharded(out_dir):
