@@ -427,3 +427,24 @@ def test_int4_and_quantized_tensors_read_bit_exact():
     q = np.zeros(3, np.int32)
     ck.Checkpoint(qint32=q).read(_fixture("tf2_more_dtypes")).expect_partial()
     assert q.tolist() == [-70000, 1, 2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["_iterations", "_learning_rate", "_trainable_variables",
+                                                    "_variables", "_operations", "_functional", "0", "1", "2",
+                                                    "_kernel", "bias"]), st.integers(0, 7)), max_size=6),
+                min_size=1, max_size=8),
+       st.dictionaries(st.integers(0, 7), st.sampled_from(["a/b", "adam/a_b_momentum", "x", "adam/a_b_velocity"])))
+def test_keras3_naming_of_any_graph_terminates_and_only_adds(edges, full_names):
+    # hostile graphs (cycles, lists pointing anywhere): extra names and slots only, never a crash or a lost edge
+    from ckptcore.formats.tensorbundle.keras3 import add_keras3_names
+
+    e = fmt.TensorEntry("k", "float32", (2,), 0, 0, 8, 0)
+    nodes = [fmt.Node(children=[(n, c % len(edges)) for n, c in kids],
+                      attributes={"VARIABLE_VALUE": e} if i % 2 else {}) for i, kids in enumerate(edges)]
+    before = [list(n.children) for n in nodes]
+    add_keras3_names(nodes, {k % len(edges): v for k, v in full_names.items()})
+    for node, old in zip(nodes, before):
+        assert node.children[:len(old)] == old
+        assert all(0 <= c < len(nodes) for _, c in node.children)
+        assert all(0 <= v < len(nodes) and 0 <= s < len(nodes) for v, _, s in node.slots)
