@@ -252,7 +252,9 @@ class AdapterRegistration:
 
     Example:
         >>> import numpy as np, ckptcore as ck
-        >>> reg = ck.AdapterRegistration(types=(np.ndarray,), adapter=ck.Adapter())
+        >>> class Arrays(ck.Adapter):
+        ...     name = "doc.arrays"
+        >>> reg = ck.AdapterRegistration(types=(np.ndarray,), adapter=Arrays())
         >>> reg.priority
         0
     """
@@ -291,6 +293,13 @@ def _invalid(msg: str):
 PROTOCOL = frozenset(n for n in vars(Adapter) if not n.startswith("_"))
 
 
+def _defines_name(adapter: Any) -> bool:
+    """True if ``adapter`` (or a class of it other than :class:`Adapter`) sets ``name`` itself."""
+    if "name" in getattr(adapter, "__dict__", {}):
+        return True
+    return any("name" in vars(k) for k in type(adapter).__mro__ if k is not Adapter)
+
+
 def check_adapter(adapter: Any) -> None:
     """Check an adapter where it is registered: an instance, with a ``name``, only protocol methods.
 
@@ -318,6 +327,11 @@ def check_adapter(adapter: Any) -> None:
     if not isinstance(name, str) or not name.strip():
         raise _invalid(f"adapter {type(adapter).__qualname__} has no name: give its class a `name` attribute, a "
                        "stable identifier such as 'mypackage.mytype' (it is recorded in checkpoints)")
+    if name == Adapter.name and not _defines_name(adapter):
+        raise _invalid(f"adapter {type(adapter).__qualname__} has no name of its own (it inherits ck.Adapter's "
+                       f"placeholder {Adapter.name!r}, which would make two adapters indistinguishable in "
+                       f"checkpoints): give {type(adapter).__qualname__} a `name` attribute, a stable identifier "
+                       "such as 'mypackage.mytype'")
     for klass in type(adapter).__mro__:
         if klass is Adapter or klass is object:
             continue

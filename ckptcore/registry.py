@@ -174,7 +174,9 @@ def register_adapter(types: Any, adapter: Any, *, priority: int = 0, predicate: 
     Example:
         >>> import ckptcore as ck
         >>> class Thing: pass
-        >>> name = ck.register_adapter(Thing, ck.Adapter())
+        >>> class ThingAdapter(ck.Adapter):
+        ...     name = "doc.thing"
+        >>> name = ck.register_adapter(Thing, ThingAdapter())
         >>> ck.registry.unregister_plugin(name)
     """
     if not isinstance(types, tuple):

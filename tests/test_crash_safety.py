@@ -42,6 +42,8 @@ if parity < 0:
     manager.restore_or_initialize()
 options = ck.CheckpointOptions(enable_async=(mode == "async"))
 print("ready", int(step), flush=True)
+if parity >= 0:  # two writers: both managers exist before either saves (else the later one adopts the other's)
+    sys.stdin.readline()
 limit = int(sys.argv[5])
 while limit < 0 or int(step) < limit:
     s = int(step) + 1
@@ -59,7 +61,8 @@ PARTIAL = re.compile(r"^\..*\.tmp-[0-9a-f]{32}$|^(?P<base>.+)\.data-\d{5}-of-\d{
 def spawn(directory, mode="sync", name="ckpt", grace=0.0, limit=-1, parity=-1):
     env = dict(os.environ, PYTHONPATH=ROOT)
     return subprocess.Popen([sys.executable, "-c", CHILD, directory, mode, name, str(grace), str(limit), str(parity)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdin=subprocess.PIPE if parity >= 0 else None, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def fresh_objects():
@@ -155,6 +158,14 @@ def test_two_processes_saving_into_one_directory_do_not_corrupt_each_other(tmp_p
     else:
         children = [spawn(d, "sync", name, grace=60.0, limit=12, parity=0) for name in ("alpha", "beta")]
         finals = ["alpha-24", "beta-24"]
+    # Start both only once both managers exist. A manager made after the other's first commit adopts the
+    # checkpoints of its name recorded in the state file (restart recovery, as in TF, where only one manager
+    # should be active in a directory) and would delete them as its own: under load that removed ckpt-24.
+    for c in children:
+        assert c.stdout.readline().startswith("ready"), c.stderr.read()
+    for c in children:
+        c.stdin.write("go\n")
+        c.stdin.flush()
     for c in children:
         out, err = c.communicate(timeout=120)
         assert c.returncode == 0, err

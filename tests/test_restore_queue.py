@@ -122,3 +122,30 @@ def test_repeated_immediate_restores_apply_in_call_order(tmp_path):
     ckpt.read(b).assert_consumed()
     ckpt.read(a).assert_consumed()
     assert m.w.tolist() == [1.0, 1.0]
+
+
+def test_the_older_restore_rule_is_per_slot_not_per_optimizer(tmp_path):
+    # TF gives every slot variable its own _update_uid: a newer restore that filled the optimizer and
+    # the slot of w1 leaves the older restore free to fill the slot of w2, which the newer one lacks.
+    src = ck.Module()
+    src.w1, src.w2 = np.full(2, 1.0), np.full(2, 2.0)
+    opt = Opt([src.w1, src.w2])
+    opt.m[id(src.w1)], opt.m[id(src.w2)] = np.full(2, 10.0), np.full(2, 11.0)
+    a = ck.Checkpoint(model=src, opt=opt).write(str(tmp_path / "a"))   # slots of w1 and w2
+    src2 = ck.Module()
+    src2.w1 = np.full(2, 3.0)
+    opt2 = Opt([src2.w1])
+    opt2.m[id(src2.w1)] = np.full(2, 30.0)
+    b = ck.Checkpoint(model=src2, opt=opt2).write(str(tmp_path / "b"))  # the slot of w1 only
+    m = ck.Module()
+    m.w1, m.w2 = np.zeros(2), np.zeros(2)
+    ckpt = ck.Checkpoint(model=m)
+    first, second = ckpt.read(a), ckpt.read(b)   # both wait for the optimizer
+    live = Opt([m.w1, m.w2])
+    ckpt.opt = live                              # the newer restore first, then the older one
+    assert m.w1.tolist() == [3.0, 3.0] and m.w2.tolist() == [2.0, 2.0]
+    assert live.m[id(m.w1)].tolist() == [30.0, 30.0]   # the newer restore's slot is kept
+    assert live.m[id(m.w2)].tolist() == [11.0, 11.0]   # the older one fills the slot the newer one lacks
+    first.assert_consumed()
+    second.assert_nontrivial_match()   # b has no model.w2
+

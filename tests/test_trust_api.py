@@ -129,6 +129,31 @@ def test_an_adapter_without_a_name():
         ck.AdapterRegistration(types=(Thing,), adapter=Empty())
 
 
+def test_an_adapter_inheriting_the_placeholder_name_is_refused_where_registered():
+    class Inherits(ck.Adapter):   # no `name`: it would be recorded as ck.Adapter's "unnamed"
+        def children(self, obj):
+            return []
+
+    for register in (lambda a: ck.register_adapter(Thing, a),
+                     lambda a: ck.AdapterRegistration(types=(Thing,), adapter=a)):
+        refused = r"Inherits has no name of its own.*give \S*Inherits a `name`"
+        with pytest.raises(ck.InvalidArgumentError, match=refused):
+            register(Inherits())
+        with pytest.raises(ck.InvalidArgumentError, match="no name of its own"):
+            register(ck.Adapter())
+
+    class Named(Inherits):
+        name = "test.trust_api.named"
+
+    class Sub(Named):   # a name inherited from a class of one's own is a name
+        pass
+
+    ck.registry.unregister_plugin(ck.register_adapter(Thing, Sub()))
+    instance = Inherits()
+    instance.name = "test.trust_api.instance"   # set on the instance: fine too
+    ck.registry.unregister_plugin(ck.register_adapter(Thing, instance))
+
+
 def test_a_method_outside_the_protocol():
     class Typo(GoodAdapter):
         def set_values(self, obj, attr, value):

@@ -147,6 +147,9 @@ _PENDING = WeakIdTable()
 # wait ends it matches those objects (its status completes) but does not overwrite the newer values.
 _UIDS = itertools.count(1)
 _UPDATE_UID = WeakIdTable()
+# The same per optimizer slot, as TF gives each slot variable its own _update_uid:
+# optimizer -> {(id(variable), slot name): (weak reference to the variable, restore number)}
+_SLOT_UPDATE_UID = WeakIdTable()
 _WAITING_UIDS: dict[int, int] = {}   # restore number -> how many of its values wait in _PENDING (an upper bound)
 
 
@@ -158,6 +161,7 @@ def _forget_waiting(uid: int, n: int = 1) -> None:
         _WAITING_UIDS.pop(uid, None)
     if not _WAITING_UIDS:
         _UPDATE_UID._d.clear()   # no older restore can resume: nothing to protect
+        _SLOT_UPDATE_UID._d.clear()
 
 
 def pending_count() -> int:
@@ -281,6 +285,7 @@ class RestoreSession:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
         self._has_slots = bool(self._slots_by_var)
         self._shared: set[int] | None = None  # see _shared_nodes
+        self._valued: np.ndarray | None = None  # see _valued_nodes
         # What matching saw of the live graph, for the status assertions (see live_graph_consumed):
         # whether some matched object had children or attributes the checkpoint lacks, the adapters
         # of the matched objects, and the dependency count (_CHANGES) when the last step ended.
@@ -342,9 +347,8 @@ class RestoreSession:
                 shadowed = self._shadowed(matches) if _UPDATE_UID._d else None
                 (rows, dests, callbacks), after = self._plan_values(matches, tuple(path), shadowed)
                 # optimizer slots whose optimizer and variable are both matched now: the same read
-                slot_reads = plan_slot_reads(self, matches if shadowed is None else
-                                             [m for i, m in enumerate(matches) if i not in shadowed],
-                                             rows, dests, callbacks) if self._has_slots else None
+                # (also of shadowed optimizers: each slot has its own update uid, see plan_slot_reads)
+                slot_reads = plan_slot_reads(self, matches, rows, dests, callbacks) if self._has_slots else None
                 _unalias(dests, callbacks)
             if rows:
                 self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
@@ -357,14 +361,15 @@ class RestoreSession:
             # only after the values arrived: a failed read marks nothing matched and queues nothing
             with paused_gc():
                 self._commit_matches(matches, pending)
-                if shadowed:
-                    self._bind_shadowed_slots(matches, shadowed)
-                if _WAITING_UIDS and min(_WAITING_UIDS) < self.uid:  # an older restore waits: guard our values
+                guard = bool(_WAITING_UIDS) and min(_WAITING_UIDS) < self.uid
+                if guard:  # an older restore waits: guard our values
                     self._record_update_uid(matches, shadowed)
                 del matches, pending  # gone before the collector runs again
             self.changes_seen = _CHANGES
             if slot_reads is not None:
                 slot_reads.finish()  # each optimizer's slots in one call, before its set_state
+                if guard:
+                    slot_reads.record_update_uid(_SLOT_UPDATE_UID, self.uid)
             for fn in after:
                 fn()
 
@@ -404,7 +409,9 @@ class RestoreSession:
                 for name, cid in zip(child_name[a:b], child_id[a:b]):
                     child = get(name)
                     if child is None:
-                        pending.append((o, name, cid, _path(matches, k, path) + (name,)))
+                        # only a subtree with values waits for its object (TF's has_checkpoint_values)
+                        if self._valued_nodes()[cid]:
+                            pending.append((o, name, cid, _path(matches, k, path) + (name,)))
                         continue
                     if cid in shared:
                         key = (id(child), cid)
@@ -434,6 +441,28 @@ class RestoreSession:
         if extra and not (at_root and extra <= self.ignore_live_names):
             self.live_extra = True
 
+    def _valued_nodes(self) -> np.ndarray:
+        """Per node: whether it or a node below it holds a value (attributes, adapter state or slots)."""
+        if self._valued is None:
+            g = self.graph
+            n = len(g)
+            attr_start = np.asarray(g.attr_start, np.int64)
+            valued = attr_start[1:n + 1] != attr_start[:n]
+            extra = [nid for nid in (*g.state, *g.slots) if 0 <= nid < n]
+            valued[extra] = True
+            starts = np.asarray(g.child_start, np.int64)
+            parents = np.repeat(np.arange(n, dtype=np.int64), np.diff(starts[:n + 1]))
+            children = np.asarray(g.child, np.int64)
+            while True:   # up the edges until nothing changes (a path or a cycle: at most n rounds)
+                up = np.zeros(n, bool)
+                up[parents[valued[children]]] = True
+                new = valued | up
+                if (new == valued).all():
+                    break
+                valued = new
+            self._valued = valued
+        return self._valued
+
     def _shared_nodes(self) -> set[int]:
         """Node ids more than one edge leads to, and the root: a walk can reach only these twice."""
         if self._shared is None:
@@ -446,14 +475,6 @@ class RestoreSession:
         uid, get = self.uid, _UPDATE_UID.get
         out = {k for k, m in enumerate(matches) if get(m[0], 0) > uid}
         return out or None
-
-    def _bind_shadowed_slots(self, matches: list[tuple], shadowed: set[int]) -> None:
-        """Slots of optimizers a newer restore filled count as matched here, as TF binds them."""
-        slots = self.graph.slots
-        for k in shadowed:
-            for var_id, _name, slot_id in slots.get(matches[k][2], ()):
-                if self._live(var_id):
-                    self.restored_slots.add(slot_id)
 
     def _record_update_uid(self, matches: list[tuple], shadowed: set[int] | None) -> None:
         """Remember which objects this restore filled, for older restores still waiting."""

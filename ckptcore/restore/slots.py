@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,30 @@ class SlotReads:
                     adapter.restore_slot(opt, variable, name, value)
         self.session.restored_slots.update(self.slot_ids)
 
+    def record_update_uid(self, table, uid: int) -> None:
+        """Record restore ``uid`` for every slot this step filled (an older restore still waits)."""
+        for opt, _adapter, requests, _buffers in self.per_opt.values():
+            slots = table.get(opt)
+            if slots is None:
+                slots = {}
+                table[opt] = slots
+            for var, name, _row in requests:
+                try:
+                    ref: Any = weakref.ref(var)
+                except TypeError:   # not weakly referenceable: held (only while an older restore waits)
+                    ref = _Strong(var)
+                slots[(id(var), name)] = (ref, uid)
+
+
+class _Strong:
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
 
 def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, callbacks: list) -> SlotReads | None:
     """Add the reads of every slot whose optimizer and variable are now both matched.
@@ -116,6 +141,9 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             return got + [(o, None) for o in prev if all(o is not g[0] for g in got)] if prev else got
         return [(o, None) for o in live(nid)]
 
+    from .session import _SLOT_UPDATE_UID
+
+    newer, uid = (_SLOT_UPDATE_UID if _SLOT_UPDATE_UID._d else None), session.uid
     cache: dict[int, list] = {}
     for opt_id, var_id, name, slot_id in pairs:
         a = attr_start[slot_id]
@@ -131,18 +159,20 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             vars_ = cache[var_id] = objs(var_id)
         if not vars_:
             continue
-        plan.slot_ids.append(slot_id)
+        plan.slot_ids.append(slot_id)   # matched, also where a newer restore's value is kept
         for opt, adapter in opts:
-            entry = per_opt.get(id(opt))
-            if entry is None:
-                if adapter is None:
-                    from ..registry import find_adapter
-
-                    adapter = find_adapter(opt)
-                entry = per_opt[id(opt)] = [opt, adapter, [], None]
             for var, _ in vars_:
+                if newer is not None and _newer_slot(newer, opt, var, name, uid):
+                    continue   # a newer restore filled this slot (TF: the slot variable's _update_uid)
+                entry = per_opt.get(id(opt))
+                if entry is None:
+                    if adapter is None:
+                        from ..registry import find_adapter
+
+                        adapter = find_adapter(opt)
+                    entry = per_opt[id(opt)] = [opt, adapter, [], None]
                 entry[2].append((var, name, a))
-        wanted[a] = None
+                wanted[a] = None
     if not plan.slot_ids:
         return None
     # Memory the adapters offer for their slots (existing state tensors, say), asked once per optimizer.
@@ -179,6 +209,15 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             dests.append(None)
             callbacks.append(partial_got(plan, row))
     return plan
+
+
+def _newer_slot(table, opt, var, name: str, uid: int) -> bool:
+    """Whether a restore newer than ``uid`` already filled slot ``name`` of ``var`` in ``opt``."""
+    slots = table.get(opt)
+    if not slots:
+        return False
+    got = slots.get((id(var), name))
+    return got is not None and got[0]() is var and got[1] > uid
 
 
 def partial_got(plan: SlotReads, row: int):
