@@ -96,6 +96,8 @@ class CheckpointManager:
         checkpoint_interval: minimum number of steps between saves; needs
             ``step_counter``.
         init_fn: called by :meth:`restore_or_initialize` when there is nothing to restore.
+        last_checkpoint_step: the step of the last checkpoint saved before this manager existed,
+            so that ``checkpoint_interval`` counts from it (TF's argument; keyword-only here).
         storage_options: passed to fsspec for the directory and, unless the
             ``options`` of a save carry their own, for the checkpoints.
 
@@ -131,7 +133,7 @@ class CheckpointManager:
                  step_counter: Any = None, checkpoint_interval: int | None = None,
                  init_fn: Callable[[], Any] | None = None, storage_options: Mapping[str, Any] | None = None,
                  *, best_fn: Callable[[Mapping[str, Any]], float] | None = None, best_mode: str = "max",
-                 keep_checkpoints_without_metrics: bool = True):
+                 keep_checkpoints_without_metrics: bool = True, last_checkpoint_step: int | None = None):
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"CheckpointManager needs a ck.Checkpoint, got {type(checkpoint).__qualname__}; "
                             "wrap your objects: ck.Checkpoint(model=model)")
@@ -168,7 +170,8 @@ class CheckpointManager:
         self._storage, self._dir = open_storage(self._directory, self._storage_options)
         self._lock = threading.RLock()        # guards the list below (the background commit updates it)
         self._save_lock = threading.Lock()    # one save() at a time
-        self._last_checkpoint_step: int | None = None
+        self._last_checkpoint_step: int | None = (
+            None if last_checkpoint_step is None else _as_int(last_checkpoint_step, "last_checkpoint_step"))
         self._maybe_delete: OrderedDict[str, float] = OrderedDict()
         self._latest: str | None = None
         self._state_format = "ckptcore"  # whose state file this manager writes: its last save's format

@@ -64,6 +64,27 @@ def wrap(value: Any) -> Any:
     return tracked
 
 
+def _stale_state(container: Any) -> dict | None:
+    """The state a copy (``copy``, ``deepcopy``, pickle) of ``container`` inherits: its staleness, if any.
+
+    A copy of a wrapper whose container was changed behind its back holds the outdated items, so it
+    refuses to save too (TF: "dirtiness should be inherited").
+    """
+    try:
+        container._ck_check()
+    except ContainerModifiedError as e:
+        return {"_ck_stale": str(e)}
+    return None
+
+
+def _check_stale(container: Any) -> None:
+    if container._ck_stale is not None:
+        raise ContainerModifiedError(
+            f"this {type(container).__name__} was copied from a stale one, so it holds outdated items too "
+            f"({container._ck_stale}). Copy your own list or dict instead (copy.copy(layers)), or assign it "
+            "again before copying")
+
+
 class Module:
     """Base class whose attribute assignment tracks dependencies, as ``tf.Module`` does.
 
@@ -167,10 +188,13 @@ class TrackedList(list):
         # raw values (nested plain lists). A TrackedList built directly copies its items and has none.
         self._ck_origin: list | None = None
 
+    _ck_stale: str | None = None   # set on a copy of a wrapper that was stale when copied
+
     def __reduce_ex__(self, protocol):
-        return (type(self), (list(self),))
+        return (type(self), (list(self),), _stale_state(self))
 
     def _ck_check(self) -> None:
+        _check_stale(self)
         origin = self._ck_origin
         if origin is not None and (len(origin) != len(self) or not (all(map(_is, origin, self))
                                                                     or all(map(_same, origin, self)))):
@@ -287,10 +311,13 @@ class TrackedDict(dict):
             super().__setitem__(k, wrap(v))
         self._ck_origin: dict | None = None   # the user's dict when ``wrap`` made this one (see TrackedList)
 
+    _ck_stale: str | None = None   # see TrackedList
+
     def __reduce_ex__(self, protocol):
-        return (type(self), (dict(self),))
+        return (type(self), (dict(self),), _stale_state(self))
 
     def _ck_check(self) -> None:
+        _check_stale(self)
         origin = self._ck_origin
         if origin is not None and (len(origin) != len(self) or list(origin) != list(self)
                                    or not (all(map(_is, origin.values(), self.values()))

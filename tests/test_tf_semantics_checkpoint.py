@@ -552,3 +552,23 @@ def test_attributes_of_the_root_and_of_a_child(tmp_path):
         assert [int(x) for x in (root.v1, root.v2, child.v1, child.v2)] == [1, 2, 3, 4]
     finally:
         ck.registry.unregister_plugin(plugin)
+
+
+# -- TF's root self-edge -----------------------------------------------------------------------------
+ROOT_EDGE = os.path.join(os.path.dirname(__file__), "fixtures", "tf_root_edge", "ckpt")
+
+
+def test_a_tf_checkpoint_with_the_root_self_edge_leaves_nothing_waiting():
+    # TF 2.21's Checkpoint(root=m, w=w) writes node 0's children as v, a, root (-> node 0 itself), w. The
+    # "root" edge leads to a node this restore already matched: nothing may wait for a live `root`
+    # dependency (it used to: a later `m.root = x` would have received the whole checkpoint).
+    m = ck.Module()
+    m.v, m.a = var(0.0), var(0.0)
+    w = var(0.0)
+    status = ck.Checkpoint(root=m, w=w).read(ROOT_EDGE)
+    assert (float(m.v), float(m.a), float(w)) == (1.0, 3.0, 2.0)
+    status.assert_consumed()
+    assert not ck.has_pending(m)
+    m.root = other = ck.Module()
+    other.v = var(-1.0)
+    assert float(other.v) == -1.0

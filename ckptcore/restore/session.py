@@ -629,6 +629,10 @@ class RestoreSession:
         for parent, name, cid, p in pending:
             if isinstance(_ref(parent), _Strong):
                 continue  # e.g. a tuple: it cannot gain children, and queueing would keep it alive forever
+            if cid in node_objs:
+                # this restore already matched that node (TF's root self-edge "root", a cycle): nothing waits
+                # for another object, which would otherwise receive the whole subtree (TF skips it too)
+                continue
             waiting = _PENDING.get(parent)
             if waiting is None:
                 waiting = {}
