@@ -560,7 +560,7 @@ ROOT_EDGE = os.path.join(os.path.dirname(__file__), "fixtures", "tf_root_edge", 
 
 def test_a_tf_checkpoint_with_the_root_self_edge_leaves_nothing_waiting():
     # TF 2.21's Checkpoint(root=m, w=w) writes node 0's children as v, a, root (-> node 0 itself), w. The
-    # "root" edge leads to a node this restore already matched: nothing may wait for a live `root`
+    # "root" edge leads from the root to itself: nothing may wait for a live `root`
     # dependency (it used to: a later `m.root = x` would have received the whole checkpoint).
     m = ck.Module()
     m.v, m.a = var(0.0), var(0.0)

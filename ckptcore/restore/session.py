@@ -409,8 +409,9 @@ class RestoreSession:
                 for name, cid in zip(child_name[a:b], child_id[a:b]):
                     child = get(name)
                     if child is None:
-                        # only a subtree with values waits for its object (TF's has_checkpoint_values)
-                        if self._valued_nodes()[cid]:
+                        # only a subtree with values waits for its object (TF's has_checkpoint_values); an
+                        # edge of a node to itself (TF's root self-edge "root") leads to the parent, matched
+                        if cid != nid and self._valued_nodes()[cid]:
                             pending.append((o, name, cid, _path(matches, k, path) + (name,)))
                         continue
                     if cid in shared:
@@ -629,10 +630,6 @@ class RestoreSession:
         for parent, name, cid, p in pending:
             if isinstance(_ref(parent), _Strong):
                 continue  # e.g. a tuple: it cannot gain children, and queueing would keep it alive forever
-            if cid in node_objs:
-                # this restore already matched that node (TF's root self-edge "root", a cycle): nothing waits
-                # for another object, which would otherwise receive the whole subtree (TF skips it too)
-                continue
             waiting = _PENDING.get(parent)
             if waiting is None:
                 waiting = {}
