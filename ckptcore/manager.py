@@ -39,7 +39,7 @@ from .checkpoint import Checkpoint
 from .errors import CorruptCheckpointError, NotFoundError
 from .formats import ckpt as fmt
 from .options import CheckpointOptions, check_metadata, resolve_options
-from .saver import checkpoint_files
+from .saver import checkpoint_files, remove_index
 from .state import STATE_FILENAME, CheckpointState, join_url, newer_on_storage, read_state, write_state
 from .storage import LocalStorage, open_storage
 from .storage.paths import check_checkpoint_path
@@ -554,24 +554,41 @@ class CheckpointManager:
         prefix = self._storage.join(self._dir, name)
         index = fmt.index_path(prefix)
         files = checkpoint_files(self._storage, prefix)
-        # The index first: from then on the checkpoint is gone, and leftovers are mere partial files.
-        self._storage.remove([f for f in files if f == index] or [index])
+        # The index first: from then on the checkpoint is gone, and leftovers are mere partial files. On object
+        # stores the DELETE is conditional: applied late, it cannot remove a checkpoint re-saved under this name.
+        remove_index(self._storage, index)
         self._storage.remove([f for f in files if f != index])
+
+    def _data_tag(self, name: str) -> str | None:
+        """The data tag the index of checkpoint ``name`` names (None: none, or unreadable: then nothing goes)."""
+        try:
+            prefix = self._storage.join(self._dir, name)
+            return fmt.decode_index(self._storage.read_bytes(fmt.index_path(prefix)), fmt.index_path(prefix)).data_tag
+        except Exception:
+            return None
 
     def _cleanup_partial_files(self) -> None:
         """Remove this manager's partial files left by crashed saves (best effort)."""
         esc = re.escape(self._checkpoint_name)
-        shard = r"data-\d{5}-of-\d{5}"
+        shard = r"data-\d{5}-of-\d{5}(?:\.[0-9a-f]{16})?"   # (.tag: a save attempt's, on object stores)
         temp = re.compile(rf"\.{esc}-\d+\.(?:index|{shard}){_TMP_SUFFIX}|\.{re.escape(STATE_FILENAME)}{_TMP_SUFFIX}")
-        data = re.compile(rf"({esc}-\d+)\.{shard}")
+        data = re.compile(rf"({esc}-\d+)\.data-\d{{5}}-of-\d{{5}}(?:\.([0-9a-f]{{16}}))?")
         try:
             names = self._storage.listdir(self._dir)
             present = set(names)
             doomed = []
+            tags: dict[str, set[str]] = {}
             for n in names:
                 m = data.fullmatch(n)
                 if temp.fullmatch(n) or (m and m.group(1) + fmt.INDEX_SUFFIX not in present):
                     doomed.append(n)
+                elif m and m.group(2):
+                    tags.setdefault(m.group(1), set()).add(m.group(2))
+            for base, found in tags.items():   # data of several attempts under one index: keep the index's own
+                if len(found) > 1:
+                    live = self._data_tag(base)
+                    doomed.extend(n for n in names if (m := data.fullmatch(n)) and m.group(1) == base
+                                  and m.group(2) and m.group(2) != live and live is not None)
             grace = self.partial_file_grace_seconds
             now = time.time()
             for n in doomed:
@@ -581,8 +598,8 @@ class CheckpointManager:
                     if mtime is None or now - mtime < grace:
                         continue
                 m = data.fullmatch(n)
-                if m and self._exists(m.group(1)):  # the listing lagged behind a fresh commit
-                    continue
+                if m and self._exists(m.group(1)) and (not m.group(2) or self._data_tag(m.group(1)) == m.group(2)):
+                    continue   # the listing lagged behind a fresh commit (that uses this file)
                 self._storage.remove([path])
                 _log.info("removed partial checkpoint file %s", path)
             abort = getattr(self._storage, "abort_stale_uploads", None)

@@ -108,7 +108,7 @@ class CheckpointReader:
     def data_file(self, shard: int) -> str:
         if self.index.data_files is not None:  # a format whose tensors live in a file of another name
             return self.index.data_files[shard]
-        return fmt.data_path(self.prefix, shard, self.index.num_shards)
+        return fmt.data_path(self.prefix, shard, self.index.num_shards, self.index.data_tag)
 
     def check_data_files(self) -> None:
         """Check every data file exists and has the size the index records.

@@ -61,6 +61,7 @@ class SavePlan:
         self.num_shards = 1
         self.shard_sizes = [0]
         self.full_names: dict[int, str] = {}  # node -> a ck.Variable's name (TensorFlow's full_name)
+        self.data_tag: str | None = None     # set by write_plan on storages with per-attempt data names
 
     @property
     def tensors(self) -> list[tuple[fmt.TensorEntry, np.ndarray]]:
@@ -85,8 +86,10 @@ class SavePlan:
             ['0/.ATTRIBUTES/VARIABLE_VALUE']
         """
         table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
-        return fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
-                         graph=self.graph, table=table)
+        index = fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
+                          graph=self.graph, table=table)
+        index.data_tag = self.data_tag
+        return index
 
     def encode_index(self) -> bytes:
         """The index file's bytes (call after writing the data, which fills in the layout).
@@ -447,18 +450,20 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
     n = len(shards)
     plan.num_shards = n
     index_file = fmt.index_path(prefix)
+    # Object stores: this attempt's own data object names (a late request of another attempt cannot reach them)
+    plan.data_tag = fmt.new_data_tag() if getattr(storage, "unique_data_names", False) else None
     overwrite = storage.exists(index_file)
     if overwrite:
         # Overwriting a checkpoint (a re-save after a failed state update, write() to the same path):
         # uncommit it first, so its old index never describes the new data.
-        storage.remove([index_file])
+        remove_index(storage, index_file)
     if n > 1:
         _write_sharded(storage, prefix, plan, shards, progress)
     else:
         _write_one(storage, prefix, plan, progress)
     if overwrite:
         # the old checkpoint may have had another shard count: drop its data files (best effort)
-        keep = {fmt.data_path(prefix, i, n) for i in range(n)} | {index_file}
+        keep = {fmt.data_path(prefix, i, n, plan.data_tag) for i in range(n)} | {index_file}
         try:
             storage.remove([f for f in checkpoint_files(storage, prefix) if f not in keep])
         except Exception:
@@ -466,7 +471,7 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
 
 
 def _write_one(storage, prefix: str, plan: SavePlan, progress) -> None:
-    data = fmt.data_path(prefix, 0, 1)
+    data = fmt.data_path(prefix, 0, 1, plan.data_tag)
     index_file = fmt.index_path(prefix)
     writer = storage.open_writer(data)
     try:
@@ -498,7 +503,7 @@ def _write_sharded(storage, prefix: str, plan: SavePlan, shards: list[list], pro
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(shards)
-    paths = [fmt.data_path(prefix, i, n) for i in range(n)]
+    paths = [fmt.data_path(prefix, i, n, plan.data_tag) for i in range(n)]
     index_file = fmt.index_path(prefix)
     sizes = [0] * n
     committed: list[str] = []
@@ -560,21 +565,67 @@ def _write_sharded(storage, prefix: str, plan: SavePlan, shards: list[list], pro
     _commit_index(storage, index_file, encoded, paths)
 
 
+def remove_index(storage, index_file: str) -> None:
+    """Delete an index as it is now: a DELETE applied late never removes an index written after it.
+
+    Object stores make the DELETE conditional on the object read just before (S3 ``If-Match`` on its
+    ETag, GCS ``ifGenerationMatch``); other storages delete it plainly (their requests never land late).
+
+    Example:
+        >>> from ckptcore.storage import open_storage
+        >>> st, p = open_storage("memory://doc/remove_index/ckpt-1.index")
+        >>> st.write_atomic(p, b"x"); remove_index(st, p); st.exists(p)
+        False
+    """
+    conditional = getattr(storage, "remove_unchanged", None)
+    if conditional is not None:
+        conditional(index_file)
+    else:
+        storage.remove([index_file])
+
+
 def _commit_index(storage, index_file: str, encoded: bytes, data_paths: list[str]) -> None:
     """Write the index: the commit point. On failure remove the index, then the data files.
 
-    On an object store the PUT may have landed although its response was lost, so
-    the index goes first: no index is ever left pointing at missing data.
+    On an object store the PUT may have landed although its response was lost, and a PUT the
+    client gave up on may still land later. So there, a failed commit first checks whether the
+    index it sent is on storage (then the save succeeded); otherwise it removes nothing but a
+    refused attempt's data: the data objects are this attempt's alone (its data tag), and an index
+    of this attempt that lands late must find them (a manager's later save removes them once they
+    are older than its grace period and no index names them).
     """
     try:
         storage.write_atomic(index_file, encoded)
-    except BaseException:
+    except Exception as e:
+        if not getattr(storage, "unique_data_names", False):
+            _remove_after_failed_commit(storage, index_file, data_paths)
+            raise
         try:
-            storage.remove([index_file])
-            storage.remove(data_paths)
+            landed = storage.read_bytes(index_file) == encoded
         except Exception:
-            pass
+            landed = False
+        if landed:   # the PUT was applied, only its response was lost: the checkpoint is committed
+            return
+        from .errors import StoragePermissionError
+
+        if isinstance(e, StoragePermissionError):   # refused: that PUT can never land
+            try:
+                storage.remove(data_paths)
+            except Exception:
+                pass
         raise
+    except BaseException:
+        _remove_after_failed_commit(storage, index_file, data_paths)
+        raise
+
+
+def _remove_after_failed_commit(storage, index_file: str, data_paths: list[str]) -> None:
+    """The index first, so no index is ever left pointing at missing data; best effort."""
+    try:
+        storage.remove([index_file])
+        storage.remove(data_paths)
+    except Exception:
+        pass
 
 
 class _Cancelled(Exception):
@@ -594,7 +645,10 @@ def checkpoint_files(storage, prefix: str) -> list[str]:
     base = storage.basename(prefix)
     out = []
     for name in storage.listdir(d):
-        if name == base + fmt.INDEX_SUFFIX or (name.startswith(base + ".data-")
-                                               and name[len(base) + 6:].replace("-of-", "").isdigit()):
+        if name == base + fmt.INDEX_SUFFIX:
             out.append(storage.join(d, name))
+        elif name.startswith(base + ".data-"):
+            shard, _, tag = name[len(base) + 6:].partition(".")   # tag: a save attempt's (object stores)
+            if shard.replace("-of-", "").isdigit() and (not tag or fmt.is_data_tag(tag)):
+                out.append(storage.join(d, name))
     return out

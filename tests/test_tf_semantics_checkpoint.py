@@ -572,3 +572,18 @@ def test_a_tf_checkpoint_with_the_root_self_edge_leaves_nothing_waiting():
     m.root = other = ck.Module()
     other.v = var(-1.0)
     assert float(other.v) == -1.0
+
+
+def test_a_branch_without_values_that_waits_for_nothing_still_counts_as_saved(tmp_path):
+    # Found by tests/test_status_learned.py: the saved model.x has only a value-less child `a`, which no
+    # longer waits for its object; the live x has a child `0` with a value the checkpoint lacks.
+    src = ck.Module()
+    src.x = ck.Module()
+    src.x.a = ck.Module()
+    path = ck.Checkpoint(model=src).write(str(tmp_path / "c"))
+    model = ck.Module()
+    model.x = [np.zeros(2)]
+    status = ck.Checkpoint(model=model).read(path)
+    with pytest.raises(AssertionError, match="model/x/0"):
+        status.assert_existing_objects_matched()
+    status.expect_partial()

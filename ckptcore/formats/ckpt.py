@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
@@ -36,7 +37,10 @@ from ..errors import CorruptCheckpointError
 from .base import Format
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2, 3)  # 3: version 2 plus sharded tensors (formats/pieces.py)
+# 3: version 2 plus sharded tensors (formats/pieces.py); 4: version 3 plus the index's data_tag
+READABLE_VERSIONS = (1, 2, 3, 4)
+DATA_TAG_VERSION = 4
+_DATA_TAG = re.compile(r"[0-9a-f]{16}")
 MAGIC = b"CKPTIDX1"
 _HEADER = struct.Struct("<8sIIQI4x")  # magic, version, flags, json length, json crc32c, pad -> 32 bytes
 HEADER_SIZE = _HEADER.size
@@ -92,14 +96,41 @@ def index_path(prefix: str) -> str:
     return prefix + INDEX_SUFFIX
 
 
-def data_path(prefix: str, shard: int, num_shards: int) -> str:
-    """Path of data shard ``shard`` of ``num_shards``.
+def data_path(prefix: str, shard: int, num_shards: int, tag: str | None = None) -> str:
+    """Path of data shard ``shard`` of ``num_shards``; ``tag``: the save attempt's (see :func:`new_data_tag`).
 
     Example:
-        >>> data_path("ckpt-3", 0, 2)
-        'ckpt-3.data-00000-of-00002'
+        >>> data_path("ckpt-3", 0, 2), data_path("ckpt-3", 0, 1, "0123456789abcdef")
+        ('ckpt-3.data-00000-of-00002', 'ckpt-3.data-00000-of-00001.0123456789abcdef')
     """
-    return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+    name = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+    return name if tag is None else f"{name}.{tag}"
+
+
+def new_data_tag() -> str:
+    """A fresh per-attempt tag for data object names (16 hex digits), recorded in the index.
+
+    On object stores every save attempt names its data objects with its own tag, so a request of a
+    failed attempt that the server applies late (a clean-up DELETE) can never reach the objects of
+    another attempt that reuses the checkpoint's name (see docs/format.md, "Data tags").
+
+    Example:
+        >>> len(new_data_tag()), is_data_tag(new_data_tag())
+        (16, True)
+    """
+    import secrets
+
+    return secrets.token_hex(8)
+
+
+def is_data_tag(text: str) -> bool:
+    """Whether ``text`` has the form of a data tag.
+
+    Example:
+        >>> is_data_tag("0123456789abcdef"), is_data_tag("00001")
+        (True, False)
+    """
+    return _DATA_TAG.fullmatch(text) is not None
 
 
 ALIGNED_TENSOR_BYTES = 1 << 16  # tensors this big or bigger start at a multiple of ALIGNMENT
@@ -353,6 +384,8 @@ class Index:
     # safetensors file), and by formats that store no per-tensor checksums.
     data_files: list[str] | None = None
     checksummed: bool = True
+    #: The save attempt's tag in the data file names (:func:`new_data_tag`), or None: TF's plain names.
+    data_tag: str | None = None
     # Set by formats with rows that are not raw array bytes (TensorFlow's string tensors): table row ->
     # ``read(reader, row, verify) -> np.ndarray``, which reads, checks and decodes that row's value.
     decoded_rows: dict[int, Any] | None = None
@@ -414,6 +447,8 @@ class Index:
             if self.pieces is not None and len(self.pieces):
                 from .pieces import PIECES_VERSION
                 self.version = max(self.version, PIECES_VERSION)
+            if self.data_tag is not None:
+                self.version = max(self.version, DATA_TAG_VERSION)
             body, columns = _encode_v2(self)
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body + columns
 
@@ -444,8 +479,11 @@ def _nodes_from_columns(g: Graph, t: TensorTable) -> list[Node]:
 
 
 def _head(index: Index) -> str:
-    return _dumps({"format": "ckptcore", "version": index.version, "num_shards": index.num_shards,
-                   "shard_sizes": index.shard_sizes, "metadata": index.metadata})
+    doc = {"format": "ckptcore", "version": index.version, "num_shards": index.num_shards,
+           "shard_sizes": index.shard_sizes, "metadata": index.metadata}
+    if index.data_tag is not None:
+        doc["data_tag"] = index.data_tag
+    return _dumps(doc)
 
 
 def _strs(values) -> str:
@@ -764,8 +802,14 @@ def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
     table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard.tolist(),
                         offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs))
     table._arrays = (shard, offset, nbytes)
-    return Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph, table=table,
-                 pieces=pieces)
+    index = Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph,
+                  table=table, pieces=pieces)
+    tag = doc.get("data_tag") if version >= DATA_TAG_VERSION else None
+    if tag is not None:
+        if type(tag) is not str or not is_data_tag(tag):
+            raise _bad(path, f"data_tag must be 16 hex digits, got {tag!r}")
+        index.data_tag = tag
+    return index
 
 
 def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:

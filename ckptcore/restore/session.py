@@ -405,10 +405,11 @@ class RestoreSession:
                 else:
                     children = live_children(o, adapter, _path(matches, k, path))
                 get = dict(children).get
-                npend = len(pending)
+                absent = 0
                 for name, cid in zip(child_name[a:b], child_id[a:b]):
                     child = get(name)
                     if child is None:
+                        absent += 1
                         # only a subtree with values waits for its object (TF's has_checkpoint_values); an
                         # edge of a node to itself (TF's root self-edge "root") leads to the parent, matched
                         if cid != nid and self._valued_nodes()[cid]:
@@ -426,7 +427,7 @@ class RestoreSession:
                         child_adapter = find_adapter(
                             child, what=f"object {display_path(_path(matches, k, path) + (name,))!r}")
                     add((child, child_adapter, cid, k, name))
-                if len(children) != b - a - (len(pending) - npend) and not self.live_extra:
+                if len(children) != b - a - absent and not self.live_extra:
                     # live children the checkpoint lacks (at the root, names it ignores are fine)
                     self._note_extra_children(children, child_name[a:b], o is root and k == 0)
             elif not self.live_extra and (k or node_id) and not _is_leaf(adapter):

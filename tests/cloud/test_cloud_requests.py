@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -27,7 +28,8 @@ def test_20000_variables_is_a_handful_of_requests_s3(s3, s3_requests):
     assert sum(save_ops.values()) <= 8, save_ops
     assert save_ops["put_object"] == 3          # data, index, state: nothing per variable
     # the commit order on a store without rename: data, then index, then state
-    puts = [key.rsplit("/", 1)[1] for op, key in s3_requests if op in ("put_object", "complete_multipart_upload")]
+    puts = [re.sub(r"\.[0-9a-f]{16}$", "", key.rsplit("/", 1)[1])   # without the data tag
+            for op, key in s3_requests if op in ("put_object", "complete_multipart_upload")]
     assert puts == ["ckpt-1.data-00000-of-00001", "ckpt-1.index", "checkpoint"]
 
     s3_requests.clear()
@@ -75,7 +77,7 @@ def test_large_tensor_uses_parallel_parts_and_ranges_s3(s3, s3_requests, monkeyp
     m2.big = np.zeros_like(big)
     ck.Checkpoint(model=m2).read(path).assert_consumed()
     np.testing.assert_array_equal(m2.big, big)
-    gets = [k for op, k in s3_requests if op == "get_object" and k.endswith(".data-00000-of-00001")]
+    gets = [k for op, k in s3_requests if op == "get_object" and ".data-00000-of-00001" in k]
     assert len(gets) == 5          # five 5 MiB ranges, fetched concurrently
 
 
@@ -96,7 +98,7 @@ def test_read_ahead_spans_tensors_and_partial_reads_are_exact(s3, s3_requests, m
     ck.Checkpoint(model=m2).read(path).assert_consumed()
     for a, b in zip(arrays, m2.t):
         np.testing.assert_array_equal(a, b)
-    gets = [k for op, k in s3_requests if op == "get_object" and k.endswith(".data-00000-of-00001")]
+    gets = [k for op, k in s3_requests if op == "get_object" and ".data-00000-of-00001" in k]
     assert len(gets) == 4          # 14.6 MB in 4 MiB blocks, not one GET per tensor
     r = ck.load_checkpoint(path)
     np.testing.assert_array_equal(r.get_tensor("model/t/7/.ATTRIBUTES/VARIABLE_VALUE"), arrays[7])
@@ -131,7 +133,8 @@ def test_large_object_is_a_parallel_composite_upload_gcs(gcs, gcs_requests, monk
     assert len(composes) == 3        # 41 parts: two first-level composes, then the final one
     fs = gcs.fs()
     fs.invalidate_cache()
-    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{gcs.bucket}/big", detail=False, refresh=True))
+    names = sorted(re.sub(r"\.[0-9a-f]{16}$", "", p.rsplit("/", 1)[1])
+                   for p in fs.ls(f"{gcs.bucket}/big", detail=False, refresh=True))
     assert names == ["ckpt.data-00000-of-00001", "ckpt.index"]      # no temporary object left
     m2 = ck.Module()
     m2.big = np.zeros_like(big)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -46,13 +48,18 @@ def _assert_same(a: ck.Module, b: ck.Module) -> None:
         np.testing.assert_array_equal(x, y)
 
 
+def _untag(name: str) -> str:
+    """An object name without its save attempt's data tag (``.data-00000-of-00001.<16 hex>``, docs/format.md)."""
+    return re.sub(r"(\.data-\d{5}-of-\d{5})\.[0-9a-f]{16}$", r"\1", name)
+
+
 def _names(store, *parts) -> list[str]:
     fs = store.fs()
     fs.invalidate_cache()
     d = "/".join((store.bucket,) + parts)
     if not fs.exists(d):
         return []
-    return sorted(p.rsplit("/", 1)[1] for p in fs.ls(d, detail=False, refresh=True))
+    return sorted(_untag(p.rsplit("/", 1)[1]) for p in fs.ls(d, detail=False, refresh=True))
 
 
 def test_large_checkpoint_is_several_shards_and_round_trips(store):
@@ -80,7 +87,7 @@ def test_every_shard_is_committed_before_the_index_s3(s3, s3_requests):
     src = _model(2)
     s3_requests.clear()
     ck.Checkpoint(model=src).write(s3.url("order", "ckpt"))
-    written = [key.rsplit("/", 1)[1] for op, key in s3_requests
+    written = [_untag(key.rsplit("/", 1)[1]) for op, key in s3_requests
                if op in ("put_object", "complete_multipart_upload")]
     assert written[-1] == "ckpt.index"
     assert sorted(written[:-1]) == [f"ckpt.data-{i:05d}-of-00004" for i in range(4)]
@@ -181,7 +188,7 @@ def test_corrupt_or_missing_shard_is_reported_by_name(s3):
     src = _model(6)
     path = ck.Checkpoint(model=src).write(s3.url("bad", "ckpt"))
     fs = s3.fs()
-    victim = f"{s3.bucket}/bad/ckpt.data-00002-of-00004"
+    victim = next(p for p in fs.ls(f"{s3.bucket}/bad", detail=False, refresh=True) if ".data-00002-of-00004" in p)
     data = bytearray(fs.cat_file(victim))
     data[100] ^= 0xFF
     fs.pipe_file(victim, bytes(data))
