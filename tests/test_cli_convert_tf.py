@@ -118,6 +118,9 @@ def test_to_tensorflow_streams_one_tensor_at_a_time(tmp_path):
     tensors = {f"t{i}": np.full(1 << 18, i, np.float64) for i in range(8)}
     src = ck.Checkpoint(**tensors).write(str(tmp_path / "big"))
     del tensors
+    # first, a small conversion: what is imported on first use (protobuf, typer, rich) is not the conversion's
+    small = ck.Checkpoint(a=np.ones(2)).write(str(tmp_path / "small"))
+    assert main(["convert", small, str(tmp_path / "small-tf"), "--to", "tensorflow", "--no-progress"]) == 0
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
