@@ -300,6 +300,13 @@ def _defines_name(adapter: Any) -> bool:
     return any("name" in vars(k) for k in type(adapter).__mro__ if k is not Adapter)
 
 
+def _overrides(adapter: Any, method: str) -> bool:
+    """True if ``adapter`` has ``method`` of its own: not :class:`Adapter`'s default (duck-typed adapters count)."""
+    if not isinstance(adapter, Adapter):
+        return callable(getattr(adapter, method, None))
+    return any(method in vars(k) for k in type(adapter).__mro__ if k is not Adapter and k is not object)
+
+
 def check_adapter(adapter: Any) -> None:
     """Check an adapter where it is registered: an instance, with a ``name``, only protocol methods.
 
@@ -332,6 +339,12 @@ def check_adapter(adapter: Any) -> None:
                        f"placeholder {Adapter.name!r}, which would make two adapters indistinguishable in "
                        f"checkpoints): give {type(adapter).__qualname__} a `name` attribute, a stable identifier "
                        "such as 'mypackage.mytype'")
+    if _overrides(adapter, "slots") and not (_overrides(adapter, "restore_slot")
+                                              or _overrides(adapter, "restore_slots")):
+        raise _invalid(f"adapter {name!r} defines slots() but neither restore_slot() nor restore_slots(): the slot "
+                       "variables it saves would be read back and dropped at restore without a word; implement "
+                       "restore_slot(obj, variable, name, value) (an adapter that saves slots only for other "
+                       "readers says so with a restore_slot that ignores them)")
     for klass in type(adapter).__mro__:
         if klass is Adapter or klass is object:
             continue

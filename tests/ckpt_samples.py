@@ -50,12 +50,16 @@ def toy_optimizer(adapter_name: str, slot_name: str, slot_value):
         def slots(self, obj):
             return [ck.SlotVariable(variable=obj.w, name=slot_name, value=slot_value)]
 
+        def restore_slot(self, obj, variable, name, value):
+            obj.restored[name] = value
+
         def get_state(self, obj):
             return {"lr": 0.1}
 
     class Optim:
         def __init__(self, w):
             self.w = w
+            self.restored = {}
 
     plugin = ck.register_adapter(Optim, Opt())
     try:
