@@ -126,6 +126,24 @@ def _register_exit_report() -> None:
         atexit.register(_report_uncollected_errors)
 
 
+def _with_root_self_edge(root: Any, extra: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``extra`` with TensorFlow's ``root`` edge of node 0 to itself, where TF puts it.
+
+    ``tf.train.Checkpoint(root=m, **kw)`` records its own dependencies, sorted by name and
+    ``root`` among them, after the root's children and before ``save_counter``. Restores need
+    no such edge (ckptcore's own format has none); written in TensorFlow's format it makes the
+    object graph, and so the files, TensorFlow's to the byte.
+
+    Example:
+        >>> _with_root_self_edge("m", [("b", 1), ("w", 2), ("save_counter", 3)])
+        [('b', 1), ('root', 'm'), ('w', 2), ('save_counter', 3)]
+    """
+    if any(name == "root" for name, _ in extra):
+        return extra
+    own = sorted([e for e in extra if e[0] != "save_counter"] + [("root", root)], key=lambda e: e[0])
+    return own + [e for e in extra if e[0] == "save_counter"]
+
+
 class Checkpoint(Module):
     """Groups trackable objects, saving and restoring them (``tf.train.Checkpoint``).
 
@@ -285,6 +303,8 @@ class Checkpoint(Module):
         self._ck_async.wait()
         storage, spath = open_storage(path, options.storage_options, max_retries=options.max_retries)
         root, extra = self._ck_graph()
+        if self._ck_root is not None and options.format == "tensorflow":
+            extra = _with_root_self_edge(root, extra)
         timer = progress.Timer()
         metadata = dict(index_metadata or {})  # the manager's entries (metrics), then the user's own
         if options.metadata:

@@ -85,3 +85,33 @@ def test_a_failed_tensorflow_save_leaves_no_index(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         ck.Checkpoint(a=ck.Variable(np.ones(2))).write(str(tmp_path / "c"), options=TF)
     assert not (tmp_path / "c.index").exists()
+
+
+def _rooted():
+    """The objects of the golden file tests/fixtures/tf_root_edge (Checkpoint(root=m, w=w)), in ckptcore."""
+    m = ck.Module()
+    m.v = ck.Variable(np.float32(1.0))
+    m.a = ck.Variable(np.float32(3.0))
+    return m, ck.Variable(np.float32(2.0))
+
+
+def test_a_checkpoint_with_root_has_tensorflows_root_self_edge_and_identical_files(tmp_path):
+    m, w = _rooted()
+    path = ck.Checkpoint(root=m, w=w).write(str(tmp_path / "ckpt"), options=TF)
+    golden = os.path.join(os.path.dirname(__file__), "fixtures", "tf_root_edge")
+    for name in ("ckpt.index", "ckpt.data-00000-of-00001"):
+        with open(os.path.join(golden, name), "rb") as f:
+            assert (tmp_path / name).read_bytes() == f.read(), name
+    m2, w2 = ck.Module(), ck.Variable(np.float32(0.0))
+    m2.v, m2.a = ck.Variable(np.float32(0.0)), ck.Variable(np.float32(0.0))
+    ck.Checkpoint(root=m2, w=w2).read(path).assert_consumed()
+    assert (float(m2.v.numpy()), float(m2.a.numpy()), float(w2.numpy())) == (1.0, 3.0, 2.0)
+    assert not ck.has_pending(m2)
+
+
+def test_the_root_self_edge_is_tensorflows_only_not_in_ckptcores_format(tmp_path):
+    m, w = _rooted()
+    path = ck.Checkpoint(root=m, w=w).write(str(tmp_path / "native"))
+    reader = ck.load_checkpoint(path)
+    assert not any(k.startswith("root/") for k in reader.keys())
+    assert [name for name, _ in reader.index.graph.children(0)] == ["v", "a", "w"]
