@@ -310,6 +310,7 @@ class Checkpoint(Module):
         if options.metadata:
             metadata[fmt.USER_METADATA_KEY] = dict(options.metadata)
         fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
+        strings = options.format == "tensorflow"  # its string tensors hold object arrays of bytes
         group = current_group(options)
         if group is not None:  # torch.distributed (or another group): every worker writes its section
             collective_write = fmt_writer.write_collective  # each worker its own data file, one merged index
@@ -321,14 +322,16 @@ class Checkpoint(Module):
                     after_commit()
 
             if not options.enable_async:
-                collective_write(group, storage, spath, lambda: plan_save(root, extra, metadata=metadata or None),
+                collective_write(group, storage, spath,
+                                 lambda: plan_save(root, extra, metadata=metadata or None, strings=strings),
                                  timeout=options.collective_timeout, on_commit=on_commit)
                 return path
             # async: each worker snapshots its own values now; the collective steps and the writes run
             # on the writer thread, over a group of their own (the training's collectives go on meanwhile)
             background = group.background(options.collective_timeout or DEFAULT_TIMEOUT)
             try:
-                snapshot, failure = plan_save(root, extra, snapshot=True, metadata=metadata or None), None
+                snapshot = plan_save(root, extra, snapshot=True, metadata=metadata or None, strings=strings)
+                failure = None
             except BaseException as e:  # noqa: BLE001 -- reported to every worker by the write, raised by sync()
                 snapshot, failure = None, e
 
@@ -343,7 +346,7 @@ class Checkpoint(Module):
         stage = Staging(options.pinned_memory_bytes)  # host memory plugins stage device tensors in, until written
         try:
             with staging_active(stage):
-                plan = plan_save(root, extra, snapshot=options.enable_async, metadata=metadata or None)
+                plan = plan_save(root, extra, snapshot=options.enable_async, metadata=metadata or None, strings=strings)
         except BaseException:
             stage.end()
             raise

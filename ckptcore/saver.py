@@ -124,8 +124,20 @@ def _dtype_info(dtype: np.dtype) -> tuple[str, np.dtype]:
     return info
 
 
-def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
-    """The C-contiguous little-endian array to write and its dtype name. ``where()`` names it in errors."""
+def _string_array(arr: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """An object array of ``bytes`` (a TensorFlow-style string tensor) as ``(arr, "string")``; None otherwise."""
+    flat = arr.reshape(-1)
+    if all(isinstance(e, bytes) for e in flat):
+        return np.array(flat, dtype=object).reshape(arr.shape), fmt.STRING_DTYPE  # a copy: elements as they are now
+    return None
+
+
+def _as_array(value: Any, where, strings: bool = False) -> tuple[np.ndarray, str]:
+    """The C-contiguous little-endian array to write and its dtype name. ``where()`` names it in errors.
+
+    With ``strings`` (a format that stores variable-length strings: TensorFlow's), an object array
+    whose elements are all ``bytes`` is kept as dtype ``"string"``.
+    """
     if isinstance(value, np.ndarray):
         arr = value
     elif type(value) is ShardedValue:  # a multi-worker value: ckptcore.distributed writes its shards
@@ -145,6 +157,19 @@ def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
     info = _DTYPE_INFO.get(arr.dtype)
     if info is not None and info[1] is arr.dtype and arr.flags.c_contiguous:
         return arr, info[0]  # the common case: a supported little-endian dtype, laid out in C order
+    if arr.dtype.kind == "O":
+        found = _string_array(arr) if strings else None
+        if found is not None:
+            return found
+        if strings:
+            raise UnsupportedDtypeError(
+                f"cannot save {where()}: it is an object array ({_object_kinds(arr)}); TensorFlow's string tensors "
+                "hold bytes only: encode the elements first (np.array([s.encode() for s in values], dtype=object))")
+        raise UnsupportedDtypeError(
+            f"cannot save {where()}: it is an object array ({_object_kinds(arr)}); ckptcore's format stores only "
+            "fixed-width arrays (an object array would need pickling to read back). For byte strings of varying "
+            "length save with CheckpointOptions(format='tensorflow') (TensorFlow's string tensors), or convert "
+            "to a fixed-width array first: np.array(values, dtype='S')")
     try:
         name, sd = _dtype_info(arr.dtype)
     except UnsupportedDtypeError as e:
@@ -156,6 +181,11 @@ def _as_array(value: Any, where) -> tuple[np.ndarray, str]:
     return arr, name
 
 
+def _object_kinds(arr: np.ndarray) -> str:
+    kinds = sorted({type(e).__name__ for e in arr.reshape(-1)[:1000]})
+    return "elements of type " + ", ".join(kinds) if kinds else "no elements"
+
+
 def _check_state(state: Any, where: str) -> Any:
     try:
         json.dumps(state, allow_nan=False)
@@ -165,11 +195,13 @@ def _check_state(state: Any, where: str) -> Any:
 
 
 def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *, snapshot: bool = False,
-              metadata: dict | None = None) -> SavePlan:
+              metadata: dict | None = None, strings: bool = False) -> SavePlan:
     """Walk the graph from ``root`` and collect every value to write.
 
     With ``snapshot=True`` each array is copied now, so later mutation of the
-    live objects does not change what an async save writes.
+    live objects does not change what an async save writes. With ``strings=True``
+    (for a format with variable-length strings, TensorFlow's) object arrays of
+    ``bytes`` are planned as dtype ``"string"``; otherwise they are refused.
 
     Example:
         >>> import numpy as np, ckptcore as ck
@@ -177,10 +209,10 @@ def plan_save(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), *,
         0
     """
     with paused_gc():
-        return _plan_save(root, extra_root_children, snapshot, metadata)
+        return _plan_save(root, extra_root_children, snapshot, metadata, strings)
 
 
-def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
+def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> SavePlan:
     # One breadth-first pass over the live graph that builds the index columns directly: node i is
     # the i-th object reached, under its shortest path (ties broken by edge order), as graph.walk
     # orders them; cycles and shared objects are visited once.
@@ -268,7 +300,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
             key_prefix = f"{esc}/{ATTRIBUTES}/"  # as naming.object_key: the root's are "/.ATTRIBUTES/..."
             for attr in attrs:
                 arr, name = _as_array(adapter.get_value(obj, attr),
-                                      lambda: f"{display_path(path_of(i))} ({attr})")  # noqa: B023 -- called at once
+                                      lambda: f"{display_path(path_of(i))} ({attr})",  # noqa: B023 -- called at once
+                                      strings)
                 attr_name.append(attr)
                 keys.append(key_prefix + escape(attr))
                 dtypes.append(name)
@@ -288,7 +321,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata) -> SavePlan:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
         var_path, opt_path = path_of(var_id), path_of(opt_id)
         arr, name = _as_array(slot.value,
-                              lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}")  # noqa: B023
+                              lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}",  # noqa: B023
+                              strings)
         slot_id = len(node_adapter)
         node_adapter.append("ckptcore.slot")
         node_type.append(_qualname(slot.value))

@@ -115,3 +115,35 @@ def test_the_root_self_edge_is_tensorflows_only_not_in_ckptcores_format(tmp_path
     reader = ck.load_checkpoint(path)
     assert not any(k.startswith("root/") for k in reader.keys())
     assert [name for name, _ in reader.index.graph.children(0)] == ["v", "a", "w"]
+
+
+def _strings():
+    return dict(v=ck.Variable(np.array([b"a", b"bc", b""], dtype=object)),
+                m=ck.Variable(np.array([[b"x" * 300], [b"\x00\xff"]], dtype=object)),
+                s=ck.Variable(np.array(b"scalar", dtype=object)))
+
+
+def test_string_variables_are_written_as_tensorflows_string_tensors(tmp_path):
+    # TensorFlow's tf.Variable([b"a", ...]) is a DT_STRING tensor; ckptcore's object arrays of bytes are
+    # written the same, byte for byte (tests/fixtures/tf_strings is TensorFlow's own file)
+    path = ck.Checkpoint(**_strings()).write(str(tmp_path / "ckpt"), options=TF)
+    golden = os.path.join(os.path.dirname(__file__), "fixtures", "tf_strings")
+    for name in ("ckpt.index", "ckpt.data-00000-of-00001"):
+        with open(os.path.join(golden, name), "rb") as f:
+            assert (tmp_path / name).read_bytes() == f.read(), name
+    live = {k: ck.Variable(np.full(v.numpy().shape, b"?", dtype=object)) for k, v in _strings().items()}
+    ck.Checkpoint(**live).read(path).assert_consumed()
+    for k, v in _strings().items():
+        assert live[k].numpy().tolist() == v.numpy().tolist(), k
+
+
+def test_string_variables_are_refused_in_ckptcores_format_naming_the_fix(tmp_path):
+    with pytest.raises(ck.UnsupportedDtypeError, match=r"cannot save v .*object array.*format='tensorflow'"):
+        ck.Checkpoint(v=_strings()["v"]).write(str(tmp_path / "native"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_str_elements_are_refused_in_tensorflows_format_not_silently_turned_into_bytes(tmp_path):
+    with pytest.raises(ck.UnsupportedDtypeError, match=r"cannot save v .*elements of type str.*encode"):
+        ck.Checkpoint(v=np.array(["a", "bc"], dtype=object)).write(str(tmp_path / "s"), options=TF)
+    assert not (tmp_path / "s.index").exists()

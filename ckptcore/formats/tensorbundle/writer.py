@@ -425,7 +425,7 @@ class BundleWriter:
 def check_plan(plan) -> None:
     """Refuse what TensorFlow's format cannot hold, naming it, instead of dropping it."""
     for entry, _ in plan.tensors:
-        if entry.dtype not in DTYPE_NUMBERS:
+        if entry.dtype not in DTYPE_NUMBERS and entry.dtype != STRING:
             raise CheckpointError(f"tensor {entry.key!r} has dtype {entry.dtype}, which TensorFlow checkpoints "
                                   "cannot hold; save it in ckptcore's format (the default)")
 
