@@ -70,7 +70,7 @@ def run_collective(session, group: Group, timeout: float | None = None) -> None:
         array([1.])
     """
     from ..registry import find_adapter
-    from ..restore.session import _LOCK
+    from ..restore.deferred import _LOCK
 
     agree = _Agreement(group, DEFAULT_TIMEOUT if timeout is None else float(timeout))
     session.collective = (group, timeout)  # the status assertions agree too (ckptcore.distributed.status)

@@ -14,6 +14,11 @@ A checkpoint at prefix ``P`` is two kinds of file:
 
 Everything read back is validated before use; nothing is unpickled or evaluated.
 
+This module holds the file layout (paths, header, alignment) and :class:`Index`; the
+graph and tensor-table columns are in :mod:`ckptcore.formats.ckpt_tables` (re-exported
+here), the version-2 body's encoder and validator in :mod:`ckptcore.formats.ckpt_v2`,
+version 1 in :mod:`ckptcore.formats.ckpt_v1`.
+
 Example:
     >>> from ckptcore.formats import ckpt as fmt
     >>> fmt.index_path("/tmp/ckpt-1"), fmt.data_path("/tmp/ckpt-1", 0, 1)
@@ -25,16 +30,17 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass, field
-from itertools import accumulate, chain
-from types import MappingProxyType
 from typing import Any
 
-import numpy as np
-
-from ..dtypes import _BY_NAME, dtype_from_name
+from ..dtypes import dtype_from_name
 from ..errors import CorruptCheckpointError
 from .base import Format
+from .ckpt_tables import FAST_DTYPES, STRING_DTYPE, Graph, Node, TensorEntry, TensorTable, _nodes_from_columns
+
+# The columns and records of an index live in ckpt_tables and are re-exported here (``fmt.Graph``, ...).
+__all__ = ["ALIGNMENT", "FAST_DTYPES", "FORMAT_VERSION", "HEADER_SIZE", "INDEX_SUFFIX", "MAGIC", "STRING_DTYPE",
+           "CkptFormat", "Graph", "Index", "Node", "TensorEntry", "TensorTable", "align", "crc32c", "data_path",
+           "decode_index", "index_path", "is_data_tag", "new_data_tag", "tensor_alignment"]
 
 FORMAT_VERSION = 2
 # 3: version 2 plus sharded tensors (formats/pieces.py); 4: version 3 plus the index's data_tag
@@ -48,12 +54,6 @@ ALIGNMENT = 64
 MAX_INDEX_BYTES = 1 << 31  # 2 GiB of JSON is far beyond any sane graph
 MAX_NDIM = 64
 INDEX_SUFFIX = ".index"
-# stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
-FAST_DTYPES = _BY_NAME
-# TensorFlow's string tensors (formats.tensorbundle): object arrays of bytes, which that format decodes itself.
-# Never on the allowlist: a ckptcore index naming it is refused (dtype_from_name), so none asks for object arrays.
-STRING_DTYPE = "string"
-_OBJECT = np.dtype(object)
 USER_METADATA_KEY = "user"  # the index metadata entry holding the user's own (CheckpointOptions.metadata)
 METRICS_KEY = "metrics"     # the metrics CheckpointManager.save(metrics=...) was given
 
@@ -168,206 +168,6 @@ def align(offset: int) -> int:
     return (offset + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
-@dataclass(slots=True)
-class TensorEntry:
-    """One stored tensor: where it lives and how to check it.
-
-    Example:
-        >>> TensorEntry("k", "float32", (2,), 0, 0, 8, 0).nbytes
-        8
-    """
-
-    key: str
-    dtype: str
-    shape: tuple[int, ...]
-    shard: int
-    offset: int
-    nbytes: int
-    crc32c: int
-
-    @property
-    def np_dtype(self) -> np.dtype:
-        dt = FAST_DTYPES.get(self.dtype)
-        if dt is not None:
-            return dt
-        return _OBJECT if self.dtype == STRING_DTYPE else dtype_from_name(self.dtype)
-
-    def to_json(self) -> dict:
-        return {"key": self.key, "dtype": self.dtype, "shape": list(self.shape), "shard": self.shard,
-                "offset": self.offset, "nbytes": self.nbytes, "crc32c": self.crc32c}
-
-
-@dataclass(slots=True)
-class Node:
-    """One object of the saved graph.
-
-    ``children`` and ``slots`` are read-only sequences: saved and decoded leaves share
-    an empty tuple (fewer objects for the garbage collector with many small arrays).
-
-    Example:
-        >>> Node(adapter="ckptcore.module").children
-        []
-    """
-
-    adapter: str = ""
-    type: str = ""
-    children: list[tuple[str, int]] = field(default_factory=list)
-    attributes: dict[str, TensorEntry] = field(default_factory=dict)
-    state: Any = None
-    slots: list[tuple[int, str, int]] = field(default_factory=list)  # (variable node, slot name, slot node)
-
-    def to_json(self) -> dict:
-        out: dict[str, Any] = {"adapter": self.adapter, "type": self.type,
-                               "children": [[n, c] for n, c in self.children]}
-        if self.attributes:
-            out["attributes"] = {a: e.to_json() for a, e in self.attributes.items()}
-        if self.state is not None:
-            out["state"] = self.state
-        if self.slots:
-            out["slots"] = [{"variable": v, "name": n, "slot": s} for v, n, s in self.slots]
-        return out
-
-
-class Graph:
-    """The saved object graph, column by column: what restore walks.
-
-    Node ``i``'s edges are ``child_name[child_start[i]:child_start[i + 1]]`` (pointing at the
-    nodes in ``child`` at the same positions); its attributes are ``attr_name[a:b]`` with
-    ``a, b = attr_start[i], attr_start[i + 1]``, and attribute ``k`` is tensor ``k`` of the
-    :class:`TensorTable`. ``state`` and ``slots`` map node ids to their state and slot rows.
-
-    Example:
-        >>> g = Index(nodes=[Node(children=[("w", 1)]), Node()], num_shards=1, shard_sizes=[0]).graph
-        >>> g.children(0), g.children(1)
-        ([('w', 1)], [])
-    """
-
-    __slots__ = ("adapter", "type", "child_start", "child_name", "child", "attr_start", "attr_name", "state", "slots")
-
-    def __init__(self, adapter, type, child_start, child_name, child, attr_start, attr_name, state, slots):
-        self.adapter, self.type = adapter, type
-        self.child_start, self.child_name, self.child = child_start, child_name, child
-        self.attr_start, self.attr_name = attr_start, attr_name
-        self.state, self.slots = state, slots
-
-    def __len__(self) -> int:
-        return len(self.adapter)
-
-    def children(self, nid: int) -> list[tuple[str, int]]:
-        """Node ``nid``'s edges as ``(name, node id)`` pairs, in order.
-
-        Example:
-            >>> Graph.from_nodes([Node(children=[("a", 1), ("b", 1)]), Node()]).children(0)
-            [('a', 1), ('b', 1)]
-        """
-        a, b = self.child_start[nid], self.child_start[nid + 1]
-        return list(zip(self.child_name[a:b], self.child[a:b]))
-
-    def attributes(self, nid: int) -> range:
-        """The tensor ids (rows of the table) of node ``nid``'s attributes.
-
-        Example:
-            >>> e = TensorEntry("k", "float32", (1,), 0, 0, 4, 0)
-            >>> list(Graph.from_nodes([Node(), Node(attributes={"VARIABLE_VALUE": e})]).attributes(1))
-            [0]
-        """
-        return range(self.attr_start[nid], self.attr_start[nid + 1])
-
-    @classmethod
-    def from_nodes(cls, nodes: list[Node]) -> Graph:
-        """The columns of a list of :class:`Node` (a version-1 index, or one built by hand).
-
-        Example:
-            >>> len(Graph.from_nodes([Node(), Node()]))
-            2
-        """
-        counts = [len(n.children) for n in nodes]
-        acounts = [len(n.attributes) for n in nodes]
-        return cls([n.adapter for n in nodes], [n.type for n in nodes], [0, *accumulate(counts)],
-                   [name for n in nodes for name, _ in n.children], [c for n in nodes for _, c in n.children],
-                   [0, *accumulate(acounts)], [a for n in nodes for a in n.attributes],
-                   {i: n.state for i, n in enumerate(nodes) if n.state is not None},
-                   {i: list(n.slots) for i, n in enumerate(nodes) if n.slots})
-
-
-class TensorTable:
-    """Every tensor of an index, column by column: row ``t`` is tensor ``t``.
-
-    ``node[t]`` is the node that holds it (a list, or an int64 array in a decoded index).
-    :meth:`entry` builds a :class:`TensorEntry` for one row; :meth:`arrays` gives the layout columns as numpy arrays.
-
-    Example:
-        >>> e = TensorEntry("k", "float32", (2,), 0, 0, 8, 7)
-        >>> TensorTable.from_entries([e], [0]).entry(0) == e
-        True
-    """
-
-    __slots__ = ("key", "dtype", "shape", "shard", "offset", "nbytes", "crc32c", "node", "_arrays")
-
-    def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node):
-        self.key, self.dtype, self.shape = key, dtype, shape
-        self.shard, self.offset, self.nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
-        self._arrays = None
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    def entry(self, t: int) -> TensorEntry:
-        """Row ``t`` as a :class:`TensorEntry` (a new object each call).
-
-        Example:
-            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 9)], [0]).entry(0).offset
-            64
-        """
-        return TensorEntry(self.key[t], self.dtype[t], self.shape[t], self.shard[t], self.offset[t], self.nbytes[t],
-                           self.crc32c[t])
-
-    def entries(self) -> list[TensorEntry]:
-        """Every row as a :class:`TensorEntry`, in order.
-
-        Example:
-            >>> len(TensorTable.from_entries([], []).entries())
-            0
-        """
-        return list(map(TensorEntry, self.key, self.dtype, self.shape, self.shard, self.offset, self.nbytes,
-                        self.crc32c))
-
-    def np_dtype(self, t: int) -> np.dtype:
-        """The numpy dtype of row ``t``.
-
-        Example:
-            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]).np_dtype(0)
-            dtype('int8')
-        """
-        dt = FAST_DTYPES.get(self.dtype[t])
-        if dt is not None:
-            return dt
-        return _OBJECT if self.dtype[t] == STRING_DTYPE else dtype_from_name(self.dtype[t])
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``shard``, ``offset`` and ``nbytes`` as int64 arrays (built once).
-
-        Example:
-            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 0)], [0]).arrays()[1].tolist()
-            [64]
-        """
-        if self._arrays is None:
-            self._arrays = tuple(np.array(c, np.int64) for c in (self.shard, self.offset, self.nbytes))
-        return self._arrays
-
-    @classmethod
-    def from_entries(cls, entries: list[TensorEntry], node: list[int]) -> TensorTable:
-        """The table of ``entries``; ``node[i]`` is the node that holds entry ``i``.
-
-        Example:
-            >>> len(TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]))
-            1
-        """
-        return cls([e.key for e in entries], [e.dtype for e in entries], [tuple(e.shape) for e in entries],
-                   [e.shard for e in entries], [e.offset for e in entries], [e.nbytes for e in entries],
-                   [e.crc32c for e in entries], node)
-
-
 class Index:
     """A parsed index: the object graph plus the data-file layout.
 
@@ -449,7 +249,8 @@ class Index:
                 self.version = max(self.version, PIECES_VERSION)
             if self.data_tag is not None:
                 self.version = max(self.version, DATA_TAG_VERSION)
-            body, columns = _encode_v2(self)
+            from .ckpt_v2 import encode_v2
+            body, columns = encode_v2(self)
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body + columns
 
     def tensors(self):
@@ -465,81 +266,12 @@ class Index:
         return (e for node in self._nodes for e in node.attributes.values())
 
 
-def _nodes_from_columns(g: Graph, t: TensorTable) -> list[Node]:
-    n = len(g)
-    entries = t.entries()
-    cs, as_ = g.child_start, g.attr_start
-    children = [list(zip(g.child_name[cs[i]:cs[i + 1]], g.child[cs[i]:cs[i + 1]])) if cs[i] != cs[i + 1] else ()
-                for i in range(n)]
-    attrs = [dict(zip(g.attr_name[as_[i]:as_[i + 1]], entries[as_[i]:as_[i + 1]])) if as_[i] != as_[i + 1]
-             else _EMPTY_ATTRS for i in range(n)]
-    state = [g.state.get(i) for i in range(n)] if g.state else [None] * n
-    slots = [g.slots.get(i, ()) for i in range(n)] if g.slots else [()] * n
-    return list(map(Node, g.adapter, g.type, children, attrs, state, slots))
-
-
 def _head(index: Index) -> str:
     doc = {"format": "ckptcore", "version": index.version, "num_shards": index.num_shards,
            "shard_sizes": index.shard_sizes, "metadata": index.metadata}
     if index.data_tag is not None:
         doc["data_tag"] = index.data_tag
     return _dumps(doc)
-
-
-def _strs(values) -> str:
-    return ",".join(map(_json_str, values))
-
-
-COLUMN_DTYPES: dict[str, np.dtype] = {t: np.dtype(t) for t in ("<u1", "<u2", "<u4", "<u8")}
-COLUMN_ALIGNMENT = 8
-
-
-class _Columns:
-    """The binary section of a version-2 index: integer columns, each 8-byte aligned."""
-
-    def __init__(self):
-        self.parts: list[bytes] = []
-        self.size = 0
-
-    def ref(self, values) -> str:
-        """Store ``values`` (non-negative integers) in the narrowest unsigned type; the JSON that refers to them."""
-        arr = np.asarray(values, dtype=np.uint64)
-        top = int(arr.max()) if arr.size else 0
-        dt = "<u1" if top < 1 << 8 else "<u2" if top < 1 << 16 else "<u4" if top < 1 << 32 else "<u8"
-        data = arr.astype(dt).tobytes()
-        ref = f'{{"dtype":"{dt}","offset":{self.size},"count":{arr.size}}}'
-        pad = -len(data) % COLUMN_ALIGNMENT
-        self.parts.append(data + bytes(pad))
-        self.size += len(data) + pad
-        return ref
-
-
-def _encode_v2(index: Index) -> tuple[bytes, bytes]:
-    """Version 2: the JSON (names, keys, structure) and the binary integer columns it refers to."""
-    g, t = index.graph, index.table
-    adapters = {a: i for i, a in enumerate(dict.fromkeys(g.adapter))}
-    types = {a: i for i, a in enumerate(dict.fromkeys(g.type))}
-    dtypes = {d: i for i, d in enumerate(dict.fromkeys(t.dtype))}
-    states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
-    slots = [f"[{i},{var},{_json_str(name)},{slot}]" for i in sorted(g.slots) for var, name, slot in g.slots[i]]
-    cs, as_ = np.asarray(g.child_start), np.asarray(g.attr_start)
-    col = _Columns()
-    graph = (f'{{"adapters":[{_strs(adapters)}],"types":[{_strs(types)}],'
-             f'"adapter":{col.ref(list(map(adapters.__getitem__, g.adapter)))},'
-             f'"type":{col.ref(list(map(types.__getitem__, g.type)))},'
-             f'"num_children":{col.ref(np.diff(cs))},"child_name":[{_strs(g.child_name)}],'
-             f'"child":{col.ref(g.child)},"num_attributes":{col.ref(np.diff(as_))},'
-             f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":[{",".join(slots)}]}}')
-    tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs(t.key)}],'
-               f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
-               f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(t.shard)},'
-               f'"offset":{col.ref(t.offset)},"nbytes":{col.ref(t.nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
-    if index.pieces is not None and len(index.pieces):
-        from .pieces import encode_pieces
-        tensors = f'{tensors[:-1]},"pieces":{encode_pieces(index.pieces, t, col)}}}'
-    columns = b"".join(col.parts)
-    head = f'{_head(index)[:-1]},"columns":{{"nbytes":{len(columns)},"crc32c":{crc32c(columns)}}}'
-    return f'{head},"nodes":{graph},"tensors":{tensors}}}'.encode("ascii"), columns
 
 
 _json_str = json.encoder.encode_basestring_ascii  # a string as a JSON literal, exactly as json.dumps writes it
@@ -585,7 +317,8 @@ def decode_index(raw: bytes, path: str) -> Index:
             from .ckpt_v1 import parse_v1
             index = parse_v1(doc, path, version)
         else:
-            index = _parse_doc_v2(doc, path, version, memoryview(raw)[HEADER_SIZE + length:])
+            from .ckpt_v2 import parse_v2
+            index = parse_v2(doc, path, version, memoryview(raw)[HEADER_SIZE + length:])
     except CorruptCheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
@@ -639,252 +372,6 @@ def _str(v: Any, what: str, path: str) -> str:
     if not isinstance(v, str):
         raise _bad(path, f"{what} must be a string, got {type(v).__name__}")
     return v
-
-
-_EMPTY_ATTRS: Any = MappingProxyType({})  # shared by decoded nodes without attributes (read-only)
-_INT = {int}
-
-
-def _column(table: dict, name: str, path: str, n: int | None = None, lo: int = 0, hi: int = 1 << 62,
-            keys: list | None = None) -> list:
-    """``table[name]``: a list of ``n`` integers (not booleans) in ``[lo, hi]``, checked in C-speed passes.
-
-    ``keys``: the tensor keys, for a column with one value per tensor (an error then names the key).
-    """
-    col = table[name]
-    if type(col) is not list:
-        raise _bad(path, f"{name} must be a list")
-    if n is not None and len(col) != n:
-        raise _bad(path, f"{name} has {len(col)} entries, expected {n}")
-    if col and (set(map(type, col)) != _INT or min(col) < lo or max(col) > hi):
-        i, bad = next((i, v) for i, v in enumerate(col) if type(v) is not int or not lo <= v <= hi)
-        if keys is not None:
-            raise CorruptCheckpointError(f"corrupt checkpoint index {path}: tensor {keys[i]!r}: {name} must be an "
-                                         f"integer in [{lo}, {hi}], got {bad!r}", path=path, key=keys[i])
-        raise _bad(path, f"{name} must hold integers in [{lo}, {hi}], got {bad!r}")
-    return col
-
-
-def _binary(table: dict, name: str, path: str, section, n: int | None = None, hi: int = 1 << 62,
-            keys: list | None = None) -> np.ndarray:
-    """The integer column ``table[name]`` refers to: ``n`` values in ``[0, hi]`` read from the binary section.
-
-    ``keys``: the tensor keys, for a column with one value per tensor (an error then names the key).
-    """
-    ref = table[name]
-    if type(ref) is not dict:
-        raise _bad(path, f"{name} must refer to a binary column")
-    dt = COLUMN_DTYPES.get(ref["dtype"]) if type(ref["dtype"]) is str else None
-    if dt is None:
-        raise _bad(path, f"{name} has column type {ref['dtype']!r}; expected one of {sorted(COLUMN_DTYPES)}")
-    offset = _int(ref["offset"], f"{name} offset", path)
-    count = _int(ref["count"], f"{name} count", path)
-    if offset % COLUMN_ALIGNMENT or offset + count * dt.itemsize > len(section):
-        raise _bad(path, f"{name} ({count} values at byte {offset}) lies outside the {len(section)} bytes of binary "
-                         "columns, or is not 8-byte aligned (truncated?)")
-    if n is not None and count != n:
-        raise _bad(path, f"{name} has {count} entries, expected {n}")
-    col = np.frombuffer(section, dt, count, offset)
-    if count and col.max() > hi:
-        i = int(np.flatnonzero(col > hi)[0])
-        if keys is not None:
-            raise CorruptCheckpointError(f"corrupt checkpoint index {path}: tensor {keys[i]!r}: {name} must be an "
-                                         f"integer in [0, {hi}], got {int(col[i])}", path=path, key=keys[i])
-        raise _bad(path, f"{name} must hold integers in [0, {hi}], got {int(col[i])}")
-    return col
-
-
-def _strings(table: dict, name: str, path: str, n: int | None = None) -> list:
-    col = table[name]
-    if type(col) is not list or (col and set(map(type, col)) != {str}):
-        raise _bad(path, f"{name} must be a list of strings")
-    if n is not None and len(col) != n:
-        raise _bad(path, f"{name} has {len(col)} entries, expected {n}")
-    return col
-
-
-def _parse_doc_v2(doc: Any, path: str, version: int, section) -> Index:
-    """Version 2 (columns). Every field is validated before any object is built."""
-    if type(doc) is not dict or doc.get("format") != "ckptcore":
-        raise _bad(path, "not a ckptcore index document")
-    num_shards = _int(doc["num_shards"], "num_shards", path, 1, 1 << 16)
-    sizes = _column(doc, "shard_sizes", path, num_shards)
-    metadata = doc.get("metadata", {})
-    if type(metadata) is not dict:
-        raise _bad(path, "metadata must be an object")
-    g, t, c = doc["nodes"], doc["tensors"], doc["columns"]
-    if type(g) is not dict or type(t) is not dict or type(c) is not dict:
-        raise _bad(path, "nodes, tensors and columns must be objects")
-    if _int(c["nbytes"], "columns nbytes", path) != len(section):
-        raise _bad(path, f"the index records {c['nbytes']} bytes of binary columns but {len(section)} follow "
-                         "(truncated?)")
-    if crc32c(section) != _int(c["crc32c"], "columns crc32c", path, 0, 0xFFFFFFFF):
-        raise _bad(path, "binary column checksum mismatch")
-
-    # -- the graph ------------------------------------------------------------------------
-    adapters, types = _strings(g, "adapters", path), _strings(g, "types", path)
-    node_adapter = _binary(g, "adapter", path, section, None, len(adapters) - 1)
-    n = len(node_adapter)
-    if n == 0:
-        raise _bad(path, "the object graph has no root node")
-    node_type = _binary(g, "type", path, section, n, len(types) - 1)
-    # counts up to 2^30 each: their sums cannot overflow (an index holds fewer than 2^31 nodes)
-    num_children = _binary(g, "num_children", path, section, n, 1 << 30).astype(np.int64)
-    num_attrs = _binary(g, "num_attributes", path, section, n, 1 << 30).astype(np.int64)
-    child_ids = _binary(g, "child", path, section, int(num_children.sum()), n - 1).tolist()
-    child_names = _strings(g, "child_name", path, len(child_ids))
-    attr_names = _strings(g, "attribute", path, int(num_attrs.sum()))
-    states, slot_rows = g["state"], g["slots"]
-    if type(states) is not list or type(slot_rows) is not list:
-        raise _bad(path, "state and slots must be lists")
-
-    # -- the tensor table -------------------------------------------------------------------
-    m = len(attr_names)  # one tensor per attribute, in node order
-    keys = _strings(t, "key", path, m)
-    if len(set(keys)) != m:
-        seen: set[str] = set()
-        dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _bad(path, f"tensor key {dup!r} appears twice")
-    dtype_names = _strings(t, "dtypes", path)
-    dtypes = []
-    for name in dtype_names:
-        try:
-            dtypes.append(FAST_DTYPES.get(name) or dtype_from_name(name))
-        except ValueError as err:
-            raise _bad(path, f"dtype table: {err}") from None
-    dtype_ids = _binary(t, "dtype", path, section, m, len(dtype_names) - 1, keys)
-    ndim = _binary(t, "ndim", path, section, m, MAX_NDIM, keys).astype(np.int64)
-    dims = _binary(t, "dims", path, section, int(ndim.sum())).astype(np.int64)
-    shard = _binary(t, "shard", path, section, m, num_shards - 1, keys).astype(np.int64)
-    offset = _binary(t, "offset", path, section, m, keys=keys).astype(np.int64)
-    nbytes = _binary(t, "nbytes", path, section, m, keys=keys).astype(np.int64)
-    crcs = _binary(t, "crc32c", path, section, m, 0xFFFFFFFF, keys)
-    pieces = None
-    if version >= 3 and "pieces" in t:  # sharded tensors (formats/pieces.py)
-        from .pieces import parse_pieces
-        itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
-        pieces = parse_pieces(t["pieces"], path, section, _binary, keys, itemsize, ndim, dims.tolist(), shard,
-                              offset, nbytes, crcs, sizes, num_shards)
-    if m:
-        _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes,
-                       None if pieces is None else list(pieces.by_row))
-    # -- per-node checks, then the columns restore works on -----------------------------------------
-    child_start = np.concatenate(([0], np.cumsum(num_children))).tolist()
-    for nid in np.flatnonzero(num_children > 1).tolist():
-        names = child_names[child_start[nid]:child_start[nid + 1]]
-        if len(set(names)) != len(names):
-            dup = next(x for i, x in enumerate(names) if x in names[:i])
-            raise _bad(path, f"node {nid} has two children named {dup!r}")
-    attr_start = np.concatenate(([0], np.cumsum(num_attrs))).tolist()
-    for nid in np.flatnonzero(num_attrs > 1).tolist():
-        names = attr_names[attr_start[nid]:attr_start[nid + 1]]
-        if len(set(names)) != len(names):
-            raise _bad(path, f"node {nid} has two attributes of one name")
-    node_state: dict[int, Any] = {}
-    for row in states:
-        if type(row) is not list or len(row) != 2:
-            raise _bad(path, "a state entry must be [node id, value]")
-        nid = _int(row[0], "state node id", path, 0, n - 1)
-        if nid in node_state or row[1] is None:
-            raise _bad(path, f"node {nid} has two states" if nid in node_state else f"node {nid} has a null state")
-        node_state[nid] = row[1]
-    node_slots: dict[int, list] = {}
-    for row in slot_rows:
-        if type(row) is not list or len(row) != 4:
-            raise _bad(path, "a slot entry must be [optimizer node, variable node, name, slot node]")
-        opt = _int(row[0], "slot optimizer", path, 0, n - 1)
-        node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
-                                               _str(row[2], "slot name", path),
-                                               _int(row[3], "slot node", path, 0, n - 1)))
-    shapes = _shapes(ndim, dims)
-    graph = Graph(_gather(adapters, node_adapter), _gather(types, node_type), child_start,
-                  child_names, child_ids, attr_start, attr_names, node_state, node_slots)
-    table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard.tolist(),
-                        offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs))
-    table._arrays = (shard, offset, nbytes)
-    index = Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph,
-                  table=table, pieces=pieces)
-    tag = doc.get("data_tag") if version >= DATA_TAG_VERSION else None
-    if tag is not None:
-        if type(tag) is not str or not is_data_tag(tag):
-            raise _bad(path, f"data_tag must be 16 hex digits, got {tag!r}")
-        index.data_tag = tag
-    return index
-
-
-def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
-    """Each row's shape tuple from the ``ndim`` and flat ``dims`` columns, in numpy passes per rank.
-
-    Equal shapes share one tuple: models repeat a few shapes many times, and a million tuples
-    would be that many more objects for the garbage collector to scan after a restore.
-    """
-    m = len(ndim)
-    if not m:
-        return []
-    starts = np.cumsum(ndim) - ndim
-    out = np.empty(m, object)
-    ranks = np.unique(ndim).tolist()
-    for k in ranks:
-        rows = np.flatnonzero(ndim == k) if len(ranks) > 1 else np.arange(m)
-        if k == 0:
-            out[rows] = np.fromiter([()], object, 1)[np.zeros(len(rows), np.intp)]
-        elif k == 1:
-            uniq, inverse = np.unique(dims[starts[rows]], return_inverse=True)
-            out[rows] = np.fromiter(((d,) for d in uniq.tolist()), object, len(uniq))[inverse]
-        else:
-            uniq, inverse = np.unique(dims[starts[rows, None] + np.arange(k)], axis=0, return_inverse=True)
-            out[rows] = np.fromiter(map(tuple, uniq.tolist()), object, len(uniq))[inverse.reshape(-1)]
-    return out.tolist()
-
-
-def _gather(names: list[str], ids: np.ndarray) -> list[str]:
-    """``[names[i] for i in ids]``, in one numpy pass (the ids are already range-checked)."""
-    table = np.empty(len(names), object)
-    table[:] = names
-    return table[ids].tolist()
-
-
-def _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes, sharded=None) -> None:
-    """Sizes and positions of every tensor, vectorized: ``nbytes`` is ``product(shape) * itemsize``
-    (no shape of 2^62 bytes or more), and each tensor lies inside its data file (``sharded``: rows
-    stored as pieces, whose positions formats.pieces checks instead)."""
-    ndim_a = np.asarray(ndim, np.int64)
-    itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
-    if len(dims):
-        dims_a = np.asarray(dims, np.int64)
-        starts = np.cumsum(ndim_a) - ndim_a
-        has = ndim_a > 0
-        # the size in bits of each shape first (zero dimensions count as 1), so that no product overflows
-        log2 = np.log2(np.maximum(dims_a, 1).astype(np.float64))
-        bits = np.zeros(len(ndim), np.float64)
-        bits[has] = np.add.reduceat(log2, starts[has])
-        bits += np.log2(np.maximum(itemsize, 1))
-        huge = np.flatnonzero(bits >= 61.9)
-        if huge.size:
-            i = int(huge[0])
-            raise CorruptCheckpointError(f"corrupt checkpoint index {path}: tensor {keys[i]!r} has an impossible "
-                                         f"shape {tuple(int(d) for d in dims[starts[i]:starts[i] + ndim[i]])}",
-                                         path=path, key=keys[i])
-        elems = np.ones(len(ndim), np.int64)
-        elems[has] = np.multiply.reduceat(dims_a, starts[has])
-    else:
-        elems = np.ones(len(ndim), np.int64)
-    nbytes_a = np.array(nbytes, np.int64)
-    wrong = np.flatnonzero(elems * itemsize != nbytes_a)
-    if wrong.size:
-        i = int(wrong[0])
-        raise CorruptCheckpointError(
-            f"corrupt checkpoint index {path}: tensor {keys[i]!r} has {int(elems[i])} elements of "
-            f"{int(itemsize[i])} bytes but records {int(nbytes[i])} bytes", path=path, key=keys[i])
-    ends = np.array(offset, np.int64) + nbytes_a
-    if sharded:
-        ends[np.asarray(sharded, np.int64)] = 0
-    past = np.flatnonzero(ends > np.array(sizes, np.int64)[np.array(shard, np.int64)])
-    if past.size:
-        i = int(past[0])
-        raise CorruptCheckpointError(
-            f"corrupt checkpoint index {path}: tensor {keys[i]!r} extends past the end of its data file",
-            path=path, key=keys[i])
 
 
 class CkptFormat(Format):

@@ -96,7 +96,7 @@ def parse_pieces(doc, path: str, section, binary, keys, itemsize, ndim, dims, sh
     Every piece lies inside its data file and inside its tensor; its size is its extent's
     volume times the item size; the pieces of one tensor do not overlap and together cover it
     exactly; a sharded tensor's own row records ``shard = offset = crc32c = 0`` and its global size.
-    ``binary(table, name, path, section, n, hi)`` reads one binary column (``ckpt._binary``).
+    ``binary(table, name, path, section, n, hi)`` reads one binary column (``ckpt_v2._binary``).
     """
     def bad(msg):
         return CorruptCheckpointError(f"corrupt checkpoint index {path}: {msg}", path=path)

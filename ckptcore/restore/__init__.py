@@ -3,6 +3,10 @@
 - :mod:`ckptcore.restore.session`: the :class:`RestoreSession` that walks the saved graph beside
   the live one, checks and reads values in place, and queues values for objects that do not exist
   yet (restore-on-create).
+- :mod:`ckptcore.restore.deferred`: the tables of those queued values and
+  :func:`notify_dependency_added`, which fills them when the objects appear.
+- :mod:`ckptcore.restore.values`: the checks and messages of restore planning, aliasing, state setters.
+- :mod:`ckptcore.restore.slots`: optimizer slots read in the same planned pass.
 - :mod:`ckptcore.restore.status`: :class:`LoadStatus` and :class:`InitializationOnlyStatus`, the
   objects ``restore()`` returns, with TF's assertions.
 

@@ -21,8 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
-import threading
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -32,216 +30,41 @@ from typing import Any
 import numpy as np
 
 from .._perf import paused_gc
-from ..adapters import Adapter
 from ..builtin.numpy_adapters import NumpyArrayAdapter
 from ..distributed.shards import ShardBuffer
-from ..dtypes import storage_dtype
-from ..errors import AdapterStateError, CheckpointError, DtypeMismatchError, PartialRestoreWarning, ShapeMismatchError
+from ..errors import CheckpointError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..graph import _is_leaf_adapter as _is_leaf
 from ..graph import live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
+from . import deferred as _deferred
+from .deferred import (
+    _LOCK,
+    _PENDING,
+    _SLOT_UPDATE_UID,
+    _UPDATE_UID,
+    _WAITING_UIDS,
+    WeakIdTable,
+    _ref,
+    _Strong,
+    has_pending,
+    notify_dependency_added,
+    pending_count,
+)
 from .slots import plan_slot_reads
+from .values import (
+    _keeps_default_attributes,
+    _path,
+    _spec_error,
+    _state_error,
+    _state_setter,
+    _summary,
+    _unalias,
+)
 
 __all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
-
-_LOCK = threading.RLock()
-MAX_LISTED = 5
-
-
-class _Strong:
-    """Stand-in for a weakref to an object that cannot be weakly referenced."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __call__(self):
-        return self.obj
-
-
-def _ref(obj, callback=None):
-    try:
-        return weakref.ref(obj, callback) if callback else weakref.ref(obj)
-    except TypeError:
-        return _Strong(obj)
-
-
-class WeakIdTable:
-    """A mapping keyed by object identity that never keeps its keys alive.
-
-    Works for unhashable objects (numpy arrays); objects that cannot be weakly
-    referenced are held strongly.
-
-    Example:
-        >>> import numpy as np
-        >>> t = WeakIdTable(); a = np.zeros(1); t[a] = 1
-        >>> t.get(a), len(t)
-        (1, 1)
-        >>> del a; len(t)
-        0
-    """
-
-    def __init__(self):
-        self._d: dict[int, tuple[Any, Any]] = {}
-        selfref = weakref.ref(self)
-
-        def remove(r):  # one callback for all keys: each KeyedRef carries its key
-            table = selfref()
-            if table is not None:
-                entry = table._d.get(r.key)
-                if entry is not None and entry[0] is r:
-                    del table._d[r.key]
-        self._remove = remove
-
-    def __setitem__(self, obj, value) -> None:
-        self.put(obj, value)
-
-    def put(self, obj, value):
-        """``self[obj] = value``; returns the (weak) reference to ``obj`` the table holds."""
-        key = id(obj)
-        entry = self._d.get(key)
-        if entry is not None and entry[0]() is obj:
-            self._d[key] = (entry[0], value)
-            return entry[0]
-        try:
-            ref = weakref.KeyedRef(obj, self._remove, key)
-        except TypeError:
-            ref = _Strong(obj)
-        self._d[key] = (ref, value)
-        return ref
-
-    def get(self, obj, default=None):
-        entry = self._d.get(id(obj))
-        if entry is not None and entry[0]() is obj:
-            return entry[1]
-        return default
-
-    def __contains__(self, obj) -> bool:
-        entry = self._d.get(id(obj))
-        return entry is not None and entry[0]() is obj
-
-    def pop(self, obj, default=None):
-        entry = self._d.get(id(obj))
-        if entry is not None and entry[0]() is obj:
-            del self._d[id(obj)]
-            return entry[1]
-        return default
-
-    def __len__(self) -> int:
-        return sum(1 for r, _ in list(self._d.values()) if r() is not None)  # callbacks may mutate _d
-
-
-# How many dependencies were announced (notify_dependency_added) so far: a restore remembers it, and a
-# status assertion trusts what the restore saw of the live graph only while no new one was announced.
-_CHANGES = 0
-
-# parent object -> {child name: [(session, checkpoint node id, path), ...]}: every restore that waits for
-# that dependency, as TF's _deferred_dependencies (name -> list of CheckpointPositions)
-_PENDING = WeakIdTable()
-# Restores are numbered (TF's restore_uid). While an older restore still waits for objects, a newer one
-# records here, per live object it assigned values to, its number (TF's _update_uid): when the older one's
-# wait ends it matches those objects (its status completes) but does not overwrite the newer values.
-_UIDS = itertools.count(1)
-_UPDATE_UID = WeakIdTable()
-# The same per optimizer slot, as TF gives each slot variable its own _update_uid:
-# optimizer -> {(id(variable), slot name): (weak reference to the variable, restore number)}
-_SLOT_UPDATE_UID = WeakIdTable()
-_WAITING_UIDS: dict[int, int] = {}   # restore number -> how many of its values wait in _PENDING (an upper bound)
-
-
-def _forget_waiting(uid: int, n: int = 1) -> None:
-    left = _WAITING_UIDS.get(uid, 0) - n
-    if left > 0:
-        _WAITING_UIDS[uid] = left
-    else:
-        _WAITING_UIDS.pop(uid, None)
-    if not _WAITING_UIDS:
-        _UPDATE_UID._d.clear()   # no older restore can resume: nothing to protect
-        _SLOT_UPDATE_UID._d.clear()
-
-
-def pending_count() -> int:
-    """How many live parents have queued (deferred) restores. For tests and debugging.
-
-    Example:
-        >>> pending_count() >= 0
-        True
-    """
-    with _LOCK:
-        return len(_PENDING)
-
-
-def has_pending(parent: Any) -> bool:
-    """Whether a restore queued values for dependencies ``parent`` does not have yet.
-
-    Adapters whose creation hooks must compute children before calling
-    :func:`notify_dependency_added` can skip that work when this is False.
-
-    Example:
-        >>> import numpy as np, ckptcore as ck
-        >>> src = ck.Module(); src.w = np.ones(2)
-        >>> path = ck.Checkpoint(m=src).write("memory://doc/has_pending/c")
-        >>> dst = ck.Module(); status = ck.Checkpoint(m=dst).read(path)
-        >>> ck.has_pending(dst)
-        True
-        >>> dst.w = np.zeros(2); ck.has_pending(dst)
-        False
-    """
-    if not _PENDING._d:
-        return False
-    with _LOCK:
-        return bool(_PENDING.get(parent))
-
-
-def notify_dependency_added(parent: Any, name: str, child: Any) -> None:
-    """Tell ckptcore that ``parent`` gained the dependency ``name`` -> ``child``.
-
-    If a restore queued a value for that edge, ``child`` (and its subtree)
-    receives it now. Adapters call this from whatever hook their framework
-    offers; ``ck.Module`` and the tracked containers call it on assignment.
-    Cheap when nothing is queued.
-
-    Example:
-        >>> import ckptcore as ck
-        >>> ck.notify_dependency_added(ck.Module(), "w", ck.Variable(0.0))
-    """
-    global _CHANGES
-    _CHANGES += 1  # the live graph changed: status assertions look at it again (see LoadStatus)
-    if not len(_PENDING._d):
-        return
-    with _LOCK:
-        waiting = _PENDING.get(parent)
-        if not waiting:
-            return
-        items = waiting.get(str(name))
-        if not items:
-            return
-        if adapter_or_none(child) is None:
-            return
-        del waiting[str(name)]
-        if not waiting:
-            _PENDING.pop(parent)
-        # As TF's _handle_deferred_dependencies: the newest restore first; an older one then matches the
-        # objects the newer one filled without overwriting them (_UPDATE_UID), and fills the rest.
-        items = sorted(items, key=lambda it: it[0].uid, reverse=True)
-        done = 0
-        try:
-            for session, node_id, path in items:
-                session.restore_subtree(child, node_id, path)
-                _forget_waiting(session.uid)
-                done += 1
-        except BaseException:
-            # Leave the rest queued: a later, correct object may still come.
-            w = _PENDING.get(parent)
-            if w is None:
-                w = {}
-                _PENDING[parent] = w
-            w.setdefault(str(name), []).extend(items[done:])
-            raise
 
 
 class RestoreSession:
@@ -258,7 +81,7 @@ class RestoreSession:
     def __init__(self, reader, root, extra_root_children=(), *, ignore_live_names: Iterable[str] = (),
                  verify: bool = True):
         self.reader = reader
-        self.uid = next(_UIDS)   # TF's restore_uid: later restores have larger numbers
+        self.uid = next(_deferred._UIDS)   # TF's restore_uid: later restores have larger numbers
         if is_flat(reader.index):  # safetensors, TF1: names are object paths, maybe below the root's one child
             reader.index = fit_to_live_root(reader.index, _top_names(root, extra_root_children))
             ignore_live_names = {*ignore_live_names, "save_counter"}
@@ -365,7 +188,7 @@ class RestoreSession:
                 if guard:  # an older restore waits: guard our values
                     self._record_update_uid(matches, shadowed)
                 del matches, pending  # gone before the collector runs again
-            self.changes_seen = _CHANGES
+            self.changes_seen = _deferred._CHANGES
             if slot_reads is not None:
                 slot_reads.finish()  # each optimizer's slots in one call, before its set_state
                 if guard:
@@ -686,7 +509,7 @@ class RestoreSession:
         none was announced since the last restore step. Otherwise :meth:`unmatched_live_paths`
         walks the live graph.
         """
-        return (not self.live_extra and self.changes_seen == _CHANGES and self.root() is not None
+        return (not self.live_extra and self.changes_seen == _deferred._CHANGES and self.root() is not None
                 and all(getattr(t, "announces_changes", False) for t in self.matched_adapters))
 
     def unmatched_live_paths(self) -> list[str]:
@@ -727,96 +550,3 @@ def _top_names(root, extra_root_children) -> list[str]:
     """The names of the live root's children, ``save_counter`` aside (matching a flat checkpoint)."""
     names = [n for n, _ in live_children(root, find_adapter(root), (), list(extra_root_children))]
     return [n for n in names if n != "save_counter"]
-
-
-_DEFAULT_ATTRS: dict[type, bool] = {}
-
-
-def _keeps_default_attributes(adapter) -> bool:
-    """Whether ``adapter`` keeps ``Adapter.attributes`` (never any attribute): cached per class."""
-    cls = type(adapter)
-    keeps = _DEFAULT_ATTRS.get(cls)
-    if keeps is None:
-        keeps = _DEFAULT_ATTRS[cls] = getattr(cls, "attributes", None) is Adapter.attributes
-    return keeps
-
-
-def _unalias(dests: list, callbacks: list) -> None:
-    """Give every read its own destination memory (in place on the parallel lists).
-
-    One live object matched to two checkpoint nodes (or two views of one
-    buffer) would otherwise receive two tensors in one pass, and the reader,
-    which checks each tensor's checksum after filling its destination, would
-    see the second overwrite the first. Overlapping reads get a fresh array;
-    their setters copy it in.
-    """
-    live = [d for d in dests if d is not None]
-    if len(set(map(id, live))) == len(live) and all(d.base is None for d in live):
-        return  # distinct arrays that each own their memory (no base) cannot overlap
-    spans = []
-    for i, dest in enumerate(dests):
-        if dest is not None and dest.nbytes:
-            start = dest.__array_interface__["data"][0]
-            spans.append((start, start + dest.nbytes, i))
-    if len(spans) > 1:
-        spans.sort()
-        end = -1
-        for start, stop, i in spans:
-            if start < end:
-                # a read without a callback fills its live array in place (the inlined numpy adapter):
-                # it now reads into a fresh array, copied into the live one as set_value would
-                if callbacks[i] is None:
-                    callbacks[i] = partial(_fill, dests[i])
-                dests[i] = None
-            else:
-                end = stop
-
-
-def _fill(dest: np.ndarray, value: np.ndarray) -> None:
-    dest[...] = value
-
-
-def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
-    """The error for a live spec that does not match ``entry``, or None if it matches after all."""
-    where = display_path(path)
-    shape = tuple(int(d) for d in shape)
-    if shape != tuple(entry.shape):
-        return ShapeMismatchError(
-            f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
-            f"the live object has {shape}. Build the object with the checkpoint's shape, or restore "
-            "a checkpoint made for this model.")
-    if storage_dtype(np.dtype(dtype)) != entry.np_dtype:  # byte order alone is not a mismatch
-        return DtypeMismatchError(
-            f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
-            f"the live object has {np.dtype(dtype).name}.")
-    return None
-
-
-def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
-    """The path of ``matches[k]`` (see ``RestoreSession._match``), below ``base``, the first match's."""
-    names = []
-    while k > 0:
-        m = matches[k]
-        names.append(m[4])
-        k = m[3]
-    return base + tuple(reversed(names))
-
-
-def _state_setter(adapter, obj, state, where: str):
-    def assign():
-        try:
-            adapter.set_state(obj, state)
-        except Exception as e:
-            raise _state_error(adapter, where, "restoring its saved state failed", e) from e
-    return assign
-
-
-def _state_error(adapter, where: str, what: str, e: Exception) -> AdapterStateError:
-    name = getattr(adapter, "name", type(adapter).__name__)
-    return AdapterStateError(f"cannot restore {where}: {what} (adapter {name!r}): {type(e).__name__}: {e}")
-
-
-def _summary(kind: str, items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_LISTED])
-    more = f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
-    return f"{len(items)} {kind}: {shown}{more}"

@@ -141,7 +141,7 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             return got + [(o, None) for o in prev if all(o is not g[0] for g in got)] if prev else got
         return [(o, None) for o in live(nid)]
 
-    from .session import _SLOT_UPDATE_UID
+    from .deferred import _SLOT_UPDATE_UID
 
     newer, uid = (_SLOT_UPDATE_UID if _SLOT_UPDATE_UID._d else None), session.uid
     cache: dict[int, list] = {}

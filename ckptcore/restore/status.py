@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from ..errors import AssertionFailedError
-from .session import RestoreSession, _summary
+from .session import RestoreSession
+from .values import _summary
 
 __all__ = ["LoadStatus", "InitializationOnlyStatus"]
 

@@ -1,0 +1,248 @@
+"""The columns of a ckptcore index: the saved object graph and the tensor table.
+
+:class:`Graph` (nodes, edges, attribute names) and :class:`TensorTable` (one row per
+tensor) are what restore walks; :class:`Node` and :class:`TensorEntry` are the
+per-object records an index is built from when saving and that version 1 stores.
+:mod:`ckptcore.formats.ckpt` re-exports all four; the file layout is there.
+
+Example:
+    >>> from ckptcore.formats import ckpt as fmt
+    >>> e = fmt.TensorEntry("m/w", "float32", (2,), 0, 0, 8, 0)
+    >>> g = fmt.Graph.from_nodes([fmt.Node(children=[("w", 1)]), fmt.Node(attributes={"VARIABLE_VALUE": e})])
+    >>> g.children(0), list(g.attributes(1))
+    ([('w', 1)], [0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import accumulate
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import _BY_NAME, dtype_from_name
+
+__all__ = ["FAST_DTYPES", "STRING_DTYPE", "Graph", "Node", "TensorEntry", "TensorTable"]
+
+# stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
+FAST_DTYPES = _BY_NAME
+# TensorFlow's string tensors (formats.tensorbundle): object arrays of bytes, which that format decodes itself.
+# Never on the allowlist: a ckptcore index naming it is refused (dtype_from_name), so none asks for object arrays.
+STRING_DTYPE = "string"
+_OBJECT = np.dtype(object)
+_EMPTY_ATTRS: Any = MappingProxyType({})  # shared by decoded nodes without attributes (read-only)
+
+
+@dataclass(slots=True)
+class TensorEntry:
+    """One stored tensor: where it lives and how to check it.
+
+    Example:
+        >>> TensorEntry("k", "float32", (2,), 0, 0, 8, 0).nbytes
+        8
+    """
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard: int
+    offset: int
+    nbytes: int
+    crc32c: int
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        dt = FAST_DTYPES.get(self.dtype)
+        if dt is not None:
+            return dt
+        return _OBJECT if self.dtype == STRING_DTYPE else dtype_from_name(self.dtype)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "dtype": self.dtype, "shape": list(self.shape), "shard": self.shard,
+                "offset": self.offset, "nbytes": self.nbytes, "crc32c": self.crc32c}
+
+
+@dataclass(slots=True)
+class Node:
+    """One object of the saved graph.
+
+    ``children`` and ``slots`` are read-only sequences: saved and decoded leaves share
+    an empty tuple (fewer objects for the garbage collector with many small arrays).
+
+    Example:
+        >>> Node(adapter="ckptcore.module").children
+        []
+    """
+
+    adapter: str = ""
+    type: str = ""
+    children: list[tuple[str, int]] = field(default_factory=list)
+    attributes: dict[str, TensorEntry] = field(default_factory=dict)
+    state: Any = None
+    slots: list[tuple[int, str, int]] = field(default_factory=list)  # (variable node, slot name, slot node)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"adapter": self.adapter, "type": self.type,
+                               "children": [[n, c] for n, c in self.children]}
+        if self.attributes:
+            out["attributes"] = {a: e.to_json() for a, e in self.attributes.items()}
+        if self.state is not None:
+            out["state"] = self.state
+        if self.slots:
+            out["slots"] = [{"variable": v, "name": n, "slot": s} for v, n, s in self.slots]
+        return out
+
+
+class Graph:
+    """The saved object graph, column by column: what restore walks.
+
+    Node ``i``'s edges are ``child_name[child_start[i]:child_start[i + 1]]`` (pointing at the
+    nodes in ``child`` at the same positions); its attributes are ``attr_name[a:b]`` with
+    ``a, b = attr_start[i], attr_start[i + 1]``, and attribute ``k`` is tensor ``k`` of the
+    :class:`TensorTable`. ``state`` and ``slots`` map node ids to their state and slot rows.
+
+    Example:
+        >>> g = Graph.from_nodes([Node(children=[("w", 1)]), Node()])
+        >>> g.children(0), g.children(1)
+        ([('w', 1)], [])
+    """
+
+    __slots__ = ("adapter", "type", "child_start", "child_name", "child", "attr_start", "attr_name", "state", "slots")
+
+    def __init__(self, adapter, type, child_start, child_name, child, attr_start, attr_name, state, slots):
+        self.adapter, self.type = adapter, type
+        self.child_start, self.child_name, self.child = child_start, child_name, child
+        self.attr_start, self.attr_name = attr_start, attr_name
+        self.state, self.slots = state, slots
+
+    def __len__(self) -> int:
+        return len(self.adapter)
+
+    def children(self, nid: int) -> list[tuple[str, int]]:
+        """Node ``nid``'s edges as ``(name, node id)`` pairs, in order.
+
+        Example:
+            >>> Graph.from_nodes([Node(children=[("a", 1), ("b", 1)]), Node()]).children(0)
+            [('a', 1), ('b', 1)]
+        """
+        a, b = self.child_start[nid], self.child_start[nid + 1]
+        return list(zip(self.child_name[a:b], self.child[a:b]))
+
+    def attributes(self, nid: int) -> range:
+        """The tensor ids (rows of the table) of node ``nid``'s attributes.
+
+        Example:
+            >>> e = TensorEntry("k", "float32", (1,), 0, 0, 4, 0)
+            >>> list(Graph.from_nodes([Node(), Node(attributes={"VARIABLE_VALUE": e})]).attributes(1))
+            [0]
+        """
+        return range(self.attr_start[nid], self.attr_start[nid + 1])
+
+    @classmethod
+    def from_nodes(cls, nodes: list[Node]) -> Graph:
+        """The columns of a list of :class:`Node` (a version-1 index, or one built by hand).
+
+        Example:
+            >>> len(Graph.from_nodes([Node(), Node()]))
+            2
+        """
+        counts = [len(n.children) for n in nodes]
+        acounts = [len(n.attributes) for n in nodes]
+        return cls([n.adapter for n in nodes], [n.type for n in nodes], [0, *accumulate(counts)],
+                   [name for n in nodes for name, _ in n.children], [c for n in nodes for _, c in n.children],
+                   [0, *accumulate(acounts)], [a for n in nodes for a in n.attributes],
+                   {i: n.state for i, n in enumerate(nodes) if n.state is not None},
+                   {i: list(n.slots) for i, n in enumerate(nodes) if n.slots})
+
+
+class TensorTable:
+    """Every tensor of an index, column by column: row ``t`` is tensor ``t``.
+
+    ``node[t]`` is the node that holds it (a list, or an int64 array in a decoded index).
+    :meth:`entry` builds a :class:`TensorEntry` for one row; :meth:`arrays` gives the layout columns as numpy arrays.
+
+    Example:
+        >>> e = TensorEntry("k", "float32", (2,), 0, 0, 8, 7)
+        >>> TensorTable.from_entries([e], [0]).entry(0) == e
+        True
+    """
+
+    __slots__ = ("key", "dtype", "shape", "shard", "offset", "nbytes", "crc32c", "node", "_arrays")
+
+    def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node):
+        self.key, self.dtype, self.shape = key, dtype, shape
+        self.shard, self.offset, self.nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
+        self._arrays = None
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def entry(self, t: int) -> TensorEntry:
+        """Row ``t`` as a :class:`TensorEntry` (a new object each call).
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 9)], [0]).entry(0).offset
+            64
+        """
+        return TensorEntry(self.key[t], self.dtype[t], self.shape[t], self.shard[t], self.offset[t], self.nbytes[t],
+                           self.crc32c[t])
+
+    def entries(self) -> list[TensorEntry]:
+        """Every row as a :class:`TensorEntry`, in order.
+
+        Example:
+            >>> len(TensorTable.from_entries([], []).entries())
+            0
+        """
+        return list(map(TensorEntry, self.key, self.dtype, self.shape, self.shard, self.offset, self.nbytes,
+                        self.crc32c))
+
+    def np_dtype(self, t: int) -> np.dtype:
+        """The numpy dtype of row ``t``.
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]).np_dtype(0)
+            dtype('int8')
+        """
+        dt = FAST_DTYPES.get(self.dtype[t])
+        if dt is not None:
+            return dt
+        return _OBJECT if self.dtype[t] == STRING_DTYPE else dtype_from_name(self.dtype[t])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``shard``, ``offset`` and ``nbytes`` as int64 arrays (built once).
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 0)], [0]).arrays()[1].tolist()
+            [64]
+        """
+        if self._arrays is None:
+            self._arrays = tuple(np.array(c, np.int64) for c in (self.shard, self.offset, self.nbytes))
+        return self._arrays
+
+    @classmethod
+    def from_entries(cls, entries: list[TensorEntry], node: list[int]) -> TensorTable:
+        """The table of ``entries``; ``node[i]`` is the node that holds entry ``i``.
+
+        Example:
+            >>> len(TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]))
+            1
+        """
+        return cls([e.key for e in entries], [e.dtype for e in entries], [tuple(e.shape) for e in entries],
+                   [e.shard for e in entries], [e.offset for e in entries], [e.nbytes for e in entries],
+                   [e.crc32c for e in entries], node)
+
+
+def _nodes_from_columns(g: Graph, t: TensorTable) -> list[Node]:
+    n = len(g)
+    entries = t.entries()
+    cs, as_ = g.child_start, g.attr_start
+    children = [list(zip(g.child_name[cs[i]:cs[i + 1]], g.child[cs[i]:cs[i + 1]])) if cs[i] != cs[i + 1] else ()
+                for i in range(n)]
+    attrs = [dict(zip(g.attr_name[as_[i]:as_[i + 1]], entries[as_[i]:as_[i + 1]])) if as_[i] != as_[i + 1]
+             else _EMPTY_ATTRS for i in range(n)]
+    state = [g.state.get(i) for i in range(n)] if g.state else [None] * n
+    slots = [g.slots.get(i, ()) for i in range(n)] if g.slots else [()] * n
+    return list(map(Node, g.adapter, g.type, children, attrs, state, slots))

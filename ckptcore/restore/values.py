@@ -1,0 +1,119 @@
+"""Helpers of restore planning: value checks and their messages, aliasing, adapter state.
+
+:meth:`ckptcore.restore.session.RestoreSession._plan_values` checks every value against its
+live object before anything is assigned; the checks that fail build their messages here,
+off the common path. :func:`_unalias` gives each read its own memory.
+
+Example:
+    >>> import numpy as np
+    >>> a = np.zeros(4); dests, cbs = [a, a[2:]], [None, None]
+    >>> _unalias(dests, cbs); dests[1] is None, cbs[1] is not None
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from ..adapters import Adapter
+from ..dtypes import storage_dtype
+from ..errors import AdapterStateError, CheckpointError, DtypeMismatchError, ShapeMismatchError
+from ..formats import ckpt as fmt
+from ..naming import display_path
+
+MAX_LISTED = 5
+
+
+_DEFAULT_ATTRS: dict[type, bool] = {}
+
+
+def _keeps_default_attributes(adapter) -> bool:
+    """Whether ``adapter`` keeps ``Adapter.attributes`` (never any attribute): cached per class."""
+    cls = type(adapter)
+    keeps = _DEFAULT_ATTRS.get(cls)
+    if keeps is None:
+        keeps = _DEFAULT_ATTRS[cls] = getattr(cls, "attributes", None) is Adapter.attributes
+    return keeps
+
+
+def _unalias(dests: list, callbacks: list) -> None:
+    """Give every read its own destination memory (in place on the parallel lists).
+
+    One live object matched to two checkpoint nodes (or two views of one
+    buffer) would otherwise receive two tensors in one pass, and the reader,
+    which checks each tensor's checksum after filling its destination, would
+    see the second overwrite the first. Overlapping reads get a fresh array;
+    their setters copy it in.
+    """
+    live = [d for d in dests if d is not None]
+    if len(set(map(id, live))) == len(live) and all(d.base is None for d in live):
+        return  # distinct arrays that each own their memory (no base) cannot overlap
+    spans = []
+    for i, dest in enumerate(dests):
+        if dest is not None and dest.nbytes:
+            start = dest.__array_interface__["data"][0]
+            spans.append((start, start + dest.nbytes, i))
+    if len(spans) > 1:
+        spans.sort()
+        end = -1
+        for start, stop, i in spans:
+            if start < end:
+                # a read without a callback fills its live array in place (the inlined numpy adapter):
+                # it now reads into a fresh array, copied into the live one as set_value would
+                if callbacks[i] is None:
+                    callbacks[i] = partial(_fill, dests[i])
+                dests[i] = None
+            else:
+                end = stop
+
+
+def _fill(dest: np.ndarray, value: np.ndarray) -> None:
+    dest[...] = value
+
+
+def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
+    """The error for a live spec that does not match ``entry``, or None if it matches after all."""
+    where = display_path(path)
+    shape = tuple(int(d) for d in shape)
+    if shape != tuple(entry.shape):
+        return ShapeMismatchError(
+            f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
+            f"the live object has {shape}. Build the object with the checkpoint's shape, or restore "
+            "a checkpoint made for this model.")
+    if storage_dtype(np.dtype(dtype)) != entry.np_dtype:  # byte order alone is not a mismatch
+        return DtypeMismatchError(
+            f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
+            f"the live object has {np.dtype(dtype).name}.")
+    return None
+
+
+def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
+    """The path of ``matches[k]`` (see ``RestoreSession._match``), below ``base``, the first match's."""
+    names = []
+    while k > 0:
+        m = matches[k]
+        names.append(m[4])
+        k = m[3]
+    return base + tuple(reversed(names))
+
+
+def _state_setter(adapter, obj, state, where: str):
+    def assign():
+        try:
+            adapter.set_state(obj, state)
+        except Exception as e:
+            raise _state_error(adapter, where, "restoring its saved state failed", e) from e
+    return assign
+
+
+def _state_error(adapter, where: str, what: str, e: Exception) -> AdapterStateError:
+    name = getattr(adapter, "name", type(adapter).__name__)
+    return AdapterStateError(f"cannot restore {where}: {what} (adapter {name!r}): {type(e).__name__}: {e}")
+
+
+def _summary(kind: str, items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    more = f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+    return f"{len(items)} {kind}: {shown}{more}"
