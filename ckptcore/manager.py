@@ -36,6 +36,7 @@ import numpy as np
 
 from . import retention
 from .checkpoint import Checkpoint
+from .distributed.collective import current_group
 from .errors import CorruptCheckpointError, NotFoundError
 from .formats import ckpt as fmt
 from .options import CheckpointOptions, check_metadata, resolve_options
@@ -53,6 +54,13 @@ _TMP_SUFFIX = r"\.tmp-[0-9a-f]{32}"
 def _clock() -> float:
     """Wall-clock seconds used for checkpoint timestamps (tests replace it)."""
     return time.time()
+
+
+def _writes_storage(options: CheckpointOptions) -> bool:
+    """Whether this process records the manager's state file and deletes checkpoints: always, except on
+    the ranks other than 0 of a process group (``torch.distributed``), which keep the same list in memory."""
+    group = current_group(options)
+    return group is None or group.rank == 0
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -358,13 +366,14 @@ class CheckpointManager:
             counter = self._checkpoint.save_counter
             counter.assign_add(1)
             committed = False
+            writes = _writes_storage(options)
 
             def after_commit() -> None:
                 nonlocal committed
                 committed = True  # from here on the checkpoint exists: never roll back its number
                 if current is not None:
                     self._last_checkpoint_step = current
-                self._on_commit(name, score, options.format)
+                self._on_commit(name, score, options.format, writes)
 
             try:
                 if checkpoint_number is None:
@@ -379,8 +388,10 @@ class CheckpointManager:
                 raise
             return path
 
-    def _on_commit(self, name: str, score: float | None = None, state_format: str | None = None) -> None:
-        # Runs after the index of `name` is committed: in save(), or on the async writer thread.
+    def _on_commit(self, name: str, score: float | None = None, state_format: str | None = None,
+                   writes: bool = True) -> None:
+        # Runs after the index of `name` is committed: in save(), or on the async writer thread. Under a
+        # process group every rank keeps the same list; only rank 0 (writes) records it and deletes files.
         with self._lock:
             if state_format is not None:  # the state file in the format of the checkpoints (TF's text for TF's)
                 self._state_format = state_format
@@ -389,10 +400,12 @@ class CheckpointManager:
             self._maybe_delete[name] = _clock()
             self._latest = name
             # Record before deleting anything: a crash while sweeping still finds the new checkpoint.
-            self._record_state()
-            if self._sweep():
+            if writes:
                 self._record_state()
-        self._cleanup_partial_files()
+            if self._sweep(writes) and writes:
+                self._record_state()
+        if writes:
+            self._cleanup_partial_files()
 
     def _record_state(self) -> None:
         state = CheckpointState(latest=self._latest, all=list(self._maybe_delete),
@@ -405,12 +418,16 @@ class CheckpointManager:
 
             writer(self._state_format).write_state(self._storage, self._dir, state)
 
-    def _sweep(self) -> bool:
-        """Drop the oldest (with ``best_fn``: the worst) checkpoints beyond ``max_to_keep``; True if it changed."""
+    def _sweep(self, writes: bool = True) -> bool:
+        """Drop the oldest (with ``best_fn``: the worst) checkpoints beyond ``max_to_keep``; True if it changed.
+
+        With ``writes=False`` (a rank other than 0 of a process group) only the list changes: rank 0
+        deletes the files.
+        """
         if not self._max_to_keep:
             return False
         if self._best_fn is not None:
-            return self._sweep_best()
+            return self._sweep_best(writes)
         changed = False
         while len(self._maybe_delete) > self._max_to_keep:
             name, stamp = self._maybe_delete.popitem(last=False)
@@ -418,6 +435,8 @@ class CheckpointManager:
             if self._keep_hours and stamp - self._keep_hours * 3600.0 >= self._last_preserved_timestamp:
                 # Kept on disk, but no longer listed, so the state file does not grow forever (TF semantics).
                 self._last_preserved_timestamp = stamp
+                continue
+            if not writes:
                 continue
             try:
                 self._delete_checkpoint(name)
@@ -445,7 +464,7 @@ class CheckpointManager:
             self._scores[name] = score
         return self._scores[name]
 
-    def _sweep_best(self) -> bool:
+    def _sweep_best(self, writes: bool = True) -> bool:
         """Keep the ``max_to_keep`` best checkpoints by ``best_fn`` (and the newest); True if the list changed."""
         entries = list(self._maybe_delete.items())
         doomed = retention.best_n_doomed([(n, self._score_of(n)) for n, _ in entries], self._max_to_keep or 0,
@@ -456,6 +475,8 @@ class CheckpointManager:
             self._scores.pop(name, None)
             if self._keep_hours and stamp - self._keep_hours * 3600.0 >= self._last_preserved_timestamp:
                 self._last_preserved_timestamp = stamp  # kept on disk, no longer listed (as the newest-N policy)
+                continue
+            if not writes:
                 continue
             try:
                 self._delete_checkpoint(name)
@@ -547,8 +568,9 @@ class CheckpointManager:
                 if self._latest == name:
                     self._latest = next(reversed(self._maybe_delete), None)
                 # the state file first: a crash part way leaves unlisted files, never a state naming a deleted one
-                self._record_state()
-                self._delete_checkpoint(name)
+                if _writes_storage(self._options(None)):  # under a process group: rank 0 only
+                    self._record_state()
+                    self._delete_checkpoint(name)
 
     def _delete_checkpoint(self, name: str) -> None:
         prefix = self._storage.join(self._dir, name)

@@ -235,11 +235,25 @@ def manager(rank, world, workdir, params):
     opt = torch.optim.AdamW(model.parameters(), lr=0.05)
     batches = data(STEPS)
     mgr = ck.CheckpointManager(ck.Checkpoint(model=model, optimizer=opt), directory, max_to_keep=1)
+    touched = []  # the manager's own writes and deletes (state file, retention, partial files): rank 0 only
+
+    def counting(name):
+        real = getattr(mgr._storage, name)
+
+        def call(*args, **kwargs):
+            touched.append(name)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("write_atomic", "remove", "remove_unchanged"):
+        if hasattr(mgr._storage, name):
+            setattr(mgr._storage, name, counting(name))
     first = mgr.restore_or_initialize()  # nothing yet: initializes
     train(model, opt, batches[:1])
     paths = [mgr.save()]
     train(model, opt, batches[1:2])
     paths.append(mgr.save())
+    latest_after_save = ck.latest_checkpoint(directory)  # rank 0 recorded it before any rank returned
     ref = full_state(model, opt)
     fresh = fsdp(make_model(seed=5))
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.05)
@@ -247,6 +261,7 @@ def manager(rank, world, workdir, params):
     restored = mgr2.restore_or_initialize()
     got = full_state(fresh, fresh_opt)
     return {"first": first, "paths": paths, "restored": restored, "kept": sorted(mgr.checkpoints),
+            "touched": sorted(set(touched)), "latest_after_save": latest_after_save,
             "mismatched": [k for k in ref if not np.array_equal(ref[k], got[k])],
             "files": sorted(f for f in os.listdir(directory) if f.startswith("ckpt-1"))}
 

@@ -217,6 +217,11 @@ def test_checkpoint_manager_is_collective(world2):
         assert got["restored"] == got["paths"][1] and got["kept"] == [got["paths"][1]]
         assert got["mismatched"] == []
         assert got["files"] == []  # the older checkpoint removed (max_to_keep=1), every rank's section
+        assert got["latest_after_save"] == got["paths"][1]
+    # the state file and the deletes of retention are rank 0's alone (every rank wrote its own state file,
+    # with its own timestamps, and ran the same deletes and partial-file sweep on the shared directory)
+    assert "write_atomic" in results[0][8]["touched"] and "remove" in results[0][8]["touched"]
+    assert results[1][8]["touched"] == []
 
 
 def test_restore_on_create_under_a_group(world2):
