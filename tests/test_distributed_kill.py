@@ -1,4 +1,4 @@
-"""A worker that dies at each moment of a collective save (ckptcore.distributed.save), on an in-process group
+"""A worker that dies at each moment of a collective save (ckptcore.distributed.protocol), on an in-process group
 of threads: the dead worker stops where it is (it does nothing more: no cleanup, no message) and the group
 reports it broken, as a SIGKILLed process's closed connections do. (The gloo tests of the torch plugin kill
 real processes at some of these moments.)
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-import ckptcore.distributed.save as dsave
+import ckptcore.distributed.protocol as dsave  # the steps every collective save runs
 import ckptcore.saver as saver
 from ckptcore.distributed import CollectiveTimeoutError, ThreadGroup
 from ckptcore.storage import LocalStorage

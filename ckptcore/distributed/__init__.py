@@ -5,7 +5,10 @@
 - :mod:`~ckptcore.distributed.shards`: the sharded-value description (:class:`ShardedValue`
   to save, :class:`ShardBuffer` to restore into);
 - :mod:`~ckptcore.distributed.merge`: who writes what, and the merge of the sections into one index;
-- :mod:`~ckptcore.distributed.save` / :mod:`~ckptcore.distributed.restore`: the collective steps;
+- :mod:`~ckptcore.distributed.protocol`: the steps of every collective save and its failure
+  handling, whatever the format (a format supplies its sections and index);
+- :mod:`~ckptcore.distributed.save` / :mod:`~ckptcore.distributed.restore`: ckptcore's own format's
+  collective save and the collective restore;
 - :mod:`~ckptcore.distributed.reshard`: reading only the byte ranges that overlap the wanted boxes.
 
 Nothing here imports a framework. See ``docs/distributed.md``.

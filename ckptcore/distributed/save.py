@@ -1,6 +1,7 @@
 """The collective save: each worker writes its own section; rank 0 commits the merged index last.
 
-Steps, on every worker of the group (each one a collective call, bounded by the timeout):
+The steps are :mod:`ckptcore.distributed.protocol`'s, shared with TensorFlow's format; here, on
+every worker of the group (each one a collective call, bounded by the timeout):
 
 1. rank 0 uncommits a checkpoint already at the path (its index first) and removes its
    files; every worker plans its save and all exchange their descriptions (keys, dtypes,
@@ -33,20 +34,45 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-from ..errors import CheckpointError
 from ..formats import ckpt as fmt
-from ..progress import log
-from .collective import DEFAULT_TIMEOUT, CollectiveTimeoutError, Group, all_gather_json, broadcast_json
-from .merge import assign, check_consistent, describe, local_arrays, merge
+from .collective import Group
+from .merge import local_arrays, merge
+from .protocol import run_collective_save
 
 __all__ = ["collective_write"]
 
 
-def _message(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
+class _Sections:
+    """ckptcore's own format in the collective protocol: one data file per worker, tensors laid out as a
+    single process lays them out; rank 0 merges the pieces into one index."""
+
+    what = "section"
+
+    def check(self, plan) -> None:
+        pass  # ckptcore's format holds whatever planning accepted
+
+    def data_file(self, spath: str, rank: int, world: int) -> str:
+        return fmt.data_path(spath, rank, world)
+
+    def write(self, storage, spath: str, plan, mine: list, rank: int, world: int) -> dict:
+        from ..saver import _write_tensors
+
+        items = local_arrays(plan, mine)
+        writer = storage.open_writer(self.data_file(spath, rank, world))
+        try:
+            size = _write_tensors(writer, items, None)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        written = [[row, list(start), list(extent), e.offset, e.nbytes, e.crc32c]
+                   for (row, start, extent), (e, _a) in zip(mine, items)]
+        return {"written": written, "size": size}
+
+    def index(self, plan, sections: list[dict], world: int) -> bytes:
+        return merge(plan, world, [s["written"] for s in sections], [s["size"] for s in sections]).encode()
 
 
 def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, timeout: float | None = None,
@@ -56,147 +82,4 @@ def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, 
     ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit`` runs
     on every worker once the index is committed (rank 0 first, before the others return).
     """
-    from ..saver import _write_tensors, checkpoint_files
-
-    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-    rank, world = group.rank, group.size
-    error = None
-    plan = None
-    desc = None
-    try:
-        if rank == 0:
-            d = storage.dirname(spath)
-            if d:
-                storage.makedirs(d)
-            index_file = fmt.index_path(spath)
-            if storage.exists(index_file):
-                storage.remove([index_file])  # uncommitted first: its index never describes new data
-            old = checkpoint_files(storage, spath) + _temp_files(storage, spath)
-            if old:
-                storage.remove(old)  # an earlier, failed (killed: its temp files) or overwritten save's sections
-        plan = make_plan()
-        desc = describe(plan)
-    except BaseException as e:  # noqa: BLE001 -- reported to every worker, then raised
-        error = _message(e)
-        raised = e
-    infos = all_gather_json(group, {"error": error, "rows": desc}, timeout, "plan")
-    _raise_failed(infos, rank, "planning its save", raised if error else None)
-    descs = [i["rows"] for i in infos]
-    check_consistent(descs)
-    mine = assign(descs)[rank]
-
-    data_file = fmt.data_path(spath, rank, world)
-    written, size, error = [], 0, None
-    try:
-        if rank != 0:
-            d = storage.dirname(spath)
-            if d:
-                storage.makedirs(d)
-        items = local_arrays(plan, mine)
-        writer = storage.open_writer(data_file)
-        try:
-            size = _write_tensors(writer, items, None)
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        written = [[row, list(start), list(extent), e.offset, e.nbytes, e.crc32c]
-                   for (row, start, extent), (e, _a) in zip(mine, items)]
-    except BaseException as e:  # noqa: BLE001
-        error = _message(e)
-        raised = e
-    try:
-        infos = all_gather_json(group, {"error": error, "written": written, "size": size}, timeout, "write")
-    except BaseException:
-        _remove(storage, [data_file])
-        raise
-    if any(i["error"] for i in infos):
-        _remove(storage, [data_file])
-        _raise_failed(infos, rank, "writing its section", raised if error else None)
-
-    error, committed = None, False
-    if rank == 0:
-        try:
-            index = merge(plan, world, [i["written"] for i in infos], [i["size"] for i in infos])
-            storage.write_atomic(fmt.index_path(spath), index.encode())
-            committed = True
-            if on_commit is not None:
-                on_commit()
-        except BaseException as e:  # noqa: BLE001
-            error = _message(e)
-            raised = e
-            if not committed:
-                _remove(storage, [fmt.index_path(spath)])
-    try:
-        result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
-    except CollectiveTimeoutError as e:
-        if rank == 0 and error is not None:
-            raise raised from e
-        _commit_unconfirmed(group, storage, spath, committed and error is None, e)
-        return  # rank 0: committed and recorded; the dead worker's failure shows at the group's next step
-    if result["error"]:
-        if not result["committed"]:
-            _remove(storage, [data_file])
-        if rank == 0:
-            raise raised
-        raise CheckpointError(f"rank {rank}: rank 0 could not "
-                              f"{'record' if result['committed'] else 'commit'} checkpoint {spath!r}: "
-                              f"{result['error']}")
-    if rank != 0 and on_commit is not None:
-        on_commit()
-
-
-def _commit_unconfirmed(group: Group, storage, spath: str, done: bool, e: CollectiveTimeoutError) -> None:
-    """The last step (rank 0 telling the others the outcome of its commit) failed: a worker died after
-    every section was durable. Rank 0, whose commit and record succeeded, returns (logging it): the
-    checkpoint is complete and ``latest``. Every other worker raises, saying what it finds at the path:
-    an index there is a complete checkpoint (rank 0 died after its commit, maybe before recording it
-    as latest); no index, nothing committed."""
-    if done:
-        log.warning("rank 0: checkpoint %s is committed and recorded, but not every worker heard it: %s", spath, e)
-        return
-    try:
-        there = storage.exists(fmt.index_path(spath))
-    except Exception:  # noqa: BLE001 -- the message says so
-        there = None
-    state = ("its index exists: rank 0 committed it before it failed, so the checkpoint is complete and "
-             "restorable by path, and latest_checkpoint names it only if rank 0 also recorded it" if there
-             else "no index was written, so nothing was committed" if there is False
-             else "whether rank 0 committed it is unknown (the storage did not answer)")
-    raise CollectiveTimeoutError(
-        f"rank {group.rank} of {group.size}: the commit step of checkpoint {spath!r} failed or did not finish "
-        f"(rank 0 died or hung after every section was written; {type(e.__cause__ or e).__name__}): "
-        f"{state}.") from e
-
-
-def _temp_files(storage, spath: str) -> list[str]:
-    """The temporary files of sections (and index) of ``spath`` that a killed writer left behind.
-
-    Example:
-        >>> from ckptcore.storage import open_storage
-        >>> st, p = open_storage("memory://doc/tempfiles/ckpt-2")
-        >>> st.write_atomic("memory://doc/tempfiles/.ckpt-2.data-00001-of-00002.tmp-" + "0" * 32, b"x")
-        >>> [st.basename(f) for f in _temp_files(st, p)]
-        ['.ckpt-2.data-00001-of-00002.tmp-00000000000000000000000000000000']
-    """
-    d, base = storage.dirname(spath), storage.basename(spath)
-    pattern = re.compile(re.escape(f".{base}") + r"(\.index|\.data-\d+-of-\d+)\.tmp-[0-9a-f]{32}")
-    return [storage.join(d, n) for n in storage.listdir(d) if pattern.fullmatch(n)]
-
-
-def _remove(storage, files) -> None:
-    try:
-        storage.remove(files)
-    except Exception:  # best effort: a later save of the same path removes them too
-        pass
-
-
-def _raise_failed(infos: list[dict], rank: int, what: str, own: BaseException | None) -> None:
-    failed = [(r, i["error"]) for r, i in enumerate(infos) if i["error"]]
-    if not failed:
-        return
-    if own is not None:
-        raise own
-    r, msg = failed[0]
-    more = f" (and {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
-    raise CheckpointError(f"rank {rank}: rank {r} failed {what}{more}, so no checkpoint was written: {msg}")
+    run_collective_save(group, storage, spath, make_plan, _Sections(), timeout=timeout, on_commit=on_commit)

@@ -5,8 +5,8 @@ TensorFlow's own multi-worker layout: ``P.data-<rank>-of-<world>`` per worker an
 TensorFlow's ``MergeBundles`` leaves them. Who writes which value is decided by
 :func:`ckptcore.distributed.merge.assign` (each value once in total, the bytes spread
 evenly), through the collective interface of :mod:`ckptcore.distributed.collective`;
-the steps and the failure handling are those of ckptcore's own collective save
-(:mod:`ckptcore.distributed.save`, whose helpers this module uses):
+the steps and the failure handling are :mod:`ckptcore.distributed.protocol`'s, the same
+as for ckptcore's own format; this module supplies the TensorBundle's sections:
 
 1. rank 0 uncommits a checkpoint already at the path (its index first) and removes its
    files; every worker plans its save; all exchange their descriptions or their error;
@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ...errors import CheckpointError
 from .. import ckpt as fmt
@@ -60,51 +59,24 @@ def _merge_slices(plan, infos: list[dict]) -> dict[str, dict]:
     return merged
 
 
-def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout: float | None = None,
-                     on_commit: Callable[[], None] | None = None) -> None:
-    """Write the TensorBundle at ``spath`` with every worker of ``group`` (see the module docstring).
+class _Sections:
+    """TensorFlow's format in the collective protocol: a TensorBundle data shard per worker; rank 0
+    merges every worker's entries (and slices) into one TensorBundle index."""
 
-    ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit``
-    runs on every worker once the index is committed (rank 0 first).
-    """
-    from ...distributed.collective import DEFAULT_TIMEOUT, CollectiveTimeoutError, all_gather_json, broadcast_json
-    from ...distributed.merge import assign, check_consistent, describe, local_arrays
+    what = "shard"
 
-    # the failure handling of ckptcore's own collective save, shared so both formats fail the same way
-    from ...distributed.save import _commit_unconfirmed, _message, _raise_failed, _remove, _temp_files
-    from ...saver import checkpoint_files
-    from .writer import BundleWriter, check_plan, encode_index, entry_bytes, object_graph, sliced_entries
+    def check(self, plan) -> None:
+        from .writer import check_plan
 
-    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-    rank, world = group.rank, group.size
-    error, desc = None, None
-    plan: Any = None
-    raised: BaseException | None = None
-    try:
-        if rank == 0:
-            d = storage.dirname(spath)
-            if d:
-                storage.makedirs(d)
-            if storage.exists(fmt.index_path(spath)):
-                storage.remove([fmt.index_path(spath)])  # uncommitted first: its index never describes new data
-            old = checkpoint_files(storage, spath) + _temp_files(storage, spath)
-            if old:
-                storage.remove(old)  # an earlier, failed (killed: its temp files) or overwritten save's files
-        plan = make_plan()
         check_plan(plan)
-        desc = describe(plan)
-    except BaseException as e:  # noqa: BLE001 -- reported to every worker, then raised
-        error, raised = _message(e), e
-    infos = all_gather_json(group, {"error": error, "rows": desc}, timeout, "plan")
-    _raise_failed(infos, rank, "planning its save", raised if error else None)
-    descs = [i["rows"] for i in infos]
-    check_consistent(descs)
-    mine = assign(descs)[rank]
 
-    data_file = fmt.data_path(spath, rank, world)
-    entries: dict = {}
-    slices: dict = {}
-    try:
+    def data_file(self, spath: str, rank: int, world: int) -> str:
+        return fmt.data_path(spath, rank, world)
+
+    def write(self, storage, spath: str, plan, mine: list, rank: int, world: int) -> dict:
+        from ...distributed.merge import local_arrays
+        from .writer import BundleWriter, object_graph
+
         with BundleWriter(storage, spath, shard=rank, num_shards=world) as w:
             for (row, start, extent), (entry, arr) in zip(mine, local_arrays(plan, mine)):
                 full = tuple(plan.tensors[row][0].shape)
@@ -115,44 +87,23 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
             graph = None
             if rank == 0:
                 graph = object_graph(plan.graph, [e.key for e, _ in plan.tensors], plan.full_names)
-            entries, slices = w.commit_data(graph), w.slices
-    except BaseException as e:  # noqa: BLE001
-        error, raised = _message(e), e
-    try:
-        infos = all_gather_json(group, {"error": error, "entries": entries, "slices": slices}, timeout, "write")
-    except BaseException:
-        _remove(storage, [data_file])
-        raise
-    if any(i["error"] for i in infos):
-        _remove(storage, [data_file])
-        _raise_failed(infos, rank, "writing its shard", raised if error else None)
+            return {"entries": w.commit_data(graph), "slices": w.slices}
 
-    error, committed = None, False
-    if rank == 0:
-        try:
-            merged = [(k, entry_bytes(v)) for i in infos for k, v in i["entries"].items()]
-            merged += sliced_entries(_merge_slices(plan, infos))
-            storage.write_atomic(fmt.index_path(spath), encode_index(merged, num_shards=world))
-            committed = True
-            if on_commit is not None:
-                on_commit()
-        except BaseException as e:  # noqa: BLE001
-            error, raised = _message(e), e
-            if not committed:
-                _remove(storage, [fmt.index_path(spath)])
-    try:
-        result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
-    except CollectiveTimeoutError as e:  # a worker died after every shard was durable
-        if rank == 0 and error is not None and raised is not None:
-            raise raised from e
-        _commit_unconfirmed(group, storage, spath, committed and error is None, e)
-        return
-    if result["error"]:
-        if not result["committed"]:
-            _remove(storage, [data_file])
-        if rank == 0 and raised is not None:
-            raise raised
-        raise CheckpointError(f"rank {rank}: rank 0 could not {'record' if result['committed'] else 'commit'} "
-                              f"checkpoint {spath!r}: {result['error']}")
-    if rank != 0 and on_commit is not None:
-        on_commit()
+    def index(self, plan, sections: list[dict], world: int) -> bytes:
+        from .writer import encode_index, entry_bytes, sliced_entries
+
+        merged = [(k, entry_bytes(v)) for s in sections for k, v in s["entries"].items()]
+        merged += sliced_entries(_merge_slices(plan, sections))
+        return encode_index(merged, num_shards=world)
+
+
+def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout: float | None = None,
+                     on_commit: Callable[[], None] | None = None) -> None:
+    """Write the TensorBundle at ``spath`` with every worker of ``group`` (see the module docstring).
+
+    ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit``
+    runs on every worker once the index is committed (rank 0 first).
+    """
+    from ...distributed.protocol import run_collective_save
+
+    run_collective_save(group, storage, spath, make_plan, _Sections(), timeout=timeout, on_commit=on_commit)

@@ -133,7 +133,7 @@ def failure(rank, world, workdir, params):
     import signal
     import time
 
-    import ckptcore.distributed.save as dsave
+    import ckptcore.distributed.protocol as dsave  # the steps every collective save runs
     import ckptcore.saver as saver
     from ckptcore.storage import LocalStorage
 
