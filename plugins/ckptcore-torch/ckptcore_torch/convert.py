@@ -80,6 +80,19 @@ def _load_ml() -> None:
     _ml_loaded = True
 
 
+_plain: tuple | None = None
+
+
+def _plain_types() -> tuple:
+    """``(torch.Tensor, torch.nn.Parameter)``: the exact types whose ``numpy()`` is all a view needs."""
+    global _plain
+    if _plain is None:
+        import torch
+
+        _plain = (torch.Tensor, torch.nn.Parameter)
+    return _plain
+
+
 def _entry(torch_dtype: Any):
     """``_dtype_table()[torch_dtype]``, loading ml_dtypes for its dtypes on first need; None if absent."""
     e = _dtype_table().get(torch_dtype)
@@ -170,6 +183,13 @@ def to_numpy(tensor: Any) -> np.ndarray:
         >>> to_numpy(torch.arange(3, dtype=torch.int32)).tolist()
         [0, 1, 2]
     """
+    if type(tensor) in _plain_types():  # the common case, checked by torch itself: a dense CPU tensor
+        e = (_table or _dtype_table()).get(tensor.dtype)
+        if e is not None and e[1] is None:
+            try:
+                return tensor.detach().numpy()
+            except (RuntimeError, TypeError):
+                pass  # meta, another device, a conjugate or negative bit: the general path below
     dtensors = sys.modules.get("torch.distributed.tensor")
     if dtensors is not None and isinstance(tensor, dtensors.DTensor):
         from .dtensor import sharded_value  # optimizer state of FSDP2 parameters, say
@@ -305,8 +325,16 @@ def writable_view(tensor: Any) -> np.ndarray | None:
         >>> t = torch.zeros(3); writable_view(t)[1] = 5; t.tolist()
         [0.0, 5.0, 0.0]
     """
-    if (tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg()
-            or tensor.is_sparse or not is_materialized(tensor) or _entry(tensor.dtype) is None):
+    if type(tensor) in _plain_types():  # a plain tensor or parameter: torch's numpy() checks all of the below
+        e = (_table or _dtype_table()).get(tensor.dtype)
+        if e is not None and e[1] is None:
+            try:
+                arr = tensor.detach().numpy()  # refuses other devices, meta, sparse, conjugate/negative bits
+            except (RuntimeError, TypeError):
+                return None
+            return arr if arr.flags.c_contiguous and arr.flags.writeable else None
+    if (not is_materialized(tensor) or tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.is_conj()
+            or tensor.is_neg() or tensor.is_sparse or _entry(tensor.dtype) is None):  # (lazy first: it raises)
         return None
     try:
         arr = to_numpy(tensor)

@@ -208,3 +208,23 @@ def test_pickled_extra_state_is_refused(prefix):
 
     with pytest.raises(ck.CheckpointError, match="get_extra_state.*BytesIO.*never pickles"):
         ck.Checkpoint(model=Opaque()).write(prefix)
+
+
+def test_views_of_tensors_are_the_tensors_memory_or_none_never_a_copy():
+    # restore reads straight into writable_view(t); a view that were a copy would drop the restored values
+    from ckptcore_torch.convert import to_numpy, writable_view
+
+    for t in (torch.zeros(4), torch.nn.Parameter(torch.zeros(2, 3)), torch.zeros(3, dtype=torch.bfloat16),
+              torch.zeros(0), torch.zeros(())):
+        view = writable_view(t)
+        view[...] = 1
+        assert torch.all(t == 1), t
+    refused = {"strided": torch.zeros(4, 4).t(), "meta": torch.zeros(2, device="meta"),
+               "conj": torch.zeros(2, dtype=torch.complex64).conj(), "neg": torch._neg_view(torch.zeros(2)),
+               "sparse": torch.zeros(3).to_sparse(), "lazy": torch.nn.UninitializedParameter()}
+    assert {k: writable_view(t) for k, t in refused.items()} == dict.fromkeys(refused)
+    # saving reads the values through to_numpy: lazy bits resolved, meta refused with the fix
+    assert to_numpy(torch._neg_view(torch.ones(2))).tolist() == [-1.0, -1.0]
+    assert to_numpy(torch.tensor([1 + 2j]).conj()).tolist() == [1 - 2j]
+    with pytest.raises(ck.CheckpointError, match="meta device"):
+        to_numpy(torch.zeros(2, device="meta"))
