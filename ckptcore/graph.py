@@ -62,7 +62,7 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str],
         except (TypeError, ValueError):
             pass
         else:
-            if len(names) == len(children) and all(type(n) is str for n in names):
+            if len(names) == len(children) and set(map(type, names)) == _STR:
                 return children
     elif not extra and type(children) is tuple and not children:
         return []
@@ -81,12 +81,17 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str],
     return out
 
 
+_STR = {str}
 _LEAF_ADAPTERS: dict[type, bool] = {}
 
 
 def _is_leaf_adapter(adapter: Any) -> bool:
     """Whether ``adapter`` keeps the default ``children()`` (no dependencies, ever): cached per class."""
-    cls = type(adapter)
+    return _is_leaf_type(type(adapter))
+
+
+def _is_leaf_type(cls: type) -> bool:
+    """Whether adapter class ``cls`` keeps the default ``children()``: cached."""
     leaf = _LEAF_ADAPTERS.get(cls)
     if leaf is None:
         leaf = _LEAF_ADAPTERS[cls] = getattr(cls, "children", None) is Adapter.children

@@ -21,11 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from operator import is_ as _is
 from typing import Any, SupportsIndex
 
 from .errors import ContainerModifiedError
+from .registry import _by_type_cache as _adapter_cache
 from .registry import adapter_or_none
 from .unclaimed import holds_array_data
 
@@ -40,6 +42,28 @@ def _notify(parent: Any, name: str, child: Any) -> None:
 
 def _is_trackable(value: Any) -> bool:
     return adapter_or_none(value) is not None
+
+
+def _all_adapted(values: Iterable[Any]) -> bool:
+    """Whether every value's type has a cached adapter (``adapter_or_none`` would return it), in one C-level pass."""
+    try:
+        return None not in map(_adapter_cache.get, map(type, values))
+    except TypeError:  # an unhashable metaclass
+        return False
+
+
+_INDEX_NAMES: list[str] = []  # "0", "1", ...: the names of list items, made once
+_INDEX_LOCK = threading.Lock()
+
+
+def _index_names(n: int) -> list[str]:
+    """A list whose first ``n`` items are ``str(0)`` ... ``str(n - 1)`` (maybe longer)."""
+    names = _INDEX_NAMES
+    if len(names) < n:
+        with _INDEX_LOCK:
+            if len(names) < n:
+                names.extend(map(str, range(len(names), n)))
+    return names
 
 
 def _is_dependency(value: Any) -> bool:
@@ -286,6 +310,8 @@ class TrackedList(list):
 
     def children(self) -> list[tuple[str, Any]]:
         self._ck_check()
+        if _all_adapted(self):  # the common case, in C-level passes: every item has a known adapter
+            return list(zip(_index_names(len(self)), self))
         return [(str(i), v) for i, v in enumerate(self) if _is_dependency(v)]
 
 

@@ -235,3 +235,66 @@ def test_save_plan_visits_the_graph_as_walk_does(root):
         assert g.adapter[i] == node.adapter.name
     keys = [e.key for e, _ in saver.plan_save(root).tensors]
     assert keys == [ck.naming.object_key(n.path, "VARIABLE_VALUE") for n in live if n.adapter.attributes(n.obj)]
+
+
+# -- matching children that line up with the saved edges (RestoreSession._match's C-level pass) -------------
+def _list_model(items):
+    m = ck.Module()
+    m.xs = items
+    return m
+
+
+def test_lined_up_list_items_restore_as_the_per_child_path_does(prefix):
+    src = _list_model([np.full(3, i, np.float32) for i in range(5)] + [ck.Variable(np.ones(2))])
+    path = ck.Checkpoint(m=src).write(prefix)
+    dst = _list_model([np.zeros(3, np.float32) for _ in range(5)] + [ck.Variable(np.zeros(2))])
+    status = ck.Checkpoint(m=dst).read(path).assert_consumed()
+    assert [x.tolist() for x in dst.xs[:5]] == [[float(i)] * 3 for i in range(5)]
+    assert dst.xs[5].numpy().tolist() == [1.0, 1.0]
+    assert status.session.matched_node(dst.xs[2]) is not None
+
+
+def test_a_lined_up_item_with_children_the_checkpoint_lacks_is_reported(prefix):
+    src = _list_model([np.zeros(2), ck.Module()])
+    path = ck.Checkpoint(m=src).write(prefix)
+    extra = ck.Module()
+    extra.w = np.ones(2)  # the saved Module had no children: this one's value is not in the checkpoint
+    dst = _list_model([np.zeros(2), extra])
+    with pytest.raises(AssertionError, match="xs/1/w"):
+        ck.Checkpoint(m=dst).read(path).assert_consumed()
+
+
+def test_a_lined_up_item_that_is_a_container_is_walked_below(prefix):
+    src = _list_model([np.zeros(2), [np.arange(3.0), np.arange(4.0)]])
+    path = ck.Checkpoint(m=src).write(prefix)
+    dst = _list_model([np.zeros(2), [np.zeros(3), np.zeros(4)]])
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    assert dst.xs[1][1].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_shared_item_among_lined_up_ones_is_restored_once(prefix):
+    shared = np.arange(2.0)
+    src = _list_model([shared, np.ones(2), shared])
+    path = ck.Checkpoint(m=src).write(prefix)
+    live = np.zeros(2)
+    dst = _list_model([live, np.zeros(2), live])
+    status = ck.Checkpoint(m=dst).read(path).assert_consumed()
+    assert live.tolist() == [0.0, 1.0] and len(status.session.node_objs) == 5  # root, m, xs, shared, ones
+
+
+def test_lined_up_items_of_a_wrong_shape_fail_naming_the_item(prefix):
+    path = ck.Checkpoint(m=_list_model([np.zeros(2), np.zeros(3)])).write(prefix)
+    dst = _list_model([np.zeros(2), np.zeros(4)])
+    with pytest.raises(ck.CheckpointError, match="m/xs/1"):
+        ck.Checkpoint(m=dst).read(path)
+    assert not dst.xs[0].any()
+
+
+def test_items_in_another_order_take_the_per_child_path(prefix):
+    src = ck.Module()
+    src.d = {"a": np.zeros(1), "b": np.ones(1)}
+    path = ck.Checkpoint(m=src).write(prefix)
+    dst = ck.Module()
+    dst.d = {"b": np.zeros(1), "a": np.full(1, 5.0)}  # same names, other order
+    ck.Checkpoint(m=dst).read(path).assert_consumed()
+    assert dst.d["a"].tolist() == [0.0] and dst.d["b"].tolist() == [1.0]

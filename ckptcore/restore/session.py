@@ -25,6 +25,8 @@ import warnings
 import weakref
 from collections.abc import Iterable
 from functools import partial
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -36,8 +38,9 @@ from ..errors import CheckpointError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..graph import _is_leaf_adapter as _is_leaf
-from ..graph import live_children, walk
+from ..graph import _is_leaf_type, live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
+from ..registry import _by_type_cache as _adapter_cache
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
 from . import deferred as _deferred
 from .deferred import (
@@ -63,6 +66,8 @@ from .values import (
     _summary,
     _unalias,
 )
+
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 __all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
 
@@ -108,6 +113,7 @@ class RestoreSession:
                 self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
         self._has_slots = bool(self._slots_by_var)
         self._shared: set[int] | None = None  # see _shared_nodes
+        self._nchild: list[int] | None = None  # see _num_children
         self._valued: np.ndarray | None = None  # see _valued_nodes
         # What matching saw of the live graph, for the status assertions (see live_graph_consumed):
         # whether some matched object had children or attributes the checkpoint lacks, the adapters
@@ -203,6 +209,11 @@ class RestoreSession:
         each, in breadth-first order (``matches[0]`` is ``obj``; :func:`_path` rebuilds a path
         from the parent links, so no path tuple is made per object), and the edges whose live
         child does not exist yet, ``(parent, name, node id, path)`` each.
+
+        Only matches with something below them are visited: a saved leaf whose adapter never has
+        children is matched and not looked at again. A live object whose children line up with the
+        saved edges (same names in the same order, none shared, every adapter already known: any
+        Module, list or dict saved by the same code) has them matched in a few C-level passes.
         """
         g = self.graph
         child_start, child_name, child_id = g.child_start, g.child_name, g.child
@@ -218,8 +229,10 @@ class RestoreSession:
         seen: set[tuple[int, int]] = {(id(obj), node_id)}
         add = matches.append
         root = self.root() if node_id == 0 else None
-        k = 0
-        while k < len(matches):
+        nchild = self._num_children()
+        cached_adapter = _adapter_cache.get
+        visit = [0]  # indices of the matches to look below
+        for k in visit:  # grows while it is walked: breadth-first
             o, adapter, nid, _parent, _name = matches[k]
             a, b = child_start[nid], child_start[nid + 1]
             if a != b:
@@ -227,9 +240,27 @@ class RestoreSession:
                     children = live_children(o, adapter, path, self._extra_children())
                 else:
                     children = live_children(o, adapter, _path(matches, k, path))
+                names = child_name[a:b]
+                if (matched is None and len(children) == b - a and type(names) is list
+                        and list(map(_first, children)) == names):
+                    ids = child_id[a:b]
+                    if shared.isdisjoint(ids):
+                        objs = list(map(_second, children))
+                        try:
+                            adapters = list(map(cached_adapter, map(type, objs)))
+                        except TypeError:  # an unhashable metaclass: the per-child path
+                            adapters = [None]
+                        if None not in adapters:
+                            first = len(matches)
+                            matches.extend(zip(objs, adapters, ids, repeat(k), names))
+                            leaves = all(map(_is_leaf_type, set(map(type, adapters))))
+                            if not leaves or any(map(nchild.__getitem__, ids)):
+                                visit.extend(i for i in range(first, len(matches))
+                                             if nchild[matches[i][2]] or not _is_leaf(matches[i][1]))
+                            continue
                 get = dict(children).get
                 absent = 0
-                for name, cid in zip(child_name[a:b], child_id[a:b]):
+                for name, cid in zip(names, child_id[a:b]):
                     child = get(name)
                     if child is None:
                         absent += 1
@@ -249,17 +280,24 @@ class RestoreSession:
                     if child_adapter is None:  # the message is built only on failure
                         child_adapter = find_adapter(
                             child, what=f"object {display_path(_path(matches, k, path) + (name,))!r}")
+                    if nchild[cid] or not _is_leaf(child_adapter):
+                        visit.append(len(matches))
                     add((child, child_adapter, cid, k, name))
                 if len(children) != b - a - absent and not self.live_extra:
                     # live children the checkpoint lacks (at the root, names it ignores are fine)
-                    self._note_extra_children(children, child_name[a:b], o is root and k == 0)
+                    self._note_extra_children(children, names, o is root and k == 0)
             elif not self.live_extra and (k or node_id) and not _is_leaf(adapter):
                 if live_children(o, adapter, _path(matches, k, path)):
                     self.live_extra = True
             elif not self.live_extra and o is root and k == 0 and (self._extra_refs or not _is_leaf(adapter)):
                 self._note_extra_children(live_children(o, adapter, path, self._extra_children()), [], True)
-            k += 1
         return matches, pending
+
+    def _num_children(self) -> list[int]:
+        """Per node: how many saved edges leave it (a list, for C-level lookups)."""
+        if self._nchild is None:
+            self._nchild = np.diff(np.asarray(self.graph.child_start, np.int64)).tolist()
+        return self._nchild
 
     def _note_extra_children(self, children, saved_names, at_root: bool) -> None:
         extra = set(dict(children)) - set(saved_names)
@@ -427,8 +465,8 @@ class RestoreSession:
     def _commit_matches(self, matches: list[tuple], pending) -> None:
         refs, nids = self._matched_ref, self._matched_nid
         node_objs = self.node_objs
+        self.matched_adapters.update(set(map(type, map(_second, matches))))
         ref_to = weakref.ref
-        self.matched_adapters.update({type(m[1]) for m in matches})
         for obj, _adapter, nid, _parent, _name in matches:
             # One weak reference serves both tables. A plain reference, without a removal callback:
             # an entry of a collected object only lingers until this session ends, and every lookup

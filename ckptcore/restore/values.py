@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 from functools import partial
+from itertools import repeat
+from operator import attrgetter, is_
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from ..formats import ckpt as fmt
 from ..naming import display_path
 
 MAX_LISTED = 5
+_base = attrgetter("base")
 
 
 _DEFAULT_ATTRS: dict[type, bool] = {}
@@ -48,7 +51,7 @@ def _unalias(dests: list, callbacks: list) -> None:
     their setters copy it in.
     """
     live = [d for d in dests if d is not None]
-    if len(set(map(id, live))) == len(live) and all(d.base is None for d in live):
+    if len(set(map(id, live))) == len(live) and all(map(is_, map(_base, live), repeat(None))):
         return  # distinct arrays that each own their memory (no base) cannot overlap
     spans = []
     for i, dest in enumerate(dests):
