@@ -426,8 +426,10 @@ def check_plan(plan) -> None:
     """Refuse what TensorFlow's format cannot hold, naming it, instead of dropping it."""
     for entry, _ in plan.tensors:
         if entry.dtype not in DTYPE_NUMBERS and entry.dtype != STRING:
+            hint = (" or, for TensorFlow's variable-length strings, hold it as an object array of bytes "
+                    "(np.array(values, dtype=object))" if entry.dtype[:1] in ("S", "U") else "")
             raise CheckpointError(f"tensor {entry.key!r} has dtype {entry.dtype}, which TensorFlow checkpoints "
-                                  "cannot hold; save it in ckptcore's format (the default)")
+                                  f"cannot hold; save it in ckptcore's format (the default){hint}")
 
 
 def write(storage, prefix: str, plan, progress=None) -> None:
