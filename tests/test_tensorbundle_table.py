@@ -111,3 +111,64 @@ def test_masking_is_tensorflows():
     # crc32c::Mask(crc32c("foo")), as TensorFlow's own crc32c tests state its unmasking
     assert table.unmask(table.mask(fmt.crc32c(b"foo"))) == fmt.crc32c(b"foo")
     assert table.mask(0) == 0xA282EAD8
+
+
+def _one_block_table(block: bytes, kind: int = table.NO_COMPRESSION) -> bytes:
+    """A table file whose one data block is ``block`` (stored as given: compressed already for SNAPPY)."""
+    out = bytearray(block)
+    out.append(kind)
+    out += struct.pack("<I", table.mask(fmt.crc32c(block + bytes([kind]))))
+    meta_off, meta = len(out), table._Block(16).finish()
+    out += meta + b"\x00" + struct.pack("<I", table.mask(fmt.crc32c(meta + b"\x00")))
+    idx = table._Block(1)
+    h = bytearray()
+    table.put_varint(h, 0)
+    table.put_varint(h, len(block))
+    idx.add(b"\xff" * 8, bytes(h))
+    idx_off, ib = len(out), idx.finish()
+    out += ib + b"\x00" + struct.pack("<I", table.mask(fmt.crc32c(ib + b"\x00")))
+    foot = bytearray()
+    for off, size in ((meta_off, len(meta)), (idx_off, len(ib))):
+        table.put_varint(foot, off)
+        table.put_varint(foot, size)
+    return bytes(out + foot + bytes(40 - len(foot)) + table.MAGIC.to_bytes(8, "little"))
+
+
+def _peak_while(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_keys_chaining_shared_prefixes_are_refused_before_they_take_gigabytes():
+    """Each entry shares the whole previous key and adds one byte: 20,000 entries of 4 bytes (80 KB)
+    decode to 200 MB of keys, all in order. (Before: read whole, then failed on the first value.)"""
+    blk = bytearray()
+    for i in range(20_000):
+        table.put_varint(blk, i)
+        blk += b"\x01\x00\x01"  # unshared 1, no value, the byte 0x01
+    raw = _one_block_table(bytes(blk) + struct.pack("<II", 0, 1))
+
+    def read():
+        with pytest.raises(ck.CorruptCheckpointError, match="hostile.index: its keys decode to more bytes"):
+            table.read_table(raw, "hostile.index")
+    assert _peak_while(read) < 64 * len(raw) + (16 << 20)
+
+
+def test_a_block_of_repeated_keys_fails_at_the_second_not_after_decoding_all():
+    """A snappy block of zeros: 25 KB on disk, 4 MiB of empty-key entries (1.4 million) once decoded."""
+    import cramjam
+
+    zeros = bytes(cramjam.snappy.compress_raw(bytes(4 << 20)))
+    raw = _one_block_table(zeros, table.SNAPPY)
+
+    def read():
+        with pytest.raises(ck.CorruptCheckpointError, match="out of order or repeated"):
+            table.read_table(raw, "zeros.index")
+    assert _peak_while(read) < (12 << 20)  # the decompressed block and little else (was ~200 MB of entries)

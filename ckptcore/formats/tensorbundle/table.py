@@ -33,6 +33,7 @@ TRAILER_SIZE = 5
 BLOCK_SIZE = 262144          # TensorFlow's table::Options defaults
 RESTART_INTERVAL = 16
 MAX_BLOCK_BYTES = 1 << 30    # one (decompressed) block larger than this is not an index anyone wrote
+KEY_BYTES_PER_FILE_BYTE = 64  # decoded keys per byte of index file, at most (see read_table)
 NO_COMPRESSION, SNAPPY = 0, 1
 _MASK_DELTA = 0xA282EAD8
 _U32 = struct.Struct("<I")
@@ -140,7 +141,11 @@ def _read_block(raw, off: int, size: int, limit: int, path: str) -> bytes:
     raise _bad(path, f"unknown block compression type {kind}")
 
 
-def _entries(block: bytes, path: str) -> list[tuple[bytes, bytes]]:
+def _entries(block: bytes, path: str, prev: bytes | None = None, budget: list[int] | None = None,
+             ordered: bool = True) -> list[tuple[bytes, bytes]]:
+    """The entries of one block. With ``ordered``, each key must sort after the one before (``prev``: the
+    last key of the block before), checked as it is decoded; ``budget`` (a one-item list) is what the
+    decoded keys may still take, in bytes: keys share prefixes, so a few stored bytes can claim a long key."""
     n = len(block)
     if n < 4:
         raise _bad(path, "a block is shorter than its restart count")
@@ -157,7 +162,15 @@ def _entries(block: bytes, path: str) -> list[tuple[bytes, bytes]]:
         vlen, pos = get_varint(block, pos, end, path, 35)
         if shared > len(key) or pos + unshared + vlen > end:
             raise _bad(path, "a block entry runs past its block")
+        if budget is not None:
+            budget[0] -= shared + unshared
+            if budget[0] < 0:
+                raise _bad(path, "its keys decode to more bytes than a table of this size holds (hostile prefix "
+                                 "sharing)")
         key = key[:shared] + block[pos:pos + unshared]
+        if ordered and prev is not None and not prev < key:
+            raise _bad(path, f"keys out of order or repeated ({key!r})")
+        prev = key
         pos += unshared
         out.append((key, block[pos:pos + vlen]))
         pos += vlen
@@ -177,21 +190,25 @@ def read_table(raw, path: str) -> list[tuple[bytes, bytes]]:
     foot = n - FOOTER_SIZE
     _m_off, _m_size, pos = _handle(raw, foot, foot + 40, path)
     i_off, i_size, _ = _handle(raw, pos, foot + 40, path)
-    index = _entries(_read_block(raw, i_off, i_size, foot, path), path)
+    # What the decoded keys may take: a table writer stores a key whole every RESTART_INTERVAL
+    # entries, so real keys decode to a few times the bytes stored; a hostile file chaining
+    # shared prefixes would otherwise make a megabyte decode to gigabytes of keys.
+    budget = [KEY_BYTES_PER_FILE_BYTE * n + (1 << 20)]
+    index = _entries(_read_block(raw, i_off, i_size, foot, path), path, None, budget, ordered=False)
     out: list[tuple[bytes, bytes]] = []
     prev_end = 0
+    prev: bytes | None = None
     for sep, handle in index:
         off, size, hpos = _handle(handle, 0, len(handle), path)
         if off < prev_end:
             raise _bad(path, "data blocks overlap")
         prev_end = off + size + TRAILER_SIZE
-        entries = _entries(_read_block(raw, off, size, foot, path), path)
-        if entries and entries[-1][0] > sep:
-            raise _bad(path, "a data block holds keys past its index entry")
+        entries = _entries(_read_block(raw, off, size, foot, path), path, prev, budget)
+        if entries:
+            if entries[-1][0] > sep:
+                raise _bad(path, "a data block holds keys past its index entry")
+            prev = entries[-1][0]
         out.extend(entries)
-    for (a, _), (b, _) in zip(out, out[1:]):
-        if not a < b:
-            raise _bad(path, f"keys out of order or repeated ({b!r})")
     return out
 
 
