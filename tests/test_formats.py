@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -210,3 +211,44 @@ def test_a_plugin_format_is_chosen_from_the_bytes(tmp_path):
         ck.registry.unregister_plugin(name)
     with pytest.raises(ck.CorruptCheckpointError, match="bad magic"):
         ck.load_checkpoint(str(tmp_path / "c"))
+
+
+def test_a_name_given_twice_in_a_safetensors_header_is_corrupt(tmp_path):
+    """Two tensors under one key (JSON keeps the last): which value is right is unknown, so neither is read."""
+    head = (b'{"w": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}, '
+            b'"w": {"dtype": "F32", "shape": [], "data_offsets": [4, 8]}}')
+    path = tmp_path / "dup.safetensors"
+    path.write_bytes(struct.pack("<Q", len(head)) + head + np.array([1, 2], np.float32).tobytes())
+    with pytest.raises(ck.CorruptCheckpointError, match="dup.safetensors.*'w' appears twice"):
+        ck.load_checkpoint(str(path))
+    meta = b'{"__metadata__": {"a": "1", "a": "2"}}'
+    path.write_bytes(struct.pack("<Q", len(meta)) + meta)
+    from ckptcore.formats.safetensors import read_metadata
+    from ckptcore.storage import open_storage
+
+    with pytest.raises(ck.CorruptCheckpointError, match="'a' appears twice"):
+        read_metadata(*open_storage(str(path)))
+
+
+def test_safetensors_refuses_to_write_a_key_it_cannot_hold(tmp_path):
+    """``__metadata__`` is the header's metadata slot: a tensor under that key overwrote it (or was
+    overwritten by it) and was then skipped by every reader. A key given twice lost one value."""
+    from ckptcore.cli import main
+    from ckptcore.formats import safetensors
+    from ckptcore.formats.tensorbundle.writer import encode_index, entry_bytes
+    from ckptcore.storage import open_storage
+
+    s, p = open_storage(str(tmp_path / "w.safetensors"))
+    for tensors in ([("__metadata__", np.ones(1))], [("a", np.ones(1)), ("a", np.zeros(1))]):
+        with pytest.raises(ck.InvalidArgumentError, match="w.safetensors"):
+            safetensors.write(s, p, tensors, metadata={"step": "1"})
+        assert not s.exists(p)
+    # a TF1 checkpoint (keys are variable names) holding a variable named __metadata__
+    prefix = str(tmp_path / "tf1")
+    value = np.arange(2.0)
+    (tmp_path / "tf1.data-00000-of-00001").write_bytes(value.tobytes())
+    (tmp_path / "tf1.index").write_bytes(encode_index([("__metadata__", entry_bytes(
+        [2, [2], 0, 0, 16, fmt.crc32c(value.tobytes())]))]))
+    assert ck.load_checkpoint(prefix).get_tensor("__metadata__").tolist() == [0.0, 1.0]
+    assert main(["convert", prefix, str(tmp_path / "out.safetensors"), "--no-progress"]) == 2
+    assert not (tmp_path / "out.safetensors").exists()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import dtype_from_name, dtype_name
-from ..errors import CorruptCheckpointError, UnsupportedDtypeError
+from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedDtypeError
 from . import ckpt as fmt
 from .base import Format, looks_like_safetensors
 from .byname import nodes_from_keys
@@ -46,6 +46,23 @@ def _bad(path: str, msg: str, key: str | None = None) -> CorruptCheckpointError:
     return CorruptCheckpointError(f"corrupt safetensors file {path}: {where}{msg}", path=path, key=key)
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the name {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def _loads(header: bytes, path: str) -> Any:
+    """The JSON of a header; a name given twice (two tensors under one key: which is it?) is corrupt."""
+    try:
+        return json.loads(header.decode("utf-8"), object_pairs_hook=_unique_members)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _bad(path, f"its header is not JSON ({e})") from None
+
+
 def parse_header(header: bytes, data_start: int, size: int, path: str) -> dict[str, fmt.TensorEntry]:
     """The tensor entries a safetensors header describes, every range checked against the file's ``size``.
 
@@ -54,10 +71,7 @@ def parse_header(header: bytes, data_start: int, size: int, path: str) -> dict[s
         >>> parse_header(h, 8 + len(h), 8 + len(h) + 2, "m.safetensors")["a"].nbytes
         2
     """
-    try:
-        doc = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _bad(path, f"its header is not JSON ({e})") from None
+    doc = _loads(header, path)
     if type(doc) is not dict:
         raise _bad(path, "its header is not a JSON object")
     out: dict[str, fmt.TensorEntry] = {}
@@ -143,10 +157,7 @@ def read_metadata(storage, path: str) -> dict[str, str]:
         header = bytearray(n)
         if rd.readinto(8, memoryview(header)) != n:
             raise _bad(path, "the file is truncated")
-    try:
-        doc = json.loads(bytes(header).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _bad(path, f"its header is not JSON ({e})") from None
+    doc = _loads(bytes(header), path)
     meta = doc.get("__metadata__") if type(doc) is dict else None
     if meta is None:
         return {}
@@ -177,6 +188,12 @@ def write(storage, path: str, tensors: Iterable[tuple[str, Any]], metadata: dict
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     for key, name, shape in specs:
+        if key == "__metadata__" or key in header:
+            what = ("the name safetensors reserves for the file's metadata" if key == "__metadata__"
+                    else "given twice")
+            raise InvalidArgumentError(f"cannot write tensor {key!r} to the safetensors file {path}: the key is "
+                                       f"{what}, so one of the values would be lost; rename it (or convert to "
+                                       "ckptcore's format)")
         code = _CODES.get(name)
         if code is None:
             raise UnsupportedDtypeError(f"tensor {key!r} has dtype {name}, which safetensors cannot hold; "
