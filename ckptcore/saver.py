@@ -27,7 +27,7 @@ from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .distributed.shards import ShardedValue
 from .dtypes import dtype_name, storage_dtype
-from .errors import CheckpointError, UnsupportedDtypeError
+from .errors import CheckpointError, NotTrackableError, UnsupportedDtypeError
 from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
@@ -139,7 +139,7 @@ def _as_array(value: Any, where, strings: bool = False) -> tuple[np.ndarray, str
     whose elements are all ``bytes`` is kept as dtype ``"string"``.
     """
     if isinstance(value, np.ndarray):
-        arr = value
+        arr = value if type(value) is np.ndarray else _plain(value, where)
     elif type(value) is ShardedValue:  # a multi-worker value: ckptcore.distributed writes its shards
         return value, _dtype_info(value.dtype)[0]  # type: ignore[return-value]
     elif value is None:
@@ -184,6 +184,16 @@ def _as_array(value: Any, where, strings: bool = False) -> tuple[np.ndarray, str
 def _object_kinds(arr: np.ndarray) -> str:
     kinds = sorted({type(e).__name__ for e in arr.reshape(-1)[:1000]})
     return "elements of type " + ", ".join(kinds) if kinds else "no elements"
+
+
+def _plain(value: np.ndarray, where) -> np.ndarray:
+    """An ndarray subclass as the plain array of its data (``np.matrix``, ``np.memmap``); a masked array is
+    refused: its mask would be lost, and its masked entries saved as if they were values."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise NotTrackableError(f"cannot save {where()}: it is a numpy masked array, and a checkpoint holds its data "
+                                "but not its mask; save the data and the mask as two arrays "
+                                "(arr.data and np.ma.getmaskarray(arr)), or arr.filled(fill_value)")
+    return value.view(np.ndarray)
 
 
 def _check_state(state: Any, where: str) -> Any:

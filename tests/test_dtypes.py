@@ -277,3 +277,42 @@ def test_restore_into_big_endian_array_converts_byte_order(tmp_path):
     ck.Checkpoint(a=dest).read(path).assert_consumed()
     assert dest.dtype == np.dtype(">f4")
     assert dest.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("fmt_name", ["ckptcore", "tensorflow"])
+def test_a_masked_array_is_refused_naming_its_path_not_saved_without_its_mask(tmp_path, fmt_name):
+    """Before: ckptcore's format saved the data under the mask as if it were values (the mask silently
+    gone); TensorFlow's format failed with a bare ValueError from reshape."""
+    m = ck.Module()
+    m.ok = np.ones(2)
+    m.masked = np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False])
+    opts = ck.CheckpointOptions(format=fmt_name)
+    with pytest.raises(ck.NotTrackableError, match="model/masked.*mask") as info:
+        ck.Checkpoint(model=m).write(str(tmp_path / "c"), opts)
+    assert "np.ma.getmaskarray" in str(info.value)
+    assert not os.path.exists(tmp_path / "c.index")
+    # saving data and mask as two arrays, as the message says, round-trips both
+    m.masked = m.masked.data.copy()
+    m.mask = np.ma.getmaskarray(np.ma.array([1.0, 2.0, 3.0], mask=[False, True, False]))
+    path = ck.Checkpoint(model=m).write(str(tmp_path / "c"), opts)
+    assert ck.load_checkpoint(path).get_tensor("model/mask/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [False, True, False]
+
+
+def test_restoring_into_a_masked_array_is_refused():
+    """The checkpoint has no mask: the old mask would hide restored values (before: kept, silently)."""
+    path = ck.Checkpoint(a=np.arange(3.0)).write("memory://dtypes/masked-dst/c")
+    dest = np.ma.array(np.zeros(3), mask=[True, False, False])
+    with pytest.raises(ck.CheckpointError, match="masked array"):
+        ck.Checkpoint(a=dest).read(path)
+    assert dest.data.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("fmt_name", ["ckptcore", "tensorflow"])
+def test_other_ndarray_subclasses_save_their_data(tmp_path, fmt_name):
+    mm = np.memmap(tmp_path / "raw", dtype=np.int32, mode="w+", shape=(2, 3))
+    mm[:] = np.arange(6).reshape(2, 3)
+    sub = np.array([[1.0, 2.0]]).view(type("Sub", (np.ndarray,), {}))
+    path = ck.Checkpoint(m=sub, mm=mm).write(str(tmp_path / "c"), ck.CheckpointOptions(format=fmt_name))
+    r = ck.load_checkpoint(path)
+    assert r.get_tensor("m/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [[1.0, 2.0]]
+    assert r.get_tensor("mm/.ATTRIBUTES/VARIABLE_VALUE").tolist() == [[0, 1, 2], [3, 4, 5]]

@@ -39,6 +39,10 @@ class NumpyArrayAdapter(Adapter):
         return obj
 
     def spec(self, obj, attr):
+        if isinstance(obj, np.ma.MaskedArray):  # (saving one is refused too: ckptcore.saver)
+            raise CheckpointError("numpy masked array cannot be restored in place: a checkpoint holds no mask, so "
+                                  "its mask would hide restored values; restore into arr.data (and set the mask "
+                                  "yourself)")
         if not obj.flags.writeable:
             raise CheckpointError("numpy array is read-only and cannot be restored in place "
                                   "(set arr.flags.writeable = True or pass a writable array)")
