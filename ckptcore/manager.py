@@ -37,7 +37,7 @@ import numpy as np
 from . import retention
 from .checkpoint import Checkpoint
 from .distributed.collective import current_group
-from .errors import CorruptCheckpointError, NotFoundError
+from .errors import CorruptCheckpointError, InvalidArgumentError, NotFoundError
 from .formats import ckpt as fmt
 from .options import CheckpointOptions, check_metadata, resolve_options
 from .saver import checkpoint_files, remove_index
@@ -66,11 +66,12 @@ def _writes_storage(options: CheckpointOptions) -> bool:
 def _as_int(value: Any, what: str) -> int:
     try:
         return int(value)
-    except TypeError:
+    except (TypeError, ValueError):
         try:
             return int(np.asarray(value))
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{what} must be an integer or a scalar variable, got {type(value).__qualname__}") from e
+            raise InvalidArgumentError(
+                f"{what} must be an integer or a scalar variable, got {value!r}") from e
 
 
 def _mtime(storage, path: str) -> float | None:
@@ -143,25 +144,27 @@ class CheckpointManager:
                  *, best_fn: Callable[[Mapping[str, Any]], float] | None = None, best_mode: str = "max",
                  keep_checkpoints_without_metrics: bool = True, last_checkpoint_step: int | None = None):
         if not isinstance(checkpoint, Checkpoint):
-            raise TypeError(f"CheckpointManager needs a ck.Checkpoint, got {type(checkpoint).__qualname__}; "
-                            "wrap your objects: ck.Checkpoint(model=model)")
+            raise InvalidArgumentError(f"CheckpointManager needs a ck.Checkpoint, got {type(checkpoint).__qualname__}; "
+                                       "wrap your objects: ck.Checkpoint(model=model)")
         if max_to_keep is not None and (isinstance(max_to_keep, bool) or _as_int(max_to_keep, "max_to_keep") <= 0):
-            raise ValueError(f"max_to_keep must be a positive integer or None, got {max_to_keep!r}")
+            raise InvalidArgumentError(f"max_to_keep must be a positive integer or None, got {max_to_keep!r}")
         if keep_checkpoint_every_n_hours is not None and not keep_checkpoint_every_n_hours > 0:
-            raise ValueError(f"keep_checkpoint_every_n_hours must be positive, got {keep_checkpoint_every_n_hours!r}")
+            raise InvalidArgumentError(
+                f"keep_checkpoint_every_n_hours must be positive, got {keep_checkpoint_every_n_hours!r}")
         if (not isinstance(checkpoint_name, str) or not checkpoint_name or checkpoint_name.startswith(".")
                 or any(c in checkpoint_name for c in "/\\\x00")):
-            raise ValueError("checkpoint_name must be a plain file name not starting with '.', "
-                             f"got {checkpoint_name!r}")
+            raise InvalidArgumentError("checkpoint_name must be a plain file name not starting with '.', "
+                                       f"got {checkpoint_name!r}")
         if checkpoint_interval is not None:
             if step_counter is None:
-                raise ValueError("step_counter must be passed when checkpoint_interval is set")
+                raise InvalidArgumentError("step_counter must be passed when checkpoint_interval is set")
             if _as_int(checkpoint_interval, "checkpoint_interval") < 0:
-                raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval!r}")
+                raise InvalidArgumentError(f"checkpoint_interval must be >= 0, got {checkpoint_interval!r}")
         if best_fn is not None and not callable(best_fn):
-            raise TypeError(f"best_fn must be a function of a save's metrics, got {type(best_fn).__qualname__}")
+            raise InvalidArgumentError(
+                f"best_fn must be a function of a save's metrics, got {type(best_fn).__qualname__}")
         if best_mode not in retention.BEST_MODES:
-            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+            raise InvalidArgumentError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self._best_fn = best_fn
         self._best_mode = best_mode
         self._keep_without_metrics = bool(keep_checkpoints_without_metrics)

@@ -164,8 +164,8 @@ class CheckpointOptions:
         if self.metadata is not None:
             object.__setattr__(self, "metadata", MappingProxyType(check_metadata(self.metadata)))
         if not isinstance(self.format, str):
-            raise TypeError(f"CheckpointOptions(format=...) must be a format name such as 'tensorflow', "
-                            f"not {type(self.format).__name__}")
+            raise InvalidArgumentError(f"CheckpointOptions(format=...) must be a format name such as 'tensorflow', "
+                                       f"not {type(self.format).__name__}")
         if self.format != "ckptcore":
             from .formats.base import writer
 

@@ -57,6 +57,9 @@ class CheckpointReader:
                  storage=None, storage_path: str | None = None):
         self.path = os.fspath(path)
         if storage is None:
+            from .storage.paths import check_checkpoint_path
+
+            check_checkpoint_path(self.path, "restore")
             storage, storage_path = open_storage(self.path, storage_options)
         self.storage = storage
         self.prefix: str = storage_path  # type: ignore[assignment]  # given together with storage
@@ -679,8 +682,9 @@ def resolve_checkpoint(path: str, storage_options: Mapping[str, Any] | None = No
         True
     """
     from .state import STATE_FILENAME, latest_checkpoint
+    from .storage.paths import check_checkpoint_path
 
-    path = os.fspath(path)
+    path = check_checkpoint_path(path, "restore")  # a NUL, a broken URL: a clear error, before any I/O
     storage, spath = open_storage(path, storage_options)
     if storage.exists(fmt.index_path(spath)) or not storage.isdir(spath):
         return path

@@ -24,6 +24,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .errors import InvalidArgumentError
+
 __all__ = ["best_n_doomed", "score", "BEST_MODES"]
 
 BEST_MODES = ("max", "min")
@@ -42,9 +44,10 @@ def score(best_fn: Callable[[Mapping[str, Any]], Any], metrics: Mapping[str, Any
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"best_fn must return a number, got {value!r} for metrics {dict(metrics)!r}") from None
+        raise InvalidArgumentError(
+            f"best_fn must return a number, got {value!r} for metrics {dict(metrics)!r}") from None
     if math.isnan(out):
-        raise ValueError(f"best_fn returned NaN for metrics {dict(metrics)!r}")
+        raise InvalidArgumentError(f"best_fn returned NaN for metrics {dict(metrics)!r}")
     return out
 
 
@@ -65,7 +68,7 @@ def best_n_doomed(entries: Sequence[tuple[str, float | None]], max_to_keep: int,
         []
     """
     if best_mode not in BEST_MODES:
-        raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        raise InvalidArgumentError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if len(entries) <= 1:
         return []
     newest = entries[-1][0]

@@ -191,3 +191,29 @@ def test_a_good_adapter_registers(tmp_path):
     finally:
         ck.registry.unregister_plugin(plugin)
     assert ck.list_variables(path) == [("t/.ATTRIBUTES/v", [2])]
+
+
+@pytest.mark.parametrize("call", [ck.load_checkpoint, ck.list_variables, ck.CheckpointReader])
+def test_a_nul_in_a_path_given_to_the_readers_is_an_invalid_path(tmp_path, call):
+    """As for save/restore/latest_checkpoint (before: a bare ValueError 'embedded null byte' from os.stat)."""
+    with pytest.raises(ck.InvalidPathError, match="NUL"):
+        call(str(tmp_path / "ck\x00pt"))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"checkpoint_name": "../elsewhere"}, {"checkpoint_name": ""}, {"max_to_keep": 0}, {"max_to_keep": "many"},
+    {"keep_checkpoint_every_n_hours": -1}, {"checkpoint_interval": 5}, {"best_fn": 3}, {"best_mode": "up"},
+], ids=lambda k: next(iter(k)))
+def test_manager_arguments_are_refused_with_ckptcore_errors(tmp_path, kwargs):
+    """Still ValueError/TypeError (InvalidArgumentError is both), and a CheckpointError (before: builtins only)."""
+    kwargs = {"max_to_keep": 2, **kwargs}
+    with pytest.raises(ck.InvalidArgumentError):
+        ck.CheckpointManager(ck.Checkpoint(), str(tmp_path), **kwargs)
+    with pytest.raises(ck.InvalidArgumentError, match="needs a ck.Checkpoint"):
+        ck.CheckpointManager(object(), str(tmp_path), 2)  # type: ignore[arg-type]
+
+
+def test_a_best_fn_returning_no_number_fails_the_save_with_a_ckptcore_error(tmp_path):
+    m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), str(tmp_path), max_to_keep=1, best_fn=lambda mt: "high")
+    with pytest.raises(ck.InvalidArgumentError, match="best_fn must return a number"):
+        m.save(metrics={"acc": 1.0})
