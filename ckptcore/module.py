@@ -78,14 +78,27 @@ def wrap(value: Any) -> Any:
         >>> type(wrap([1])).__name__, type(wrap(3)).__name__
         ('TrackedList', 'int')
     """
-    if type(value) is list:
-        tracked: Any = TrackedList(value)
-    elif type(value) is dict:
-        tracked = TrackedDict(value)
-    else:
+    kind = type(value)
+    if kind is not list and kind is not dict:
         return value
+    # A container that holds itself (``lst.append(lst)``, ``d["me"] = d``) is wrapped once: its wrapper
+    # holds itself too, as the user's container does (wrapping item by item would recurse forever).
+    inside: dict[int, Any] = _wrapping.__dict__.setdefault("inside", {})
+    tracked: Any = inside.get(id(value))
+    if tracked is not None:
+        return tracked
+    cls: Any = TrackedList if kind is list else TrackedDict
+    tracked = cls.__new__(cls)
+    inside[id(value)] = tracked
+    try:
+        cls.__init__(tracked, value)
+    finally:
+        del inside[id(value)]
     tracked._ck_origin = value  # the user's own container: kept in step, checked at save (as TF's wrappers)
     return tracked
+
+
+_wrapping = threading.local()  # .inside: id -> wrapper of the containers being wrapped now, on this thread
 
 
 def _stale_state(container: Any) -> dict | None:
@@ -215,7 +228,8 @@ class TrackedList(list):
     _ck_stale: str | None = None   # set on a copy of a wrapper that was stale when copied
 
     def __reduce_ex__(self, protocol):
-        return (type(self), (list(self),), _stale_state(self))
+        # items after the copy exists (as list's own reduce): a list holding itself copies without recursing
+        return (type(self), (), _stale_state(self), iter(list(self)))
 
     def _ck_check(self) -> None:
         _check_stale(self)
@@ -340,7 +354,7 @@ class TrackedDict(dict):
     _ck_stale: str | None = None   # see TrackedList
 
     def __reduce_ex__(self, protocol):
-        return (type(self), (dict(self),), _stale_state(self))
+        return (type(self), (), _stale_state(self), None, iter(list(self.items())))  # (see TrackedList)
 
     def _ck_check(self) -> None:
         _check_stale(self)

@@ -119,3 +119,31 @@ def test_restore_on_create_through_the_wrapper_still_works(tmp_path):
     dst.l.append(arr)
     assert arr.tolist() == [4.0] and lst[0] is arr
     status.assert_consumed()
+
+
+def test_a_list_or_dict_holding_itself_is_tracked_as_it_is(tmp_path):
+    """Before: assigning one recursed until RecursionError (wrap() wrapped item by item, forever);
+    copy.deepcopy of the wrapper did the same. Now the wrapper holds itself, as the user's container does."""
+    lst = [np.arange(2.0)]
+    lst.append(lst)
+    d = {"x": np.ones(1)}
+    d["me"] = d
+    m = ck.Module()
+    m.l, m.d = lst, d
+    assert m.l[1] is m.l and m.d["me"] is m.d
+    m.d["y"] = np.full(2, 3.0)  # through the wrapper: reaches the user's dict
+    assert d["y"] is m.d["y"]
+    path = ck.Checkpoint(m=m).write(str(tmp_path / "c"))
+    assert {k for k, _ in ck.list_variables(path)} >= {"m/l/0/.ATTRIBUTES/VARIABLE_VALUE",
+                                                       "m/d/x/.ATTRIBUTES/VARIABLE_VALUE",
+                                                       "m/d/y/.ATTRIBUTES/VARIABLE_VALUE"}
+    back = ck.Module()
+    l2 = [np.zeros(2)]
+    l2.append(l2)
+    d2 = {"x": np.zeros(1), "y": np.zeros(2)}
+    d2["me"] = d2
+    back.l, back.d = l2, d2
+    ck.Checkpoint(m=back).read(path).assert_consumed()
+    assert l2[0].tolist() == [0.0, 1.0] and d2["y"].tolist() == [3.0, 3.0]
+    clone = copy.deepcopy(m)
+    assert clone.l[1] is clone.l and clone.d["me"] is clone.d and clone.l[0] is not m.l[0]
