@@ -322,3 +322,9 @@ def test_tensorflow_checkpoints_through_every_command(tmp_path, run):
             continue
         np.testing.assert_array_equal(ck.load_checkpoint(back).get_tensor(key),
                                       ck.load_checkpoint(tf_ckpt).get_tensor(key))
+
+
+def test_a_deeply_nested_storage_option_is_a_usage_error(run):
+    """Before: json.loads' RecursionError escaped as a traceback."""
+    r = run("ls", "memory://cli/deep", "-o", "client_kwargs=" + "[" * 100_000 + "]" * 100_000)
+    assert r.returncode == 2 and "client_kwargs" in r.stderr and "nested too deeply" in r.stderr

@@ -44,6 +44,8 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
             out[key] = json.loads(value)
         except ValueError:
             out[key] = value
+        except RecursionError:
+            raise Usage(f"--storage-option {key}: its JSON value is nested too deeply") from None
     return out
 
 
