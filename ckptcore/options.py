@@ -64,7 +64,7 @@ def check_metadata(metadata: Any) -> dict:
         raise CheckpointError(f"checkpoint metadata must be a dict with string keys, got {type(metadata).__qualname__}")
     try:
         encoded = json.dumps(dict(metadata), allow_nan=False)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"checkpoint metadata is not JSON-serializable: {e}; pass numbers, strings, "
                               "booleans, None, lists and dicts (convert arrays with .tolist())") from None
     if len(encoded) > MAX_METADATA_BYTES:

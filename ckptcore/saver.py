@@ -199,7 +199,7 @@ def _plain(value: np.ndarray, where) -> np.ndarray:
 def _check_state(state: Any, where: str) -> Any:
     try:
         json.dumps(state, allow_nan=False)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"state of {where} is not JSON-serializable: {e}") from None
     return state
 

@@ -217,3 +217,35 @@ def test_a_best_fn_returning_no_number_fails_the_save_with_a_ckptcore_error(tmp_
     m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(1)), str(tmp_path), max_to_keep=1, best_fn=lambda mt: "high")
     with pytest.raises(ck.InvalidArgumentError, match="best_fn must return a number"):
         m.save(metrics={"acc": 1.0})
+
+
+def _deep(n):
+    out: list = []
+    for _ in range(n):
+        out = [out]
+    return out
+
+
+def test_state_or_metadata_nested_too_deeply_is_a_ckptcore_error(tmp_path):
+    """Before: json.dumps' RecursionError escaped from the save (and from CheckpointOptions)."""
+    class Holder:
+        pass
+
+    class DeepState(ck.Adapter):
+        name = "test.deep_state"
+
+        def get_state(self, obj):
+            return _deep(100_000)
+
+        def set_state(self, obj, state):
+            pass
+
+    plugin = ck.register_adapter(Holder, DeepState())
+    try:
+        for fmt_name in ("ckptcore", "tensorflow"):
+            with pytest.raises(ck.CheckpointError, match="state of h is not JSON-serializable"):
+                ck.Checkpoint(h=Holder()).write(str(tmp_path / fmt_name), ck.CheckpointOptions(format=fmt_name))
+    finally:
+        ck.registry.unregister_plugin(plugin)
+    with pytest.raises(ck.CheckpointError, match="metadata is not JSON-serializable"):
+        ck.CheckpointOptions(metadata={"deep": _deep(100_000)})

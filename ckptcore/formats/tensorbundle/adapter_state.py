@@ -53,7 +53,7 @@ def encode_state(state: Any, where: str = "") -> bytes:
     """
     try:
         raw = json.dumps(state, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"state of {where or 'an object'} is not JSON-serializable: {e}") from None
     if len(raw) > MAX_STATE_BYTES:
         raise CheckpointError(f"state of {where or 'an object'} is {len(raw)} bytes of JSON; a TensorFlow "
