@@ -140,6 +140,23 @@ class Adapter:
         value = np.asarray(self.get_value(obj, attr))
         return tuple(value.shape), value.dtype
 
+    def accepts_dtype(self, obj: Any, attr: str, stored: np.dtype) -> bool:
+        """Whether ``attr`` takes a value saved with dtype ``stored`` although :meth:`spec` says another.
+
+        The default (False) makes such a value a ``ck.DtypeMismatchError``: ckptcore never
+        casts on its own. An adapter returns True only for conversions it does without
+        loss, or refuses in :meth:`set_value` with a ckptcore error when a value does not
+        fit (say an iteration counter saved as int64 by one framework and held as int32 by
+        another). The value is then read into a fresh array of the stored dtype and handed
+        to :meth:`set_value`, which converts it.
+
+        Example:
+            >>> import numpy as np
+            >>> Adapter().accepts_dtype(object(), "x", np.dtype("int64"))
+            False
+        """
+        return False
+
     def restore_buffer(self, obj: Any, attr: str) -> np.ndarray | None:
         """A writable, C-contiguous array sharing memory with ``attr``, or None.
 
@@ -153,7 +170,8 @@ class Adapter:
         return None
 
     def set_value(self, obj: Any, attr: str, value: np.ndarray) -> None:
-        """Assign a restored value (already shape- and dtype-checked).
+        """Assign a restored value (already shape- and dtype-checked; of the stored dtype where
+        :meth:`accepts_dtype` accepted one that differs from :meth:`spec`'s).
 
         Example:
             >>> Adapter().set_value(object(), "x", None)

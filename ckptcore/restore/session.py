@@ -34,7 +34,7 @@ import numpy as np
 from .._perf import paused_gc
 from ..builtin.numpy_adapters import NumpyArrayAdapter
 from ..distributed.shards import ShardBuffer
-from ..errors import CheckpointError, PartialRestoreWarning
+from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..graph import _is_leaf_adapter as _is_leaf
@@ -58,6 +58,7 @@ from .deferred import (
 )
 from .slots import plan_slot_reads
 from .values import (
+    _accepts,
     _keeps_default_attributes,
     _path,
     _spec_error,
@@ -413,7 +414,12 @@ class RestoreSession:
                         # messages are built only here, off the common case
                         err = _spec_error(_path(matches, k, base), table.entry(t), shape, dtype)
                         if err is not None:
-                            errors.append(err)
+                            if not (type(err) is DtypeMismatchError and _accepts(adapter, obj, attr, np_dtype)):
+                                errors.append(err)
+                                continue
+                            add_row(t)   # a conversion the adapter does itself: read as stored, handed over
+                            add_dest(None)
+                            add_cb(partial(set_value, obj, attr))
                             continue
                     dest = restore_buffer(obj, attr)
                     if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous

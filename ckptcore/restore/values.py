@@ -92,6 +92,12 @@ def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> Checkpoint
     return None
 
 
+def _accepts(adapter, obj, attr: str, stored: np.dtype) -> bool:
+    """Whether ``adapter`` converts a value of dtype ``stored`` itself (:meth:`Adapter.accepts_dtype`)."""
+    accepts = getattr(adapter, "accepts_dtype", None)
+    return accepts is not None and accepts(obj, attr, stored) is True
+
+
 def _path(matches: list[tuple], k: int, base: tuple) -> tuple:
     """The path of ``matches[k]`` (see ``RestoreSession._match``), below ``base``, the first match's."""
     names = []

@@ -90,8 +90,10 @@ def add_keras3_names(nodes: list[Node], full_names: dict[int, str]) -> None:
 def _optimizer(nodes: list[Node], nid: int, full_names: dict[int, str]) -> None:
     node = nodes[nid]
     it, lr = _child(node, "_iterations"), _child(node, "_learning_rate")
-    # (no ``iter`` edge: TensorFlow's Keras counts iterations in int64, the torch backend's in int32, and a
-    # dtype mismatch stops the whole restore; docs/tensorflow.md shows the one line that assigns it)
+    # TensorFlow's Keras counts iterations in int64, the torch backend in int32: ckptcore_tf's Keras variable
+    # adapter takes integers of another width (accepts_dtype), range-checked
+    if it is not None and "VARIABLE_VALUE" in nodes[it].attributes:
+        _add_edge(node, "iter", it)
     if lr is not None and "VARIABLE_VALUE" in nodes[lr].attributes:
         _add_edge(node, "learning_rate", lr)
     refs = []

@@ -150,8 +150,33 @@ class KerasVariableAdapter(VariableLikeAdapter):
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"keras variable {getattr(obj, 'path', obj)!r} has no static shape/dtype: {e}") from e
 
+    def accepts_dtype(self, obj, attr, stored):
+        """Integers of another width: TensorFlow's Keras counts an optimizer's iterations in int64, the
+        torch backend in int32 (the value is range-checked in :meth:`set_value`).
+
+        Example:
+            >>> import numpy as np
+            >>> class V: dtype = "int32"
+            >>> KerasVariableAdapter().accepts_dtype(V(), "VARIABLE_VALUE", np.dtype("int64"))
+            True
+        """
+        try:
+            live = to_numpy_dtype(obj.dtype)
+        except (TypeError, ValueError):
+            return False
+        return live.kind in "iu" and np.dtype(stored).kind in "iu"
+
     def set_value(self, obj, attr, value):
         value = _assignable(value)
+        live = to_numpy_dtype(obj.dtype)
+        if value.dtype != live and value.dtype.kind in "iu" and live.kind in "iu":  # accepts_dtype's integers
+            info = np.iinfo(live)
+            if value.size and (int(value.min()) < info.min or int(value.max()) > info.max):
+                raise ck.DtypeMismatchError(
+                    f"keras variable {getattr(obj, 'path', obj)!r} holds {live.name}, and the checkpoint's "
+                    f"{value.dtype.name} value (range {int(value.min())}..{int(value.max())}) does not fit it; "
+                    f"create the variable as {value.dtype.name}")
+            value = value.astype(live)
         if getattr(obj, "_value", True) is None and getattr(obj, "_initializer", None) is not None:
             # Created inside a Keras stateless scope (a symbolic build on first
             # call): Keras initializes it later from its initializer, which

@@ -48,13 +48,26 @@ def test_tensorflows_keras3_adam_moments_restore_as_slots_into_torch_keras(keras
     model, opt = _model_and_adam(keras)
     status = ck.Checkpoint(model=model, optimizer=opt).read(path)
     _check(model, opt, info)
-    # the one value left: TF's Keras counts iterations in int64, the torch backend in int32 (ckptcore does not
-    # cast); it is assigned by hand, as docs/tensorflow.md shows
-    with pytest.raises(AssertionError, match="optimizer/iter"):
-        status.assert_existing_objects_matched()
-    opt.iterations.assign(int(ck.load_checkpoint(path).get_tensor(ITERATIONS)))
+    # TF's Keras counts iterations in int64, the torch backend in int32: the Keras variable adapter takes the
+    # other integer width (accepts_dtype), so every live object is matched, the count included
+    status.assert_existing_objects_matched()
+    assert ck.load_checkpoint(path).get_tensor(ITERATIONS).dtype == np.int64
     assert int(opt.iterations) == info["iterations"] == 1
+    assert str(opt.iterations.dtype) == "int32"
     status.expect_partial()
+
+
+def test_an_integer_that_does_not_fit_the_keras_variable_is_refused_naming_it(keras, tmp_path):
+    path = ck.Checkpoint(v=np.array(1000, np.int64), w=np.array(-3, np.int64)).write(str(tmp_path / "c"))
+    small = keras.Variable(np.int8(0), dtype="int8", trainable=False)
+    with pytest.raises(ck.DtypeMismatchError, match=r"holds int8.*int64 value \(range 1000\.\.1000\)"):
+        ck.Checkpoint(v=small).read(path)
+    assert int(small) == 0
+    fits = keras.Variable(np.int8(0), dtype="int8", trainable=False)
+    ck.Checkpoint(w=fits).read(path).expect_partial()
+    assert int(fits) == -3 and str(fits.dtype) == "int8"
+    with pytest.raises(ck.DtypeMismatchError):  # floats are never taken for integers
+        ck.Checkpoint(v=keras.Variable(np.float32(0))).read(path)
 
 
 def test_moments_wait_for_an_optimizer_built_later(keras, golden):
