@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,7 @@ class SavePlan:
         self.graph = graph
         self._columns = (keys, dtypes, arrays)
         self._tensors: list[tuple[fmt.TensorEntry, np.ndarray]] | None = None
+        self._table: fmt.TensorTable | None = None  # the layout, once written by _write_columns
         self.node_of = node_of  # the node of each tensor
         self.metadata = dict(metadata or {})
         self.num_shards = 1
@@ -68,8 +70,11 @@ class SavePlan:
         """``(entry, array)`` pairs; built on first use, which for an async save is on its writer thread."""
         if self._tensors is None:
             keys, dtypes, arrays = self._columns
-            self._tensors = [(fmt.TensorEntry(k, d, a.shape, 0, 0, a.nbytes, 0), a)
-                             for k, d, a in zip(keys, dtypes, arrays)]
+            if self._table is not None:  # written column-wise already: the entries of its layout
+                self._tensors = list(zip(self._table.entries(), arrays))
+            else:
+                self._tensors = [(fmt.TensorEntry(k, d, a.shape, 0, 0, a.nbytes, 0), a)
+                                 for k, d, a in zip(keys, dtypes, arrays)]
         return self._tensors
 
     @property
@@ -85,7 +90,9 @@ class SavePlan:
             >>> plan_save([np.zeros(2)]).index.table.key
             ['0/.ATTRIBUTES/VARIABLE_VALUE']
         """
-        table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
+        table = self._table
+        if table is None or self._tensors is not None:  # entries made (and maybe changed) since: they hold the layout
+            table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
         index = fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
                           graph=self.graph, table=table)
         index.data_tag = self.data_tag
@@ -244,7 +251,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
     child_start: list[int] = [0]
     child_name: list[str] = []
     child_id: list[int] = []
-    attr_start, attr_name = [0], []
+    attr_start: list[int] = [0]
+    attr_name: list[str] = []
     states: dict[int, Any] = {}
     slots: dict[int, list] = {}
     keys: list[str] = []
@@ -375,6 +383,80 @@ def _set_crcs(items: list) -> None:
         entry.crc32c = crc32c(arr, 0, True)  # releases the GIL: the writing thread goes on meanwhile
 
 
+def _write_columns(writer, plan: SavePlan, progress) -> int:
+    """:func:`_write_tensors` for a writer that takes arrays as they are (local files), column by column.
+
+    The same layout, batches and checksums, worked out with numpy over the whole plan instead of
+    per tensor, and no :class:`~ckptcore.formats.ckpt.TensorEntry` made: the plan's table gets the
+    offsets and checksums (``plan._table``). Returns the data file's size.
+    """
+    keys, dtypes, arrays = plan._columns
+    n = len(arrays)
+    nbytes = np.fromiter(map(_nbytes, arrays), np.int64, n)
+    # fmt.tensor_alignment for every tensor: the dtype's alignment, 64 bytes for large ones
+    small = {d: fmt.tensor_alignment(0, d) for d in dict.fromkeys(dtypes)}
+    align = np.fromiter(map(small.__getitem__, dtypes), np.int64, n)
+    align[nbytes >= fmt.ALIGNED_TENSOR_BYTES] = fmt.ALIGNMENT
+    ends = np.cumsum(nbytes)
+    offs = ends - nbytes
+    if n and (offs % align).any():  # padding somewhere (large tensors, mixed dtypes): laid out in order
+        off, out = 0, []
+        for nb, al in zip(nbytes.tolist(), align.tolist()):
+            off += -off % al
+            out.append(off)
+            off += nb
+        offs = np.array(out, np.int64)
+        ends = offs + nbytes
+    pads = offs - np.concatenate(([0], ends[:-1]))  # the padding before each tensor
+    padded = np.concatenate(([0], np.cumsum(pads > 0))).tolist()  # padded[k]: tensors before k that follow padding
+    # batches as _write_tensors makes them: each closes after the tensor that brings it to STAGING_BYTES
+    data = np.cumsum(nbytes)
+    bounds, i = [], 0
+    while i < n:
+        j = min(int(np.searchsorted(data, (data[i - 1] if i else 0) + STAGING_BYTES, "left")) + 1, n)
+        bounds.append((i, j))
+        i = j
+    nbytes_l, pads_l = nbytes.tolist(), pads.tolist()
+    crcs: list = []
+    pending = []
+    try:
+        for i, j in bounds:
+            arrs = arrays[i:j]
+            pending.append(submit(_checksums, arrs))  # on the helper thread, while this one is in writev
+            if padded[j] == padded[i]:
+                writer.writev(arrs, nbytes_l[i:j])
+            else:
+                bufs: list = []
+                sizes = []
+                for arr, nb, pad in zip(arrs, nbytes_l[i:j], pads_l[i:j]):
+                    if pad:
+                        bufs.append(_ZEROS[:pad])
+                        sizes.append(pad)
+                    bufs.append(arr)
+                    sizes.append(nb)
+                writer.writev(bufs, sizes)
+            if progress is not None:
+                progress(int(data[j - 1] - (data[i - 1] if i else 0)))
+        for f in pending:
+            crcs.extend(f.result())
+    finally:
+        for f in pending:
+            f.exception()  # wait for every checksum (their errors, if any, were raised above)
+    table = fmt.TensorTable(keys, dtypes, list(map(_shape, arrays)), [0] * n, offs.tolist(), nbytes_l, crcs,
+                            plan.node_of)
+    table._arrays = (np.zeros(n, np.int64), offs, nbytes)
+    plan._table = table
+    return int(ends[-1]) if n else 0
+
+
+_nbytes, _shape = attrgetter("nbytes"), attrgetter("shape")
+
+
+def _checksums(arrs: list) -> list[int]:
+    crc32c = fmt.crc32c
+    return [crc32c(a, 0, True) for a in arrs]  # releases the GIL: the writing thread goes on meanwhile
+
+
 def _write_tensors(writer, tensors, progress) -> int:
     """Lay tensors out (``fmt.tensor_alignment``); write neighbours together with one ``writev``. Returns the size."""
     writev = getattr(writer, "writev", None)
@@ -490,8 +572,9 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
     d = storage.dirname(prefix)
     if d:
         storage.makedirs(d)
-    shards = split_shards(plan.tensors, getattr(storage, "preferred_shard_bytes", None))
-    n = len(shards)
+    shard_bytes = getattr(storage, "preferred_shard_bytes", None)
+    shards = split_shards(plan.tensors, shard_bytes) if shard_bytes else None  # None: one shard (local disk)
+    n = len(shards) if shards is not None else 1
     plan.num_shards = n
     index_file = fmt.index_path(prefix)
     # Object stores: this attempt's own data object names (a late request of another attempt cannot reach them)
@@ -501,7 +584,7 @@ def write_plan(storage, prefix: str, plan: SavePlan, progress=None) -> None:
         # Overwriting a checkpoint (a re-save after a failed state update, write() to the same path):
         # uncommit it first, so its old index never describes the new data.
         remove_index(storage, index_file)
-    if n > 1:
+    if shards is not None and n > 1:
         _write_sharded(storage, prefix, plan, shards, progress)
     else:
         _write_one(storage, prefix, plan, progress)
@@ -519,7 +602,10 @@ def _write_one(storage, prefix: str, plan: SavePlan, progress) -> None:
     index_file = fmt.index_path(prefix)
     writer = storage.open_writer(data)
     try:
-        offset = _write_tensors(writer, plan.tensors, progress)
+        if plan._tensors is None and getattr(writer, "accepts_arrays", False) and hasattr(writer, "writev"):
+            offset = _write_columns(writer, plan, progress)
+        else:
+            offset = _write_tensors(writer, plan.tensors, progress)
         plan.shard_sizes = [offset]
         if getattr(writer, "background_commit", False):
             # the data file's fsync waits on the disk on the helper thread while this one encodes the index

@@ -66,6 +66,7 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
     states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
     slots = [f"[{i},{var},{_json_str(name)},{slot}]" for i in sorted(g.slots) for var, name, slot in g.slots[i]]
     cs, as_ = np.asarray(g.child_start), np.asarray(g.attr_start)
+    shard, offset, nbytes = t.arrays()  # as int64 arrays (kept by decoded and column-written tables)
     col = _Columns()
     graph = (f'{{"adapters":[{_strs(adapters)}],"types":[{_strs(types)}],'
              f'"adapter":{col.ref(list(map(adapters.__getitem__, g.adapter)))},'
@@ -75,8 +76,8 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
              f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":[{",".join(slots)}]}}')
     tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs(t.key)}],'
                f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
-               f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(t.shard)},'
-               f'"offset":{col.ref(t.offset)},"nbytes":{col.ref(t.nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
+               f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(shard)},'
+               f'"offset":{col.ref(offset)},"nbytes":{col.ref(nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
     if index.pieces is not None and len(index.pieces):
         from .pieces import encode_pieces
         tensors = f'{tensors[:-1]},"pieces":{encode_pieces(index.pieces, t, col)}}}'
