@@ -93,6 +93,7 @@ class ModuleAdapter(Adapter):
             raise CheckpointError(
                 f"the checkpoint has extra state (get_extra_state()) for a {type(obj).__qualname__}, "
                 "but this module does not override set_extra_state()")
+        self._extra.validate_state(obj, state)
 
     def set_state(self, obj, state):
         if not _has_extra_state(obj):
@@ -294,6 +295,10 @@ class StateDictAdapter(Adapter):
     def validate_state(self, obj, state):
         if not isinstance(state, dict) or "state_dict" not in state:
             raise CheckpointError(f"saved state of {type(obj).__qualname__} is not a {self._what} record")
+        problem = _state_mismatch(state["state_dict"], self._encode(obj, fresh=True)[0], ())
+        if problem is not None:   # load_state_dict would fail (or take it) after the weights were assigned
+            raise CheckpointError(f"saved {self._what} of {type(obj).__qualname__} does not fit the live one: "
+                                  f"{problem}")
 
     def set_state(self, obj, state):
         with self._lock:
@@ -304,6 +309,68 @@ class StateDictAdapter(Adapter):
         for name, t in live.items():
             tensors.setdefault(name, t)  # values the checkpoint lacks keep their live tensor
         self._set(obj, codec.decode(state["state_dict"], tensors))
+
+
+def _kind(value) -> str | None:
+    """The JSON kind of a codec-encoded value (None: ``None``, which matches anything)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        if len(value) == 1:
+            tag = next(iter(value))
+            if tag in codec.TAGS:
+                return {"__tuple__": "list", "__float__": "number", "__dict__": "dict", "__tensor__": "tensor"}[tag]
+        return "dict"
+    return type(value).__name__
+
+
+def _items(value) -> list | dict:
+    if isinstance(value, dict) and len(value) == 1:
+        tag = next(iter(value))
+        if tag == "__tuple__":
+            return value[tag]
+        if tag == "__dict__":
+            return {str(k): v for k, v in value[tag]}
+    return value
+
+
+def _state_mismatch(saved, live, path: tuple) -> str | None:
+    """Where a saved (encoded) state dict differs in kind from the live one, or None.
+
+    Keys only one side has are allowed (a newer or older version of the class); ``None`` on
+    either side matches anything; lists of different lengths are compared element by element
+    against the live list's first element.
+    """
+    ks, kl = _kind(saved), _kind(live)
+    if ks is None or kl is None:
+        return None
+    where = "/".join(map(str, path)) or "the top level"
+    if ks != kl:
+        return f"at {where} the checkpoint has a {ks}, the live object a {kl}"
+    if ks == "dict":
+        s_items, l_items = _items(saved), _items(live)
+        for key in s_items:
+            if key in l_items:
+                found = _state_mismatch(s_items[key], l_items[key], path + (key,))
+                if found is not None:
+                    return found
+    elif ks == "list":
+        s_list, l_list = _items(saved), _items(live)
+        if not l_list:
+            return None
+        for i, item in enumerate(s_list):
+            found = _state_mismatch(item, l_list[i] if len(l_list) == len(s_list) else l_list[0], path + (i,))
+            if found is not None:
+                return found
+    return None
 
 
 class LRSchedulerAdapter(StateDictAdapter):

@@ -66,3 +66,54 @@ def test_an_unedited_checkpoint_still_restores(prefix):
     opt = torch.optim.Adam(net.parameters(), lr=0.5)
     ck.Checkpoint(net=net, opt=opt).read(path).assert_consumed()
     assert opt.param_groups[0]["lr"] == 0.01 and len(opt.state) == 2
+
+
+def _edit_node_state(path, adapter_part, edit):
+    with open(path + ".index", "rb") as f:
+        index = fmt.decode_index(f.read(), path)
+    g = index.graph
+    node = next(i for i, a in enumerate(g.adapter) if adapter_part in a)
+    state = copy.deepcopy(g.state[node])
+    edit(state["state_dict"])
+    g.state[node] = state
+    with open(path + ".index", "wb") as f:
+        f.write(index.encode())
+
+
+SCHEDULER_EDITS = {
+    "a number made a string": lambda sd: sd.__setitem__("last_epoch", "seven"),
+    "a list made a number": lambda sd: sd.__setitem__("base_lrs", 0.1),
+    "a list element made a dict": lambda sd: sd["_last_lr"].__setitem__(0, {"lr": 1}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULER_EDITS))
+def test_an_edited_scheduler_state_fails_before_any_assignment(prefix, name):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step()
+    sched.step()
+    path = ck.Checkpoint(net=net, sched=sched).write(prefix)
+    _edit_node_state(path, "lr_scheduler", SCHEDULER_EDITS[name])
+    net2 = torch.nn.Linear(3, 2)
+    torch.nn.init.zeros_(net2.weight)
+    sched2 = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(net2.parameters(), lr=0.1), step_size=1, gamma=0.5)
+    refused = r"cannot restore sched: its saved state does not fit.*checkpoint has"
+    with pytest.raises(ck.AdapterStateError, match=refused):
+        ck.Checkpoint(net=net2, sched=sched2).read(path)
+    assert not net2.weight.detach().any() and sched2.last_epoch == 0   # nothing was assigned
+
+
+def test_a_scheduler_state_with_keys_of_another_version_still_restores(prefix):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step()
+    sched.step()
+    path = ck.Checkpoint(sched=sched).write(prefix)
+    _edit_node_state(path, "lr_scheduler", lambda sd: sd.__setitem__("_from_a_newer_torch", 1))
+    sched2 = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1),
+                                             step_size=1, gamma=0.5)
+    ck.Checkpoint(sched=sched2).read(path).assert_consumed()
+    assert sched2.last_epoch == 1
