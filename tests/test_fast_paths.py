@@ -344,3 +344,33 @@ def test_plan_tensors_after_a_column_write_hold_the_layout(tmp_path):
     saver.write_plan(st, p, plan)
     table = ck.load_checkpoint(str(tmp_path / "c")).index.table
     assert [(e.key, e.offset, e.crc32c) for e, _ in plan.tensors] == list(zip(table.key, table.offset, table.crc32c))
+
+
+# -- the session's match tables, filled only when consulted (RestoreSession._file_matches) ------------------
+def test_unmatched_keys_before_and_after_the_match_tables_are_filled(prefix):
+    src = _list_model([np.ones(2), np.ones(3)])
+    src.extra = np.ones(4)
+    path = ck.Checkpoint(m=src).write(prefix)
+    dst = _list_model([np.zeros(2), np.zeros(3)])
+    status = ck.Checkpoint(m=dst).read(path)
+    session = status.session
+    assert session._unfiled  # nothing looked up yet
+    assert session.unmatched_checkpoint_keys() == ["m/extra/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert session.matched_node(dst.xs[1]) is not None and not session._unfiled
+    assert session.unmatched_checkpoint_keys() == ["m/extra/.ATTRIBUTES/VARIABLE_VALUE"]
+    dst.extra = np.zeros(4)  # the deferred value: a second step, which looks up the first step's matches
+    assert dst.extra.tolist() == [1.0] * 4 and session.unmatched_checkpoint_keys() == []
+    status.assert_consumed()
+
+
+def test_one_object_matched_to_two_nodes_is_listed_under_both(prefix):
+    src = ck.Module()
+    src.a, src.b = np.arange(2.0), np.arange(2.0)  # two saved values
+    path = ck.Checkpoint(m=src).write(prefix)
+    dst = ck.Module()
+    shared = np.zeros(2)
+    dst.a = dst.b = shared  # one live array for both
+    session = ck.Checkpoint(m=dst).read(path).session
+    nodes = {nid for nid, refs in session.node_objs.items()
+             if any(r() is shared for r in (refs if type(refs) is list else [refs]))}
+    assert len(nodes) == 2 and session.matched_node(shared) in nodes

@@ -97,12 +97,15 @@ class RestoreSession:
         self._root_ref = _ref(root)
         self._extra_refs = [(n, _ref(c)) for n, c in extra_root_children]  # weak: keeps nothing alive
         self.ignore_live_names = set(ignore_live_names)
-        # node id -> weakref of its live object, or a list of them when several matched it
-        self.node_objs: dict[int, Any] = {}
+        # node id -> weakref of its live object, or a list of them when several matched it (node_objs)
+        self._node_objs: dict[int, Any] = {}
         # live object -> node id, as two id-keyed dicts (weakref; node id): no tuple per object,
         # so the collector has tens of thousands fewer objects to scan after a large restore
         self._matched_ref: dict[int, Any] = {}
         self._matched_nid: dict[int, int] = {}
+        # What each step matched, as columns (id() keys, weak references, node ids), not yet entered in
+        # the three tables above: most restores never look anything up in them (_file_matches does).
+        self._unfiled: list[tuple[list, list, list]] = []
         self.unused_attrs: set[str] = set()    # keys whose node matched but attribute is absent live
         self.restored_slots: set[int] = set()
         self.expect_partial = False
@@ -220,7 +223,7 @@ class RestoreSession:
         child_start, child_name, child_id = g.child_start, g.child_name, g.child
         path = tuple(path)
         shared = self._shared_nodes()  # nodes more than one edge leads to: the only ones to check for revisits
-        matched = self if self._matched_ref else None  # nothing matched yet: nothing to look up
+        matched = self if self._matched_ref or self._unfiled else None  # nothing matched yet: nothing to look up
         if matched is not None and matched.matched_node(obj) == node_id:
             return [], []  # already restored by this session (shared object)
         if root_adapter is None:
@@ -462,37 +465,33 @@ class RestoreSession:
             >>> s.matched_node(a) is not None, s.matched_node(np.zeros(1))
             (True, None)
         """
+        if self._unfiled:
+            self._file_matches()
         key = id(obj)
         ref = self._matched_ref.get(key)
         if ref is not None and ref() is obj:
             return self._matched_nid[key]
         return None
 
+    @property
+    def node_objs(self) -> dict[int, Any]:
+        """Checkpoint node id -> weak reference to its live object (a list of them if several matched it)."""
+        if self._unfiled:
+            self._file_matches()
+        return self._node_objs
+
     def _commit_matches(self, matches: list[tuple], pending) -> None:
-        refs, nids = self._matched_ref, self._matched_nid
-        node_objs = self.node_objs
         self.matched_adapters.update(set(map(type, map(_second, matches))))
-        ref_to = weakref.ref
-        for obj, _adapter, nid, _parent, _name in matches:
-            # One weak reference serves both tables. A plain reference, without a removal callback:
-            # an entry of a collected object only lingers until this session ends, and every lookup
-            # checks identity anyway.
-            key = id(obj)
-            ref = refs.get(key)
-            if ref is None or ref() is not obj:
-                try:
-                    ref = ref_to(obj)
-                except TypeError:
-                    ref = _Strong(obj)
-                refs[key] = ref
-            nids[key] = nid
-            objs = node_objs.get(nid)
-            if objs is None:
-                node_objs[nid] = ref
-            elif type(objs) is list:
-                objs.append(ref)
-            else:
-                node_objs[nid] = [objs, ref]
+        # One weak reference per object serves both tables. A plain reference, without a removal callback:
+        # an entry of a collected object only lingers until this session ends, and every lookup checks
+        # identity anyway. Made now (whole columns), entered in the tables only when one is consulted.
+        objs = list(map(_first, matches))
+        try:
+            refs = list(map(weakref.ref, objs))
+        except TypeError:  # some object has no weak references: held strongly
+            refs = [_ref(o) for o in objs]
+        self._unfiled.append((list(map(id, objs)), refs, list(map(_third, matches))))
+        del objs
         if pending:
             install_creation_hooks(notify_dependency_added)
         for parent, name, cid, p in pending:
@@ -506,6 +505,26 @@ class RestoreSession:
             if not any(s is self and c == cid for s, c, _p in queued):
                 queued.append((self, cid, p))
                 _WAITING_UIDS[self.uid] = _WAITING_UIDS.get(self.uid, 0) + 1
+
+    def _file_matches(self) -> None:
+        """Enter the matches of earlier steps (``_unfiled``) in the session's tables, in order."""
+        with _LOCK:  # a lookup on another thread waits until every step is entered
+            refs, nids, node_objs = self._matched_ref, self._matched_nid, self._node_objs
+            for keys, step_refs, step_nids in self._unfiled:
+                refs.update(zip(keys, step_refs))
+                nids.update(zip(keys, step_nids))
+                if not node_objs and len(set(step_nids)) == len(step_nids):
+                    node_objs.update(zip(step_nids, step_refs))  # one object per node (the common case)
+                    continue
+                for nid, ref in zip(step_nids, step_refs):
+                    objs = node_objs.get(nid)
+                    if objs is None:
+                        node_objs[nid] = ref
+                    elif type(objs) is list:
+                        objs.append(ref)
+                    else:
+                        node_objs[nid] = [objs, ref]
+            self._unfiled = []
 
     def _live(self, node_id: int) -> list:
         refs = self.node_objs.get(node_id)
@@ -527,8 +546,11 @@ class RestoreSession:
             return sorted(self.unused_attrs)
         # one boolean per checkpoint node, then a gather over the tensor table's node column
         ok = np.zeros(len(self.graph), bool)
-        if self.node_objs:
-            ok[np.fromiter(self.node_objs, np.int64, len(self.node_objs))] = True
+        with _LOCK:  # not while another thread enters the steps' matches in node_objs
+            if self._node_objs:
+                ok[np.fromiter(self._node_objs, np.int64, len(self._node_objs))] = True
+            for _keys, _refs, step_nids in self._unfiled:  # matched, not entered in node_objs yet
+                ok[np.array(step_nids, np.int64)] = True
         if self._has_slots:
             slot_ids = [s for rows in self.graph.slots.values() for _, _, s in rows]
             ok[slot_ids] = False
