@@ -210,3 +210,20 @@ def test_a_tuple_holding_its_own_module(tmp_path):  # testLoopAssignedModule
     back.v = var(0.0)
     ck.Checkpoint(m=back).read(path).assert_consumed()
     assert float(back.v) == 1.0
+
+
+# -- testNonStringKeyNotTrackableValue, testNonStringKeyTrackableValue ----------------------------------
+def test_dict_keys_that_are_not_strings(tmp_path):
+    """Deliberate difference (docs/tf-differences.md): TF refuses to save a trackable value under a key
+    that is not a string; ckptcore names it str(key), and refuses two keys with the same text."""
+    m = ck.Module()
+    m.d = {1: var(1.0), (2, 3): var(2.0), 4: 5}  # a plain value under an int key: nothing to save (as TF)
+    path = ck.Checkpoint(m=m).write(str(tmp_path / "c"))
+    assert keys(path) >= {"m/d/1/.ATTRIBUTES/VARIABLE_VALUE", "m/d/(2, 3)/.ATTRIBUTES/VARIABLE_VALUE"}
+    back = ck.Module()
+    back.d = {1: var(0.0), (2, 3): var(0.0)}
+    ck.Checkpoint(m=back).read(path).assert_consumed()
+    assert float(back.d[1].numpy()) == 1.0 and float(back.d[(2, 3)].numpy()) == 2.0
+    m.d["1"] = var(3.0)
+    with pytest.raises(ck.CheckpointError, match="two different dependencies named '1'"):
+        ck.Checkpoint(m=m).write(str(tmp_path / "clash"))
