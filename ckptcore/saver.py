@@ -28,7 +28,7 @@ from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .distributed.shards import ShardedValue
 from .dtypes import dtype_name, storage_dtype
-from .errors import CheckpointError, NotTrackableError, UnsupportedDtypeError
+from .errors import CheckpointError, InvalidArgumentError, NotTrackableError, UnsupportedDtypeError
 from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
@@ -270,6 +270,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         return esc
 
     value_suffix = f"/{ATTRIBUTES}/{escape(VARIABLE_VALUE)}"
+    root_named_child = False
     dtype_info = _DTYPE_INFO
     i = 0
     while i < len(objs):
@@ -309,7 +310,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
                     adapters.append(child_adapter)
                     parents.append(i)
                     names.append(name)
-                    escs.append(f"{esc}/{escape(name)}" if esc else escape(name))
+                    escs.append(f"{esc}/{escape(name)}" if i else escape(name))  # ("", "a") -> "/a", as TF
+                    if i == 0 and name == "":
+                        root_named_child = True  # its keys are the root's ("/.ATTRIBUTES/..."): checked below
                 child_name.append(name)
                 child_id.append(j)
         child_start.append(len(child_id))
@@ -360,10 +363,24 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
             arrays = [a if stage.is_private(a) else a.copy() for a in arrays]
         else:
             arrays = [a.copy() for a in arrays]
+    if root_named_child and len(set(keys)) != len(keys):
+        _refuse_key_clash(keys)
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
     plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
     plan.full_names = full_names
     return plan
+
+
+def _refuse_key_clash(keys: list[str]) -> None:
+    """A child named ``""`` of the root has the root's key prefix (TensorFlow's naming gives both
+    ``/.ATTRIBUTES/<attr>``): two values under one key would make a checkpoint no reader accepts."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise InvalidArgumentError(f"cannot save: the root and its child named '' would both store the key "
+                                       f"{key!r} (a child named '' of the root is keyed as the root itself, as in "
+                                       "TensorFlow); rename the child")
+        seen.add(key)
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
