@@ -328,3 +328,20 @@ def test_a_deeply_nested_storage_option_is_a_usage_error(run):
     """Before: json.loads' RecursionError escaped as a traceback."""
     r = run("ls", "memory://cli/deep", "-o", "client_kwargs=" + "[" * 100_000 + "]" * 100_000)
     assert r.returncode == 2 and "client_kwargs" in r.stderr and "nested too deeply" in r.stderr
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00" * 40, b"CKPTIDX1garbage"])
+def test_ls_lists_a_checkpoint_whose_index_is_unreadable_as_partial(tmp_path, run, damage):
+    """Before: the table's format column was None + str, a TypeError traceback."""
+    d = tmp_path / "run"
+    m = ck.CheckpointManager(ck.Checkpoint(a=np.ones(2)), str(d), max_to_keep=3)
+    for _ in range(3):
+        m.save()
+    (d / "ckpt-2.index").write_bytes(damage)
+    r = run("ls", str(d))
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if "ckpt-2" in line)
+    assert "partial" in row and "?" in row
+    r = run("ls", str(d), "--json")
+    rows = {c["name"]: c for c in json.loads(r.stdout)["checkpoints"]}
+    assert not rows["ckpt-2"]["complete"] and rows["ckpt-2"]["format"] is None and rows["ckpt-3"]["complete"]

@@ -112,7 +112,7 @@ def run(directory: str, storage_options: dict, as_json: bool) -> None:
         table.add_column(col, justify="right" if col in ("number", "size") else "left")
     for r in rows:
         state_txt = ("complete" if r["complete"] else f"partial: {r['problem']}") + (", latest" if r["latest"] else "")
-        fmt_txt = r["format"] + (f" v{r['version']}" if r["version"] else "")
+        fmt_txt = (r["format"] or "?") + (f" v{r['version']}" if r["version"] else "")  # "?": no readable index
         table.add_row(r["name"], "" if r["number"] is None else str(r["number"]), r["time"] or "?",
                       _common.human_bytes(r["bytes"]), fmt_txt, state_txt)
     for left in leftovers:
