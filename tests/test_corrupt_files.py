@@ -652,6 +652,19 @@ def test_special_file_in_place_of_a_checkpoint_file(ckpt_path, which, kind):
     assert target in str(info.value) or ckpt_path in str(info.value)
 
 
+@pytest.mark.parametrize("which", ["index", "data"])
+def test_a_symlink_loop_in_place_of_a_checkpoint_file_is_a_storage_error(ckpt_path, which):
+    """Before: os.stat's OSError (ELOOP) escaped from every reader."""
+    target = ckpt_path + (".index" if which == "index" else ".data-00000-of-00001")
+    os.remove(target)
+    os.symlink(target, target)  # points at itself
+    with pytest.raises(ck.StorageError) as info:
+        open_every_way(ckpt_path)
+    assert target in str(info.value)
+    with pytest.raises(ck.StorageError):
+        ck.Checkpoint(model=_fresh()).restore(ckpt_path)
+
+
 @pytest.mark.timeout(60)
 def test_device_in_place_of_index_is_refused_without_endless_read(tmp_path):
     import subprocess

@@ -460,6 +460,8 @@ class LocalStorage(Storage):
             return os.stat(path).st_size
         except (FileNotFoundError, NotADirectoryError) as e:  # a parent is a file
             raise NotFoundError(f"checkpoint file not found: {path}") from e
+        except OSError as e:  # a symlink loop, a name too long, permission, I/O error
+            raise storage_error(e, "read the size of checkpoint file", path) from e
 
     def read_bytes(self, path: str, limit: int | None = None) -> bytes:
         try:
