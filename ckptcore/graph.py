@@ -68,7 +68,12 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str],
         return []
     out: list[tuple[str, Any]] = []
     seen: dict[str, Any] = {}
-    for name, child in list(children) + list(extra):
+    for item in list(children) + list(extra):
+        if type(item) not in (tuple, list) or len(item) != 2:
+            raise CheckpointError(f"cannot track {display_path(path)}: children() of its adapter "
+                                  f"{getattr(adapter, 'name', type(adapter).__name__)!r} must give (name, object) "
+                                  f"pairs, got {item!r:.80}")
+        name, child = item
         if not isinstance(name, str):
             name = str(name)
         if name in seen:

@@ -318,6 +318,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         child_start.append(len(child_id))
         attrs = adapter.attributes(obj)
         if attrs:
+            if len(attrs) > 1 or type(attrs[0]) is not str:  # (one name, a str: the common case)
+                _check_attributes(attrs, adapter, display_path(path_of(i)))
             key_prefix = f"{esc}/{ATTRIBUTES}/"  # as naming.object_key: the root's are "/.ATTRIBUTES/..."
             for attr in attrs:
                 arr, name = _as_array(adapter.get_value(obj, attr),
@@ -369,6 +371,18 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
     plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
     plan.full_names = full_names
     return plan
+
+
+def _check_attributes(attrs: Any, adapter: Any, where: str) -> None:
+    """``attributes()`` names each value once, as a string: two values under one name would be one key."""
+    name = getattr(adapter, "name", type(adapter).__name__)
+    if isinstance(attrs, (str, bytes)) or not all(type(a) is str for a in attrs):
+        raise CheckpointError(f"cannot save {where}: attributes() of its adapter {name!r} must be a list of "
+                              f"names (strings), got {attrs!r:.80}")
+    if len(set(attrs)) != len(attrs):
+        dup = next(a for k, a in enumerate(attrs) if a in attrs[:k])
+        raise CheckpointError(f"cannot save {where}: attributes() of its adapter {name!r} names {dup!r} twice, "
+                              "so two values would have one checkpoint key")
 
 
 def _refuse_key_clash(keys: list[str]) -> None:

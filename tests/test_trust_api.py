@@ -249,3 +249,42 @@ def test_state_or_metadata_nested_too_deeply_is_a_ckptcore_error(tmp_path):
         ck.registry.unregister_plugin(plugin)
     with pytest.raises(ck.CheckpointError, match="metadata is not JSON-serializable"):
         ck.CheckpointOptions(metadata={"deep": _deep(100_000)})
+
+
+@pytest.mark.parametrize("attrs, children, match", [
+    (["x", "x"], [], "names 'x' twice"),
+    ([3], [], "must be a list of names"),
+    ([None], [], "must be a list of names"),
+    ("xy", [], "must be a list of names"),
+    ([], [("a",)], r"must give \(name, object\) pairs"),
+], ids=["duplicate attribute", "int attribute", "None attribute", "a string", "a child without its object"])
+@pytest.mark.parametrize("fmt_name", ["ckptcore", "tensorflow"])
+def test_an_adapter_naming_its_values_wrongly_fails_the_save_before_writing(tmp_path, attrs, children, match,
+                                                                            fmt_name):
+    """Before: a duplicate attribute name made ckptcore's format commit an index no reader accepts
+    ("appears twice"); int/None names and bad children pairs leaked AttributeError/ValueError."""
+    class Obj:
+        pass
+
+    class Sloppy(ck.Adapter):
+        name = "test.sloppy_names"
+
+        def attributes(self, obj):
+            return attrs
+
+        def get_value(self, obj, attr):
+            return np.ones(2)
+
+        def set_value(self, obj, attr, value):
+            pass
+
+        def children(self, obj):
+            return children
+
+    plugin = ck.register_adapter(Obj, Sloppy())
+    try:
+        with pytest.raises(ck.CheckpointError, match=f"o: .*test.sloppy_names.*{match}"):
+            ck.Checkpoint(o=Obj()).write(str(tmp_path / "c"), ck.CheckpointOptions(format=fmt_name))
+        assert not list(tmp_path.iterdir())
+    finally:
+        ck.registry.unregister_plugin(plugin)
