@@ -181,6 +181,9 @@ class Adapter:
     def get_state(self, obj: Any) -> Any:
         """Small JSON-serializable metadata to save with the object, or None.
 
+        It comes back to :meth:`set_state` as JSON gives it: dict keys as strings (``{1: x}``
+        returns as ``{"1": x}``) and tuples as lists; convert them back there.
+
         Example:
             >>> Adapter().get_state(object()) is None
             True
