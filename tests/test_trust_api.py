@@ -288,3 +288,38 @@ def test_an_adapter_naming_its_values_wrongly_fails_the_save_before_writing(tmp_
         assert not list(tmp_path.iterdir())
     finally:
         ck.registry.unregister_plugin(plugin)
+
+
+@pytest.mark.parametrize("spec", [lambda: "nope", lambda: None, lambda: ((4,), "not a dtype"), lambda: ((4,),)],
+                         ids=["a string", "None", "a bad dtype", "no dtype"])
+def test_an_adapter_spec_that_is_not_a_shape_and_dtype_fails_the_restore_naming_it(spec):
+    """Before: the unpacking's ValueError/TypeError (or numpy's) escaped, raw; now a ckptcore error naming the
+    path, raised with the other mismatches before anything is assigned."""
+    path = ck.Checkpoint(o=np.arange(4.0), a=np.ones(2)).write("memory://trust/spec/c")
+
+    class Obj:
+        pass
+
+    class BadSpec(ck.Adapter):
+        name = "test.bad_spec"
+
+        def attributes(self, obj):
+            return ["VARIABLE_VALUE"]
+
+        def get_value(self, obj, attr):
+            return np.zeros(4)
+
+        def spec(self, obj, attr):
+            return spec()
+
+        def set_value(self, obj, attr, value):
+            obj.value = value
+
+    plugin = ck.register_adapter(Obj, BadSpec())
+    try:
+        a = np.zeros(2)
+        with pytest.raises(ck.CheckpointError, match=r"cannot restore o \(o/.ATTRIBUTES/VARIABLE_VALUE\).*spec\(\)"):
+            ck.Checkpoint(o=Obj(), a=a).read(path)
+        assert a.tolist() == [0.0, 0.0]
+    finally:
+        ck.registry.unregister_plugin(plugin)

@@ -62,6 +62,7 @@ from .values import (
     _keeps_default_attributes,
     _path,
     _spec_error,
+    _spec_failed,
     _state_error,
     _state_setter,
     _summary,
@@ -408,6 +409,9 @@ class RestoreSession:
                     except CheckpointError as e:
                         where = display_path(_path(matches, k, base))
                         errors.append(type(e)(f"cannot restore {where} ({table.key[t]}): {e}"))
+                        continue
+                    except Exception as e:  # an adapter bug: named, as the other mismatches, before any assignment
+                        errors.append(_spec_failed(_path(matches, k, base), table.key[t], adapter, e))
                         continue
                     np_dtype = fast_dtypes.get(t_dtype[t])
                     if np_dtype is None:

@@ -79,7 +79,12 @@ def _fill(dest: np.ndarray, value: np.ndarray) -> None:
 def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> CheckpointError | None:
     """The error for a live spec that does not match ``entry``, or None if it matches after all."""
     where = display_path(path)
-    shape = tuple(int(d) for d in shape)
+    try:
+        shape = tuple(int(d) for d in shape)
+        np.dtype(dtype)
+    except (TypeError, ValueError) as e:
+        return CheckpointError(f"cannot restore {where} ({entry.key}): its adapter's spec() must return (shape, "
+                               f"numpy dtype), got ({shape!r:.60}, {dtype!r:.60}): {e}")
     if shape != tuple(entry.shape):
         return ShapeMismatchError(
             f"shape mismatch for {where} (key {entry.key!r}): the checkpoint has {tuple(entry.shape)}, "
@@ -90,6 +95,12 @@ def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> Checkpoint
             f"dtype mismatch for {where} (key {entry.key!r}): the checkpoint has {entry.dtype}, "
             f"the live object has {np.dtype(dtype).name}.")
     return None
+
+
+def _spec_failed(path: tuple, key: str, adapter, e: Exception) -> CheckpointError:
+    """The error for an adapter whose ``spec()`` raised (or did not return a pair)."""
+    return CheckpointError(f"cannot restore {display_path(path)} ({key}): spec() of its adapter "
+                           f"{getattr(adapter, 'name', type(adapter).__name__)!r} failed: {type(e).__name__}: {e}")
 
 
 def _accepts(adapter, obj, attr: str, stored: np.dtype) -> bool:
