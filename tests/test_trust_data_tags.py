@@ -188,3 +188,78 @@ def test_a_later_save_removes_data_no_index_names(late, tmp_path):
     data = sorted(n for n in os.listdir(tmp_path) if ".data-" in n)
     assert [n.split(".")[0] for n in data] == ["ckpt-1", "ckpt-2"]   # the failed attempt's data are gone
     assert restored(first) == restored(second) == [1.0] * 4
+
+
+def _on_two_ranks(save):
+    """Run ``save(options)`` on the two workers of a group of threads; their results (or exceptions)."""
+    import threading
+
+    from ckptcore.distributed.collective import ThreadGroup
+
+    out: list = [None, None]
+
+    def run(g):
+        try:
+            out[g.rank] = save(ck.CheckpointOptions(process_group=g, collective_timeout=20))
+        except Exception as e:  # noqa: BLE001 -- compared by the test
+            out[g.rank] = e
+    threads = [threading.Thread(target=run, args=(g,)) for g in ThreadGroup.create(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def _two_values(value):
+    m = ck.Module()
+    m.w = np.full(4, float(value), np.float32)
+    m.v = np.full(1000, float(value), np.float32)   # two values: each worker writes one (the balanced assignment)
+    return m
+
+
+def test_a_multi_worker_save_names_every_workers_data_with_one_tag(late, tmp_path):
+    _storage, d = late
+    paths = _on_two_ranks(lambda o: ck.Checkpoint(m=_two_values(1.0)).write(f"{d}/c", o))
+    assert paths[0] == paths[1] == f"{d}/c"
+    data = sorted(n for n in os.listdir(tmp_path) if ".data-" in n)
+    tags = {n.rsplit(".", 1)[1] for n in data}
+    assert [n.rsplit(".", 1)[0] for n in data] == ["c.data-00000-of-00002", "c.data-00001-of-00002"]
+    assert len(tags) == 1 and fmt.is_data_tag(tags.pop())
+    reader = ck.load_checkpoint(paths[0])
+    assert reader.index.data_tag == data[0].rsplit(".", 1)[1] and reader.verify() > 0
+    back = _two_values(0.0)
+    ck.Checkpoint(m=back).read(paths[0]).assert_consumed()
+    assert back.w.tolist() == [1.0] * 4 and back.v.tolist() == [1.0] * 1000
+
+
+def test_a_failed_multi_worker_commits_late_clean_up_never_breaks_the_retry(late):
+    storage, d = late
+    storage.fail_index_puts, storage.hold_deletes = 1, True
+    failed = _on_two_ranks(lambda o: ck.Checkpoint(m=_two_values(1.0)).write(f"{d}/ckpt-1", o))
+    assert all(isinstance(e, ck.CheckpointError) for e in failed)   # rank 0's PUT error; rank 1 names rank 0
+    storage.hold_deletes = False
+    paths = _on_two_ranks(lambda o: ck.Checkpoint(m=_two_values(2.0)).write(f"{d}/ckpt-1", o))
+    storage.land()                   # whatever the failed attempt asked to delete reaches the server only now
+    assert paths[0] == f"{d}/ckpt-1" and ck.load_checkpoint(paths[0]).verify() > 0
+    back = _two_values(0.0)
+    ck.Checkpoint(m=back).read(paths[0]).assert_consumed()
+    assert back.w.tolist() == [2.0] * 4 and back.v.tolist() == [2.0] * 1000
+
+
+def test_a_multi_worker_commit_whose_put_landed_is_a_committed_save(late):
+    storage, d = late
+    real = LocalStorage.write_atomic
+
+    def landed_but_lost(path, data):
+        real(storage, path, data)
+        if path.endswith(".index"):
+            raise ck.StorageError(f"injected: the response to the PUT of {path} was lost")
+
+    storage.write_atomic = landed_but_lost
+    try:
+        paths = _on_two_ranks(lambda o: ck.Checkpoint(m=_two_values(3.0)).write(f"{d}/c", o))
+    finally:
+        del storage.write_atomic
+    assert paths == [f"{d}/c", f"{d}/c"]   # no error on any worker: the index on storage is the one sent
+    assert ck.load_checkpoint(paths[0]).verify() > 0

@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StoragePermissionError
 from ..formats import ckpt as fmt
 from ..progress import log
 from .collective import DEFAULT_TIMEOUT, CollectiveTimeoutError, Group, all_gather_json, broadcast_json
@@ -51,14 +51,17 @@ class Sections(Protocol):
     def check(self, plan: Any) -> None:
         """Raise for what the format cannot hold (step 1, on every worker)."""
 
-    def data_file(self, spath: str, rank: int, world: int) -> str:
+    def new_tag(self, storage: Any) -> str | None:
+        """This save attempt's data tag (rank 0, step 1), shared by every worker's data file name, or None."""
+
+    def data_file(self, spath: str, rank: int, world: int, tag: str | None) -> str:
         """This worker's data file."""
 
-    def write(self, storage: Any, spath: str, plan: Any, mine: list, rank: int, world: int) -> dict:
+    def write(self, storage: Any, spath: str, plan: Any, mine: list, rank: int, world: int, tag: str | None) -> dict:
         """Write the boxes ``mine`` (``[(row, start, extent), ...]``) of ``plan`` to this worker's data file,
         made durable; return a JSON-ready description of them for rank 0's index."""
 
-    def index(self, plan: Any, sections: list[dict], world: int) -> bytes:
+    def index(self, plan: Any, sections: list[dict], world: int, tag: str | None) -> bytes:
         """The encoded index of the whole checkpoint, from every worker's :meth:`write` result (rank 0)."""
 
 
@@ -69,7 +72,7 @@ def run_collective_save(group: Group, storage, spath: str, make_plan: Callable, 
     ``on_commit`` runs on every worker once the index is committed: on rank 0 first, before
     the others return.
     """
-    from ..saver import checkpoint_files
+    from ..saver import checkpoint_files, remove_index
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     rank, world = group.rank, group.size
@@ -77,12 +80,17 @@ def run_collective_save(group: Group, storage, spath: str, make_plan: Callable, 
     raised: BaseException | None = None
     plan = None
     desc = None
+    tag = None
     try:
         if rank == 0:
+            # on object stores, this attempt's own data names: a late request of another attempt cannot reach them
+            tag = sections.new_tag(storage)
             _makedirs(storage, spath)
             index_file = fmt.index_path(spath)
             if storage.exists(index_file):
-                storage.remove([index_file])  # uncommitted first: its index never describes new data
+                # uncommitted first: its index never describes new data (on object stores the DELETE names
+                # the version it means: applied late, it cannot remove an index written since)
+                remove_index(storage, index_file)
             old = checkpoint_files(storage, spath) + temp_files(storage, spath)
             if old:
                 storage.remove(old)  # an earlier, failed (killed: its temp files) or overwritten save's files
@@ -91,19 +99,20 @@ def run_collective_save(group: Group, storage, spath: str, make_plan: Callable, 
         desc = describe(plan)
     except BaseException as e:  # noqa: BLE001 -- reported to every worker, then raised
         error, raised = _message(e), e
-    infos = all_gather_json(group, {"error": error, "rows": desc}, timeout, "plan")
+    infos = all_gather_json(group, {"error": error, "rows": desc, "tag": tag}, timeout, "plan")
     _raise_failed(infos, rank, "planning its save", raised if error else None)
     descs = [i["rows"] for i in infos]
     check_consistent(descs)
     mine = assign(descs)[rank]
+    tag = infos[0]["tag"]
 
-    data_file = sections.data_file(spath, rank, world)
+    data_file = sections.data_file(spath, rank, world, tag)
     section: dict = {}
     error = None
     try:
         if rank != 0:
             _makedirs(storage, spath)
-        section = sections.write(storage, spath, plan, mine, rank, world)
+        section = sections.write(storage, spath, plan, mine, rank, world, tag)
     except BaseException as e:  # noqa: BLE001
         error, raised = _message(e), e
     try:
@@ -115,26 +124,32 @@ def run_collective_save(group: Group, storage, spath: str, make_plan: Callable, 
         _remove(storage, [data_file])
         _raise_failed(infos, rank, f"writing its {sections.what}", raised if error else None)
 
-    error, committed = None, False
+    error, committed, keep = None, False, False
     if rank == 0:
         try:
-            storage.write_atomic(fmt.index_path(spath), sections.index(plan, [i["section"] for i in infos], world))
-            committed = True
+            index = sections.index(plan, [i["section"] for i in infos], world, tag)
+            committed = _write_index(storage, fmt.index_path(spath), index, tag)
             if on_commit is not None:
                 on_commit()
         except BaseException as e:  # noqa: BLE001
             error, raised = _message(e), e
             if not committed:
-                _remove(storage, [fmt.index_path(spath)])
+                # An object store may still apply the index PUT the client gave up on: that index names this
+                # attempt's data (its tag), so they stay (a manager's later save removes them once no index
+                # names them); a refused PUT never lands. Elsewhere: the index, then every data file.
+                keep = tag is not None and not isinstance(e, StoragePermissionError)
+                if not keep:
+                    _remove(storage, [fmt.index_path(spath)])
     try:
-        result = broadcast_json(group, {"error": error, "committed": committed}, 0, timeout, "commit")
+        result = broadcast_json(group, {"error": error, "committed": committed, "keep": keep}, 0, timeout,
+                                "commit")
     except CollectiveTimeoutError as e:  # a worker died after every section was durable
         if rank == 0 and error is not None and raised is not None:
             raise raised from e
         _commit_unconfirmed(group, storage, spath, committed and error is None, e)
         return  # rank 0: committed and recorded; the dead worker's failure shows at the group's next step
     if result["error"]:
-        if not result["committed"]:
+        if not result["committed"] and not result["keep"]:
             _remove(storage, [data_file])
         if rank == 0 and raised is not None:
             raise raised
@@ -142,6 +157,26 @@ def run_collective_save(group: Group, storage, spath: str, make_plan: Callable, 
                               f"checkpoint {spath!r}: {result['error']}")
     if rank != 0 and on_commit is not None:
         on_commit()
+
+
+def _write_index(storage, index_file: str, encoded: bytes, tag: str | None) -> bool:
+    """Write the index (the commit point); True once it is on storage.
+
+    On an object store (``tag``: the attempt's data names are its own) the PUT may have landed
+    although its response was lost: then the checkpoint is committed, as for a single process.
+    """
+    try:
+        storage.write_atomic(index_file, encoded)
+    except Exception:
+        if tag is None:
+            raise
+        try:
+            landed = storage.read_bytes(index_file) == encoded
+        except Exception:  # noqa: BLE001 -- not known to be there: the PUT's error stands
+            landed = False
+        if not landed:
+            raise
+    return True
 
 
 def temp_files(storage, spath: str) -> list[str]:

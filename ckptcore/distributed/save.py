@@ -53,14 +53,17 @@ class _Sections:
     def check(self, plan) -> None:
         pass  # ckptcore's format holds whatever planning accepted
 
-    def data_file(self, spath: str, rank: int, world: int) -> str:
-        return fmt.data_path(spath, rank, world)
+    def new_tag(self, storage) -> str | None:
+        return fmt.new_data_tag() if getattr(storage, "unique_data_names", False) else None
 
-    def write(self, storage, spath: str, plan, mine: list, rank: int, world: int) -> dict:
+    def data_file(self, spath: str, rank: int, world: int, tag: str | None) -> str:
+        return fmt.data_path(spath, rank, world, tag)
+
+    def write(self, storage, spath: str, plan, mine: list, rank: int, world: int, tag: str | None) -> dict:
         from ..saver import _write_tensors
 
         items = local_arrays(plan, mine)
-        writer = storage.open_writer(self.data_file(spath, rank, world))
+        writer = storage.open_writer(self.data_file(spath, rank, world, tag))
         try:
             size = _write_tensors(writer, items, None)
             writer.commit()
@@ -71,8 +74,10 @@ class _Sections:
                    for (row, start, extent), (e, _a) in zip(mine, items)]
         return {"written": written, "size": size}
 
-    def index(self, plan, sections: list[dict], world: int) -> bytes:
-        return merge(plan, world, [s["written"] for s in sections], [s["size"] for s in sections]).encode()
+    def index(self, plan, sections: list[dict], world: int, tag: str | None) -> bytes:
+        index = merge(plan, world, [s["written"] for s in sections], [s["size"] for s in sections])
+        index.data_tag = tag
+        return index.encode()
 
 
 def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, timeout: float | None = None,

@@ -70,10 +70,13 @@ class _Sections:
 
         check_plan(plan)
 
-    def data_file(self, spath: str, rank: int, world: int) -> str:
+    def new_tag(self, storage) -> str | None:
+        return None  # TensorFlow's readers know only its own data file names
+
+    def data_file(self, spath: str, rank: int, world: int, tag: str | None) -> str:
         return fmt.data_path(spath, rank, world)
 
-    def write(self, storage, spath: str, plan, mine: list, rank: int, world: int) -> dict:
+    def write(self, storage, spath: str, plan, mine: list, rank: int, world: int, tag: str | None) -> dict:
         from ...distributed.merge import local_arrays
         from .writer import BundleWriter, object_graph
 
@@ -89,7 +92,7 @@ class _Sections:
                 graph = object_graph(plan.graph, [e.key for e, _ in plan.tensors], plan.full_names)
             return {"entries": w.commit_data(graph), "slices": w.slices}
 
-    def index(self, plan, sections: list[dict], world: int) -> bytes:
+    def index(self, plan, sections: list[dict], world: int, tag: str | None) -> bytes:
         from .writer import encode_index, entry_bytes, sliced_entries
 
         merged = [(k, entry_bytes(v)) for s in sections for k, v in s["entries"].items()]

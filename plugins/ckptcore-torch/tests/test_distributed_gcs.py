@@ -59,8 +59,10 @@ def test_multi_rank_save_to_gcs_and_resharded_restore(gcs_bucket, tmp_path):
     assert saved == [{"0": True}] * 2
     reader = ck.load_checkpoint(f"{root}/layout/c-0", storage_options=options)
     assert reader.index.num_shards == 2  # one data object per rank
-    assert sorted(n.rsplit("/", 1)[-1] for n in reader.storage.listdir(f"{bucket}/run/layout")) == \
-        ["c-0.data-00000-of-00002", "c-0.data-00001-of-00002", "c-0.index"]
+    # one data object per rank, both named with the save attempt's data tag (the index records it)
+    tag = reader.index.data_tag
+    assert tag is not None and sorted(n.rsplit("/", 1)[-1] for n in reader.storage.listdir(f"{bucket}/run/layout")) == \
+        [f"c-0.data-00000-of-00002.{tag}", f"c-0.data-00001-of-00002.{tag}", "c-0.index"]
     got = reader.get_tensor("t/.ATTRIBUTES/VARIABLE_VALUE")
     assert got.tolist() == torch.arange(60, dtype=torch.float32).reshape(6, 10).tolist()
     # 2 -> 3 ranks, Shard(0) -> Shard(1) and replicated, each rank reading its byte ranges from GCS
