@@ -2,8 +2,9 @@
 
 One protocol, run on every worker of the group (each step a collective call, bounded by the timeout):
 
-1. rank 0 uncommits a checkpoint already at the path (its index first) and removes its
-   files and a killed writer's temporary files; every worker plans its save (and the
+1. rank 0 draws the attempt's data tag (object stores, ckptcore's format: every worker's data
+   file carries it), uncommits a checkpoint already at the path (its index first) and removes
+   its files and a killed writer's temporary files; every worker plans its save (and the
    format checks the plan); all exchange their descriptions (keys, dtypes, global shapes,
    boxes) -- or the error planning raised;
 2. every worker computes the same assignment (:func:`ckptcore.distributed.merge.assign`) and
@@ -11,8 +12,9 @@ One protocol, run on every worker of the group (each step a collective call, bou
 3. all exchange what they wrote or their error; on any error every worker removes its own
    data file and raises, naming the failed ranks;
 4. rank 0 has the format build the one index from every worker's section and writes it: the
-   commit point; then it records the checkpoint (``on_commit``: state file, manager) and tells
-   the others, which record it too and return.
+   commit point (on an object store a failed PUT is read back: landed, it is committed; else,
+   as it may still land, the tagged data stay); then it records the checkpoint (``on_commit``:
+   state file, manager) and tells the others, which record it too and return.
 
 ckptcore's own format (:mod:`ckptcore.distributed.save`) and TensorFlow's
 (:mod:`ckptcore.formats.tensorbundle.collective`) differ only in a :class:`Sections`.
