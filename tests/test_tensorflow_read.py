@@ -251,3 +251,41 @@ def test_slots_written_in_tensorflows_format_have_tensorflows_keys(tmp_path):
     finally:
         ck.registry.unregister_plugin(name)
     assert opt2.slots[(id(m2.w), "v")].tolist() == pytest.approx([0.004, 0.016])
+
+
+SHARED = os.path.join(os.path.dirname(__file__), "fixtures", "tf_shared")
+
+
+def test_a_variable_tensorflow_stores_once_for_several_edges_restores_into_the_shared_object():
+    # tests/fixtures/tf_shared/ckpt (TF 2.21): one variable reached as alias, model/a, model/b, model/inner/c
+    path = os.path.join(SHARED, "ckpt")
+    assert [k for k, _ in ck.list_variables(path)] == [
+        "_CHECKPOINTABLE_OBJECT_GRAPH", "alias/.ATTRIBUTES/VARIABLE_VALUE", "model/own/.ATTRIBUTES/VARIABLE_VALUE"]
+    shared = ck.Variable(np.zeros(3, np.float32))
+    m = ck.Module()
+    m.a = m.b = shared
+    m.inner = ck.Module()
+    m.inner.c = shared
+    m.own = ck.Variable(np.zeros(1, np.float32))
+    ck.Checkpoint(model=m, alias=shared).read(path).assert_consumed()
+    assert shared.numpy().tolist() == [1.0, 2.0, 3.0] and m.own.numpy().tolist() == [7.0]
+    # built later, through the other edges only: the shared node's value reaches the object on any of them
+    late = ck.Checkpoint()
+    status = late.read(path)
+    late.model = m2 = ck.Module()
+    m2.inner = ck.Module()
+    m2.inner.c = ck.Variable(np.zeros(3, np.float32))
+    assert m2.inner.c.numpy().tolist() == [1.0, 2.0, 3.0]
+    status.expect_partial()
+
+
+def test_a_saved_models_variables_bundle_reads_without_tensorflow():
+    # tests/fixtures/tf_shared/saved_model/variables/variables: the bundle of tf.saved_model.save (TF 2.21)
+    path = os.path.join(SHARED, "saved_model", "variables", "variables")
+    assert dict(ck.list_variables(path))["layer/k/.ATTRIBUTES/VARIABLE_VALUE"] == [1, 2]
+    m = ck.Module()
+    m.w = ck.Variable(np.zeros(3, np.float32))
+    m.layer = ck.Module()
+    m.layer.k = ck.Variable(np.zeros((1, 2), np.float32))
+    ck.Checkpoint(root=m).read(path).assert_existing_objects_matched()
+    assert m.w.numpy().tolist() == [1.0, 2.0, 3.0] and m.layer.k.numpy().tolist() == [[4.0, 5.0]]
