@@ -303,14 +303,14 @@ class Checkpoint(Module):
         self._ck_async.wait()
         storage, spath = open_storage(path, options.storage_options, max_retries=options.max_retries)
         root, extra = self._ck_graph()
-        if self._ck_root is not None and options.format == "tensorflow":
+        fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
+        if self._ck_root is not None and fmt_writer.root_self_edge:
             extra = _with_root_self_edge(root, extra)
         timer = progress.Timer()
         metadata = dict(index_metadata or {})  # the manager's entries (metrics), then the user's own
         if options.metadata:
             metadata[fmt.USER_METADATA_KEY] = dict(options.metadata)
-        fmt_writer = writer_for(options.format)  # ckptcore's own by default; "tensorflow": a TensorBundle
-        strings = options.format == "tensorflow"  # its string tensors hold object arrays of bytes
+        strings = fmt_writer.variable_length_strings  # TensorFlow's: object arrays of bytes as string tensors
         group = current_group(options)
         if group is not None:  # torch.distributed (or another group): every worker writes its section
             collective_write = fmt_writer.write_collective  # each worker its own data file, one merged index

@@ -82,6 +82,10 @@ class Format:
     # multi-worker save ``write_collective`` on every worker; then, for ``Checkpoint.save``, ``record_save``
     # (the directory's state file), or for a ``CheckpointManager`` save ``write_state`` (its whole list).
     writes: bool = False
+    #: ``Checkpoint(root=m)`` records TensorFlow's edge ``root`` of node 0 to itself (TF's own files have it).
+    root_self_edge: bool = False
+    #: Object arrays of ``bytes`` are saved as variable-length string tensors (else they are refused).
+    variable_length_strings: bool = False
 
     def write_plan(self, storage: Any, prefix: str, plan: Any, progress: Any = None) -> None:
         """Write a :class:`~ckptcore.saver.SavePlan` as a checkpoint at ``prefix``."""

@@ -42,6 +42,8 @@ class TensorBundleFormat(Format):
         return decode(raw, path, storage, prefix)
 
     writes = True
+    root_self_edge = True            # as tf.train.Checkpoint(root=m) writes its graph
+    variable_length_strings = True   # DT_STRING tensors
 
     def write_plan(self, storage, prefix, plan, progress=None) -> None:
         from .writer import write
