@@ -436,6 +436,10 @@ class Checkpoint(Module):
         with paused_gc() if isinstance(storage, LocalStorage) else nullcontext():
             reader = CheckpointReader(save_path, storage=storage, storage_path=spath,
                                       verify=options.verify_checksums)
+            debug = progress.log.isEnabledFor(logging.DEBUG)
+            if debug:
+                progress.log.debug("opened %s (%s): %d tensors in %.3f s", save_path, reader.format.name,
+                                   len(reader.index.table), timer.elapsed())
             counted = [0]
             bar = None
             if options.progress or progress.log.isEnabledFor(logging.INFO):
@@ -450,6 +454,8 @@ class Checkpoint(Module):
             try:
                 if options.verify_before_restore:
                     reader.verify()  # a corrupt checkpoint raises here, before any live object changes
+                    if debug:
+                        progress.log.debug("verified %s before restoring, after %.3f s", save_path, timer.elapsed())
                 root, extra = self._ck_graph()
                 session = RestoreSession(reader, root, extra, ignore_live_names=ignore,
                                          verify=options.verify_checksums)
@@ -465,6 +471,8 @@ class Checkpoint(Module):
                             run_collective(session, group, options.collective_timeout)
                 finally:
                     stage.end()
+                if debug:
+                    progress.log.debug("matched, read and assigned %s after %.3f s", save_path, timer.elapsed())
             finally:
                 reader.progress = None  # later (deferred) restores read without it
                 progress.close(bar)

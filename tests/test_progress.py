@@ -129,6 +129,9 @@ def test_one_info_line_per_save_and_restore_with_bytes_seconds_and_rate(tmp_path
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any(m.startswith(f"planned {p}: 2 tensors") for m in debug) and any("committed the index" in m
                                                                                 for m in debug)
+    # the restore's phases too: opening the index, then matching, reading and assigning
+    assert any(m.startswith(f"opened {p} (ckptcore): 2 tensors in ") for m in debug)
+    assert any(m.startswith(f"matched, read and assigned {p} after ") for m in debug)
 
 
 def test_user_metadata_round_trip_and_validation(tmp_path):
