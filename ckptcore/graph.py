@@ -54,6 +54,12 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str],
         children = adapter.children(obj)
     except ContainerModifiedError as e:  # name the container
         raise ContainerModifiedError(f"{display_path(path)}: {e}") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # an adapter bug: name the object and the adapter
+        raise CheckpointError(f"cannot track {display_path(path)}: children() of its adapter "
+                              f"{getattr(adapter, 'name', type(adapter).__name__)!r} failed: {type(e).__name__}: "
+                              f"{e}") from e
     if not extra and type(children) is list:  # the common cases, without a check per child:
         if not children:  # leaves
             return []

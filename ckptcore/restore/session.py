@@ -61,6 +61,7 @@ from .values import (
     _accepts,
     _keeps_default_attributes,
     _path,
+    _set_value_failed,
     _spec_error,
     _spec_failed,
     _state_error,
@@ -185,13 +186,24 @@ class RestoreSession:
                 slot_reads = plan_slot_reads(self, matches, rows, dests, callbacks) if self._has_slots else None
                 _unalias(dests, callbacks)
             if rows:
-                self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
+                try:
+                    self.reader.read_rows(rows, dests, callbacks, verify=self.verify)
+                except CheckpointError:
+                    raise
+                except Exception as e:  # an adapter's set_value() failed: name it (the error path only)
+                    raise _set_value_failed(e, rows, callbacks, self.reader.index.table) from e
             del rows, dests, callbacks
             if self._partial:
                 from ..distributed.reshard import read_rows as read_shards
                 shard_reads, self._partial = self._partial, None
-                read_shards(self.reader, [r[0] for r in shard_reads], [r[1] for r in shard_reads],
-                            [r[2] for r in shard_reads], self.verify)
+                rows, callbacks = [r[0] for r in shard_reads], [r[2] for r in shard_reads]
+                try:
+                    read_shards(self.reader, rows, [r[1] for r in shard_reads], callbacks, self.verify)
+                except CheckpointError:
+                    raise
+                except Exception as e:
+                    raise _set_value_failed(e, rows, callbacks, self.reader.index.table) from e
+                del rows, callbacks
             # only after the values arrived: a failed read marks nothing matched and queues nothing
             with paused_gc():
                 self._commit_matches(matches, pending)
@@ -391,9 +403,13 @@ class RestoreSession:
                         add_dest(obj)
                         add_cb(None)
                         continue
-                live_attrs = adapter.attributes(obj)
-                if type(live_attrs) is not list or len(live_attrs) > 8:
-                    live_attrs = set(live_attrs)
+                try:
+                    live_attrs = adapter.attributes(obj)
+                    if type(live_attrs) is not list or len(live_attrs) > 8:
+                        live_attrs = set(live_attrs)
+                except Exception as e:  # an adapter bug, named with the mismatches, before any assignment
+                    errors.append(_spec_failed(_path(matches, k, base), table.key[a], adapter, e, "attributes()"))
+                    continue
                 if len(live_attrs) > b - a:
                     self.live_extra = True  # more live attributes than saved ones
                 spec, restore_buffer, set_value = adapter.spec, adapter.restore_buffer, adapter.set_value
@@ -428,7 +444,12 @@ class RestoreSession:
                             add_dest(None)
                             add_cb(partial(set_value, obj, attr))
                             continue
-                    dest = restore_buffer(obj, attr)
+                    try:
+                        dest = restore_buffer(obj, attr)
+                    except Exception as e:
+                        errors.append(_spec_failed(_path(matches, k, base), table.key[t], adapter, e,
+                                                   "restore_buffer()"))
+                        continue
                     if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous
                                                  and dest.flags.writeable and dest.dtype == np_dtype
                                                  and dest.shape == entry_shape):

@@ -97,10 +97,35 @@ def _spec_error(path: tuple, entry: fmt.TensorEntry, shape, dtype) -> Checkpoint
     return None
 
 
-def _spec_failed(path: tuple, key: str, adapter, e: Exception) -> CheckpointError:
-    """The error for an adapter whose ``spec()`` raised (or did not return a pair)."""
-    return CheckpointError(f"cannot restore {display_path(path)} ({key}): spec() of its adapter "
+def _spec_failed(path: tuple, key: str, adapter, e: Exception, method: str = "spec()") -> CheckpointError:
+    """The error for an adapter whose ``spec()`` (or ``attributes()``, ``restore_buffer()``) raised, or
+    whose ``spec()`` did not return a pair."""
+    return CheckpointError(f"cannot restore {display_path(path)} ({key}): {method} of its adapter "
                            f"{getattr(adapter, 'name', type(adapter).__name__)!r} failed: {type(e).__name__}: {e}")
+
+
+def _set_value_failed(e: Exception, rows: list, callbacks: list, table) -> AdapterStateError:
+    """The ckptcore error for an exception a value's callback (``partial(adapter.set_value, obj, attr)``)
+    raised while a restore delivered values: the key and adapter of the callback whose frame raised it."""
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for row, cb in zip(rows, callbacks):
+        func = getattr(cb, "func", None)
+        code = getattr(getattr(func, "__func__", func), "__code__", None)
+        args: tuple = tuple(getattr(cb, "args", ()))
+        if code is None or len(args) < 2:
+            continue
+        for f in frames:
+            if f.f_code is code and any(v is args[0] or (type(v) is tuple and any(x is args[0] for x in v))
+                                        for v in f.f_locals.values()):  # (obj, or *args holding it)
+                adapter = getattr(func, "__self__", None)
+                name = getattr(adapter, "name", type(adapter).__name__)
+                return AdapterStateError(f"cannot restore {table.key[row]!r}: set_value() of its adapter {name!r} "
+                                         f"failed: {type(e).__name__}: {e} (values delivered before it are in place)")
+    return AdapterStateError(f"cannot restore: an adapter failed while values were delivered: {type(e).__name__}: {e}")
 
 
 def _accepts(adapter, obj, attr: str, stored: np.dtype) -> bool:
