@@ -24,7 +24,7 @@ import numpy as np
 
 from ..dtypes import _BY_NAME, dtype_from_name
 
-__all__ = ["FAST_DTYPES", "STRING_DTYPE", "Graph", "Node", "TensorEntry", "TensorTable"]
+__all__ = ["FAST_DTYPES", "STRING_DTYPE", "Gathered", "Graph", "Node", "TensorEntry", "TensorTable"]
 
 # stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
 FAST_DTYPES = _BY_NAME
@@ -109,16 +109,31 @@ class Graph:
         ([('w', 1)], [])
     """
 
-    __slots__ = ("adapter", "type", "child_start", "child_name", "child", "attr_start", "attr_name", "state", "slots")
+    __slots__ = ("_adapter", "_type", "child_start", "child_name", "child", "attr_start", "attr_name", "state", "slots")
 
     def __init__(self, adapter, type, child_start, child_name, child, attr_start, attr_name, state, slots):
-        self.adapter, self.type = adapter, type
+        # adapter and type: lists, or Gathered (a decoded index: built on first use, restore never needs them)
+        self._adapter, self._type = adapter, type
         self.child_start, self.child_name, self.child = child_start, child_name, child
         self.attr_start, self.attr_name = attr_start, attr_name
         self.state, self.slots = state, slots
 
+    @property
+    def adapter(self) -> list[str]:
+        """Each node's adapter name."""
+        if type(self._adapter) is Gathered:
+            self._adapter = self._adapter.list()
+        return self._adapter
+
+    @property
+    def type(self) -> list[str]:
+        """Each node's type name."""
+        if type(self._type) is Gathered:
+            self._type = self._type.list()
+        return self._type
+
     def __len__(self) -> int:
-        return len(self.adapter)
+        return len(self._adapter)
 
     def children(self, nid: int) -> list[tuple[str, int]]:
         """Node ``nid``'s edges as ``(name, node id)`` pairs, in order.
@@ -169,12 +184,37 @@ class TensorTable:
         True
     """
 
-    __slots__ = ("key", "dtype", "shape", "shard", "offset", "nbytes", "crc32c", "node", "_arrays")
+    __slots__ = ("key", "dtype", "shape", "_shard", "_offset", "_nbytes", "crc32c", "node", "_arrays")
 
     def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node):
+        # shard, offset, nbytes: lists, or int64 arrays (a decoded index: their lists are made on first use;
+        # restore reads the arrays, :meth:`arrays`)
         self.key, self.dtype, self.shape = key, dtype, shape
-        self.shard, self.offset, self.nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
+        self._shard, self._offset, self._nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
         self._arrays = None
+        if type(shard) is np.ndarray and type(offset) is np.ndarray and type(nbytes) is np.ndarray:
+            self._arrays = (shard, offset, nbytes)
+
+    @property
+    def shard(self) -> list[int]:
+        """Each row's data file."""
+        if type(self._shard) is np.ndarray:
+            self._shard = self._shard.tolist()
+        return self._shard
+
+    @property
+    def offset(self) -> list[int]:
+        """Each row's offset in its data file."""
+        if type(self._offset) is np.ndarray:
+            self._offset = self._offset.tolist()
+        return self._offset
+
+    @property
+    def nbytes(self) -> list[int]:
+        """Each row's size in bytes."""
+        if type(self._nbytes) is np.ndarray:
+            self._nbytes = self._nbytes.tolist()
+        return self._nbytes
 
     def __len__(self) -> int:
         return len(self.key)
@@ -233,6 +273,29 @@ class TensorTable:
         return cls([e.key for e in entries], [e.dtype for e in entries], [tuple(e.shape) for e in entries],
                    [e.shard for e in entries], [e.offset for e in entries], [e.nbytes for e in entries],
                    [e.crc32c for e in entries], node)
+
+
+class Gathered:
+    """``[names[i] for i in ids]``, made when first asked for (:meth:`list`); ``ids`` are range-checked.
+
+    Example:
+        >>> import numpy as np
+        >>> Gathered(["a", "b"], np.array([1, 0, 1])).list()
+        ['b', 'a', 'b']
+    """
+
+    __slots__ = ("names", "ids")
+
+    def __init__(self, names: list[str], ids: np.ndarray):
+        self.names, self.ids = names, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def list(self) -> list[str]:
+        table = np.empty(len(self.names), object)
+        table[:] = self.names
+        return table[self.ids].tolist()
 
 
 def _nodes_from_columns(g: Graph, t: TensorTable) -> list[Node]:

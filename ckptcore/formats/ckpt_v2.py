@@ -24,7 +24,7 @@ import numpy as np
 from ..dtypes import dtype_from_name
 from ..errors import CorruptCheckpointError
 from .ckpt import DATA_TAG_VERSION, MAX_NDIM, Index, _bad, _dumps, _head, _int, _json_str, _str, crc32c, is_data_tag
-from .ckpt_tables import FAST_DTYPES, Graph, TensorTable
+from .ckpt_tables import FAST_DTYPES, Gathered, Graph, TensorTable
 
 __all__ = ["COLUMN_ALIGNMENT", "COLUMN_DTYPES", "encode_v2", "parse_v2"]
 
@@ -241,11 +241,11 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
                                                _str(row[2], "slot name", path),
                                                _int(row[3], "slot node", path, 0, n - 1)))
     shapes = _shapes(ndim, dims)
-    graph = Graph(_gather(adapters, node_adapter), _gather(types, node_type), child_start,
+    graph = Graph(Gathered(adapters, node_adapter), Gathered(types, node_type), child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)
-    table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard.tolist(),
-                        offset.tolist(), nbytes.tolist(), crcs.tolist(), np.repeat(np.arange(n), num_attrs))
-    table._arrays = (shard, offset, nbytes)
+    # shard, offset and nbytes stay int64 arrays (their lists are made if asked for): restore reads them as arrays
+    table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard, offset, nbytes, crcs.tolist(),
+                        np.repeat(np.arange(n), num_attrs))
     index = Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph,
                   table=table, pieces=pieces)
     tag = doc.get("data_tag") if version >= DATA_TAG_VERSION else None
