@@ -149,3 +149,33 @@ def test_the_older_restore_rule_is_per_slot_not_per_optimizer(tmp_path):
     first.assert_consumed()
     second.assert_nontrivial_match()   # b has no model.w2
 
+
+
+def test_a_session_finalized_on_another_thread_while_a_restore_holds_the_lock_does_not_deadlock():
+    """A restore from an object store holds the restore lock while fsspec's I/O thread does the reads; a
+    collection in that thread finalized an earlier session, whose __del__ (the unused-values warning)
+    waited for the same lock: the restore waited for the read, the read for the lock, forever."""
+    import gc
+    import threading
+    import warnings
+
+    from ckptcore.restore.deferred import _LOCK
+
+    path = ck.Checkpoint(a=np.ones(2), b=np.ones(2)).write("memory://queue/deadlock/c")
+    ckpt = ck.Checkpoint(a=np.zeros(2))
+    holder = [ckpt, ckpt.read(path)]   # b is never restored: its session warns when finalized
+    del ckpt
+    finalized = threading.Event()
+
+    def drop():
+        holder.clear()
+        gc.collect()
+        finalized.set()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ck.PartialRestoreWarning)
+        with _LOCK:   # as a restore step holds it while it waits for its reads
+            t = threading.Thread(target=drop, daemon=True)
+            t.start()
+            assert finalized.wait(20), "the session's finalizer waited for the restore lock"
+        t.join(20)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Iterable
+from contextlib import nullcontext
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
@@ -135,7 +136,10 @@ class RestoreSession:
         if getattr(self, "expect_partial", True):  # also: __init__ did not finish
             return
         try:
-            unused = self.unmatched_checkpoint_keys()
+            # Without the lock: nothing else can reach a session being finalized, and __del__ may run in
+            # any thread (a collection in fsspec's I/O thread, say) while another thread holds the lock
+            # waiting on that very thread: taking it there deadlocked a restore from S3.
+            unused = self._unmatched(locked=False)
         except Exception:  # pragma: no cover - interpreter shutdown
             return
         if unused:  # not guarded: with warnings turned into errors, the error is reported as unraisable
@@ -566,12 +570,15 @@ class RestoreSession:
 
     def unmatched_checkpoint_keys(self) -> list[str]:
         """Keys of checkpointed values no live object received."""
+        return self._unmatched(locked=True)
+
+    def _unmatched(self, locked: bool) -> list[str]:
         table = self.table
         if not len(table.key):
             return sorted(self.unused_attrs)
         # one boolean per checkpoint node, then a gather over the tensor table's node column
         ok = np.zeros(len(self.graph), bool)
-        with _LOCK:  # not while another thread enters the steps' matches in node_objs
+        with _LOCK if locked else nullcontext():  # not while another thread enters the steps' matches
             if self._node_objs:
                 ok[np.fromiter(self._node_objs, np.int64, len(self._node_objs))] = True
             for _keys, _refs, step_nids in self._unfiled:  # matched, not entered in node_objs yet
