@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy as np
 from ..distributed.shards import ShardBuffer
 from ..errors import CheckpointError
 from ..formats import ckpt as fmt
+from .deferred import _ref
 
 __all__ = ["SlotReads", "plan_slot_reads"]
 
@@ -86,21 +86,8 @@ class SlotReads:
                 slots = {}
                 table[opt] = slots
             for var, name, _row in requests:
-                try:
-                    ref: Any = weakref.ref(var)
-                except TypeError:   # not weakly referenceable: held (only while an older restore waits)
-                    ref = _Strong(var)
-                slots[(id(var), name)] = (ref, uid)
-
-
-class _Strong:
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __call__(self):
-        return self.obj
+                # (an object that cannot be weakly referenced is held, only while an older restore waits)
+                slots[(id(var), name)] = (_ref(var), uid)
 
 
 def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, callbacks: list) -> SlotReads | None:
