@@ -155,3 +155,39 @@ def test_a_late_retention_delete_never_removes_a_checkpoint_saved_again(held_s3)
     again = ck.Checkpoint(m=m).write(first, options=ck.CheckpointOptions(storage_options=so))
     h.land()                             # the old DELETEs land: conditional on the old index, old data names
     assert _restored(again, so) == [5.0, 5.0, 5.0]
+
+
+def test_gcs_index_deletes_name_the_generation_they_mean(gcs, monkeypatch):
+    """The emulator ignores preconditions, so what is checked here is the request: the DELETE of an index
+    carries ifGenerationMatch with the generation just read (real GCS then refuses it, 412, once the name
+    holds a newer object), and a 412 leaves the object alone without an error."""
+    import gcsfs
+
+    from ckptcore.storage import open_storage
+
+    st, path = open_storage(gcs.url("run", "ckpt-1.index"), gcs.storage_options)
+    st.write_atomic(path, b"an index")
+    generation = st.fs.info(path)["generation"]
+    sent = []
+    orig = gcsfs.GCSFileSystem._call
+
+    async def call(self, method, *args, **kwargs):
+        if method == "DELETE":
+            sent.append(kwargs)
+        return await orig(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(gcsfs.GCSFileSystem, "_call", call)
+    st.remove_unchanged(path)
+    assert [str(k.get("ifGenerationMatch")) for k in sent] == [str(generation)]
+    assert not st.exists(path)
+
+    st.write_atomic(path, b"a newer index")
+
+    async def refused(self, method, *args, **kwargs):
+        if method == "DELETE":
+            raise OSError("412 conditionNotMet: Precondition Failed")
+        return await orig(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(gcsfs.GCSFileSystem, "_call", refused)
+    st.remove_unchanged(path)   # as real GCS answers a DELETE naming an older generation
+    assert st.read_bytes(path) == b"a newer index"
