@@ -298,3 +298,79 @@ def test_spans_group_runs_as_one_read_at_a_time_would(rb, gaps, limits):
     finally:
         reshard.SPAN_GAP_BYTES, reshard.SPAN_MAX_BYTES = old
     assert got == _spans_reference(boffs.tolist(), rb, *limits)
+
+
+def _rank_counting_fs():
+    """fsspec's memory filesystem (``ckrankcount://``) counting the data-file bytes each worker thread reads."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
+
+    class FS(MemoryFileSystem):
+        protocol = "ckrankcount"
+        store: dict = {}
+        pseudo_dirs = [""]
+        read: dict[str, int] = {}
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            if isinstance(path, str) and path.startswith("ckrankcount://"):
+                path = path[len("ckrankcount://"):]
+            return super()._strip_protocol(path)
+
+        @classmethod
+        def count(cls, path, n):
+            if ".data-" in path:
+                who = threading.current_thread().name
+                cls.read[who] = cls.read.get(who, 0) + n
+
+        def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+            f = super()._open(path, mode, block_size, autocommit, cache_options, **kwargs)
+            if mode == "rb":
+                f.__class__ = File
+            return f
+
+        def cat_file(self, path, start=None, end=None, **kwargs):
+            data = super().cat_file(path, start=start, end=end, **kwargs)
+            self.count(self._strip_protocol(path), len(data))
+            return data
+
+    class File(MemoryFile):
+        def read(self, n=-1):
+            data = super().read(n)
+            FS.count(self.path, len(data))
+            return data
+
+        def readinto(self, b):
+            n = super().readinto(b)
+            FS.count(self.path, n)
+            return n
+
+    fsspec.register_implementation("ckrankcount", FS, clobber=True)
+    return FS
+
+
+@pytest.mark.parametrize("load_dim", [0, 1])
+def test_each_worker_reads_only_the_bytes_of_its_own_boxes(load_dim):
+    """Saved at world 2 split by rows, restored at world 4 by rows or by columns: each worker reads exactly
+    the bytes of its box from the data files (rows of 128 KiB: the column runs are too far apart to be read
+    as one span), never the whole array."""
+    fs = _rank_counting_fs()
+    full = np.arange(8 * 32768, dtype=np.float32).reshape(8, 32768)
+    path = f"ckrankcount://dist/core/bytes{load_dim}/c"
+
+    def save(g):
+        start, ext = split(full.shape, g.size, 0)[g.rank]
+        return ck.Checkpoint(w=Sharded(full.shape, [(start, box_of(full, start, ext))])).write(
+            path, ck.CheckpointOptions(process_group=g))
+    on_threads(2, save)
+    fs.read.clear()
+
+    def restore(g):
+        start, ext = split(full.shape, g.size, load_dim)[g.rank]
+        obj = Sharded(full.shape, [(start, np.zeros(ext, np.float32))])
+        ck.Checkpoint(w=obj).read(path, ck.CheckpointOptions(process_group=g)).assert_consumed()
+        assert np.array_equal(obj.boxes[0][1], box_of(full, start, ext))
+        return threading.current_thread().name, obj.boxes[0][1].nbytes
+    got = on_threads(4, restore)
+    assert all(isinstance(r, tuple) for r in got), got
+    assert {name: fs.read.get(name, 0) for name, _ in got} == dict(got)   # exactly its own bytes
