@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .distributed.shards import ShardedValue
 from .dtypes import dtype_name, storage_dtype
 from .errors import CheckpointError, InvalidArgumentError, NotTrackableError, UnsupportedDtypeError
 from .formats import ckpt as fmt
+from .naming import display_path
 
 _QUALNAMES: dict[type, str] = {}
 
@@ -124,6 +125,16 @@ def _check_state(state: Any, where: str) -> Any:
     except (TypeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"state of {where} is not JSON-serializable: {e}") from None
     return state
+
+
+def _adapter_failed(e: Exception, adapter: Any, method: str, path: tuple) -> NoReturn:
+    """Re-raise an exception an adapter raised while its object was saved: a ckptcore error as it is,
+    anything else as a CheckpointError naming the object and the adapter."""
+    if isinstance(e, CheckpointError):
+        raise e
+    name = getattr(adapter, "name", type(adapter).__name__)
+    raise CheckpointError(f"cannot save {display_path(path)}: {method} of its adapter {name!r} failed: "
+                          f"{type(e).__name__}: {e}") from e
 
 
 def _check_attributes(attrs: Any, adapter: Any, where: str) -> None:

@@ -29,7 +29,15 @@ from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
 from .registry import adapter_or_none, find_adapter
-from .save_values import _DTYPE_INFO, _as_array, _check_attributes, _check_state, _qualname, _refuse_key_clash
+from .save_values import (
+    _DTYPE_INFO,
+    _adapter_failed,
+    _as_array,
+    _check_attributes,
+    _check_state,
+    _qualname,
+    _refuse_key_clash,
+)
 from .variable import Variable
 
 SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
@@ -211,13 +219,20 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
                 child_name.append(name)
                 child_id.append(j)
         child_start.append(len(child_id))
-        attrs = adapter.attributes(obj)
+        try:
+            attrs = adapter.attributes(obj)
+        except Exception as e:
+            _adapter_failed(e, adapter, "attributes()", path_of(i))
         if attrs:
             if len(attrs) > 1 or type(attrs[0]) is not str:  # (one name, a str: the common case)
                 _check_attributes(attrs, adapter, display_path(path_of(i)))
             key_prefix = f"{esc}/{ATTRIBUTES}/"  # as naming.object_key: the root's are "/.ATTRIBUTES/..."
             for attr in attrs:
-                arr, name = _as_array(adapter.get_value(obj, attr),
+                try:
+                    value = adapter.get_value(obj, attr)
+                except Exception as e:
+                    _adapter_failed(e, adapter, f"get_value(obj, {attr!r})", path_of(i))
+                arr, name = _as_array(value,
                                       lambda: f"{display_path(path_of(i))} ({attr})",  # noqa: B023 -- called at once
                                       strings)
                 attr_name.append(attr)
@@ -226,11 +241,15 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
                 arrays.append(arr)
                 node_of.append(i)
         attr_start.append(len(attr_name))
-        state = adapter.get_state(obj)
+        try:
+            state = adapter.get_state(obj)
+            slots_of = adapter.slots(obj)
+        except Exception as e:
+            _adapter_failed(e, adapter, "get_state() or slots()", path_of(i))
         if state is not None:
             state = _check_state(state, display_path(path_of(i)))
             states[i] = copy.deepcopy(state) if snapshot else state
-        for slot in adapter.slots(obj) or ():
+        for slot in slots_of or ():
             pending_slots.append((i, slot))
         i += 1
     for opt_id, slot in pending_slots:

@@ -364,3 +364,35 @@ def test_an_adapter_method_that_raises_during_a_restore_is_a_ckptcore_error_nami
             assert a.tolist() == [0.0, 0.0]
     finally:
         ck.registry.unregister_plugin(plugin)
+
+
+@pytest.mark.parametrize("method", ["get_value", "attributes", "get_state", "children"])
+@pytest.mark.parametrize("fmt_name", ["ckptcore", "tensorflow"])
+def test_an_adapter_method_that_raises_during_a_save_is_a_ckptcore_error_naming_it(tmp_path, method, fmt_name):
+    """Before: the adapter's own exception escaped the save, raw. Nothing is written."""
+    class Obj:
+        pass
+
+    class Buggy(ck.Adapter):
+        name = "test.buggy_save"
+
+        def attributes(self, obj):
+            return ["VARIABLE_VALUE"]
+
+        def get_value(self, obj, attr):
+            return np.zeros(4)
+
+        def set_value(self, obj, attr, value):
+            pass
+
+    def boom(*args):
+        raise RuntimeError("bug in the adapter")
+
+    setattr(Buggy, method, boom)
+    plugin = ck.register_adapter(Obj, Buggy())
+    try:
+        with pytest.raises(ck.CheckpointError, match=r"o: .*test\.buggy_save.*RuntimeError: bug in the adapter"):
+            ck.Checkpoint(o=Obj()).write(str(tmp_path / "c"), ck.CheckpointOptions(format=fmt_name))
+        assert not list(tmp_path.iterdir())
+    finally:
+        ck.registry.unregister_plugin(plugin)
