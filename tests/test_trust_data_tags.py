@@ -147,8 +147,8 @@ def test_a_failed_commits_late_clean_up_never_breaks_the_retry(late, via):
         assert ck.latest_checkpoint(d) == path
 
 
-def test_a_failed_commit_whose_put_landed_is_a_committed_save(late):
-    storage, d = late
+def _lose_index_put_responses(storage):
+    """Index PUTs land, but their responses are lost: the client sees an error."""
     real = LocalStorage.write_atomic
 
     def landed_but_lost(path, data):
@@ -157,6 +157,11 @@ def test_a_failed_commit_whose_put_landed_is_a_committed_save(late):
             raise ck.StorageError(f"injected: the response to the PUT of {path} was lost")
 
     storage.write_atomic = landed_but_lost
+
+
+def test_a_failed_commit_whose_put_landed_is_a_committed_save(late):
+    storage, d = late
+    _lose_index_put_responses(storage)
     path = ck.Checkpoint(m=model(3.0)).write(f"{d}/c")   # no error: the index on storage is the one it sent
     del storage.write_atomic
     assert restored(path) == [3.0] * 4
@@ -249,14 +254,7 @@ def test_a_failed_multi_worker_commits_late_clean_up_never_breaks_the_retry(late
 
 def test_a_multi_worker_commit_whose_put_landed_is_a_committed_save(late):
     storage, d = late
-    real = LocalStorage.write_atomic
-
-    def landed_but_lost(path, data):
-        real(storage, path, data)
-        if path.endswith(".index"):
-            raise ck.StorageError(f"injected: the response to the PUT of {path} was lost")
-
-    storage.write_atomic = landed_but_lost
+    _lose_index_put_responses(storage)
     try:
         paths = _on_two_ranks(lambda o: ck.Checkpoint(m=_two_values(3.0)).write(f"{d}/c", o))
     finally:
