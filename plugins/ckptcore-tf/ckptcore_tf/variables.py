@@ -168,8 +168,8 @@ class KerasVariableAdapter(VariableLikeAdapter):
 
     def set_value(self, obj, attr, value):
         value = _assignable(value)
-        live = to_numpy_dtype(obj.dtype)
-        if value.dtype != live and value.dtype.kind in "iu" and live.kind in "iu":  # accepts_dtype's integers
+        live = to_numpy_dtype(obj.dtype) if value.dtype.kind in "iu" else None  # (floats: the common case)
+        if live is not None and value.dtype != live and live.kind in "iu":  # accepts_dtype's integers
             info = np.iinfo(live)
             if value.size and (int(value.min()) < info.min or int(value.max()) > info.max):
                 raise ck.DtypeMismatchError(
