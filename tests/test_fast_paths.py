@@ -3,7 +3,8 @@
 Restore inlines the built-in numpy adapter (a writable C-contiguous array is filled in
 place, with no ``spec``/``restore_buffer``/``set_value`` calls) and reads runs of small
 tensors with one ``preadv`` straight into the arrays. These tests pin the cases where
-the general path must still run.
+the general path must still run, with the compiled planner (``restore/_plan_fast.pyx``) and
+with the Python one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ import pytest
 import ckptcore as ck
 from ckptcore import reader
 from ckptcore.storage import local as storage
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def planner(request, monkeypatch):
+    """Every test here runs with the compiled planner of plain arrays and with the Python one."""
+    from ckptcore.restore import session
+
+    if request.param == "python":
+        monkeypatch.setattr(session, "_plan_plain_arrays", None)
+    elif session._plan_plain_arrays is None:  # CKPTCORE_PURE_PYTHON=1: test_compiled_planner.py says why
+        pytest.skip("the compiled planner is turned off in this run")
+    return request.param
 
 
 def _save(prefix, **arrays):

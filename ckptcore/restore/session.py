@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -59,6 +60,7 @@ from .deferred import (
 )
 from .slots import plan_slot_reads
 from .values import (
+    _DEFAULT_ATTRS,
     _accepts,
     _keeps_default_attributes,
     _path,
@@ -72,6 +74,15 @@ from .values import (
 )
 
 _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
+
+# The compiled planner of plain numpy arrays (setup.py builds it; see docs/performance.md). Without it,
+# or with CKPTCORE_PURE_PYTHON=1, _plan_values plans every match in Python, with the same results.
+try:
+    from ._plan_fast import plan_plain_arrays as _plan_plain_arrays
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _plan_plain_arrays = None
+if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
+    _plan_plain_arrays = None
 
 __all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
 
@@ -389,9 +400,16 @@ class RestoreSession:
         after = []
         errors = []
         fast_dtypes = fmt.FAST_DTYPES
-        for k, match in enumerate(matches):
+        todo: Iterable[int] = range(len(matches))
+        if (_plan_plain_arrays is not None and shadowed is None and type(attr_start) is list
+                and type(attr_name) is list and type(t_shape) is list and type(t_dtype) is list):
+            # plain arrays planned in C; the Python loop below sees only the other matches
+            todo = _plan_plain_arrays(matches, attr_start, attr_name, states, t_shape, t_dtype, fast_dtypes,
+                                      NumpyArrayAdapter, VARIABLE_VALUE, _DEFAULT_ATTRS, rows, dests, callbacks)
+        for k in todo:
             if shadowed is not None and k in shadowed:
                 continue
+            match = matches[k]
             nid = match[2]
             a, b = attr_start[nid], attr_start[nid + 1]
             if a != b:

@@ -1,0 +1,106 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Compiled planning of the commonest restore: a plain numpy array that is its own restore buffer.
+
+Built by ``make venv`` (``setup.py``, Cython); where it is missing (no compiler, or
+``CKPTCORE_PURE_PYTHON=1``) :meth:`RestoreSession._plan_values` does the same work in Python,
+branch for branch (the inlined ``NumpyArrayAdapter`` case there). Everything this does not
+recognise with certainty is handed back, by index, to that Python loop.
+"""
+
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef object _ndarray = cnp.ndarray
+
+
+def plan_plain_arrays(list matches, list attr_start, list attr_name, object states, list t_shape, list t_dtype,
+                      dict fast_dtypes, object numpy_adapter, str value_attr, dict default_attrs,
+                      list rows, list dests, list callbacks):
+    """Append the reads of plain arrays to ``rows``/``dests``/``callbacks``; return the other matches' indices.
+
+    A match qualifies when its adapter is exactly ``numpy_adapter``, its object exactly an
+    ``np.ndarray`` that is writable and C-contiguous, with the saved shape and (identically) the
+    saved dtype, and its node has one attribute, ``value_attr``, and no saved state. Its read
+    is then ``(row, the array itself, no callback)``, as the Python path plans it.
+
+    A match whose node has no attributes and no state, and whose adapter's class maps to True
+    in ``default_attrs`` (it keeps ``Adapter.attributes``: never any attribute, so nothing to
+    check), needs nothing and is left out too: containers and modules of the common models.
+
+    Example:
+        >>> import numpy as np
+        >>> from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+        >>> from ckptcore.restore._plan_fast import plan_plain_arrays
+        >>> a = np.zeros(2, np.float32)
+        >>> rows, dests, cbs = [], [], []
+        >>> plan_plain_arrays([(a, NumpyArrayAdapter(), 1, -1, None), (object(), None, 0, -1, None)],
+        ...                   [0, 0, 1], ["VARIABLE_VALUE"], {}, [(2,)], ["float32"],
+        ...                   {"float32": np.dtype(np.float32)}, NumpyArrayAdapter, "VARIABLE_VALUE", {},
+        ...                   rows, dests, cbs)
+        [1]
+        >>> rows, dests[0] is a, cbs
+        ([0], True, [None])
+    """
+    cdef Py_ssize_t k, n = len(matches), nid, a, b, nstart = len(attr_start)
+    cdef Py_ssize_t nattr = len(attr_name), ntab = len(t_shape)
+    cdef Py_ssize_t i, ndim
+    cdef cnp.npy_intp *dims
+    cdef tuple m, shape
+    cdef object obj, want
+    cdef cnp.ndarray arr
+    cdef bint has_states = bool(states)
+    cdef list rest = []
+    if len(t_dtype) != ntab:
+        return list(range(n))
+    for k in range(n):
+        m = <tuple?>matches[k]
+        if len(m) < 3:
+            rest.append(k)
+            continue
+        nid = <Py_ssize_t>m[2]
+        if nid < 0 or nid + 1 >= nstart:
+            rest.append(k)
+            continue
+        a = <Py_ssize_t>attr_start[nid]
+        b = <Py_ssize_t>attr_start[nid + 1]
+        obj = m[0]
+        if a == b and default_attrs.get(type(m[1])) is True and not (has_states and nid in states):
+            continue  # a container or module: no value, no state, no attributes to miss
+        if (b != a + 1 or a < 0 or a >= nattr or a >= ntab or type(obj) is not _ndarray
+                or type(m[1]) is not numpy_adapter
+                or (has_states and nid in states)):
+            rest.append(k)
+            continue
+        want = attr_name[a]
+        if want is not value_attr and want != value_attr:
+            rest.append(k)
+            continue
+        arr = <cnp.ndarray>obj
+        if not (cnp.PyArray_ISWRITEABLE(arr) and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+            rest.append(k)
+            continue
+        if <object>cnp.PyArray_DESCR(arr) is not fast_dtypes.get(t_dtype[a]):
+            rest.append(k)
+            continue
+        want = t_shape[a]
+        if type(want) is not tuple:
+            rest.append(k)
+            continue
+        shape = <tuple>want
+        ndim = cnp.PyArray_NDIM(arr)
+        if len(shape) != ndim:
+            rest.append(k)
+            continue
+        dims = cnp.PyArray_DIMS(arr)
+        for i in range(ndim):
+            want = shape[i]
+            if type(want) is not int or <cnp.npy_intp>want != dims[i]:
+                break
+        else:
+            rows.append(a)
+            dests.append(obj)
+            callbacks.append(None)
+            continue
+        rest.append(k)
+    return rest

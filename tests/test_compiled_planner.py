@@ -1,0 +1,144 @@
+"""The compiled planner of plain arrays (``ckptcore/restore/_plan_fast.pyx``) changes nothing but speed.
+
+``make venv`` builds it; the Python planner stays, for builds without a C compiler and with
+``CKPTCORE_PURE_PYTHON=1``. Each restore below runs once with each planner on identical live
+models, and everything a user can see must agree: the error (type and message) or the values,
+and what the status reports as unused and as unmatched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ckptcore as ck
+from ckptcore.restore import session
+
+
+def test_make_venv_builds_the_compiled_planner():
+    # A build that silently lost the extension would leave the suite testing only the Python planner.
+    if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
+        assert session._plan_plain_arrays is None
+        return
+    from ckptcore.restore import _plan_fast
+
+    assert _plan_fast.__file__.endswith((".so", ".pyd")), _plan_fast.__file__
+    assert session._plan_plain_arrays is _plan_fast.plan_plain_arrays
+
+
+def test_ckptcore_pure_python_turns_it_off():
+    code = "from ckptcore.restore import session; print(session._plan_plain_arrays is None)"
+    env = {**os.environ, "CKPTCORE_PURE_PYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+class Odd(np.ndarray):
+    """An ndarray subclass: the inlined numpy case must not take it (its adapter may differ)."""
+
+
+# How a live array may differ from the saved one (each is a case the compiled planner must hand back).
+TWEAKS = {
+    "same": lambda a: np.zeros_like(a),
+    "read-only": lambda a: _readonly(np.zeros_like(a)),
+    "strided view": lambda a: np.zeros(a.shape + (2,), a.dtype)[..., 0],
+    "fortran order": lambda a: np.asfortranarray(np.zeros_like(a)),
+    "other shape": lambda a: np.zeros(a.shape + (1,), a.dtype),
+    "other dtype": lambda a: np.zeros(a.shape, np.float64 if a.dtype != np.float64 else np.float32),
+    "swapped byte order": lambda a: np.zeros(a.shape, a.dtype.newbyteorder()),
+    "subclass": lambda a: np.zeros_like(a).view(Odd),
+    "python list": lambda a: [0] * 3,
+    "missing": None,
+}
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+def _model(values: list, tweaks: list[str] | None, nested: bool):
+    root = ck.Module()
+    items = []
+    for v, t in zip(values, tweaks or ["same"] * len(values)):
+        if t == "missing":
+            continue
+        items.append(TWEAKS[t](v) if tweaks else v)
+    if nested:
+        root.xs = [ck.Module() for _ in items]
+        for m, v in zip(root.xs, items):
+            m.w = v
+    else:
+        root.xs = items
+    return root
+
+
+def _outcome(path, values, tweaks, nested):
+    dst = _model(values, tweaks, nested)
+    try:
+        status = ck.Checkpoint(model=dst).read(path)
+    except ck.CheckpointError as e:
+        return ("error", type(e).__name__, str(e))
+    status.expect_partial()
+    leaves = [m.w for m in dst.xs] if nested else list(dst.xs)
+    got = [np.asarray(x).tolist() for x in leaves]
+    return ("ok", got, sorted(status.session.unmatched_checkpoint_keys()), status.session.live_extra)
+
+
+DTYPES = [np.float32, np.float64, np.int8, np.int64, np.bool_, np.complex64, np.uint16]
+arrays = st.lists(
+    st.tuples(st.sampled_from(DTYPES), st.lists(st.integers(0, 3), min_size=0, max_size=3)),
+    min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=arrays, data=st.data(), nested=st.booleans())
+def test_both_planners_agree_on_every_restore(specs, data, nested, monkeypatch):
+    values = [(np.arange(int(np.prod(shape))).reshape(shape) % 7 + 1).astype(dt) for dt, shape in specs]
+    tweaks = data.draw(st.lists(st.sampled_from(sorted(TWEAKS)), min_size=len(values), max_size=len(values)))
+    path = ck.Checkpoint(model=_model(values, None, nested)).write(f"memory://planner/{id(values)}/c")
+    compiled = _outcome(path, values, tweaks, nested)
+    with monkeypatch.context() as m:
+        m.setattr(session, "_plan_plain_arrays", None)
+        python = _outcome(path, values, tweaks, nested)
+    assert compiled == python
+
+
+def test_the_compiled_planner_hands_back_what_it_does_not_know():
+    plan = session._plan_plain_arrays
+    if plan is None:
+        pytest.skip("the compiled planner is turned off in this run (CKPTCORE_PURE_PYTHON=1)")
+    from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+    from ckptcore.formats import ckpt as fmt
+
+    class Sub(NumpyArrayAdapter):
+        pass
+
+    good = np.zeros((2, 3), np.float32)
+    ad = NumpyArrayAdapter()
+    cases = [
+        (good, ad, 1),                               # 0: planned
+        (good, Sub(), 1),                            # 1: another adapter class
+        (np.zeros((2, 3), np.float64), ad, 1),       # 2: another dtype
+        (np.zeros((3, 2), np.float32), ad, 1),       # 3: another shape
+        (np.zeros((2, 3), np.float32)[:, ::-1], ad, 1),  # 4: not C-contiguous
+        (good, ad, 2),                               # 5: a node with state
+        (good, ad, 3),                               # 6: an attribute that is not the value
+        (good, ad, 4),                               # 7: two attributes
+        (good, ad, 99),                              # 8: no such node
+    ]
+    matches = [(o, a, nid, -1, None) for o, a, nid in cases]
+    attr_start = [0, 0, 1, 2, 3, 5]
+    attr_name = ["VARIABLE_VALUE", "VARIABLE_VALUE", "other", "VARIABLE_VALUE", "more"]
+    shapes, dtypes = [(2, 3)] * 5, ["float32"] * 5
+    rows, dests, cbs = [], [], []
+    rest = plan(matches, attr_start, attr_name, {2: b"state"}, shapes, dtypes, fmt.FAST_DTYPES,
+                NumpyArrayAdapter, "VARIABLE_VALUE", {}, rows, dests, cbs)
+    assert rest == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert rows == [0] and dests[0] is good and cbs == [None]
