@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from functools import partial
 from itertools import repeat
@@ -77,6 +77,7 @@ _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 # The compiled planner of plain numpy arrays (setup.py builds it; see docs/performance.md). Without it,
 # or with CKPTCORE_PURE_PYTHON=1, _plan_values plans every match in Python, with the same results.
+_plan_plain_arrays: Callable[..., list[int]] | None
 try:
     from ._plan_fast import plan_plain_arrays as _plan_plain_arrays
 except ImportError:  # pragma: no cover - a build without a C compiler
