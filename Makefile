@@ -3,11 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTSTAMP := $(VENV)/.ext-built
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 .PHONY: venv tf-venv test lint demo bench docs clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(EXTSTAMP)
 
 $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	$(PY) -m venv $(VENV)
@@ -16,7 +17,12 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test,docs,bench,progress,cli]"
 	for p in $(dir $(PLUGINS)); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
-	touch $(STAMP)
+	touch $(STAMP) $(EXTSTAMP)
+
+# The compiled planner (setup.py): an editable install does not rebuild it when its source changes.
+$(EXTSTAMP): $(STAMP) ckptcore/restore/_plan_fast.pyx setup.py
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(EXTSTAMP)
 
 # The oracle for TensorFlow's checkpoint format: real TensorFlow, in its own environment (never in
 # .venv: ckptcore must read and write TF checkpoints without it). ~1.6 GB; tests/test_tensorflow_live.py

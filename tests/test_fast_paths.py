@@ -387,3 +387,30 @@ def test_one_object_matched_to_two_nodes_is_listed_under_both(prefix):
     nodes = {nid for nid, refs in session.node_objs.items()
              if any(r() is shared for r in (refs if type(refs) is list else [refs]))}
     assert len(nodes) == 2 and session.matched_node(shared) in nodes
+
+
+def test_an_adapter_failing_in_children_during_restore_is_named_by_its_path():
+    # restore builds a container's path only when there is an error to report: it must still be right
+    class Box:
+        def __init__(self, fail):
+            self.v, self.fail = np.ones(2), fail
+
+    class BoxAdapter(ck.Adapter):
+        name = "test.failing-box"
+
+        def children(self, obj):
+            if obj.fail:
+                raise RuntimeError("boom")
+            return [("v", obj.v)]
+
+    plugin = ck.register_adapter(Box, BoxAdapter())
+    try:
+        def model(fail):
+            m = ck.Module(); m.blocks = [ck.Module(), ck.Module()]; m.blocks[1].inner = Box(fail)
+            return m
+        path = ck.Checkpoint(model=model(False)).write("memory://fast-paths/failing-box/c")
+        with pytest.raises(ck.CheckpointError, match=r"cannot track model/blocks/1/inner: children\(\) of its "
+                                                     r"adapter 'test.failing-box' failed: RuntimeError: boom"):
+            ck.Checkpoint(model=model(True)).read(path)
+    finally:
+        ck.registry.unregister_plugin(plugin)

@@ -272,7 +272,7 @@ class RestoreSession:
                 if o is root and k == 0:
                     children = live_children(o, adapter, path, self._extra_children())
                 else:
-                    children = live_children(o, adapter, _path(matches, k, path))
+                    children = live_children(o, adapter, partial(_path, matches, k, path))  # built on error only
                 names = child_name[a:b]
                 if (matched is None and len(children) == b - a and type(names) is list
                         and list(map(_first, children)) == names):
