@@ -320,7 +320,7 @@ class RestoreSession:
                     # live children the checkpoint lacks (at the root, names it ignores are fine)
                     self._note_extra_children(children, names, o is root and k == 0)
             elif not self.live_extra and (k or node_id) and not _is_leaf(adapter):
-                if live_children(o, adapter, _path(matches, k, path)):
+                if live_children(o, adapter, partial(_path, matches, k, path)):
                     self.live_extra = True
             elif not self.live_extra and o is root and k == 0 and (self._extra_refs or not _is_leaf(adapter)):
                 self._note_extra_children(live_children(o, adapter, path, self._extra_children()), [], True)
