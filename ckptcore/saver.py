@@ -27,7 +27,7 @@ from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
-from .naming import ATTRIBUTES, VARIABLE_VALUE, display_path, escape_local_name, slot_key
+from .naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, display_path, escape_local_name
 from .registry import adapter_or_none, find_adapter
 from .save_values import (
     _DTYPE_INFO,
@@ -256,9 +256,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         var_id = index_of.get(id(slot.variable))
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
-        var_path, opt_path = path_of(var_id), path_of(opt_id)
         arr, name = _as_array(slot.value,
-                              lambda: f"slot {slot.name!r} of {display_path(opt_path)} for {display_path(var_path)}",  # noqa: B023
+                              lambda: (f"slot {slot.name!r} of {display_path(path_of(opt_id))} "  # noqa: B023
+                                       f"for {display_path(path_of(var_id))}"),  # noqa: B023 -- called at once
                               strings)
         slot_id = len(node_adapter)
         node_adapter.append("ckptcore.slot")
@@ -266,7 +266,8 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         child_start.append(len(child_id))
         attr_name.append(VARIABLE_VALUE)
         attr_start.append(len(attr_name))
-        keys.append(slot_key(var_path, opt_path, slot.name))
+        # naming.slot_key of the two paths, from their escaped forms (escs[k] is object_path(path_of(k)))
+        keys.append(f"{escs[var_id]}/{OPTIMIZER_SLOT}/{escs[opt_id]}/{escape(slot.name)}{value_suffix}")
         dtypes.append(name)
         arrays.append(arr)
         node_of.append(slot_id)

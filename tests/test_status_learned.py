@@ -144,3 +144,24 @@ def test_learned_answer_agrees_with_the_walk(tmp_path_factory, saved, live, attr
     except AssertionError:
         ok = False
     assert ok == (_walked(status) == [])
+
+
+def test_the_status_walk_runs_with_the_collector_paused(monkeypatch):
+    # The walk makes an object per live node; on a large model (a torch model and its optimizer:
+    # ~500,000 tracked objects) the collections they trigger cost several times the walk itself.
+    import gc
+
+    seen = []
+    real_walk = session_mod.walk
+
+    def watched(*a, **k):
+        seen.append(gc.isenabled())
+        return real_walk(*a, **k)
+
+    monkeypatch.setattr(session_mod, "walk", watched)
+    path = ck.Checkpoint(m=_model()).write("memory://status-learned/gc/c")
+    status = ck.Checkpoint(m=_model()).read(path)
+    assert gc.isenabled()
+    assert _walked(status) == []
+    assert seen == [False]
+    assert gc.isenabled()  # and on again after

@@ -634,6 +634,12 @@ class RestoreSession:
         root = self.root()
         if root is None or self.live_graph_consumed():
             return []
+        # the collector waits while the walk makes an object per live node (a full collection of a
+        # torch model's heap, triggered by them, cost more than the walk: 55 -> 345 ms for 21,000 nodes)
+        with paused_gc():
+            return self._unmatched_live_paths(root)
+
+    def _unmatched_live_paths(self, root) -> list[str]:
         extra = [(n, c) for n, c in self._extra_children()]
         live = walk(root, extra, root_adapter=find_adapter(root))  # an invalid live graph is an error, not a pass
         out = []

@@ -1,0 +1,68 @@
+"""One parameter's optimizer state encodes the same through the flat fast path as through the codec.
+
+``optim._encode_param_state`` handles the common state (a flat dict of tensors under string keys)
+in one pass and hands everything else to ``codec.encode``; a saved checkpoint must not depend on
+which of the two ran.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ckptcore.errors import CheckpointError
+from ckptcore_torch import codec
+from ckptcore_torch.optim import _encode_param_state
+
+_OPT = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+_keys = st.one_of(st.sampled_from(["step", "exp_avg", "exp_avg_sq", "momentum_buffer", "a/b", "", *codec.TAGS]),
+                  st.text(max_size=6))
+_tensors = st.builds(lambda n, p: torch.nn.Parameter(torch.zeros(n)) if p else torch.zeros(n),
+                     st.integers(0, 3), st.booleans())
+_plain = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=3))
+_values = st.one_of(_tensors, _tensors, _tensors, _plain, st.lists(_tensors, max_size=2),
+                    st.dictionaries(st.text(max_size=2), _tensors, max_size=2))
+_state_keys = st.one_of(_keys, _keys, _keys, st.integers(0, 3))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_state_keys, _values, max_size=5))
+def test_fast_path_gives_what_the_codec_gives(state):
+    want = got = None
+    try:
+        want = codec.encode(dict(state), what="state of parameter 3 of SGD")
+    except CheckpointError as e:
+        with pytest.raises(CheckpointError) as got_err:
+            _encode_param_state(_OPT, 3, state)
+        assert str(got_err.value) == str(e)
+        return
+    got = _encode_param_state(_OPT, 3, state)
+    assert _same(got[0], want[0])
+    assert list(got[1]) == list(want[1])
+    assert all(got[1][k] is want[1][k] for k in want[1])  # the live tensors themselves, no copies
+
+
+def test_adam_state_takes_the_flat_path_and_names_each_slot():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    p.grad = torch.ones(2)
+    opt.step()
+    enc, tensors = _encode_param_state(opt, 0, opt.state[p])
+    assert enc == {k: {"__tensor__": k} for k in opt.state[p]}
+    assert sorted(tensors) == ["exp_avg", "exp_avg_sq", "step"]
+    assert all(tensors[k] is opt.state[p][k] for k in tensors)
