@@ -100,6 +100,14 @@ class Adapter:
     #: answer ``assert_consumed()`` from what the restore saw, without walking the live graph again.
     announces_changes: bool = False
 
+    #: True when every array :meth:`slot_restore_buffers` offers is the slot's own memory (a view
+    #: of the optimizer's state tensor itself): a slot read into it is restored already, and
+    #: :meth:`restore_slots` receives only the other slots (read into fresh arrays, or a
+    #: ``ShardBuffer``'s boxes), and is not called when there are none. False (the default): every
+    #: slot is handed over, also those read into an offered array (which may be staging memory the
+    #: adapter copies from).
+    slot_buffers_in_place: bool = False
+
     def children(self, obj: Any) -> Iterable[tuple[str, Any]]:
         """Named dependencies of ``obj`` as ``(local_name, child)`` pairs.
 

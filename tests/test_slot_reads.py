@@ -117,6 +117,30 @@ def test_existing_slot_memory_is_filled_in_place(prefix, no_single_reads):
     assert opt2.calls == [3]  # one call for all slots
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_in_place_adapters_are_not_handed_slots_already_in_their_memory(prefix, no_single_reads, monkeypatch,
+                                                                          in_place):
+    # slot_buffers_in_place: the offered arrays are the slots themselves, so restore_slots only
+    # gets the slots read into fresh arrays (here: the one without state), and is skipped when
+    # none are; without it every slot is handed over (an offered array may be staging memory)
+    monkeypatch.setattr(OptAdapter, "slot_buffers_in_place", in_place, raising=False)
+    path, ws, opt = _saved(prefix)
+    ws2 = [np.zeros_like(w) for w in ws]
+    opt2 = Opt(ws2)
+    mine = {id(w): np.full_like(w, -1) for w in ws2[:2]}
+    opt2.m.update(mine)
+    ck.Checkpoint(ws=ws2, opt=opt2).restore(path).assert_consumed()
+    for w, w2 in zip(ws, ws2):
+        np.testing.assert_array_equal(opt2.m[id(w2)], opt.m[id(w)])
+    assert all(opt2.m[k] is v for k, v in mine.items())
+    assert opt2.calls == ([1] if in_place else [3])
+    opt2.m[id(ws2[2])] = np.full_like(ws2[2], -1)  # now every slot has memory
+    opt2.calls.clear()
+    ck.Checkpoint(ws=ws2, opt=opt2).restore(path).assert_consumed()
+    assert opt2.calls == ([] if in_place else [3])
+    np.testing.assert_array_equal(opt2.m[id(ws2[2])], opt.m[id(ws[2])])
+
+
 @pytest.mark.parametrize("offer", ["none", "wrong"])
 def test_slots_without_usable_memory_get_fresh_arrays(prefix, no_single_reads, offer):
     _ADAPTER.offer = offer

@@ -62,6 +62,7 @@ class SlotReads:
         taken = set(self.in_buffers)   # rows whose array an adapter already holds (and may keep)
         for opt, adapter, requests, buffers in self.per_opt.values():
             items = []
+            in_place = getattr(adapter, "slot_buffers_in_place", False) is True
             for (variable, name, row), buf in zip(requests, buffers):
                 value = values[row]
                 if value is not buf:   # a buffer the adapter offered is its own; a fresh array is given once
@@ -69,7 +70,11 @@ class SlotReads:
                         value = value.copy()
                     else:
                         taken.add(row)
+                elif in_place and type(buf) is not ShardBuffer:
+                    continue   # read into the slot's own memory: restored already (a sharded slot's boxes are not)
                 items.append((variable, name, value))
+            if in_place and not items:
+                continue
             restore = getattr(adapter, "restore_slots", None)
             if restore is not None:
                 restore(opt, items)
@@ -185,10 +190,11 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
                                         and buf.dtype == spec[3] and buf.shape == spec[2]):
                 buf = buffers[k] = None   # not usable as read memory: read into a fresh array instead
             if buf is not None and row not in plan.in_buffers:
-                plan.in_buffers.add(row)   # read straight into it
+                plan.in_buffers.add(row)   # read straight into it: the buffer is the value (no callback)
+                plan.values[row] = buf     # (finish runs only after the read succeeded)
                 rows.append(row)
                 dests.append(buf)
-                callbacks.append(partial_got(plan, row))
+                callbacks.append(None)
         entry[3] = buffers
     for row in wanted:
         if row not in plan.in_buffers:   # no adapter offered memory: a fresh array

@@ -155,6 +155,9 @@ class OptimizerAdapter(Adapter):
 
     name = "ckptcore_torch.optimizer"
 
+    #: the buffers slot_restore_buffers offers are views of the state tensors themselves
+    slot_buffers_in_place = True
+
     # -- tensor hyperparameters: values of the optimizer node ---------------------------
     def attributes(self, obj):
         return list(_encode_groups(obj)[1])
@@ -238,7 +241,8 @@ class OptimizerAdapter(Adapter):
             if not isinstance(enc, dict):
                 raise CheckpointError(f"saved state of {where}: the state of parameter {key} is a "
                                       f"{type(enc).__name__}, not a dict")
-            _merge(enc, None)  # decodes every value: malformed encodings raise here
+            if not all(map(_is_placeholder, enc.values())):  # (placeholders alone decode to nothing)
+                _merge(enc, None)  # decodes every value: malformed encodings raise here
 
     def set_state(self, obj, state):
         where = _opt_name(obj)
@@ -271,8 +275,10 @@ class OptimizerAdapter(Adapter):
             existing = obj.state.get(p, {})
             merged = dict(existing)
             for k, v in enc.items():
-                if _is_placeholder(v) and k not in existing:
-                    continue  # its slot is not restored (yet): restore_slot adds it if it comes
+                if _is_placeholder(v):
+                    # a slot: restore_slots put it in the state already (then it is in merged), or
+                    # adds it when it comes (_merge of a placeholder is what the state holds there)
+                    continue
                 merged[k] = _merge(v, existing.get(k))
             if merged:
                 obj.state[p] = merged
@@ -354,12 +360,15 @@ class OptimizerAdapter(Adapter):
                 _put(s, segments, from_buffer(value, like=variable))
                 continue
             old = _at(s, name)
-            if _is_tensor(old) and shares_memory(value, old):
+            if old is not None and _is_tensor(old) and shares_memory(value, old):
                 continue   # read in place, into the state tensor itself
             # The array read for this slot becomes the state tensor without a copy (it is ours:
             # fresh memory), converted only where load_state_dict would convert it.
             t = _landing(from_numpy(np.asarray(value)), variable, name, None, group)
-            _put(s, segments, t)
+            if len(segments) == 1 and type(s) is dict and not name.lstrip("-").isdigit():
+                s[name] = t   # what _put does for one key of the state dict
+            else:
+                _put(s, segments, t)
 
 
 # Slot names TensorFlow's and Keras's optimizers use, which no torch.optim optimizer keeps as state: stored
@@ -393,6 +402,10 @@ def _group_index(opt) -> dict:
 
 def _at(state: Any, name: str):
     """What the slot path ``name`` (``"exp_avg"``, ``"old_dirs/0"``) holds in a parameter's state, or None."""
+    if type(state) is dict and "/" not in name:  # the common slot: one key of the state dict
+        x = state.get(name)
+        if x is not None or not name.lstrip("-").isdigit():
+            return x
     x = state
     for seg in name.split("/"):
         if isinstance(x, dict):

@@ -62,7 +62,13 @@ def test_slots_are_read_in_the_planned_pass(prefix, monkeypatch):
             assert torch.equal(opt.state[p][k], opt2.state[q][k])
 
 
-def test_existing_state_is_filled_in_place(prefix):
+def test_existing_state_is_filled_in_place(prefix, monkeypatch):
+    from ckptcore_torch.optim import OptimizerAdapter
+
+    handed = []
+    real = OptimizerAdapter.restore_slots
+    monkeypatch.setattr(OptimizerAdapter, "restore_slots",
+                        lambda self, o, items: handed.append(len(items)) or real(self, o, items))
     model = _model([3, 5, 2], 0)
     opt = torch.optim.AdamW(model.parameters())
     train(model, opt, _data([3, 5, 2], 0))
@@ -75,6 +81,7 @@ def test_existing_state_is_filled_in_place(prefix):
         for k, t in opt.state[p].items():
             old, ptr = before[(id(p), k)]
             assert t is old and t.data_ptr() == ptr  # the same tensor, the same memory
+    assert handed == []  # slot_buffers_in_place: nothing left to hand over
     key = next(k for k in saved.keys() if "OPTIMIZER_SLOT" in k and k.endswith("exp_avg/.ATTRIBUTES/VARIABLE_VALUE")
                and k.startswith("model/0/weight"))
     np.testing.assert_array_equal(opt.state[model[0].weight]["exp_avg"].numpy(), saved.get_tensor(key))
