@@ -18,22 +18,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore.restore import session
+from ckptcore.restore import _compiled, session
+from ckptcore.restore.values import _unalias
 
 
 def test_make_venv_builds_the_compiled_planner():
     # A build that silently lost the extension would leave the suite testing only the Python planner.
     if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
-        assert session._plan_plain_arrays is None
+        assert session._plan_plain_arrays is None and _compiled.data_spans is None
         return
     from ckptcore.restore import _plan_fast
 
     assert _plan_fast.__file__.endswith((".so", ".pyd")), _plan_fast.__file__
     assert session._plan_plain_arrays is _plan_fast.plan_plain_arrays
+    assert _compiled.data_spans is _plan_fast.data_spans
 
 
 def test_ckptcore_pure_python_turns_it_off():
-    code = "from ckptcore.restore import session; print(session._plan_plain_arrays is None)"
+    code = ("from ckptcore.restore import _compiled, session; "
+            "print(session._plan_plain_arrays is None and _compiled.data_spans is None)")
     env = {**os.environ, "CKPTCORE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
@@ -142,3 +145,47 @@ def test_the_compiled_planner_hands_back_what_it_does_not_know():
                 NumpyArrayAdapter, "VARIABLE_VALUE", {}, rows, dests, cbs)
     assert rest == [1, 2, 3, 4, 5, 6, 7, 8]
     assert rows == [0] and dests[0] is good and cbs == [None]
+
+
+def _views(data) -> list:
+    """Destinations as a restore may plan them: views of a few buffers (overlapping or not), Nones, empties."""
+    bufs = [np.zeros(data.draw(st.integers(1, 64)), np.uint8) for _ in range(data.draw(st.integers(1, 3)))]
+    out = []
+    for _ in range(data.draw(st.integers(0, 12))):
+        kind = data.draw(st.sampled_from(["view", "view", "own", "none", "empty", "whole"]))
+        b = data.draw(st.sampled_from(bufs))
+        if kind == "none":
+            out.append(None)
+        elif kind == "own":
+            out.append(np.zeros(data.draw(st.integers(1, 8)), np.float32))
+        elif kind == "empty":
+            out.append(b[:0])
+        elif kind == "whole":
+            out.append(b)
+        else:
+            i = data.draw(st.integers(0, len(b) - 1))
+            out.append(b[i:data.draw(st.integers(i + 1, len(b)))])
+    return out
+
+
+_DATA_SPANS = _compiled.data_spans  # (None in a build without the extension, or CKPTCORE_PURE_PYTHON=1)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_compiled_and_python_aliasing_checks_agree(data, monkeypatch):
+    # _unalias gives overlapping destinations fresh memory; with the compiled span helper or
+    # without it, the same reads must be redirected, with the same fill-in callbacks
+    dests = _views(data)
+    results = []
+    for spans in (_DATA_SPANS, None):
+        monkeypatch.setattr(_compiled, "data_spans", spans)
+        d, cbs = list(dests), [None] * len(dests)
+        _unalias(d, cbs)
+        results.append(([x is None for x in d], [cb is None for cb in cbs]))
+    assert results[0] == results[1]
+    monkeypatch.setattr(_compiled, "data_spans", _DATA_SPANS)
+    d = list(dests)
+    _unalias(d, [None] * len(d))
+    kept = [x for x in d if x is not None and x.nbytes]
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])

@@ -104,3 +104,44 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
             continue
         rest.append(k)
     return rest
+
+
+def data_spans(list dests):
+    """``(starts, ends, index)``: the memory span of every non-empty array in ``dests``, as int64 arrays.
+
+    ``starts[k]`` is the address of ``dests[index[k]]``'s first byte (``__array_interface__``'s
+    data pointer) and ``ends[k]`` that plus its ``nbytes``; None entries and empty arrays are
+    left out. Returns None if an entry is neither None nor an ``np.ndarray`` (the caller's Python
+    loop then handles every entry).
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.zeros(4, np.float32)
+        >>> starts, ends, index = data_spans([None, a, a[:0]])
+        >>> (ends - starts).tolist(), index.tolist(), int(starts[0]) == a.ctypes.data
+        ([16], [1], True)
+    """
+    cdef Py_ssize_t n = len(dests), i, k = 0
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] starts = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] ends = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] index = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+    cdef object d
+    cdef cnp.ndarray arr
+    cdef cnp.npy_intp nb
+    cdef cnp.int64_t start
+    for i in range(n):
+        d = dests[i]
+        if d is None:
+            continue
+        if not isinstance(d, _ndarray):
+            return None
+        arr = <cnp.ndarray>d
+        nb = cnp.PyArray_NBYTES(arr)
+        if nb == 0:
+            continue
+        start = <cnp.int64_t><size_t>cnp.PyArray_DATA(arr)
+        starts[k] = start
+        ends[k] = start + nb
+        index[k] = i
+        k += 1
+    return starts[:k], ends[:k], index[:k]

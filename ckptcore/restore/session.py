@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
@@ -44,6 +43,7 @@ from ..graph import _is_leaf_type, live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import _by_type_cache as _adapter_cache
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
+from . import _compiled
 from . import deferred as _deferred
 from .deferred import (
     _LOCK,
@@ -77,13 +77,7 @@ _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 # The compiled planner of plain numpy arrays (setup.py builds it; see docs/performance.md). Without it,
 # or with CKPTCORE_PURE_PYTHON=1, _plan_values plans every match in Python, with the same results.
-_plan_plain_arrays: Callable[..., list[int]] | None
-try:
-    from ._plan_fast import plan_plain_arrays as _plan_plain_arrays
-except ImportError:  # pragma: no cover - a build without a C compiler
-    _plan_plain_arrays = None
-if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
-    _plan_plain_arrays = None
+_plan_plain_arrays: Callable[..., list[int]] | None = _compiled.plan_plain_arrays
 
 __all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
 

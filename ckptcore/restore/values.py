@@ -24,6 +24,7 @@ from ..dtypes import storage_dtype
 from ..errors import AdapterStateError, CheckpointError, DtypeMismatchError, ShapeMismatchError
 from ..formats import ckpt as fmt
 from ..naming import display_path
+from . import _compiled
 
 MAX_LISTED = 5
 _base = attrgetter("base")
@@ -53,13 +54,22 @@ def _unalias(dests: list, callbacks: list) -> None:
     live = [d for d in dests if d is not None]
     if _distinct(live) and all(map(is_, map(_base, live), repeat(None))):
         return  # distinct arrays that each own their memory (no base) cannot overlap
-    spans = []
-    for i, dest in enumerate(dests):
-        if dest is not None and dest.nbytes:
-            start = dest.__array_interface__["data"][0]
-            spans.append((start, start + dest.nbytes, i))
-    if len(spans) > 1:
+    got = _compiled.data_spans(dests) if _compiled.data_spans is not None else None
+    if got is not None:  # views (a torch model's parameters and state): their spans compared with numpy
+        starts, ends, index = got
+        order = np.lexsort((index, ends, starts))
+        starts, ends = starts[order], ends[order]
+        if (starts[1:] >= ends[:-1]).all():
+            return  # no span starts before the one before it ends: nothing overlaps
+        spans = list(zip(starts.tolist(), ends.tolist(), index[order].tolist()))
+    else:
+        spans = []
+        for i, dest in enumerate(dests):
+            if dest is not None and dest.nbytes:
+                start = dest.__array_interface__["data"][0]
+                spans.append((start, start + dest.nbytes, i))
         spans.sort()
+    if len(spans) > 1:
         end = -1
         for start, stop, i in spans:
             if start < end:

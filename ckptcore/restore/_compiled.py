@@ -1,0 +1,26 @@
+"""The compiled helpers of restore (``_plan_fast.pyx``, built by setup.py), or None for each.
+
+Without a C compiler the build goes on without them, and ``CKPTCORE_PURE_PYTHON=1`` turns
+them off at run time; the callers then do the same work in Python, with the same results
+(see docs/performance.md).
+
+Example:
+    >>> from ckptcore.restore import _compiled
+    >>> _compiled.plan_plain_arrays is None or callable(_compiled.plan_plain_arrays)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+plan_plain_arrays: Callable[..., list[int]] | None
+data_spans: Callable[[list], Any] | None
+try:
+    from ._plan_fast import data_spans, plan_plain_arrays
+except ImportError:  # pragma: no cover - a build without a C compiler
+    plan_plain_arrays = data_spans = None
+if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
+    plan_plain_arrays = data_spans = None
