@@ -109,6 +109,7 @@ def test_both_planners_agree_on_every_restore(specs, data, nested, monkeypatch):
     compiled = _outcome(path, values, tweaks, nested)
     with monkeypatch.context() as m:
         m.setattr(session, "_plan_plain_arrays", None)
+        m.setattr(session, "_match_aligned", None)
         python = _outcome(path, values, tweaks, nested)
     assert compiled == python
 
@@ -189,3 +190,38 @@ def test_compiled_and_python_aliasing_checks_agree(data, monkeypatch):
     _unalias(d, [None] * len(d))
     kept = [x for x in d if x is not None and x.nbytes]
     assert not any(np.shares_memory(a, b) for i, a in enumerate(kept) for b in kept[i + 1:])
+
+
+class _Meta(type):
+    __hash__ = None  # an unhashable metaclass: its classes cannot key the adapter cache
+
+
+def test_compiled_matching_hands_back_what_does_not_line_up():
+    from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+    from ckptcore.graph import _LEAF_ADAPTERS, _is_leaf_type
+
+    match = session._match_aligned
+    if match is None:
+        assert os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0")
+        return
+    a, b = np.zeros(1), np.ones(1)
+    cache = {np.ndarray: NumpyArrayAdapter()}
+
+    def run(children, names=("x", "y"), ids=(1, 2), shared=()):
+        matches, visit = [("root",)], []
+        ok = match(list(children), list(names), list(ids), set(shared), cache, _LEAF_ADAPTERS, _is_leaf_type,
+                   [2, 0, 0], 0, matches, visit)
+        return ok, matches[1:], visit
+
+    ok, matches, visit = run([("x", a), ("y", b)])
+    assert ok and [m[0] for m in matches] == [a, b] and [m[2:] for m in matches] == [(1, 0, "x"), (2, 0, "y")]
+    assert visit == []
+    for bad in ([("y", a), ("x", b)],            # other order
+                [("x", a)],                       # one missing
+                [["x", a], ["y", b]],             # pairs that are lists
+                [("x", a), ("y", object())],      # a type without a cached adapter
+                [("x", a), ("y", _Meta("M", (), {})())]):  # an unhashable type
+        assert run(bad) == (False, [], [])
+    assert run([("x", a), ("y", b)], shared={2}) == (False, [], [])  # a node several edges lead to
+    ok, _, visit = run([("x", a), ("y", b)], ids=(1, 0))  # a saved child with children of its own
+    assert ok and visit == [2]

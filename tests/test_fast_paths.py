@@ -24,6 +24,7 @@ def planner(request, monkeypatch):
 
     if request.param == "python":
         monkeypatch.setattr(session, "_plan_plain_arrays", None)
+        monkeypatch.setattr(session, "_match_aligned", None)
     elif session._plan_plain_arrays is None:  # CKPTCORE_PURE_PYTHON=1: test_compiled_planner.py says why
         pytest.skip("the compiled planner is turned off in this run")
     return request.param

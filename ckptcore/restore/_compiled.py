@@ -18,9 +18,10 @@ from typing import Any
 
 plan_plain_arrays: Callable[..., list[int]] | None
 data_spans: Callable[[list], Any] | None
+match_aligned: Callable[..., bool] | None
 try:
-    from ._plan_fast import data_spans, plan_plain_arrays
+    from ._plan_fast import data_spans, match_aligned, plan_plain_arrays
 except ImportError:  # pragma: no cover - a build without a C compiler
-    plan_plain_arrays = data_spans = None
+    plan_plain_arrays = data_spans = match_aligned = None
 if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
-    plan_plain_arrays = data_spans = None
+    plan_plain_arrays = data_spans = match_aligned = None

@@ -145,3 +145,67 @@ def data_spans(list dests):
         index[k] = i
         k += 1
     return starts[:k], ends[:k], index[:k]
+
+
+def match_aligned(list children, list names, list ids, object shared, dict adapter_cache, dict leaf_types,
+                  object is_leaf_type, list nchild, object k, list matches, list visit):
+    """Match a live container's children to its saved edges when they line up; False (nothing changed) if not.
+
+    They line up when ``children`` are ``(name, object)`` tuples with exactly the saved ``names``
+    in order, none of the saved child ids ``ids`` is in ``shared`` (a node other edges lead to),
+    and every child's type has an adapter in ``adapter_cache`` already. Each child is then
+    appended to ``matches`` as ``(object, adapter, node id, k, name)`` and, if its node has
+    saved children or its adapter is not a leaf (``leaf_types``, filled by ``is_leaf_type``),
+    its index to ``visit``: what :meth:`RestoreSession._match` does in Python for this case.
+
+    Example:
+        >>> import numpy as np
+        >>> from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+        >>> a = np.zeros(1)
+        >>> matches, visit = [], []
+        >>> match_aligned([("w", a)], ["w"], [1], set(), {np.ndarray: NumpyArrayAdapter()}, {NumpyArrayAdapter: True},
+        ...               None, [1, 0], 0, matches, visit)
+        True
+        >>> matches[0][0] is a, matches[0][2:], visit
+        (True, (1, 0, 'w'), [])
+    """
+    cdef Py_ssize_t n = len(names), i, first, nid, nn = len(nchild)
+    cdef object pair, ad, leaf, cid, t
+    if len(children) != n or len(ids) != n:
+        return False
+    cdef list adapters = [None] * n
+    for i in range(n):
+        pair = children[i]
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
+            return False
+        t = (<tuple>pair)[0]
+        if t is not names[i] and t != names[i]:
+            return False
+        cid = ids[i]
+        if type(cid) is not int or cid in shared:
+            return False
+        nid = <Py_ssize_t>cid
+        if nid < 0 or nid >= nn:
+            return False
+        try:
+            ad = adapter_cache.get(type((<tuple>pair)[1]))
+        except TypeError:  # an unhashable metaclass
+            return False
+        if ad is None:
+            return False
+        adapters[i] = ad
+    first = len(matches)
+    for i in range(n):
+        pair = children[i]
+        matches.append(((<tuple>pair)[1], adapters[i], ids[i], k, names[i]))
+    for i in range(n):
+        ad = adapters[i]
+        if nchild[<Py_ssize_t>ids[i]]:
+            visit.append(first + i)
+            continue
+        leaf = leaf_types.get(type(ad))
+        if leaf is None:
+            leaf = is_leaf_type(type(ad))
+        if not leaf:
+            visit.append(first + i)
+    return True

@@ -39,7 +39,7 @@ from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..graph import _is_leaf_adapter as _is_leaf
-from ..graph import _is_leaf_type, live_children, walk
+from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children, walk
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import _by_type_cache as _adapter_cache
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
@@ -78,6 +78,8 @@ _first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 # The compiled planner of plain numpy arrays (setup.py builds it; see docs/performance.md). Without it,
 # or with CKPTCORE_PURE_PYTHON=1, _plan_values plans every match in Python, with the same results.
 _plan_plain_arrays: Callable[..., list[int]] | None = _compiled.plan_plain_arrays
+# ... and the compiled matching of a container's children that line up with its saved edges (_match).
+_match_aligned: Callable[..., bool] | None = _compiled.match_aligned
 
 __all__ = ["RestoreSession", "WeakIdTable", "has_pending", "notify_dependency_added", "pending_count"]
 
@@ -268,10 +270,13 @@ class RestoreSession:
                 else:
                     children = live_children(o, adapter, partial(_path, matches, k, path))  # built on error only
                 names = child_name[a:b]
-                if (matched is None and len(children) == b - a and type(names) is list
-                        and list(map(_first, children)) == names):
+                if matched is None and len(children) == b - a and type(names) is list:
                     ids = child_id[a:b]
-                    if shared.isdisjoint(ids):
+                    if (_match_aligned is not None and type(ids) is list
+                            and _match_aligned(children, names, ids, shared, _adapter_cache, _LEAF_ADAPTERS,
+                                               _is_leaf_type, nchild, k, matches, visit)):
+                        continue  # the steps below, in one C loop
+                    if list(map(_first, children)) == names and shared.isdisjoint(ids):
                         objs = list(map(_second, children))
                         try:
                             adapters = list(map(cached_adapter, map(type, objs)))
