@@ -38,8 +38,8 @@ from ..distributed.shards import ShardBuffer
 from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
-from ..graph import _is_leaf_adapter as _is_leaf
 from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children, walk
+from ..graph import _is_leaf_adapter as _is_leaf
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import _by_type_cache as _adapter_cache
 from ..registry import adapter_or_none, find_adapter, install_creation_hooks
