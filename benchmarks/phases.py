@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     try:
-        load = "%.2f %.2f %.2f" % os.getloadavg()
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:  # pragma: no cover - no getloadavg
         load = "?"
     print(f"{args.workload}: main-thread CPU per phase, ms (min / median of {args.runs}), load average {load}")
