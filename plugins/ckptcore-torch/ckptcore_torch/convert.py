@@ -353,14 +353,30 @@ def from_numpy(array: np.ndarray) -> Any:
     """
     import torch
 
+    if type(array) is np.ndarray and array.dtype in _AS_IS:  # a plain dtype torch takes as it is
+        f = array.flags
+        if f.writeable and f.c_contiguous:
+            return torch.from_numpy(array)
     array = np.asarray(array)
     tdt = torch_dtype_for(array.dtype)
     view = _entry(tdt)[1]
+    if view is None:
+        _note_as_is(array.dtype, tdt)
     if not array.flags.writeable or not array.flags.c_contiguous:
         array = np.array(array, order="C")
     if view is not None:
         return torch.from_numpy(array.view(numpy_dtype(view))).view(tdt)
     return torch.from_numpy(array)
+
+
+#: numpy dtypes whose arrays torch.from_numpy takes without a bit view (from_numpy's shortcut), filled
+#: as they are met: native-order numpy dtypes of the table's plain entries
+_AS_IS: set = set()
+
+
+def _note_as_is(np_dtype: np.dtype, tdt: Any) -> None:
+    if _entry(tdt)[1] is None and np_dtype.isnative:
+        _AS_IS.add(np_dtype)
 
 
 def shares_memory(array: Any, tensor: Any) -> bool:

@@ -364,7 +364,9 @@ class OptimizerAdapter(Adapter):
                 continue   # read in place, into the state tensor itself
             # The array read for this slot becomes the state tensor without a copy (it is ours:
             # fresh memory), converted only where load_state_dict would convert it.
-            t = _landing(from_numpy(np.asarray(value)), variable, name, None, group)
+            t = from_numpy(value)
+            if not (t.dtype is variable.dtype and variable.is_cpu and segments[0] != "step"):
+                t = _landing(t, variable, name, None, group)  # (otherwise it would give t itself)
             if len(segments) == 1 and type(s) is dict and not name.lstrip("-").isdigit():
                 s[name] = t   # what _put does for one key of the state dict
             else:

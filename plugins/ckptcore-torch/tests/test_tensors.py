@@ -228,3 +228,33 @@ def test_views_of_tensors_are_the_tensors_memory_or_none_never_a_copy():
     assert to_numpy(torch.tensor([1 + 2j]).conj()).tolist() == [1 - 2j]
     with pytest.raises(ck.CheckpointError, match="meta device"):
         to_numpy(torch.zeros(2, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "bool", "float16", "complex64", ml_dtypes.bfloat16])
+def test_from_numpy_gives_the_same_tensor_before_and_after_its_dtype_is_known(dtype):
+    # from_numpy remembers dtypes torch takes as they are (a shortcut for the 60,000 slots of a
+    # fresh optimizer); the first and later calls must agree, bit-viewed dtypes (bfloat16) included
+    from ckptcore_torch.convert import from_numpy
+
+    a = (np.arange(6) % 2).astype(dtype)
+    first, again = from_numpy(a), from_numpy(a)
+    assert first.dtype == again.dtype
+    assert np.array_equal(first.float().numpy(), a.astype(np.float32))
+    assert np.array_equal(again.float().numpy(), a.astype(np.float32))
+    assert again.data_ptr() == a.ctypes.data  # no copy: the tensor is the array's memory
+    ro = a.copy()
+    ro.flags.writeable = False
+    got = from_numpy(ro)
+    assert np.array_equal(got.float().numpy(), a.astype(np.float32)) and got.data_ptr() != ro.ctypes.data
+
+
+def test_from_numpy_refuses_a_byte_swapped_array_every_time():
+    from ckptcore_torch.convert import from_numpy
+
+    a = np.arange(3, dtype=">f4")
+    for _ in range(2):
+        with pytest.raises(ck.UnsupportedDtypeError, match=">f4"):
+            from_numpy(a)
+    from_numpy(np.arange(3, dtype="<f4"))  # the native twin is known now: the swapped one still is not
+    with pytest.raises(ck.UnsupportedDtypeError, match=">f4"):
+        from_numpy(a)
