@@ -38,7 +38,7 @@ from ckptcore.distributed import ShardBuffer
 from ckptcore.errors import CheckpointError
 
 from . import codec
-from .convert import check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
+from .convert import _plain_types, check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
 from .dtensor import from_buffer, is_dtensor, shard_buffer
 
 __all__ = ["OptimizerAdapter"]
@@ -311,8 +311,25 @@ class OptimizerAdapter(Adapter):
         state = obj.state
         out = []
         group_of = None
+        plain = _plain_types()
         for variable, name, shape, dtype in requests:
             buf = None
+            if type(variable) in plain:  # a plain parameter (never a DTensor): the checks below, inlined
+                s = state.get(variable)
+                t = _at(s, name) if s else None
+                if type(t) in plain and t.is_cpu and t.shape == tuple(shape):
+                    if t.dtype is variable.dtype and variable.is_cpu and name.split("/", 1)[0] != "step":
+                        landed = True  # _landing would give t itself
+                    else:
+                        if group_of is None:
+                            group_of = _group_index(obj)
+                        landed = _landing(t, variable, name, dtype, group_of.get(id(variable))) is t
+                    if landed:
+                        buf = writable_view(t)
+                        if buf is not None and buf.dtype != dtype:  # (also what _landing's dtype check refuses)
+                            buf = None
+                out.append(buf)
+                continue
             if is_dtensor(variable) and tuple(variable.shape) == tuple(shape):
                 out.append(shard_buffer(variable).like(dtype))  # read this worker's boxes of the slot only
                 continue
