@@ -360,8 +360,8 @@ def from_numpy(array: np.ndarray) -> Any:
     array = np.asarray(array)
     tdt = torch_dtype_for(array.dtype)
     view = _entry(tdt)[1]
-    if view is None:
-        _note_as_is(array.dtype, tdt)
+    if view is None and array.dtype.isnative:
+        _AS_IS.add(array.dtype)  # torch takes this dtype as it is: the shortcut above from now on
     if not array.flags.writeable or not array.flags.c_contiguous:
         array = np.array(array, order="C")
     if view is not None:
@@ -372,11 +372,6 @@ def from_numpy(array: np.ndarray) -> Any:
 #: numpy dtypes whose arrays torch.from_numpy takes without a bit view (from_numpy's shortcut), filled
 #: as they are met: native-order numpy dtypes of the table's plain entries
 _AS_IS: set = set()
-
-
-def _note_as_is(np_dtype: np.dtype, tdt: Any) -> None:
-    if _entry(tdt)[1] is None and np_dtype.isnative:
-        _AS_IS.add(np_dtype)
 
 
 def shares_memory(array: Any, tensor: Any) -> bool:

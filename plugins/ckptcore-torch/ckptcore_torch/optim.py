@@ -318,8 +318,8 @@ class OptimizerAdapter(Adapter):
                 s = state.get(variable)
                 t = _at(s, name) if s else None
                 if type(t) in plain and t.is_cpu and t.shape == tuple(shape):
-                    if t.dtype is variable.dtype and variable.is_cpu and name.split("/", 1)[0] != "step":
-                        landed = True  # _landing would give t itself
+                    if _lands_as_is(t, variable, name):
+                        landed = True
                     else:
                         if group_of is None:
                             group_of = _group_index(obj)
@@ -382,8 +382,8 @@ class OptimizerAdapter(Adapter):
             # The array read for this slot becomes the state tensor without a copy (it is ours:
             # fresh memory), converted only where load_state_dict would convert it.
             t = from_numpy(value)
-            if not (t.dtype is variable.dtype and variable.is_cpu and segments[0] != "step"):
-                t = _landing(t, variable, name, None, group)  # (otherwise it would give t itself)
+            if not _lands_as_is(t, variable, name):
+                t = _landing(t, variable, name, None, group)
             if len(segments) == 1 and type(s) is dict and not name.lstrip("-").isdigit():
                 s[name] = t   # what _put does for one key of the state dict
             else:
@@ -436,6 +436,12 @@ def _at(state: Any, name: str):
         if x is None:
             return None
     return x
+
+
+def _lands_as_is(t, variable, name: str) -> bool:
+    """Whether :func:`_landing` gives ``t`` itself, whatever the group: not a step slot, of the
+    parameter's dtype, both on the CPU (its check of a stored ``dtype`` is not part of this)."""
+    return t.dtype is variable.dtype and t.is_cpu and variable.is_cpu and name.split("/", 1)[0] != "step"
 
 
 def _landing(t, variable, name: str, dtype, group):
