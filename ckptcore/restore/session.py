@@ -63,6 +63,7 @@ from .values import (
     _DEFAULT_ATTRS,
     _accepts,
     _keeps_default_attributes,
+    _offers_in_place,
     _path,
     _set_value_failed,
     _spec_error,
@@ -425,6 +426,23 @@ class RestoreSession:
                         add_dest(obj)
                         add_cb(None)
                         continue
+                elif (b == a + 1 and _offers_in_place(type(adapter)) and attr_name[a] == VARIABLE_VALUE
+                        and nid not in states):
+                    # the adapter's own shortcut (Adapter.value_in_place): the object's memory, nothing else to call
+                    try:
+                        buf = adapter.value_in_place(obj)
+                    except Exception as e:
+                        errors.append(_spec_failed(_path(matches, k, base), table.key[a], adapter, e,
+                                                   "value_in_place()"))
+                        continue
+                    if buf is not None and type(buf) is np.ndarray:
+                        flags = buf.flags
+                        if (flags.writeable and flags.c_contiguous and buf.shape == t_shape[a]
+                                and buf.dtype == (fast_dtypes.get(t_dtype[a]) or table.np_dtype(a))):
+                            add_row(a)
+                            add_dest(buf)
+                            add_cb(None)
+                            continue
                 try:
                     live_attrs = adapter.attributes(obj)
                     if type(live_attrs) is not list or len(live_attrs) > 8:

@@ -33,6 +33,17 @@ _base = attrgetter("base")
 _DEFAULT_ATTRS: dict[type, bool] = {}
 
 
+_IN_PLACE: dict[type, bool] = {}
+
+
+def _offers_in_place(cls: type) -> bool:
+    """Whether adapter class ``cls`` overrides ``Adapter.value_in_place``: cached."""
+    offers = _IN_PLACE.get(cls)
+    if offers is None:
+        offers = _IN_PLACE[cls] = getattr(cls, "value_in_place", Adapter.value_in_place) is not Adapter.value_in_place
+    return offers
+
+
 def _keeps_default_attributes(adapter) -> bool:
     """Whether ``adapter`` keeps ``Adapter.attributes`` (never any attribute): cached per class."""
     cls = type(adapter)

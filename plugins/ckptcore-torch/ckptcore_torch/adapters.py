@@ -27,6 +27,7 @@ from ckptcore.restore import WeakIdTable
 
 from . import codec, hooks
 from .convert import (
+    _plain_types,
     check_materialized,
     finish_staged,
     from_numpy,
@@ -151,6 +152,18 @@ class TensorAdapter(Adapter):
     def spec(self, obj, attr):
         check_materialized(obj)
         return tuple(int(d) for d in obj.shape), numpy_dtype(obj.dtype)
+
+    def value_in_place(self, obj):
+        """A plain CPU tensor's (or parameter's) memory: the restore reads into it and is done.
+
+        Example:
+            >>> import torch
+            >>> t = torch.zeros(2); TensorAdapter().value_in_place(t)[:] = 1; t.tolist()
+            [1.0, 1.0]
+        """
+        if type(obj) in _plain_types() and obj.is_cpu:  # (lazy and meta tensors are neither)
+            return writable_view(obj)
+        return None
 
     def restore_buffer(self, obj, attr):
         if obj.device.type != "cpu":  # a pinned buffer when the restore has pinned memory to stage through

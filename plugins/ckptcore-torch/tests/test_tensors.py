@@ -262,3 +262,26 @@ def test_from_numpy_refuses_a_byte_swapped_array_every_time():
     from_numpy(np.arange(3, dtype="<f4"))  # the native twin is known now: the swapped one still is not
     with pytest.raises(ck.UnsupportedDtypeError, match=">f4"):
         from_numpy(a)
+
+
+def test_cpu_parameters_are_read_in_place_without_spec_or_set_value(prefix, monkeypatch):
+    # TensorAdapter.value_in_place: a plain CPU parameter's memory is the read's destination, and
+    # nothing else of the adapter runs for it (the cost of 20,000 small parameters)
+    from ckptcore_torch.adapters import TensorAdapter
+
+    src = torch.nn.Linear(3, 2)
+    path = ck.Checkpoint(model=src).save(prefix)
+    dst = torch.nn.Linear(3, 2)
+    ptrs = {n: p.data_ptr() for n, p in dst.named_parameters()}
+    called = []
+    for method in ("spec", "restore_buffer", "set_value"):
+        real = getattr(TensorAdapter, method)
+        monkeypatch.setattr(TensorAdapter, method,
+                            lambda self, *a, _m=method, _r=real: called.append(_m) or _r(self, *a))
+    ck.Checkpoint(model=dst).restore(path).assert_consumed()
+    assert called == []
+    for (n, p), q in zip(dst.named_parameters(), src.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() == ptrs[n]
+    # a shape mismatch still goes the usual way, and is named
+    with pytest.raises(ck.ShapeMismatchError, match="model/weight"):
+        ck.Checkpoint(model=torch.nn.Linear(4, 2)).restore(path)
