@@ -79,6 +79,23 @@ class UnnamedAdapter(GoodBoxAdapter):
     name = ck.Adapter.name
 
 
+class InPlaceBoxAdapter(GoodBoxAdapter):
+    """A one-value object that hands over its own memory (Adapter.value_in_place)."""
+
+    def attributes(self, obj):
+        return ["VARIABLE_VALUE"]
+
+    def value_in_place(self, obj):
+        return obj.data
+
+
+class CopyingInPlaceAdapter(InPlaceBoxAdapter):
+    """Hands over a copy as if it were the object's memory: a restore through it changes nothing."""
+
+    def value_in_place(self, obj):
+        return obj.data.copy()
+
+
 def _make(seed):
     return Box(np.random.default_rng(seed).normal(size=(2, 2)))
 
@@ -102,7 +119,7 @@ def _run(test_name, tmp_path):
 ALL_TESTS = sorted(n for n in dir(AdapterConformance) if n.startswith("test_") and n != "test_deferred_restore_native")
 
 
-@pytest.mark.parametrize("box_adapter", [GoodBoxAdapter], indirect=True)
+@pytest.mark.parametrize("box_adapter", [GoodBoxAdapter, InPlaceBoxAdapter], indirect=True)
 @pytest.mark.parametrize("test_name", ALL_TESTS)
 def test_a_correct_adapter_passes_every_test(box_adapter, test_name, tmp_path):
     _run(test_name, tmp_path)
@@ -115,6 +132,8 @@ def test_a_correct_adapter_passes_every_test(box_adapter, test_name, tmp_path):
     (MutatingSpecAdapter, "test_shape_mismatch_names_path_and_modifies_nothing", "failed restore"),
     (MutatingSpecAdapter, "test_dtype_mismatch_names_path_and_modifies_nothing", "failed restore"),
     (UnnamedAdapter, "test_checkpoint_records_a_stable_adapter_name", "needs a stable `name`"),
+    (CopyingInPlaceAdapter, "test_value_in_place_is_the_value_and_restores_as_the_usual_path",
+     r"value_in_place\(\) \(against the usual path\) differ"),
 ], indirect=["box_adapter"])
 def test_a_broken_adapter_fails_the_kit(box_adapter, test_name, message, tmp_path):
     with pytest.raises(AssertionError, match=message):

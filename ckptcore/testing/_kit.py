@@ -289,6 +289,35 @@ class AdapterConformance:
             expected = np.asarray(s.adapter.get_value(s.obj, attr))
             assert _same(np.asarray(buf), expected), f"the buffer of {where} does not hold the restored value"
 
+    def test_value_in_place_is_the_value_and_restores_as_the_usual_path(self, make_object, fresh_object, values_of,
+                                                                       ckpt_prefix):
+        # Adapter.value_in_place lets a restore skip attributes/spec/restore_buffer/set_value: what it
+        # returns must be the value's own memory, as spec() describes it, and restoring through it
+        # must give what the usual path gives
+        path = self._write(make_object(0), ckpt_prefix)
+        dst = fresh_object()
+        for n in walk(dst):
+            buf = n.adapter.value_in_place(n.obj)
+            if buf is None:
+                continue
+            where = f"value_in_place() of {display_path(n.path)}"
+            attrs = list(n.adapter.attributes(n.obj))
+            assert attrs == ["VARIABLE_VALUE"], f"{where} returned memory, but the object's attributes are {attrs}"
+            assert isinstance(buf, np.ndarray) and buf.flags.writeable and buf.flags.c_contiguous, (
+                f"{where} must return None or a writable C-contiguous numpy array")
+            shape, dtype = n.adapter.spec(n.obj, "VARIABLE_VALUE")
+            assert buf.shape == tuple(shape) and buf.dtype == np.dtype(dtype), (
+                f"{where} has shape {buf.shape} and dtype {buf.dtype}; spec() says {tuple(shape)}, {np.dtype(dtype)}")
+        ck.Checkpoint(**{OBJ: dst}).read(path).assert_consumed()
+        from ckptcore.restore import session
+
+        usual = fresh_object()
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(session, "_offers_in_place", lambda cls: False)
+            ck.Checkpoint(**{OBJ: usual}).read(path).assert_consumed()
+        assert_values_equal(values_of(dst), values_of(usual),
+                            "values restored through value_in_place() (against the usual path)")
+
     # -- deferred restore (restore-on-create) -------------------------------------------------------
     def test_deferred_restore_under_module(self, make_object, fresh_object, values_of, ckpt_prefix):
         src = ck.Module()
