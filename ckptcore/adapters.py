@@ -285,6 +285,28 @@ class Adapter:
             self.restore_slot(obj, variable, name, value)
 
 
+def _keeps_method(table: dict, cls: type, name: str, if_missing: bool = False) -> bool:
+    """Whether adapter class ``cls`` keeps :class:`Adapter`'s method ``name`` (does not override it).
+
+    Cached per class in ``table`` (one table per method name). ``if_missing`` is the answer for
+    a class without the method at all (a duck-typed adapter).
+
+    Example:
+        >>> class Mine(Adapter):
+        ...     def children(self, obj):
+        ...         return []
+        >>> _keeps_method({}, Mine, "children"), _keeps_method({}, Mine, "attributes")
+        (False, True)
+        >>> _keeps_method({}, object, "value_in_place", if_missing=True)
+        True
+    """
+    keeps = table.get(cls)
+    if keeps is None:
+        method = getattr(cls, name, None)
+        keeps = table[cls] = if_missing if method is None else method is getattr(Adapter, name)
+    return keeps
+
+
 @dataclass(frozen=True)
 class AdapterRegistration:
     """A plugin's claim: ``adapter`` handles objects of ``types``.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .adapters import Adapter
+from .adapters import _keeps_method
 from .errors import CheckpointError, ContainerModifiedError
 from .naming import display_path
 from .registry import adapter_or_none, find_adapter
@@ -110,10 +110,7 @@ def _is_leaf_adapter(adapter: Any) -> bool:
 
 def _is_leaf_type(cls: type) -> bool:
     """Whether adapter class ``cls`` keeps the default ``children()``: cached."""
-    leaf = _LEAF_ADAPTERS.get(cls)
-    if leaf is None:
-        leaf = _LEAF_ADAPTERS[cls] = getattr(cls, "children", None) is Adapter.children
-    return leaf
+    return _keeps_method(_LEAF_ADAPTERS, cls, "children")
 
 
 def walk(root: Any, extra_root_children: Iterable[tuple[str, Any]] = (), root_adapter: Any = None) -> list[LiveNode]:

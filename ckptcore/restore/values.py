@@ -19,7 +19,7 @@ from operator import attrgetter, is_
 
 import numpy as np
 
-from ..adapters import Adapter
+from ..adapters import _keeps_method
 from ..dtypes import storage_dtype
 from ..errors import AdapterStateError, CheckpointError, DtypeMismatchError, ShapeMismatchError
 from ..formats import ckpt as fmt
@@ -33,24 +33,17 @@ _base = attrgetter("base")
 _DEFAULT_ATTRS: dict[type, bool] = {}
 
 
-_IN_PLACE: dict[type, bool] = {}
+_NO_IN_PLACE: dict[type, bool] = {}
 
 
 def _offers_in_place(cls: type) -> bool:
     """Whether adapter class ``cls`` overrides ``Adapter.value_in_place``: cached."""
-    offers = _IN_PLACE.get(cls)
-    if offers is None:
-        offers = _IN_PLACE[cls] = getattr(cls, "value_in_place", Adapter.value_in_place) is not Adapter.value_in_place
-    return offers
+    return not _keeps_method(_NO_IN_PLACE, cls, "value_in_place", if_missing=True)
 
 
 def _keeps_default_attributes(adapter) -> bool:
     """Whether ``adapter`` keeps ``Adapter.attributes`` (never any attribute): cached per class."""
-    cls = type(adapter)
-    keeps = _DEFAULT_ATTRS.get(cls)
-    if keeps is None:
-        keeps = _DEFAULT_ATTRS[cls] = getattr(cls, "attributes", None) is Adapter.attributes
-    return keeps
+    return _keeps_method(_DEFAULT_ATTRS, type(adapter), "attributes")
 
 
 def _unalias(dests: list, callbacks: list) -> None:
