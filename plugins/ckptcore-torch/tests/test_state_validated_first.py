@@ -37,7 +37,7 @@ def _edit_state(path, edit):
 
 EDITS = {
     "group sizes": lambda s: s.__setitem__("group_sizes", [99]),
-    "param index not a number": lambda s: s["state"].__setitem__("abc", s["state"].pop(next(iter(s["state"])))),
+    "param index not a number": lambda s: s["state"].__setitem__("abc", {"x": 1}),
     "param index out of range": lambda s: s["state"].__setitem__("7", {}),
     "groups not a list": lambda s: s.__setitem__("param_groups", {"x": 1}),
     "per-param state not a dict": lambda s: s["state"].__setitem__("0", [1, 2]),

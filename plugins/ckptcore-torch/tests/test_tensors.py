@@ -215,7 +215,7 @@ def test_views_of_tensors_are_the_tensors_memory_or_none_never_a_copy():
     from ckptcore_torch.convert import to_numpy, writable_view
 
     for t in (torch.zeros(4), torch.nn.Parameter(torch.zeros(2, 3)), torch.zeros(3, dtype=torch.bfloat16),
-              torch.zeros(0), torch.zeros(())):
+              torch.zeros(0), torch.zeros(()), torch.zeros(2, requires_grad=True)):
         view = writable_view(t)
         view[...] = 1
         assert torch.all(t == 1), t
