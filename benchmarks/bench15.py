@@ -5,8 +5,9 @@
   file, ``assert_consumed()`` alone, save + fsync vs ``os.writev`` + fsync.
 * **GPT2**: a GPT-2-small-shaped torch model (124 M parameters, 148 tensors) with AdamW state (444
   slot tensors), 1.4 GiB: save, restore into a fresh and into a warm model + optimizer, async save
-  blocking, peak RSS, vs raw (``writev``/``readinto`` of the same tensors), ``torch.save`` /
-  ``torch.load`` + ``load_state_dict`` and ``torch.distributed.checkpoint`` in one process.
+  blocking, peak RSS, vs raw (``writev``/``readinto`` of the same tensors; for the fresh restore also
+  ``readinto`` with the optimizer state allocated as it is read, the floor of any fresh restore),
+  ``torch.save`` / ``torch.load`` + ``load_state_dict`` and ``torch.distributed.checkpoint`` in one process.
   ``--quick`` uses a quarter of the width.
 * **SWEEP**: the same total size (64 MiB) in 1k, 10k, 100k arrays (1M with ``--sweep-max 1000000``):
   per-object save, restore and ``assert_consumed()`` cost; ``ck.load_checkpoint`` time and bytes
@@ -260,6 +261,16 @@ def _gpt2_op(method: str, op: str, path: str, width: int, fresh: bool = True):
             model, opt = gpt2_with_adamw(width, stepped=True, seed=1)
             arrays = [t.numpy() for t in _tensors(model, opt)]
             return lambda: _raw_readinto(path, arrays)
+        if method == "raw-fresh":  # the floor of a fresh restore: into the parameters, the state allocated as read
+            stepped, sopt = gpt2_with_adamw(width, stepped=True, seed=1)
+            params = [p.detach().numpy() for p in model.parameters()]
+            state = [(tuple(t.shape), t.numpy().dtype) for t in _tensors(stepped, sopt)[len(params):]]
+            del stepped, sopt
+
+            def run():
+                arrays = params + [np.empty(shape, dtype) for shape, dtype in state]
+                _raw_readinto(path, arrays)
+            return run
         if method == "ckptcore":
             return lambda: ck.Checkpoint(model=model, opt=opt).read(path).assert_consumed()
         if method == "torch":
@@ -319,7 +330,7 @@ def bench_gpt2(root_dir: str, runs: int, width: int) -> dict:
     methods = [m for m in GPT2_SAVES if m != "dcp" or importlib.util.find_spec("torch.distributed.checkpoint")]
     paths = {m: os.path.join(root_dir, f"gpt2-{m}") for m in methods}
     out: dict = {"width": width, "methods": methods, "save": {}, "load": {}, "load_warm": {}, "async": {},
-                 "memory": {}}
+                 "memory": {}, "load_raw_fresh": []}
     for _ in range(runs):
         for m in methods:
             out["save"].setdefault(m, []).append(_worker("gpt2", {"method": m, "op": "save", "path": paths[m],
@@ -330,6 +341,8 @@ def bench_gpt2(root_dir: str, runs: int, width: int) -> dict:
                                                                    "width": width})["time"])
         out["load_warm"].setdefault("ckptcore", []).append(_worker("gpt2", {
             "method": "ckptcore", "op": "load", "path": paths["ckptcore"], "width": width, "fresh": False})["time"])
+        out["load_raw_fresh"].append(_worker("gpt2", {"method": "raw-fresh", "op": "load", "path": paths["raw"],
+                                                      "width": width})["time"])
     for m in ("ckptcore-async", "dcp-async"):
         if m.split("-")[0] in methods:
             for _ in range(runs):
@@ -583,6 +596,10 @@ def report_gpt2(r: dict) -> str:
     for op, label in (("save", "save + fsync"), ("load", "restore into a fresh model + optimizer")):
         raw = med(r[op]["raw"])
         rows.append([label] + [f"{raw:.3f} s" if m == "raw" else f"{med(r[op][m]) / raw:.2f}x" for m in ms])
+    if r.get("load_raw_fresh"):  # what a fresh restore must do at least: fault in the optimizer state's memory
+        fresh = med(r["load_raw_fresh"])
+        rows.append(["same, vs raw into freshly allocated state"] + [
+            f"{fresh:.3f} s" if m == "raw" else f"{med(r['load'][m]) / fresh:.2f}x" for m in ms])
     if r["load_warm"]:
         raw = med(r["load"]["raw"])
         rows.append(["ckptcore restore into a warm optimizer (in place)", f"{raw:.3f} s",

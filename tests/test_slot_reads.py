@@ -221,3 +221,37 @@ def test_random_slot_sets_round_trip(tmp_path_factory, sizes, have, offer):
         np.testing.assert_array_equal(w2, w)
         np.testing.assert_array_equal(opt2.m[id(w2)], opt.m[id(w)])
     assert len({id(v) for v in opt2.m.values()}) == len(ws)
+
+
+def test_slots_of_an_optimizer_attached_after_its_variables_were_restored(prefix, no_single_reads):
+    # the variables are matched by the first restore step, the optimizer by a later one: its slots
+    # come from the variables matched earlier (restore-on-create of the optimizer)
+    path, ws, opt = _saved(prefix, n=3)
+    ws2 = [np.zeros_like(w) for w in ws]
+    ckpt = ck.Checkpoint(ws=ws2)
+    status = ckpt.restore(path)
+    for w, w2 in zip(ws, ws2):
+        np.testing.assert_array_equal(w2, w)
+    opt2 = Opt(ws2)
+    opt2.m[id(ws2[0])] = np.full(ws2[0].shape, -1, np.float32)   # one slot exists already: filled in place
+    kept = opt2.m[id(ws2[0])]
+    ckpt.opt = opt2
+    for w, w2 in zip(ws, ws2):
+        np.testing.assert_array_equal(opt2.m[id(w2)], opt.m[id(w)])
+    assert opt2.m[id(ws2[0])] is kept and opt2.calls == [3]   # all three handed over in one call
+    status.assert_existing_objects_matched()
+
+
+def test_an_optimizer_restored_before_its_variables_gets_its_slots_when_they_come(prefix, no_single_reads):
+    path, ws, opt = _saved(prefix, n=3)
+    ws2 = [np.zeros_like(w) for w in ws]
+    opt2 = Opt(ws2)
+    ckpt = ck.Checkpoint(opt=opt2)
+    status = ckpt.restore(path)
+    assert opt2.calls == [] and not opt2.m   # no variable matched yet: the adapter is not asked at all
+    ckpt.ws = ws2
+    for w, w2 in zip(ws, ws2):
+        np.testing.assert_array_equal(w2, w)
+        np.testing.assert_array_equal(opt2.m[id(w2)], opt.m[id(w)])
+    assert opt2.calls == [3]
+    status.assert_consumed()

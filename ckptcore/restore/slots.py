@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -101,6 +103,9 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     ``matches`` are this step's matches (``RestoreSession._match``); objects matched by earlier
     steps come from the session. The rows, destinations and callbacks are appended to the
     step's read lists. Returns None when no slot is due.
+
+    Per slot this costs a few list and dict steps: an optimizer of 20,000 parameters has 60,000
+    slots (Adam), and each node matched once in one step (the usual restore) takes the short path.
     """
     graph = session.graph
     slots, by_var = graph.slots, session._slots_by_var
@@ -108,26 +113,34 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     for m in matches:
         nid = m[2]
         if nid in slots or nid in by_var:
-            here.setdefault(nid, []).append((m[0], m[1]))
+            got = here.get(nid)
+            if got is None:
+                here[nid] = [(m[0], m[1])]
+            else:
+                got.append((m[0], m[1]))
     if not here:
         return None
-    pairs = []   # (optimizer node, variable node, slot name, slot node)
-    for nid in here:
-        for var_id, name, slot_id in slots.get(nid, ()):
-            pairs.append((nid, var_id, name, slot_id))
-        for opt_id, name, slot_id in by_var.get(nid, ()):
-            if opt_id not in here:
-                pairs.append((opt_id, nid, name, slot_id))
-    if not pairs:
+    # per optimizer node, the slots due: all of one matched now; of one matched before, those of variables matched now
+    due: dict[int, list] = {nid: slots[nid] for nid in here if nid in slots}
+    if len(due) < len(slots):   # some optimizer node is not matched in this step
+        for nid in here:
+            for opt_id, name, slot_id in by_var.get(nid, ()):
+                if opt_id not in here:
+                    due.setdefault(opt_id, []).append((nid, name, slot_id))
+    if not due:
         return None
     attr_start, table = graph.attr_start, session.table
     plan = SlotReads(session)
     per_opt = plan.per_opt
+    slot_ids = plan.slot_ids
     wanted: dict[int, None] = {}   # table rows to read, once each, in order
     live = session._live
+    earlier = bool(session._node_objs or session._unfiled)   # False: nothing was matched before this step
 
     def objs(nid):
         got = here.get(nid)
+        if not earlier:
+            return got or ()
         if got is not None:
             prev = live(nid)
             return got + [(o, None) for o in prev if all(o is not g[0] for g in got)] if prev else got
@@ -136,39 +149,52 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     from .deferred import _SLOT_UPDATE_UID
 
     newer, uid = (_SLOT_UPDATE_UID if _SLOT_UPDATE_UID._d else None), session.uid
-    cache: dict[int, list] = {}
-    for opt_id, var_id, name, slot_id in pairs:
-        a = attr_start[slot_id]
-        if a == attr_start[slot_id + 1]:
-            continue   # a slot node without a value
-        opts = cache.get(opt_id)
-        if opts is None:
-            opts = cache[opt_id] = objs(opt_id)
+    cache: dict[int, Any] = {}
+    cache_get = cache.get if earlier else here.get
+    for opt_id, entries in due.items():
+        opts = objs(opt_id)
         if not opts:
             continue
-        vars_ = cache.get(var_id)
-        if vars_ is None:
-            vars_ = cache[var_id] = objs(var_id)
-        if not vars_:
-            continue
-        plan.slot_ids.append(slot_id)   # matched, also where a newer restore's value is kept
+        targets = []   # (optimizer, its request list) for each live object of this node
         for opt, adapter in opts:
-            for var, _ in vars_:
-                if newer is not None and _newer_slot(newer, opt, var, name, uid):
-                    continue   # a newer restore filled this slot (TF: the slot variable's _update_uid)
-                entry = per_opt.get(id(opt))
-                if entry is None:
-                    if adapter is None:
-                        from ..registry import find_adapter
+            entry = per_opt.get(id(opt))
+            if entry is None:
+                if adapter is None:
+                    from ..registry import find_adapter
 
-                        adapter = find_adapter(opt)
-                    entry = per_opt[id(opt)] = [opt, adapter, [], None]
-                entry[2].append((var, name, a))
+                    adapter = find_adapter(opt)
+                entry = per_opt[id(opt)] = [opt, adapter, [], None]
+            targets.append((opt, entry[2]))
+        # the short path: one optimizer, each variable matched once, no newer restore of any slot
+        one = targets[0][1].append if len(targets) == 1 and newer is None else None
+        for var_id, name, slot_id in entries:
+            a = attr_start[slot_id]
+            if a == attr_start[slot_id + 1]:
+                continue   # a slot node without a value
+            vars_ = cache_get(var_id)   # (nothing matched earlier: this step's matches themselves)
+            if vars_ is None:
+                if not earlier:
+                    continue
+                vars_ = cache[var_id] = objs(var_id)
+            if not vars_:
+                continue
+            slot_ids.append(slot_id)   # matched, also where a newer restore's value is kept
+            if one is not None and len(vars_) == 1:
+                one((vars_[0][0], name, a))
                 wanted[a] = None
-    if not plan.slot_ids:
+                continue
+            for opt, requests in targets:
+                for var, _ in vars_:
+                    if newer is not None and _newer_slot(newer, opt, var, name, uid):
+                        continue   # a newer restore filled this slot (TF: the slot variable's _update_uid)
+                    requests.append((var, name, a))
+                    wanted[a] = None
+    for key in [k for k, e in per_opt.items() if not e[2]]:
+        del per_opt[key]   # an optimizer none of whose slots is due: its adapter is not called
+    if not slot_ids:
         return None
     # Memory the adapters offer for their slots (existing state tensors, say), asked once per optimizer.
-    t_shape, fast = table.shape, fmt.FAST_DTYPES
+    t_shape, fast, in_buffers, values = table.shape, fmt.FAST_DTYPES, plan.in_buffers, plan.values
     for entry in per_opt.values():
         opt, adapter, requests = entry[0], entry[1], entry[2]
         offer = getattr(adapter, "slot_restore_buffers", None)
@@ -178,29 +204,42 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
         if len(buffers) != len(requests):
             raise CheckpointError(f"adapter {getattr(adapter, 'name', adapter)!r}: slot_restore_buffers returned "
                                   f"{len(buffers)} buffers for {len(requests)} slots")
+        entry[3] = buffers
+        if not any(map(is_not, buffers, repeat(None))):
+            continue   # nothing offered (a fresh optimizer): fresh arrays below
         for k, ((_var, _name, row), buf, spec) in enumerate(zip(requests, buffers, specs)):
+            if buf is None:
+                continue
             if type(buf) is ShardBuffer and buf.dtype == spec[3] and buf.shape == tuple(spec[2]):
-                if row not in plan.in_buffers:  # a sharded variable's slot: this worker's boxes of it
-                    plan.in_buffers.add(row)
+                if row not in in_buffers:  # a sharded variable's slot: this worker's boxes of it
+                    in_buffers.add(row)
                     if session._partial is None:
                         session._partial = []
                     session._partial.append((row, buf, partial_got(plan, row)))
                 continue
-            if buf is not None and not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable
-                                        and buf.dtype == spec[3] and buf.shape == spec[2]):
-                buf = buffers[k] = None   # not usable as read memory: read into a fresh array instead
-            if buf is not None and row not in plan.in_buffers:
-                plan.in_buffers.add(row)   # read straight into it: the buffer is the value (no callback)
-                plan.values[row] = buf     # (finish runs only after the read succeeded)
+            if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable
+                    and buf.dtype == spec[3] and buf.shape == spec[2]):
+                buffers[k] = None   # not usable as read memory: read into a fresh array instead
+            elif row not in in_buffers:
+                in_buffers.add(row)   # read straight into it: the buffer is the value (no callback)
+                values[row] = buf     # (finish runs only after the read succeeded)
                 rows.append(row)
                 dests.append(buf)
                 callbacks.append(None)
-        entry[3] = buffers
+    # No adapter offered memory: a fresh array, made here (what the reader would make), is the value.
+    # (finish hands it over only after the read succeeded; a big-endian host has the reader deliver it
+    # through a callback, which byte-swaps.)
+    np_dtype, empty, little = table.np_dtype, np.empty, np.little_endian
     for row in wanted:
-        if row not in plan.in_buffers:   # no adapter offered memory: a fresh array
+        if row not in in_buffers:
             rows.append(row)
-            dests.append(None)
-            callbacks.append(partial_got(plan, row))
+            if little:
+                values[row] = arr = empty(t_shape[row], fast.get(table.dtype[row]) or np_dtype(row))
+                dests.append(arr)
+                callbacks.append(None)
+            else:  # pragma: no cover - big-endian hosts
+                dests.append(None)
+                callbacks.append(partial_got(plan, row))
     return plan
 
 

@@ -187,7 +187,7 @@ def to_numpy(tensor: Any) -> np.ndarray:
         e = (_table or _dtype_table()).get(tensor.dtype)
         if e is not None and e[1] is None:
             try:
-                return tensor.detach().numpy()
+                return (tensor.detach() if tensor.requires_grad else tensor).numpy()
             except (RuntimeError, TypeError):
                 pass  # meta, another device, a conjugate or negative bit: the general path below
     dtensors = sys.modules.get("torch.distributed.tensor")

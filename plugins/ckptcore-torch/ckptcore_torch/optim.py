@@ -38,7 +38,7 @@ from ckptcore.distributed import ShardBuffer
 from ckptcore.errors import CheckpointError
 
 from . import codec
-from .convert import _plain_types, check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
+from .convert import _AS_IS, _plain_types, check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
 from .dtensor import from_buffer, is_dtensor, shard_buffer
 
 __all__ = ["OptimizerAdapter"]
@@ -318,13 +318,21 @@ class OptimizerAdapter(Adapter):
         out = []
         group_of = None
         plain = _plain_types()
+        last = None   # the variable of the previous request: a parameter's slots come one after another
         for variable, name, shape, dtype in requests:
             buf = None
             if type(variable) in plain:  # a plain parameter (never a DTensor): the checks below, inlined
-                s = state.get(variable)
-                t = _at(s, name) if s else None
+                if variable is not last:
+                    s = state.get(variable)
+                    last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
+                if not s:
+                    t = None
+                elif type(s) is dict and "/" not in name and not name.lstrip("-").isdigit():
+                    t = s.get(name)   # (what _at does for one key of the state dict)
+                else:
+                    t = _at(s, name)
                 if type(t) in plain and t.is_cpu and t.shape == tuple(shape):
-                    if _lands_as_is(t, variable, name):
+                    if _lands_as_is(t, v_dtype, v_cpu, name):
                         landed = True
                     else:
                         if group_of is None:
@@ -370,30 +378,37 @@ class OptimizerAdapter(Adapter):
         _refuse_foreign_slots(obj, items)
         group_of = _group_index(obj)   # once per call: no scan of the parameters per slot
         state = obj.state
+        tensor, plain, as_is = torch.Tensor, _plain_types(), _AS_IS
+        last = None   # the variable of the previous item: a parameter's slots come one after another
         for variable, name, value in items:
-            if not isinstance(variable, torch.Tensor):
-                raise CheckpointError(f"{_opt_name(obj)}: slot {name!r} belongs to a {type(variable).__qualname__}, "
-                                      "not a torch parameter")
-            group = group_of.get(id(variable))
-            if group is None:
-                raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
-            segments = name.split("/")
-            s = state[variable]
+            if variable is not last:
+                if not isinstance(variable, tensor):
+                    raise CheckpointError(f"{_opt_name(obj)}: slot {name!r} belongs to a "
+                                          f"{type(variable).__qualname__}, not a torch parameter")
+                group = group_of.get(id(variable))
+                if group is None:
+                    raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
+                s = state[variable]
+                last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
             if isinstance(value, ShardBuffer):  # a sharded (DTensor) parameter's slot: a DTensor laid out like it
-                _put(s, segments, from_buffer(value, like=variable))
+                s = state[variable]
+                _put(s, name.split("/"), from_buffer(value, like=variable))
+                last = None
                 continue
-            old = _at(s, name)
+            one = type(s) is dict and "/" not in name and not name.lstrip("-").isdigit()   # one key of the state
+            old = s.get(name) if one else _at(s, name)
             if old is not None and _is_tensor(old) and shares_memory(value, old):
                 continue   # read in place, into the state tensor itself
             # The array read for this slot becomes the state tensor without a copy (it is ours:
             # fresh memory), converted only where load_state_dict would convert it.
-            t = from_numpy(value)
-            if not _lands_as_is(t, variable, name):
+            f = value.flags if type(value) is np.ndarray and value.dtype in as_is else None
+            t = torch.from_numpy(value) if f is not None and f.writeable and f.c_contiguous else from_numpy(value)
+            if not _lands_as_is(t, v_dtype, v_cpu, name):
                 t = _landing(t, variable, name, None, group)
-            if len(segments) == 1 and type(s) is dict and not name.lstrip("-").isdigit():
+            if one:
                 s[name] = t   # what _put does for one key of the state dict
             else:
-                _put(s, segments, t)
+                s = state[variable] = _put(s, name.split("/"), t)
 
 
 # Slot names TensorFlow's and Keras's optimizers use, which no torch.optim optimizer keeps as state: stored
@@ -444,10 +459,12 @@ def _at(state: Any, name: str):
     return x
 
 
-def _lands_as_is(t, variable, name: str) -> bool:
+def _lands_as_is(t, v_dtype, v_cpu: bool, name: str) -> bool:
     """Whether :func:`_landing` gives ``t`` itself, whatever the group: not a step slot, of the
-    parameter's dtype, both on the CPU (its check of a stored ``dtype`` is not part of this)."""
-    return t.dtype is variable.dtype and t.is_cpu and variable.is_cpu and name.split("/", 1)[0] != "step"
+    parameter's dtype ``v_dtype``, both on the CPU (``v_cpu``: the parameter is; its check of a
+    stored ``dtype`` is not part of this). The parameter's attributes are passed in, looked up
+    once for all its slots."""
+    return t.dtype is v_dtype and v_cpu and t.is_cpu and name != "step" and not name.startswith("step/")
 
 
 def _landing(t, variable, name: str, dtype, group):
