@@ -38,7 +38,16 @@ from ckptcore.distributed import ShardBuffer
 from ckptcore.errors import CheckpointError
 
 from . import codec
-from .convert import _AS_IS, _plain_types, check_materialized, from_numpy, numpy_dtype, shares_memory, to_numpy, writable_view
+from .convert import (
+    _AS_IS,
+    _plain_types,
+    check_materialized,
+    from_numpy,
+    numpy_dtype,
+    shares_memory,
+    to_numpy,
+    writable_view,
+)
 from .dtensor import from_buffer, is_dtensor, shard_buffer
 
 __all__ = ["OptimizerAdapter"]
@@ -378,7 +387,7 @@ class OptimizerAdapter(Adapter):
         _refuse_foreign_slots(obj, items)
         group_of = _group_index(obj)   # once per call: no scan of the parameters per slot
         state = obj.state
-        tensor, plain, as_is = torch.Tensor, _plain_types(), _AS_IS
+        tensor, as_is = torch.Tensor, _AS_IS
         last = None   # the variable of the previous item: a parameter's slots come one after another
         for variable, name, value in items:
             if variable is not last:
