@@ -303,7 +303,7 @@ def gpt2_worker(args: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         small = os.path.join(tmp, "warm")
         method = args["method"]
-        _gpt2_op(method, "save", small, 8)()
+        _gpt2_op("raw" if method == "raw-fresh" else method, "save", small, 8)()
         if args["op"] == "load":
             _gpt2_op(method, "load", small, 8, args.get("fresh", True))()
     if args["op"] == "save":

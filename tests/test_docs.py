@@ -244,13 +244,16 @@ def test_format_page_matches_the_code(tmp_path):
     raw = open(path + fmt.INDEX_SUFFIX, "rb").read()
     length = int.from_bytes(raw[16:24], "little")  # the JSON; the binary columns follow it
     doc = json.loads(raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + length])
-    fields = set(doc) | set(doc["nodes"]) | set(doc["tensors"])
+    fields = set(doc) | set(doc["nodes"]) | set(doc["tensors"]) | set(doc["nodes"]["slots"])  # (version 5: columns)
     fields |= set(json.loads((tmp_path / state.STATE_FILENAME).read_text()))
     assert {"slots", "state", "attribute", "child", "crc32c", "dims"} <= fields
     assert doc["nodes"]["slots"] and doc["nodes"]["state"]  # the example exercises both
     undocumented = sorted(f for f in fields if f"`{f}`" not in text)
     assert not undocumented, f"docs/format.md does not describe the fields {undocumented}"
-    assert doc["version"] == fmt.FORMAT_VERSION
+    assert doc["version"] == fmt.SLOT_COLUMNS_VERSION  # an index with slots; without them, the base version:
+    plain = open(ck.Checkpoint(w=np.ones(2)).write(str(tmp_path / "plain")) + fmt.INDEX_SUFFIX, "rb").read()
+    assert int.from_bytes(plain[8:12], "little") == fmt.FORMAT_VERSION
+    assert f"slots is version {fmt.SLOT_COLUMNS_VERSION}" in text
     table = fmt.decode_index(raw, "x").table
     assert table.offset and all(o % fmt.tensor_alignment(n, d) == 0
                                 for o, n, d in zip(table.offset, table.nbytes, table.dtype))

@@ -43,9 +43,11 @@ __all__ = ["ALIGNMENT", "FAST_DTYPES", "FORMAT_VERSION", "HEADER_SIZE", "INDEX_S
            "decode_index", "index_path", "is_data_tag", "new_data_tag", "tensor_alignment"]
 
 FORMAT_VERSION = 2
-# 3: version 2 plus sharded tensors (formats/pieces.py); 4: version 3 plus the index's data_tag
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 3: version 2 plus sharded tensors (formats/pieces.py); 4: version 3 plus the index's data_tag;
+# 5: version 4 with the optimizer slots as binary columns (an index with slots)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 DATA_TAG_VERSION = 4
+SLOT_COLUMNS_VERSION = 5
 _DATA_TAG = re.compile(r"[0-9a-f]{16}")
 MAGIC = b"CKPTIDX1"
 _HEADER = struct.Struct("<8sIIQI4x")  # magic, version, flags, json length, json crc32c, pad -> 32 bytes
@@ -249,6 +251,8 @@ class Index:
                 self.version = max(self.version, PIECES_VERSION)
             if self.data_tag is not None:
                 self.version = max(self.version, DATA_TAG_VERSION)
+            if self.graph.slots:
+                self.version = max(self.version, SLOT_COLUMNS_VERSION)
             from .ckpt_v2 import encode_v2
             body, columns = encode_v2(self)
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body + columns

@@ -1,4 +1,4 @@
-"""Format version 2 of the index (also 3 and 4): the graph and the tensor table as columns.
+"""Format version 2 of the index (also 3, 4 and 5): the graph and the tensor table as columns.
 
 Names and keys are JSON lists of strings; integers live in binary columns after the
 JSON (the narrowest unsigned type, read with ``numpy.frombuffer`` and checked with
@@ -23,7 +23,20 @@ import numpy as np
 
 from ..dtypes import dtype_from_name
 from ..errors import CorruptCheckpointError
-from .ckpt import DATA_TAG_VERSION, MAX_NDIM, Index, _bad, _dumps, _head, _int, _json_str, _str, crc32c, is_data_tag
+from .ckpt import (
+    DATA_TAG_VERSION,
+    MAX_NDIM,
+    SLOT_COLUMNS_VERSION,
+    Index,
+    _bad,
+    _dumps,
+    _head,
+    _int,
+    _json_str,
+    _str,
+    crc32c,
+    is_data_tag,
+)
 from .ckpt_tables import FAST_DTYPES, Gathered, Graph, TensorTable
 
 __all__ = ["COLUMN_ALIGNMENT", "COLUMN_DTYPES", "encode_v2", "parse_v2"]
@@ -64,16 +77,27 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
     types = {a: i for i, a in enumerate(dict.fromkeys(g.type))}
     dtypes = {d: i for i, d in enumerate(dict.fromkeys(t.dtype))}
     states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
-    slots = [f"[{i},{var},{_json_str(name)},{slot}]" for i in sorted(g.slots) for var, name, slot in g.slots[i]]
     cs, as_ = np.asarray(g.child_start), np.asarray(g.attr_start)
     shard, offset, nbytes = t.arrays()  # as int64 arrays (kept by decoded and column-written tables)
     col = _Columns()
+
+    def slots() -> str:  # (called in its place in the f-string below: its columns follow num_attributes)
+        if index.version < SLOT_COLUMNS_VERSION:
+            return "[" + ",".join(f"[{i},{var},{_json_str(name)},{slot}]" for i in sorted(g.slots)
+                                  for var, name, slot in g.slots[i]) + "]"
+        # four columns, the names as indexes into the list of distinct names
+        rows = [r for i in sorted(g.slots) for r in g.slots[i]]
+        var, name, slot = zip(*rows) if rows else ((), (), ())
+        names = {n: k for k, n in enumerate(dict.fromkeys(name))}
+        return (f'{{"names":[{_strs(names)}],"optimizer":{col.ref([i for i in sorted(g.slots) for _ in g.slots[i]])},'
+                f'"variable":{col.ref(var)},"name":{col.ref(list(map(names.__getitem__, name)))},'
+                f'"slot":{col.ref(slot)}}}')
     graph = (f'{{"adapters":[{_strs(adapters)}],"types":[{_strs(types)}],'
              f'"adapter":{col.ref(list(map(adapters.__getitem__, g.adapter)))},'
              f'"type":{col.ref(list(map(types.__getitem__, g.type)))},'
              f'"num_children":{col.ref(np.diff(cs))},"child_name":[{_strs(g.child_name)}],'
              f'"child":{col.ref(g.child)},"num_attributes":{col.ref(np.diff(as_))},'
-             f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":[{",".join(slots)}]}}')
+             f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":{slots()}}}')
     tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs(t.key)}],'
                f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
                f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(shard)},'
@@ -179,8 +203,10 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
     child_names = _strings(g, "child_name", path, len(child_ids))
     attr_names = _strings(g, "attribute", path, int(num_attrs.sum()))
     states, slot_rows = g["state"], g["slots"]
-    if type(states) is not list or type(slot_rows) is not list:
-        raise _bad(path, "state and slots must be lists")
+    if type(states) is not list:
+        raise _bad(path, "state must be a list")
+    if type(slot_rows) is not (dict if version >= SLOT_COLUMNS_VERSION else list):
+        raise _bad(path, "slots must be " + ("an object of columns" if version >= SLOT_COLUMNS_VERSION else "a list"))
 
     # -- the tensor table -------------------------------------------------------------------
     m = len(attr_names)  # one tensor per attribute, in node order
@@ -232,14 +258,17 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
         if nid in node_state or row[1] is None:
             raise _bad(path, f"node {nid} has two states" if nid in node_state else f"node {nid} has a null state")
         node_state[nid] = row[1]
-    node_slots: dict[int, list] = {}
-    for row in slot_rows:
-        if type(row) is not list or len(row) != 4:
-            raise _bad(path, "a slot entry must be [optimizer node, variable node, name, slot node]")
-        opt = _int(row[0], "slot optimizer", path, 0, n - 1)
-        node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
-                                               _str(row[2], "slot name", path),
-                                               _int(row[3], "slot node", path, 0, n - 1)))
+    if type(slot_rows) is dict:
+        node_slots = _slot_columns(slot_rows, path, section, n)
+    else:
+        node_slots = {}
+        for row in slot_rows:
+            if type(row) is not list or len(row) != 4:
+                raise _bad(path, "a slot entry must be [optimizer node, variable node, name, slot node]")
+            opt = _int(row[0], "slot optimizer", path, 0, n - 1)
+            node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
+                                                   _str(row[2], "slot name", path),
+                                                   _int(row[3], "slot node", path, 0, n - 1)))
     shapes = _shapes(ndim, dims)
     graph = Graph(Gathered(adapters, node_adapter), Gathered(types, node_type), child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)
@@ -254,6 +283,30 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
             raise _bad(path, f"data_tag must be 16 hex digits, got {tag!r}")
         index.data_tag = tag
     return index
+
+
+def _slot_columns(table: dict, path: str, section, n: int) -> dict[int, list]:
+    """Version 5's slots: optimizer node -> [(variable node, name, slot node)], in the columns' order.
+
+    Four columns of one length (``optimizer``, ``variable``, ``slot``: node ids; ``name``: indexes
+    into ``names``), checked as columns; no Python step per slot but building its tuple.
+    """
+    names = _strings(table, "names", path)
+    opt = _binary(table, "optimizer", path, section, None, n - 1)
+    k = len(opt)
+    var = _binary(table, "variable", path, section, k, n - 1).tolist()
+    slot = _binary(table, "slot", path, section, k, n - 1).tolist()
+    name = _gather(names, _binary(table, "name", path, section, k, len(names) - 1)) if k else []
+    if not k:
+        return {}
+    rows = list(zip(var, name, slot))
+    if opt[0] == opt[-1] and (opt == opt[0]).all():   # one optimizer (the usual checkpoint)
+        return {int(opt[0]): rows}
+    order = np.argsort(opt, kind="stable")   # grouped by optimizer, each group in the columns' order
+    sorted_opt = opt[order]
+    starts = np.flatnonzero(np.r_[True, sorted_opt[1:] != sorted_opt[:-1]]).tolist()
+    order_l = order.tolist()
+    return {int(sorted_opt[a]): [rows[i] for i in order_l[a:b]] for a, b in zip(starts, [*starts[1:], k])}
 
 
 def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
