@@ -76,7 +76,8 @@ def _reference_v2(index: fmt.Index) -> bytes:
         "crc32c": column([e.crc32c for e in entries]),
     }
     doc = {"format": "ckptcore", "version": 5 if rows else 2, "num_shards": index.num_shards,
-           "shard_sizes": index.shard_sizes, "metadata": index.metadata, "columns": {"nbytes": len(section), "crc32c": fmt.crc32c(bytes(section))},
+           "shard_sizes": index.shard_sizes, "metadata": index.metadata,
+           "columns": {"nbytes": len(section), "crc32c": fmt.crc32c(bytes(section))},
            "nodes": nodes, "tensors": tensors}
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8") + bytes(section)
 
