@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -389,6 +390,7 @@ class OptimizerAdapter(Adapter):
         state = obj.state
         tensor, as_is = torch.Tensor, _AS_IS
         last = None   # the variable of the previous item: a parameter's slots come one after another
+        plain_name: dict[str, bool] = {}   # slot name -> whether it is one key of a state dict (not a path)
         for variable, name, value in items:
             if variable is not last:
                 if not isinstance(variable, tensor):
@@ -404,7 +406,10 @@ class OptimizerAdapter(Adapter):
                 _put(s, name.split("/"), from_buffer(value, like=variable))
                 last = None
                 continue
-            one = type(s) is dict and "/" not in name and not name.lstrip("-").isdigit()   # one key of the state
+            simple = plain_name.get(name)
+            if simple is None:
+                simple = plain_name[name] = "/" not in name and not name.lstrip("-").isdigit()
+            one = simple and type(s) is dict   # one key of the state dict
             old = s.get(name) if one else _at(s, name)
             if old is not None and _is_tensor(old) and shares_memory(value, old):
                 continue   # read in place, into the state tensor itself
@@ -429,7 +434,7 @@ _TF_KERAS_SLOTS = frozenset({"m", "v", "vhat", "momentum", "velocity", "accumula
 def _refuse_foreign_slots(obj, items) -> None:
     if not type(obj).__module__.startswith("torch.optim"):
         return  # a user's optimizer may use any name
-    for _variable, name, _value in items:
+    for name in dict.fromkeys(map(itemgetter(1), items)):   # each distinct name once (60,000 slots: 3 names)
         if name.split("/", 1)[0] in _TF_KERAS_SLOTS:
             raise CheckpointError(
                 f"{_opt_name(obj)}: the checkpoint's optimizer slot {name!r} is TensorFlow's or Keras's (its Adam "
