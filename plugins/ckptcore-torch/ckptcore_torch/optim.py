@@ -101,6 +101,13 @@ def _encode_param_state(opt, index: int, param_state: dict):
     return enc, tensors
 
 
+def _named_tensors_only(param_state: dict) -> bool:
+    """Whether one parameter's state is tensors under plain string keys alone (Adam's, SGD's, ...): its
+    slots are then its keys and tensors as they are, and its JSON would be placeholders only."""
+    tensor, tags = _torch_tensor(), codec.TAGS
+    return all(type(k) is str and k not in tags and isinstance(v, tensor) for k, v in param_state.items())
+
+
 def _torch_tensor():
     import torch
 
@@ -203,12 +210,11 @@ class OptimizerAdapter(Adapter):
         groups, _ = _encode_groups(obj)
         index = {id(p): i for i, p in enumerate(_params(obj))}
         state = {}
-        tensor, tags = _torch_tensor(), codec.TAGS
         for p, s in obj.state.items():
             i = index.get(id(p))
             if i is None or not s:
                 continue
-            if all(type(k) is str and k not in tags and isinstance(v, tensor) for k, v in s.items()):
+            if _named_tensors_only(s):
                 # only tensors under plain names (Adam, SGD, ...): its slots carry all of it, and the JSON
                 # would hold nothing but a placeholder per tensor (2.5 of 10 MB of index for 20,000
                 # parameters with Adam), which set_state skips
@@ -309,7 +315,8 @@ class OptimizerAdapter(Adapter):
             i = index.get(id(p))
             if i is None or not s:
                 continue
-            for name, t in _encode_param_state(obj, i, s)[1].items():
+            items = s.items() if _named_tensors_only(s) else _encode_param_state(obj, i, s)[1].items()
+            for name, t in items:
                 out.append(SlotVariable(variable=p, name=name, value=to_numpy(t)))
         return out
 
