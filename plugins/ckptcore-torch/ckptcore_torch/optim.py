@@ -94,8 +94,9 @@ def _encode_param_state(opt, index: int, param_state: dict):
     tensor = _torch_tensor()
     enc, tensors = {}, {}
     for k, v in param_state.items():
-        if type(k) is not str or k in codec.TAGS or not isinstance(v, tensor):
-            return codec.encode(dict(param_state), what=f"state of parameter {index} of {_opt_name(opt)}")
+        if type(k) is not str or k in codec.TAGS or not isinstance(v, tensor) or "/" in k:
+            what = f"state of parameter {index} of {_opt_name(opt)}"
+            return codec.encode(dict(param_state), what=what, tensor_name=slot_tensor_name(what))
         enc[k] = {"__tensor__": k}
         tensors[k] = v
     return enc, tensors
@@ -105,7 +106,26 @@ def _named_tensors_only(param_state: dict) -> bool:
     """Whether one parameter's state is tensors under plain string keys alone (Adam's, SGD's, ...): its
     slots are then its keys and tensors as they are, and its JSON would be placeholders only."""
     tensor, tags = _torch_tensor(), codec.TAGS
-    return all(type(k) is str and k not in tags and isinstance(v, tensor) for k, v in param_state.items())
+    return all(type(k) is str and k not in tags and "/" not in k and isinstance(v, tensor)
+               for k, v in param_state.items())
+
+
+def slot_tensor_name(what: str):
+    """``codec.encode``'s ``tensor_name`` for per-parameter state: the keys joined by ``/`` (the slot's
+    name), refusing a key that holds a ``/`` itself (restored, it would become one level deeper).
+
+    Example:
+        >>> slot_tensor_name("state of parameter 0")(("old_dirs", 1))
+        'old_dirs/1'
+    """
+    def name(path: tuple) -> str:
+        for seg in path:
+            if "/" in str(seg):
+                raise CheckpointError(
+                    f"{what}: the state key {seg!r} holds a '/', which slot names put between the keys of "
+                    "nested state, so a tensor under it would be restored one level deeper. Rename the key.")
+        return "/".join(map(str, path))
+    return name
 
 
 def _torch_tensor():

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ckptcore.errors import CheckpointError
 from ckptcore_torch import codec
-from ckptcore_torch.optim import _encode_param_state
+from ckptcore_torch.optim import _encode_param_state, _opt_name, slot_tensor_name
 
 _OPT = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
@@ -45,7 +45,8 @@ def _same(a, b) -> bool:
 def test_fast_path_gives_what_the_codec_gives(state):
     want = got = None
     try:
-        want = codec.encode(dict(state), what="state of parameter 3 of SGD")
+        what = f"state of parameter 3 of {_opt_name(_OPT)}"
+        want = codec.encode(dict(state), what=what, tensor_name=slot_tensor_name(what))
     except CheckpointError as e:
         with pytest.raises(CheckpointError) as got_err:
             _encode_param_state(_OPT, 3, state)
@@ -109,3 +110,22 @@ def test_state_with_a_plain_value_beside_tensors_keeps_its_json(tmp_path):
     opt2 = torch.optim.SGD([p2], lr=0.1, momentum=0.9)
     ck.Checkpoint(p=p2, opt=opt2).read(path).assert_consumed()
     assert opt2.state[p2]["count"] == 3 and opt2.state[p2]["momentum_buffer"].tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("state", [{"a/b": torch.ones(2)}, {"hist": {"x/y": torch.ones(2)}},
+                                   {"a/b": torch.ones(2), "count": 3}])
+def test_a_state_key_holding_a_slash_is_refused_at_save_naming_it(tmp_path, state):
+    # slot names join nested keys with "/": a tensor under the key "a/b" came back under "a" -> "b"
+    import ckptcore as ck
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    opt.state[p].update(state)
+    with pytest.raises(CheckpointError, match=r"state of parameter 0 of .*holds a '/'.*Rename the key"):
+        ck.Checkpoint(p=p, opt=opt).write(str(tmp_path / "c"))
+    opt.state[p] = {"old_dirs": [torch.ones(2), torch.zeros(2)]}   # list positions are path segments: fine
+    path = ck.Checkpoint(p=p, opt=opt).write(str(tmp_path / "ok"))
+    p2 = torch.nn.Parameter(torch.zeros(2))
+    opt2 = torch.optim.SGD([p2], lr=0.1)
+    ck.Checkpoint(p=p2, opt=opt2).read(path).assert_consumed()
+    assert [t.tolist() for t in opt2.state[p2]["old_dirs"]] == [[1.0, 1.0], [0.0, 0.0]]
