@@ -296,10 +296,10 @@ def _slot_columns(table: dict, path: str, section, n: int) -> dict[int, list]:
     k = len(opt)
     var = _binary(table, "variable", path, section, k, n - 1).tolist()
     slot = _binary(table, "slot", path, section, k, n - 1).tolist()
-    name = _gather(names, _binary(table, "name", path, section, k, len(names) - 1)) if k else []
+    name_ids = _binary(table, "name", path, section, k, len(names) - 1)
     if not k:
         return {}
-    rows = list(zip(var, name, slot))
+    rows = list(zip(var, _gather(names, name_ids), slot))
     if opt[0] == opt[-1] and (opt == opt[0]).all():   # one optimizer (the usual checkpoint)
         return {int(opt[0]): rows}
     order = np.argsort(opt, kind="stable")   # grouped by optimizer, each group in the columns' order

@@ -362,12 +362,7 @@ class OptimizerAdapter(Adapter):
                 if variable is not last:
                     s = state.get(variable)
                     last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
-                if not s:
-                    t = None
-                elif type(s) is dict and "/" not in name and not name.lstrip("-").isdigit():
-                    t = s.get(name)   # (what _at does for one key of the state dict)
-                else:
-                    t = _at(s, name)
+                t = _at(s, name) if s else None
                 if type(t) in plain and t.is_cpu and t.shape == tuple(shape):
                     if _lands_as_is(t, v_dtype, v_cpu, name):
                         landed = True
@@ -429,13 +424,11 @@ class OptimizerAdapter(Adapter):
                 s = state[variable]
                 last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
             if isinstance(value, ShardBuffer):  # a sharded (DTensor) parameter's slot: a DTensor laid out like it
-                s = state[variable]
-                _put(s, name.split("/"), from_buffer(value, like=variable))
-                last = None
+                s = state[variable] = _put(s, name.split("/"), from_buffer(value, like=variable))
                 continue
             simple = plain_name.get(name)
             if simple is None:
-                simple = plain_name[name] = "/" not in name and not name.lstrip("-").isdigit()
+                simple = plain_name[name] = _one_key(name)
             one = simple and type(s) is dict   # one key of the state dict
             old = s.get(name) if one else _at(s, name)
             if old is not None and _is_tensor(old) and shares_memory(value, old):
@@ -479,6 +472,11 @@ def _is_tensor(x) -> bool:
 def _group_index(opt) -> dict:
     """id(parameter) -> its param group."""
     return {id(p): g for g in opt.param_groups for p in g["params"]}
+
+
+def _one_key(name: str) -> bool:
+    """Whether slot ``name`` is one key of a parameter's state dict (not a path, not an index)."""
+    return "/" not in name and not name.lstrip("-").isdigit()
 
 
 def _at(state: Any, name: str):
