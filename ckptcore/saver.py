@@ -25,6 +25,7 @@ import numpy as np
 from . import staging
 from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
+from .errors import InvalidArgumentError
 from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, display_path, escape_local_name
@@ -69,6 +70,7 @@ class SavePlan:
         self.shard_sizes = [0]
         self.full_names: dict[int, str] = {}  # node -> a ck.Variable's name (TensorFlow's full_name)
         self.data_tag: str | None = None     # set by write_plan on storages with per-attempt data names
+        self.keys_derived = False   # True: the keys are those the graph gives (plan_save made them so)
 
     @property
     def tensors(self) -> list[tuple[fmt.TensorEntry, np.ndarray]]:
@@ -98,6 +100,8 @@ class SavePlan:
         table = self._table
         if table is None or self._tensors is not None:  # entries made (and maybe changed) since: they hold the layout
             table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
+        else:
+            table.derived = self.keys_derived   # the keys plan_save made, unchanged
         index = fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
                           graph=self.graph, table=table)
         index.data_tag = self.data_tag
@@ -252,10 +256,17 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         for slot in slots_of or ():
             pending_slots.append((i, slot))
         i += 1
+    seen_slots: set[tuple[int, int, str]] = set()
     for opt_id, slot in pending_slots:
         var_id = index_of.get(id(slot.variable))
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
+        if (opt_id, var_id, slot.name) in seen_slots:   # two values under one key: no reader would accept it
+            raise InvalidArgumentError(
+                f"cannot save: the adapter of {display_path(path_of(opt_id))!r} gave two slots named {slot.name!r} "
+                f"for {display_path(path_of(var_id))!r}; each slot of a variable needs its own name "
+                "(fix its slots())")
+        seen_slots.add((opt_id, var_id, slot.name))
         arr, name = _as_array(slot.value,
                               lambda: (f"slot {slot.name!r} of {display_path(path_of(opt_id))} "  # noqa: B023
                                        f"for {display_path(path_of(var_id))}"),  # noqa: B023 -- called at once
@@ -284,6 +295,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         _refuse_key_clash(keys)
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
     plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
+    # Every key above is the one its node's first path gives (formats/ckpt_keys.py), unless the root has a
+    # child named "": the index then need not store them (version 6) and no save derives them again.
+    plan.keys_derived = not root_named_child
     plan.full_names = full_names
     return plan
 

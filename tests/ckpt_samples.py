@@ -26,6 +26,19 @@ def fresh():
     return model(np.zeros(4), np.zeros((2, 2), np.float32))
 
 
+def with_key_list(path: str) -> str:
+    """Rewrite the index of the local checkpoint ``path`` with its key list (as versions 2-5 store it)."""
+    from ckptcore.formats import ckpt as fmt
+
+    with open(path + fmt.INDEX_SUFFIX, "rb") as f:
+        index = fmt.decode_index(f.read(), path + fmt.INDEX_SUFFIX)
+    index.derive_keys = False
+    index.version = fmt.FORMAT_VERSION
+    with open(path + fmt.INDEX_SUFFIX, "wb") as f:
+        f.write(index.encode())
+    return path
+
+
 def open_every_way(path):
     """Every way a user reads a checkpoint."""
     r = ck.load_checkpoint(path)

@@ -93,7 +93,7 @@ def test_ls_lists_oldest_first_with_latest_and_partial_leftovers(tmp_path, run):
     assert names == ["broken-1", "ckpt-2", "ckpt-9", "ckpt-10"]
     by = {c["name"]: c for c in doc["checkpoints"]}
     assert doc["latest"] == "ckpt-9" and by["ckpt-9"]["latest"] and not by["ckpt-10"]["latest"]
-    assert by["ckpt-2"]["complete"] and by["ckpt-2"]["format"] == "ckptcore" and by["ckpt-2"]["version"] == 2
+    assert by["ckpt-2"]["complete"] and by["ckpt-2"]["format"] == "ckptcore" and by["ckpt-2"]["version"] == 6
     assert by["ckpt-2"]["bytes"] > 64 and by["ckpt-2"]["time"].endswith("+00:00")
     assert not by["broken-1"]["complete"] and "missing its data file" in by["broken-1"]["problem"]
     assert {p["name"]: p["files"] for p in doc["partial"]} == {
@@ -114,7 +114,7 @@ def test_inspect_tree_keys_metadata_and_path_typos(tmp_path, run):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for text in ("model", "ckptcore.module", "w  float32[2,3]  24 B", "b  float64[4]  32 B", "ckptcore.numpy",
-                 "alias -> same object as model/sub", "6 objects, 3 tensors, 64 B", "format version 2",
+                 "alias -> same object as model/sub", "6 objects, 3 tensors, 64 B", "format version 6",
                  '"loss": 0.25', '"tag": "best"'):
         assert text in out, (text, out)
     doc = run.json("inspect", prefix)

@@ -234,7 +234,7 @@ def test_format_page_matches_the_code(tmp_path):
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     assert f'struct.Struct("{fmt._HEADER.format}")' in text and fmt.HEADER_SIZE == 32
     assert f"`{fmt.MAGIC.decode()}`" in text
-    assert f"# Checkpoint format (version {fmt.FORMAT_VERSION})" in text
+    assert f"# Checkpoint format (versions {fmt.FORMAT_VERSION}–{fmt.READABLE_VERSIONS[-1]})" in text
     assert f"multiple of {fmt.ALIGNMENT} bytes" in text
     assert f"`P{fmt.INDEX_SUFFIX}`" in text and "`P.data-00000-of-00001`" in text
     assert f"`{state.STATE_FILENAME}`" in text
@@ -245,15 +245,17 @@ def test_format_page_matches_the_code(tmp_path):
     length = int.from_bytes(raw[16:24], "little")  # the JSON; the binary columns follow it
     doc = json.loads(raw[fmt.HEADER_SIZE:fmt.HEADER_SIZE + length])
     fields = set(doc) | set(doc["nodes"]) | set(doc["tensors"]) | set(doc["nodes"]["slots"])  # (version 5: columns)
+    fields |= set(doc["nodes"]["attribute"]) | set(doc["nodes"]["child_name"])   # (version 6: names tables)
     fields |= set(json.loads((tmp_path / state.STATE_FILENAME).read_text()))
     assert {"slots", "state", "attribute", "child", "crc32c", "dims"} <= fields
     assert doc["nodes"]["slots"] and doc["nodes"]["state"]  # the example exercises both
     undocumented = sorted(f for f in fields if f"`{f}`" not in text)
     assert not undocumented, f"docs/format.md does not describe the fields {undocumented}"
-    assert doc["version"] == fmt.SLOT_COLUMNS_VERSION  # an index with slots; without them, the base version:
+    assert doc["version"] == fmt.DERIVED_KEYS_VERSION and "key" not in doc["tensors"]  # keys follow from the graph
     plain = open(ck.Checkpoint(w=np.ones(2)).write(str(tmp_path / "plain")) + fmt.INDEX_SUFFIX, "rb").read()
-    assert int.from_bytes(plain[8:12], "little") == fmt.FORMAT_VERSION
+    assert int.from_bytes(plain[8:12], "little") == fmt.DERIVED_KEYS_VERSION
     assert f"slots is version {fmt.SLOT_COLUMNS_VERSION}" in text
+    assert f"is version {fmt.DERIVED_KEYS_VERSION} ([no keys" in text
     table = fmt.decode_index(raw, "x").table
     assert table.offset and all(o % fmt.tensor_alignment(n, d) == 0
                                 for o, n, d in zip(table.offset, table.nbytes, table.dtype))

@@ -33,6 +33,53 @@ def _reference(index: fmt.Index) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+def _esc(name: str) -> str:
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def _reference_keys(nodes: list) -> list | None:
+    """The keys docs/format.md's version 6 derives from the graph, the plain way; None where it derives none.
+
+    Node j's path extends the path of the first edge (nodes in order, then their edges) that points
+    at it, from an earlier node; a slot node is reached by no edge and takes its key from its row.
+    """
+    first: dict[int, tuple[int, str]] = {}
+    for i, n in enumerate(nodes):
+        for name, c in n.children:
+            first.setdefault(c, (i, name))
+    slot_of: dict[int, tuple[int, int, str]] = {}
+    for i, n in enumerate(nodes):
+        for var, name, s in n.slots:
+            if s in slot_of:
+                return None
+            slot_of[s] = (i, var, name)
+    if len(set(slot_of.values())) != len(slot_of) or 0 in slot_of:
+        return None
+    if any(o in slot_of or v in slot_of for o, v, _ in slot_of.values()):
+        return None
+    if any(len(nodes[s].attributes) > 1 for s in slot_of) or any(name == "" for name, _ in nodes[0].children):
+        return None
+    paths = {0: ""}
+    for j in range(1, len(nodes)):
+        if j in slot_of:
+            if j in first:
+                return None
+            continue
+        if j not in first or first[j][0] >= j or first[j][0] in slot_of:
+            return None
+        p, name = first[j]
+        paths[j] = f"{paths[p]}/{_esc(name)}" if p else _esc(name)
+    keys = []
+    for i, n in enumerate(nodes):
+        for a in n.attributes:
+            if i in slot_of:
+                o, v, name = slot_of[i]
+                keys.append(f"{paths[v]}/.OPTIMIZER_SLOT/{paths[o]}/{_esc(name)}/.ATTRIBUTES/VARIABLE_VALUE")
+            else:
+                keys.append(f"{paths[i]}/.ATTRIBUTES/{_esc(a)}")
+    return keys
+
+
 def _reference_v2(index: fmt.Index) -> bytes:
     """Version 2, built field by field as docs/format.md describes it: JSON, then the binary columns."""
     adapters = list(dict.fromkeys(n.adapter for n in index.nodes))
@@ -49,19 +96,27 @@ def _reference_v2(index: fmt.Index) -> bytes:
         section.extend(bytes(-len(section) % 8))
         return ref
 
+    v6 = _reference_keys(index.nodes) == [e.key for e in entries]   # version 6: no keys
+
+    def names(values):   # version 6: the distinct names, and a column of indexes into them
+        if not v6:
+            return values
+        distinct = list(dict.fromkeys(values))
+        return {"names": distinct, "name": column([distinct.index(v) for v in values])}
+
     nodes = {
         "adapters": adapters, "types": types,
         "adapter": column([adapters.index(n.adapter) for n in index.nodes]),
         "type": column([types.index(n.type) for n in index.nodes]),
         "num_children": column([len(n.children) for n in index.nodes]),
-        "child_name": [name for n in index.nodes for name, _ in n.children],
+        "child_name": names([name for n in index.nodes for name, _ in n.children]),
         "child": column([c for n in index.nodes for _, c in n.children]),
         "num_attributes": column([len(n.attributes) for n in index.nodes]),
-        "attribute": [a for n in index.nodes for a in n.attributes],
+        "attribute": names([a for n in index.nodes for a in n.attributes]),
         "state": [[i, n.state] for i, n in enumerate(index.nodes) if n.state is not None],
     }
     rows = [(i, v, name, s) for i, n in enumerate(index.nodes) for v, name, s in n.slots]
-    if rows:  # version 5: four columns, the names as indexes into the distinct names
+    if rows or v6:  # version 5 and later: four columns, the names as indexes into the distinct names
         slot_names = list(dict.fromkeys(r[2] for r in rows))
         nodes["slots"] = {"names": slot_names, "optimizer": column([r[0] for r in rows]),
                           "variable": column([r[1] for r in rows]),
@@ -69,13 +124,13 @@ def _reference_v2(index: fmt.Index) -> bytes:
     else:
         nodes["slots"] = []
     tensors = {
-        "dtypes": dtypes, "key": [e.key for e in entries],
+        "dtypes": dtypes, **({} if v6 else {"key": [e.key for e in entries]}),
         "dtype": column([dtypes.index(e.dtype) for e in entries]), "ndim": column([len(e.shape) for e in entries]),
         "dims": column([d for e in entries for d in e.shape]), "shard": column([e.shard for e in entries]),
         "offset": column([e.offset for e in entries]), "nbytes": column([e.nbytes for e in entries]),
         "crc32c": column([e.crc32c for e in entries]),
     }
-    doc = {"format": "ckptcore", "version": 5 if rows else 2, "num_shards": index.num_shards,
+    doc = {"format": "ckptcore", "version": 6 if v6 else 5 if rows else 2, "num_shards": index.num_shards,
            "shard_sizes": index.shard_sizes, "metadata": index.metadata,
            "columns": {"nbytes": len(section), "crc32c": fmt.crc32c(bytes(section))},
            "nodes": nodes, "tensors": tensors}
@@ -107,6 +162,10 @@ def indexes(draw):
         slots = [(draw(st.integers(0, n - 1)), draw(names), draw(st.integers(0, n - 1)))
                  for _ in range(draw(st.integers(0, 2)))]
         nodes.append(fmt.Node(draw(names), draw(names), children, attrs, state, slots))
+    derived = _reference_keys(nodes)
+    if derived is not None and draw(st.booleans()):   # keys as the saver makes them: a version-6 index
+        for e, key in zip([e for n in nodes for e in n.attributes.values()], derived):
+            e.key = key
     metadata = draw(st.dictionaries(st.text(max_size=5), json_values, max_size=3))
     return fmt.Index(nodes=nodes, num_shards=1, shard_sizes=[offset], metadata=metadata)
 
@@ -124,7 +183,9 @@ def test_encode_is_json_dumps_of_the_document(index, version):
         # generated graphs may be invalid (a repeated key, a repeated child name): the encoder
         # still wrote exactly the reference bytes, which is what this test pins
         return
-    assert decoded.version == (version if version == 1 or not any(n.slots for n in index.nodes) else 5)
+    v6 = _reference_keys(index.nodes) == [e.key for e in index.tensors()]
+    assert decoded.version == (version if version == 1 else 6 if v6 else 5 if any(n.slots for n in index.nodes)
+                               else version)
     assert _graph(decoded) == _graph(index)
     assert decoded.metadata == index.metadata
     assert [e.key for e in decoded.tensors()] == [e.key for e in index.tensors()]

@@ -13,6 +13,7 @@ import struct
 
 import numpy as np
 import pytest
+from ckpt_samples import with_key_list
 
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
@@ -53,7 +54,8 @@ def _model(seed=0):
 @pytest.fixture
 def path(tmp_path):
     ws, a, b = _model()
-    return ck.Checkpoint(ws=ws, a=a, b=b).write(str(tmp_path / "c"))
+    # (ckptcore writes version 6, tests/test_index_v6_keys.py: the same slot columns, without the key list)
+    return with_key_list(ck.Checkpoint(ws=ws, a=a, b=b).write(str(tmp_path / "c")))
 
 
 def _split(path):
@@ -105,7 +107,7 @@ def test_an_index_with_slots_is_version_5_with_slot_columns(path):
 
 
 def test_an_index_without_slots_keeps_the_base_version(tmp_path):
-    version, doc, _ = _split(ck.Checkpoint(w=np.ones(2)).write(str(tmp_path / "plain")))
+    version, doc, _ = _split(with_key_list(ck.Checkpoint(w=np.ones(2)).write(str(tmp_path / "plain"))))
     assert version == fmt.FORMAT_VERSION and doc["nodes"]["slots"] == []
 
 

@@ -44,10 +44,13 @@ __all__ = ["ALIGNMENT", "FAST_DTYPES", "FORMAT_VERSION", "HEADER_SIZE", "INDEX_S
 
 FORMAT_VERSION = 2
 # 3: version 2 plus sharded tensors (formats/pieces.py); 4: version 3 plus the index's data_tag;
-# 5: version 4 with the optimizer slots as binary columns (an index with slots)
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# 5: version 4 with the optimizer slots as binary columns (an index with slots);
+# 6: version 5 with no tensor keys (they follow from the graph: formats/ckpt_keys.py) and the attribute and
+# edge names as tables of distinct names plus binary columns
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 DATA_TAG_VERSION = 4
 SLOT_COLUMNS_VERSION = 5
+DERIVED_KEYS_VERSION = 6
 _DATA_TAG = re.compile(r"[0-9a-f]{16}")
 MAGIC = b"CKPTIDX1"
 _HEADER = struct.Struct("<8sIIQI4x")  # magic, version, flags, json length, json crc32c, pad -> 32 bytes
@@ -191,6 +194,9 @@ class Index:
     # Set by formats with rows that are not raw array bytes (TensorFlow's string tensors): table row ->
     # ``read(reader, row, verify) -> np.ndarray``, which reads, checks and decodes that row's value.
     decoded_rows: dict[int, Any] | None = None
+    #: False: :meth:`encode` keeps writing the keys (versions 2-5) even where they follow from the graph, for a
+    #: reader older than version 6 (ckptcore before it): ``index.derive_keys = False; raw = index.encode()``.
+    derive_keys: bool = True
 
     def __init__(self, nodes: list[Node] | None = None, num_shards: int = 1, shard_sizes: list[int] | None = None,
                  metadata: dict | None = None, version: int = FORMAT_VERSION, *, graph: Graph | None = None,
@@ -253,6 +259,12 @@ class Index:
                 self.version = max(self.version, DATA_TAG_VERSION)
             if self.graph.slots:
                 self.version = max(self.version, SLOT_COLUMNS_VERSION)
+            from .ckpt_keys import derived_keys_match
+
+            if self.derive_keys and derived_keys_match(self.graph, self.table):  # the keys follow: none is written
+                self.version = max(self.version, DERIVED_KEYS_VERSION)
+            elif self.version >= DERIVED_KEYS_VERSION:      # (a decoded version-6 index, changed since)
+                self.version = SLOT_COLUMNS_VERSION
             from .ckpt_v2 import encode_v2
             body, columns = encode_v2(self)
         return _HEADER.pack(MAGIC, self.version, 0, len(body), crc32c(body)) + body + columns
@@ -327,7 +339,8 @@ def decode_index(raw: bytes, path: str) -> Index:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise _bad(path, f"malformed content ({type(e).__name__}: {e})") from None
-    _upgrade_legacy_keys(index, path)
+    if version < DERIVED_KEYS_VERSION:  # (derived keys are never a legacy form)
+        _upgrade_legacy_keys(index, path)
     return index
 
 

@@ -184,16 +184,40 @@ class TensorTable:
         True
     """
 
-    __slots__ = ("key", "dtype", "shape", "_shard", "_offset", "_nbytes", "crc32c", "node", "_arrays")
+    __slots__ = ("_key", "dtype", "shape", "_shard", "_offset", "_nbytes", "crc32c", "node", "_arrays", "derived")
 
     def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node):
+        # key: a list, or a KeyDerivation (a version-6 index: the keys are made on first use, see ckpt_keys).
         # shard, offset, nbytes: lists, or int64 arrays (a decoded index: their lists are made on first use;
         # restore reads the arrays, :meth:`arrays`)
-        self.key, self.dtype, self.shape = key, dtype, shape
+        self._key, self.dtype, self.shape = key, dtype, shape
         self._shard, self._offset, self._nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
         self._arrays = None
+        # True: the keys are known to be those the graph gives (ckpt_keys), so an encoder need not derive them
+        # again to compare (the saver's own table; it still checks the graph gives one distinct key per row)
+        self.derived = False
         if type(shard) is np.ndarray and type(offset) is np.ndarray and type(nbytes) is np.ndarray:
             self._arrays = (shard, offset, nbytes)
+
+    @property
+    def key(self) -> list[str]:
+        """Each row's checkpoint key (``model/w/.ATTRIBUTES/VARIABLE_VALUE``)."""
+        if type(self._key) is not list:
+            self._key = self._key.all()
+        return self._key
+
+    @key.setter
+    def key(self, value: list[str]) -> None:
+        self._key = value
+
+    def key_at(self, t: int) -> str:
+        """Row ``t``'s key, without making every key of a version-6 index.
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]).key_at(0)
+            'k'
+        """
+        return self._key[t] if type(self._key) is list else self._key.one(t)
 
     @property
     def shard(self) -> list[int]:
@@ -217,7 +241,7 @@ class TensorTable:
         return self._nbytes
 
     def __len__(self) -> int:
-        return len(self.key)
+        return len(self.dtype)
 
     def entry(self, t: int) -> TensorEntry:
         """Row ``t`` as a :class:`TensorEntry` (a new object each call).
@@ -226,7 +250,7 @@ class TensorTable:
             >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 64, 3, 9)], [0]).entry(0).offset
             64
         """
-        return TensorEntry(self.key[t], self.dtype[t], self.shape[t], self.shard[t], self.offset[t], self.nbytes[t],
+        return TensorEntry(self.key_at(t), self.dtype[t], self.shape[t], self.shard[t], self.offset[t], self.nbytes[t],
                            self.crc32c[t])
 
     def entries(self) -> list[TensorEntry]:

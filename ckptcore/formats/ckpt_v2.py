@@ -1,6 +1,7 @@
-"""Format version 2 of the index (also 3, 4 and 5): the graph and the tensor table as columns.
+"""Format version 2 of the index (also 3 to 6): the graph and the tensor table as columns.
 
-Names and keys are JSON lists of strings; integers live in binary columns after the
+Names and keys are JSON lists of strings (version 6: no keys, and the edge and attribute
+names as tables of distinct names plus columns); integers live in binary columns after the
 JSON (the narrowest unsigned type, read with ``numpy.frombuffer`` and checked with
 numpy), so that an index of a million tensors encodes and validates in vectorized
 steps (``docs/format.md``, "JSON body" and "Binary columns"). The header, the version
@@ -16,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
 from typing import Any
 
@@ -25,6 +27,7 @@ from ..dtypes import dtype_from_name
 from ..errors import CorruptCheckpointError
 from .ckpt import (
     DATA_TAG_VERSION,
+    DERIVED_KEYS_VERSION,
     MAX_NDIM,
     SLOT_COLUMNS_VERSION,
     Index,
@@ -37,6 +40,7 @@ from .ckpt import (
     crc32c,
     is_data_tag,
 )
+from .ckpt_keys import KeyDerivation, NotDerivable
 from .ckpt_tables import FAST_DTYPES, Gathered, Graph, TensorTable
 
 __all__ = ["COLUMN_ALIGNMENT", "COLUMN_DTYPES", "encode_v2", "parse_v2"]
@@ -92,13 +96,21 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
         return (f'{{"names":[{_strs(names)}],"optimizer":{col.ref([i for i in sorted(g.slots) for _ in g.slots[i]])},'
                 f'"variable":{col.ref(var)},"name":{col.ref(list(map(names.__getitem__, name)))},'
                 f'"slot":{col.ref(slot)}}}')
+    derived = index.version >= DERIVED_KEYS_VERSION
+
+    def names(values) -> str:   # version 6: the distinct names, and a column of indexes into them
+        if not derived:
+            return f"[{_strs(values)}]"
+        table = {v: k for k, v in enumerate(dict.fromkeys(values))}
+        return f'{{"names":[{_strs(table)}],"name":{col.ref(list(map(table.__getitem__, values)))}}}'
     graph = (f'{{"adapters":[{_strs(adapters)}],"types":[{_strs(types)}],'
              f'"adapter":{col.ref(list(map(adapters.__getitem__, g.adapter)))},'
              f'"type":{col.ref(list(map(types.__getitem__, g.type)))},'
-             f'"num_children":{col.ref(np.diff(cs))},"child_name":[{_strs(g.child_name)}],'
+             f'"num_children":{col.ref(np.diff(cs))},"child_name":{names(g.child_name)},'
              f'"child":{col.ref(g.child)},"num_attributes":{col.ref(np.diff(as_))},'
-             f'"attribute":[{_strs(g.attr_name)}],"state":[{",".join(states)}],"slots":{slots()}}}')
-    tensors = (f'{{"dtypes":[{_strs(dtypes)}],"key":[{_strs(t.key)}],'
+             f'"attribute":{names(g.attr_name)},"state":[{",".join(states)}],"slots":{slots()}}}')
+    keys = "" if derived else f'"key":[{_strs(t.key)}],'   # version 6: the keys follow from the graph
+    tensors = (f'{{"dtypes":[{_strs(dtypes)}],{keys}'
                f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
                f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(shard)},'
                f'"offset":{col.ref(offset)},"nbytes":{col.ref(nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
@@ -114,7 +126,7 @@ _INT = {int}
 
 
 def _column(table: dict, name: str, path: str, n: int | None = None, lo: int = 0, hi: int = 1 << 62,
-            keys: list | None = None) -> list:
+            keys: Sequence[str] | None = None) -> list:
     """``table[name]``: a list of ``n`` integers (not booleans) in ``[lo, hi]``, checked in C-speed passes.
 
     ``keys``: the tensor keys, for a column with one value per tensor (an error then names the key).
@@ -134,7 +146,7 @@ def _column(table: dict, name: str, path: str, n: int | None = None, lo: int = 0
 
 
 def _binary(table: dict, name: str, path: str, section, n: int | None = None, hi: int = 1 << 62,
-            keys: list | None = None) -> np.ndarray:
+            keys: Sequence[str] | None = None) -> np.ndarray:
     """The integer column ``table[name]`` refers to: ``n`` values in ``[0, hi]`` read from the binary section.
 
     ``keys``: the tensor keys, for a column with one value per tensor (an error then names the key).
@@ -160,6 +172,21 @@ def _binary(table: dict, name: str, path: str, section, n: int | None = None, hi
                                          f"integer in [0, {hi}], got {int(col[i])}", path=path, key=keys[i])
         raise _bad(path, f"{name} must hold integers in [0, {hi}], got {int(col[i])}")
     return col
+
+
+def _listed(table: dict, name: str, path: str, section, n: int) -> list:
+    """Versions 2-5: ``table[name]`` is a JSON list of ``n`` strings."""
+    return _strings(table, name, path, n)
+
+
+def _named(table: dict, name: str, path: str, section, n: int) -> list:
+    """Version 6: ``table[name]`` is ``{"names": [distinct strings], "name": column}``, ``n`` entries gathered."""
+    ref = table[name]
+    if type(ref) is not dict:
+        raise _bad(path, f"{name} must be an object of distinct names and a column of indexes into them")
+    names = _strings(ref, "names", path)
+    ids = _binary({f"{name}.name": ref["name"]}, f"{name}.name", path, section, n, len(names) - 1)
+    return _gather(names, ids) if n else []
 
 
 def _strings(table: dict, name: str, path: str, n: int | None = None) -> list:
@@ -199,45 +226,17 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
     # counts up to 2^30 each: their sums cannot overflow (an index holds fewer than 2^31 nodes)
     num_children = _binary(g, "num_children", path, section, n, 1 << 30).astype(np.int64)
     num_attrs = _binary(g, "num_attributes", path, section, n, 1 << 30).astype(np.int64)
-    child_ids = _binary(g, "child", path, section, int(num_children.sum()), n - 1).tolist()
-    child_names = _strings(g, "child_name", path, len(child_ids))
-    attr_names = _strings(g, "attribute", path, int(num_attrs.sum()))
+    child_col = _binary(g, "child", path, section, int(num_children.sum()), n - 1)
+    child_ids = child_col.tolist()
+    derived = version >= DERIVED_KEYS_VERSION
+    read_names = _named if derived else _listed
+    child_names = read_names(g, "child_name", path, section, len(child_ids))
+    attr_names = read_names(g, "attribute", path, section, int(num_attrs.sum()))
     states, slot_rows = g["state"], g["slots"]
     if type(states) is not list:
         raise _bad(path, "state must be a list")
     if type(slot_rows) is not (dict if version >= SLOT_COLUMNS_VERSION else list):
         raise _bad(path, "slots must be " + ("an object of columns" if version >= SLOT_COLUMNS_VERSION else "a list"))
-
-    # -- the tensor table -------------------------------------------------------------------
-    m = len(attr_names)  # one tensor per attribute, in node order
-    keys = _strings(t, "key", path, m)
-    if len(set(keys)) != m:
-        seen: set[str] = set()
-        dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _bad(path, f"tensor key {dup!r} appears twice")
-    dtype_names = _strings(t, "dtypes", path)
-    dtypes = []
-    for name in dtype_names:
-        try:
-            dtypes.append(FAST_DTYPES.get(name) or dtype_from_name(name))
-        except ValueError as err:
-            raise _bad(path, f"dtype table: {err}") from None
-    dtype_ids = _binary(t, "dtype", path, section, m, len(dtype_names) - 1, keys)
-    ndim = _binary(t, "ndim", path, section, m, MAX_NDIM, keys).astype(np.int64)
-    dims = _binary(t, "dims", path, section, int(ndim.sum())).astype(np.int64)
-    shard = _binary(t, "shard", path, section, m, num_shards - 1, keys).astype(np.int64)
-    offset = _binary(t, "offset", path, section, m, keys=keys).astype(np.int64)
-    nbytes = _binary(t, "nbytes", path, section, m, keys=keys).astype(np.int64)
-    crcs = _binary(t, "crc32c", path, section, m, 0xFFFFFFFF, keys)
-    pieces = None
-    if version >= 3 and "pieces" in t:  # sharded tensors (formats/pieces.py)
-        from .pieces import parse_pieces
-        itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
-        pieces = parse_pieces(t["pieces"], path, section, _binary, keys, itemsize, ndim, dims.tolist(), shard,
-                              offset, nbytes, crcs, sizes, num_shards)
-    if m:
-        _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes,
-                       None if pieces is None else list(pieces.by_row))
     # -- per-node checks, then the columns restore works on -----------------------------------------
     child_start = np.concatenate(([0], np.cumsum(num_children))).tolist()
     for nid in np.flatnonzero(num_children > 1).tolist():
@@ -269,12 +268,53 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
             node_slots.setdefault(opt, []).append((_int(row[1], "slot variable", path, 0, n - 1),
                                                    _str(row[2], "slot name", path),
                                                    _int(row[3], "slot node", path, 0, n - 1)))
-    shapes = _shapes(ndim, dims)
     graph = Graph(Gathered(adapters, node_adapter), Gathered(types, node_type), child_start,
                   child_names, child_ids, attr_start, attr_names, node_state, node_slots)
+    row_node = np.repeat(np.arange(n), num_attrs)
+
+    # -- the tensor table -------------------------------------------------------------------
+    m = len(attr_names)  # one tensor per attribute, in node order
+    keys: Sequence[str]
+    if derived:   # version 6: each key follows from the graph, made when asked for (formats/ckpt_keys.py)
+        if "key" in t:
+            raise _bad(path, f"a version-{version} index derives its tensor keys from the graph; it has a key list")
+        try:
+            keys = KeyDerivation.of(graph, row_node, child_col)
+        except NotDerivable as err:
+            raise _bad(path, f"the tensor keys do not follow from the object graph: {err}") from None
+    else:
+        keys = _strings(t, "key", path, m)
+        if len(set(keys)) != m:
+            seen: set[str] = set()
+            dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise _bad(path, f"tensor key {dup!r} appears twice")
+    dtype_names = _strings(t, "dtypes", path)
+    dtypes = []
+    for name in dtype_names:
+        try:
+            dtypes.append(FAST_DTYPES.get(name) or dtype_from_name(name))
+        except ValueError as err:
+            raise _bad(path, f"dtype table: {err}") from None
+    dtype_ids = _binary(t, "dtype", path, section, m, len(dtype_names) - 1, keys)
+    ndim = _binary(t, "ndim", path, section, m, MAX_NDIM, keys).astype(np.int64)
+    dims = _binary(t, "dims", path, section, int(ndim.sum())).astype(np.int64)
+    shard = _binary(t, "shard", path, section, m, num_shards - 1, keys).astype(np.int64)
+    offset = _binary(t, "offset", path, section, m, keys=keys).astype(np.int64)
+    nbytes = _binary(t, "nbytes", path, section, m, keys=keys).astype(np.int64)
+    crcs = _binary(t, "crc32c", path, section, m, 0xFFFFFFFF, keys)
+    pieces = None
+    if version >= 3 and "pieces" in t:  # sharded tensors (formats/pieces.py)
+        from .pieces import parse_pieces
+        itemsize = np.array([dt.itemsize for dt in dtypes], np.int64)[np.asarray(dtype_ids, np.int64)]
+        pieces = parse_pieces(t["pieces"], path, section, _binary, keys, itemsize, ndim, dims.tolist(), shard,
+                              offset, nbytes, crcs, sizes, num_shards)
+    if m:
+        _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes,
+                       None if pieces is None else list(pieces.by_row))
+    shapes = _shapes(ndim, dims)
     # shard, offset and nbytes stay int64 arrays (their lists are made if asked for): restore reads them as arrays
     table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard, offset, nbytes, crcs.tolist(),
-                        np.repeat(np.arange(n), num_attrs))
+                        row_node)
     index = Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph,
                   table=table, pieces=pieces)
     tag = doc.get("data_tag") if version >= DATA_TAG_VERSION else None

@@ -432,7 +432,7 @@ class RestoreSession:
                     try:
                         buf = adapter.value_in_place(obj)
                     except Exception as e:
-                        errors.append(_spec_failed(_path(matches, k, base), table.key[a], adapter, e,
+                        errors.append(_spec_failed(_path(matches, k, base), table.key_at(a), adapter, e,
                                                    "value_in_place()"))
                         continue
                     if buf is not None and type(buf) is np.ndarray:
@@ -448,7 +448,7 @@ class RestoreSession:
                     if type(live_attrs) is not list or len(live_attrs) > 8:
                         live_attrs = set(live_attrs)
                 except Exception as e:  # an adapter bug, named with the mismatches, before any assignment
-                    errors.append(_spec_failed(_path(matches, k, base), table.key[a], adapter, e, "attributes()"))
+                    errors.append(_spec_failed(_path(matches, k, base), table.key_at(a), adapter, e, "attributes()"))
                     continue
                 if len(live_attrs) > b - a:
                     self.live_extra = True  # more live attributes than saved ones
@@ -456,7 +456,7 @@ class RestoreSession:
                 for t in range(a, b):
                     attr = attr_name[t]
                     if attr not in live_attrs:
-                        self.unused_attrs.add(table.key[t])
+                        self.unused_attrs.add(table.key_at(t))
                         if len(live_attrs) >= b - a:
                             self.live_extra = True  # a live attribute the checkpoint lacks takes its place
                         continue
@@ -464,10 +464,10 @@ class RestoreSession:
                         shape, dtype = spec(obj, attr)
                     except CheckpointError as e:
                         where = display_path(_path(matches, k, base))
-                        errors.append(type(e)(f"cannot restore {where} ({table.key[t]}): {e}"))
+                        errors.append(type(e)(f"cannot restore {where} ({table.key_at(t)}): {e}"))
                         continue
                     except Exception as e:  # an adapter bug: named, as the other mismatches, before any assignment
-                        errors.append(_spec_failed(_path(matches, k, base), table.key[t], adapter, e))
+                        errors.append(_spec_failed(_path(matches, k, base), table.key_at(t), adapter, e))
                         continue
                     np_dtype = fast_dtypes.get(t_dtype[t])
                     if np_dtype is None:
@@ -487,7 +487,7 @@ class RestoreSession:
                     try:
                         dest = restore_buffer(obj, attr)
                     except Exception as e:
-                        errors.append(_spec_failed(_path(matches, k, base), table.key[t], adapter, e,
+                        errors.append(_spec_failed(_path(matches, k, base), table.key_at(t), adapter, e,
                                                    "restore_buffer()"))
                         continue
                     if dest is not None and not (isinstance(dest, np.ndarray) and dest.flags.c_contiguous
@@ -610,7 +610,7 @@ class RestoreSession:
 
     def _unmatched(self, locked: bool) -> list[str]:
         table = self.table
-        if not len(table.key):
+        if not len(table):
             return sorted(self.unused_attrs)
         # one boolean per checkpoint node, then a gather over the tensor table's node column
         ok = np.zeros(len(self.graph), bool)
@@ -624,8 +624,8 @@ class RestoreSession:
             ok[slot_ids] = False
             ok[[s for s in slot_ids if s in self.restored_slots]] = True
         missing = np.flatnonzero(~ok[self._table_nodes()])
-        keys = table.key
-        out = [keys[t] for t in missing.tolist()]
+        key_at = table.key_at   # (a version-6 index makes only these keys)
+        out = [key_at(t) for t in missing.tolist()]
         out.extend(sorted(self.unused_attrs))
         return out
 

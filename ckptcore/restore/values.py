@@ -151,7 +151,7 @@ def _set_value_failed(e: Exception, rows: list, callbacks: list, table) -> Adapt
                                         for v in f.f_locals.values()):  # (obj, or *args holding it)
                 adapter = getattr(func, "__self__", None)
                 name = getattr(adapter, "name", type(adapter).__name__)
-                return AdapterStateError(f"cannot restore {table.key[row]!r}: set_value() of its adapter {name!r} "
+                return AdapterStateError(f"cannot restore {table.key_at(row)!r}: set_value() of its adapter {name!r} "
                                          f"failed: {type(e).__name__}: {e} (values delivered before it are in place)")
     return AdapterStateError(f"cannot restore: an adapter failed while values were delivered: {type(e).__name__}: {e}")
 

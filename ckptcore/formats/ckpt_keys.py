@@ -1,0 +1,238 @@
+"""Tensor keys that follow from the object graph (index version 6 stores none).
+
+Every key ckptcore writes is a function of the graph: an object's attribute is
+``<object path>/.ATTRIBUTES/<attribute>`` (:func:`ckptcore.naming.object_key`), an
+optimizer slot ``<variable path>/.OPTIMIZER_SLOT/<optimizer path>/<slot>/.ATTRIBUTES/VARIABLE_VALUE``
+(:func:`ckptcore.naming.slot_key`). The object path of node ``j`` is its first path in
+breadth-first order: the edge that first points at ``j`` (in node order, then edge
+order), from a parent ``p < j``. That is how the saver numbers the objects it reaches.
+
+A version-6 index leaves the keys out (for a model of a million arrays they were more
+than two thirds of its bytes, and of the time it took to open). :class:`KeyDerivation`
+checks, when an index is opened, that every row's key is defined and that no two rows
+can share one; the keys themselves are made only when something asks for them
+(:attr:`TensorTable.key <ckptcore.formats.ckpt_tables.TensorTable>` for all,
+:meth:`KeyDerivation.one` for one row). The encoder writes version 6 only when the
+derived keys equal the table's own, so no key ever changes by being left out.
+
+Example:
+    >>> from ckptcore.formats import ckpt as fmt
+    >>> g = fmt.Graph.from_nodes([fmt.Node(children=[("a.b", 1)]), fmt.Node(attributes={"VARIABLE_VALUE": None})])
+    >>> d = KeyDerivation.of(g, [1])
+    >>> d.all(), d.one(0)
+    (['a..b/.ATTRIBUTES/VARIABLE_VALUE'], 'a..b/.ATTRIBUTES/VARIABLE_VALUE')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, escape_local_name
+
+__all__ = ["KeyDerivation", "NotDerivable"]
+
+
+class NotDerivable(ValueError):
+    """The graph does not determine one distinct key per row (the reason is the message)."""
+
+
+class KeyDerivation(Sequence):
+    """How each row's key follows from a graph; checked when made (:meth:`of`), keys made on demand.
+
+    ``parent[j]``/``edge[j]``: node ``j``'s first parent and the edge from it (-1 for the root
+    and slot nodes); ``slot_of``: slot node -> (optimizer node, variable node, slot name);
+    ``node``: each table row's node.
+    """
+
+    __slots__ = ("_names", "_attrs", "_parent", "_edge", "_slot_of", "_node", "_keys")
+
+    def __init__(self, child_name, attr_name, parent: np.ndarray, edge: np.ndarray, slot_of: dict, node):
+        self._names, self._attrs = child_name, attr_name
+        self._parent, self._edge, self._slot_of, self._node = parent, edge, slot_of, node
+        self._keys: list[str] | None = None
+
+    @classmethod
+    def of(cls, graph, node, child: np.ndarray | None = None) -> KeyDerivation:
+        """The derivation for ``graph`` whose table rows belong to nodes ``node``; raises :class:`NotDerivable`.
+
+        The graph's child and attribute names are assumed unique per node (the index checks that).
+        ``child``: ``graph.child`` as an array, where the caller has one.
+
+        Example:
+            >>> from ckptcore.formats import ckpt as fmt
+            >>> g = fmt.Graph.from_nodes([fmt.Node(), fmt.Node()])   # node 1 is reached by no edge
+            >>> KeyDerivation.of(g, [])
+            Traceback (most recent call last):
+            ...
+            ckptcore.formats.ckpt_keys.NotDerivable: node 1 is reached by no edge and is no optimizer slot
+        """
+        n = len(graph.attr_start) - 1
+        child = np.asarray(graph.child if child is None else child, np.int64)
+        starts = np.asarray(graph.child_start, np.int64)
+        parent, edge = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+        k = len(child)
+        if k:
+            src = np.repeat(np.arange(n, dtype=np.int64), np.diff(starts))
+            if child[0] == 1 and child[-1] == k and (child == np.arange(1, k + 1)).all():
+                first = np.arange(k)   # a tree, numbered as reached (no object shared): edge e reaches node e + 1
+            else:
+                _targets, first = np.unique(child, return_index=True)
+            targets = child[first]
+            parent[targets], edge[targets] = src[first], first
+            parent[0] = edge[0] = -1   # (an edge back to the root: the root's path is empty all the same)
+        is_slot = np.zeros(n, bool)
+        slot_of: dict[int, tuple[int, int, str]] = {}
+        for opt, rows in graph.slots.items():
+            for var, name, slot in rows:
+                if slot in slot_of:
+                    raise NotDerivable(f"slot node {slot} appears in two slot rows")
+                slot_of[slot] = (opt, var, name)
+        if slot_of:
+            is_slot[np.fromiter(slot_of, np.int64, len(slot_of))] = True
+            triples = set(slot_of.values())
+            if len(triples) != len(slot_of):
+                raise NotDerivable("two slot rows name the same optimizer, variable and slot")
+            if is_slot[0]:
+                raise NotDerivable("the root is an optimizer slot")
+            if (parent[is_slot] != -1).any():
+                raise NotDerivable(f"slot node {int(np.flatnonzero(is_slot & (parent != -1))[0])} is also reached "
+                                   "by an edge")
+            if any(is_slot[o] or is_slot[v] for o, v, _ in triples):
+                raise NotDerivable("a slot belongs to a slot node")
+            counts = np.diff(np.asarray(graph.attr_start, np.int64))
+            if (counts[is_slot] > 1).any():
+                raise NotDerivable("a slot node has more than one attribute")
+        ids = np.arange(n)
+        lost = (parent < 0) & ~is_slot
+        lost[0] = False
+        if lost.any():
+            raise NotDerivable(f"node {int(np.flatnonzero(lost)[0])} is reached by no edge and is no optimizer slot")
+        late = parent >= ids
+        if late.any():
+            j = int(np.flatnonzero(late)[0])
+            raise NotDerivable(f"node {j} is first reached from node {int(parent[j])}, not from an earlier node")
+        if n > 1 and (is_slot[parent[parent >= 0]]).any():
+            raise NotDerivable("a slot node has children")
+        a, b = graph.child_start[0], graph.child_start[1]
+        if "" in graph.child_name[a:b]:
+            raise NotDerivable("the root has a child named '' (its keys would be the root's)")
+        return cls(graph.child_name, graph.attr_name, parent, edge, slot_of, node)
+
+    def all(self) -> list[str]:
+        """Every row's key, in row order (made once).
+
+        Example:
+            >>> from ckptcore.formats import ckpt as fmt
+            >>> g = fmt.Graph.from_nodes([fmt.Node(attributes={"x": None})])
+            >>> KeyDerivation.of(g, [0]).all()
+            ['/.ATTRIBUTES/x']
+        """
+        if self._keys is not None:
+            return self._keys
+        names, parent_a, slot_of = self._names, self._parent, self._slot_of
+        esc_of = {x: escape_local_name(x) for x in set(names)}   # each distinct edge name escaped once
+        ename = list(map(esc_of.__getitem__, names))
+        parent, edge = parent_a.tolist(), self._edge.tolist()
+        # the escaped paths of the nodes that are some node's parent, or a slot's variable or optimizer
+        inner = set(np.unique(parent_a[parent_a > 0]).tolist())
+        for opt, var, _name in slot_of.values():
+            inner.update(_ancestors(parent, opt))
+            inner.update(_ancestors(parent, var))
+        escs: list[str | None] = [None] * len(parent)
+        escs[0] = ""
+        for j in sorted(inner):   # (a parent comes before its children: parent[j] < j)
+            p = parent[j]
+            escs[j] = f"{escs[p]}/{ename[edge[j]]}" if p else ename[edge[j]]
+        tail = f"/{ATTRIBUTES}/"
+        tails = {a: tail + escape_local_name(a) for a in set(self._attrs)}
+        node = self._node.tolist() if type(self._node) is np.ndarray else list(self._node)
+        keys: list[str] = []
+        append = keys.append
+        for nid, attr in zip(node, self._attrs):
+            e = escs[nid]
+            if e is not None:
+                append(e + tails[attr])
+                continue
+            p = parent[nid]
+            if p > 0:   # a leaf (most rows): its parent's path and its own edge
+                append(f"{escs[p]}/{ename[edge[nid]]}{tails[attr]}")
+            elif p == 0:
+                append(ename[edge[nid]] + tails[attr])
+            else:   # an optimizer slot
+                opt, var, name = slot_of[nid]
+                append(f"{escs[var]}/{OPTIMIZER_SLOT}/{escs[opt]}/{escape_local_name(name)}{tail}{VARIABLE_VALUE}")
+        self._keys = keys
+        return keys
+
+    def _path(self, nid: int) -> str:
+        parts = []
+        parent, edge = self._parent, self._edge
+        while nid > 0:
+            parts.append(escape_local_name(self._names[int(edge[nid])]))
+            nid = int(parent[nid])
+        return "/".join(reversed(parts))
+
+    def one(self, row: int) -> str:
+        """Row ``row``'s key, without making the others (error messages, reports of a few rows).
+
+        Example:
+            >>> from ckptcore.formats import ckpt as fmt
+            >>> g = fmt.Graph.from_nodes([fmt.Node(children=[("w", 1)]), fmt.Node(attributes={"v": None})])
+            >>> KeyDerivation.of(g, [1]).one(0)
+            'w/.ATTRIBUTES/v'
+        """
+        if self._keys is not None:
+            return self._keys[row]
+        nid = int(self._node[row])
+        s = self._slot_of.get(nid)
+        if s is not None:
+            opt, var, name = s
+            return (f"{self._path(var)}/{OPTIMIZER_SLOT}/{self._path(opt)}/{escape_local_name(name)}/"
+                    f"{ATTRIBUTES}/{VARIABLE_VALUE}")
+        return f"{self._path(nid)}/{ATTRIBUTES}/{escape_local_name(self._attrs[row])}"
+
+    def __getitem__(self, row):   # (validation errors index keys by row: keys[i])
+        return self.all()[row] if isinstance(row, slice) else self.one(row)
+
+    def __len__(self) -> int:
+        return len(self._attrs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.all())
+
+
+def _ancestors(parent: list[int], nid: int) -> list[int]:
+    """``nid`` and every node on its first path but the root."""
+    out = []
+    while nid > 0:
+        out.append(nid)
+        nid = parent[nid]
+    return out
+
+
+def derived_keys_match(graph, table: Any) -> bool:
+    """Whether ``table``'s keys are exactly those ``graph`` determines (then an index may leave them out).
+
+    A table marked ``derived`` (the saver's: it made its keys by this very rule, see
+    ``tests/test_index_v6_keys.py``) is not derived again; the graph is still checked to give one
+    distinct key per row.
+
+    Example:
+        >>> from ckptcore.formats import ckpt as fmt
+        >>> idx = fmt.Index(nodes=[fmt.Node(children=[("w", 1)]),
+        ...                        fmt.Node(attributes={"VARIABLE_VALUE": fmt.TensorEntry(
+        ...                            "w/.ATTRIBUTES/VARIABLE_VALUE", "float32", (1,), 0, 0, 4, 0)})])
+        >>> derived_keys_match(idx.graph, idx.table)
+        True
+    """
+    try:
+        derived = KeyDerivation.of(graph, table.node)
+    except NotDerivable:
+        return False
+    if getattr(table, "derived", False):
+        return True
+    keys = table.key
+    return len(keys) == len(derived) and derived.all() == list(keys)
