@@ -1,4 +1,4 @@
-"""The on-disk format (version 2; version 1 is still read). See ``docs/format.md`` for the full description.
+"""The on-disk format (versions 2-6; version 1 is still read). See ``docs/format.md`` for the full description.
 
 A checkpoint at prefix ``P`` is two kinds of file:
 
@@ -7,10 +7,12 @@ A checkpoint at prefix ``P`` is two kinds of file:
   (no pickles, no headers);
 * ``P.index``: a 32-byte header (magic ``CKPTIDX1``, format version, JSON
   length, CRC32C of the JSON) followed by UTF-8 JSON that holds the object
-  graph, each object's adapter, and per tensor its key, dtype, shape, offset,
+  graph, each object's adapter, and per tensor its dtype, shape, offset,
   length and CRC32C, stored column by column (one list per field) so that
-  an index of tens of thousands of tensors parses and validates in a few
-  vectorized steps. It is written last: a checkpoint exists when its index does.
+  an index of a million tensors parses and validates in a few vectorized
+  steps. Version 6 stores no tensor keys: they follow from the graph
+  (:mod:`ckptcore.formats.ckpt_keys`). It is written last: a checkpoint
+  exists when its index does.
 
 Everything read back is validated before use; nothing is unpickled or evaluated.
 
