@@ -703,5 +703,8 @@ def list_variables(path: str, storage_options: Mapping[str, Any] | None = None) 
         >>> ck.list_variables(ck.Checkpoint(a=np.ones((1, 2))).write("memory://doc/lv/c"))
         [('a/.ATTRIBUTES/VARIABLE_VALUE', [1, 2])]
     """
-    r = CheckpointReader(resolve_checkpoint(path, storage_options), storage_options)
-    return [(k, list(r.entry(k).shape)) for k in r.keys()]
+    t = CheckpointReader(resolve_checkpoint(path, storage_options), storage_options).index.table
+    # straight from the table's columns (keys are unique: the sort never compares shapes); no entry per
+    # tensor, and no collection of the caller's heap triggered by the million pairs a big model gives
+    with paused_gc():
+        return sorted(zip(t.key, map(list, t.shape)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -100,8 +100,7 @@ class SavePlan:
         table = self._table
         if table is None or self._tensors is not None:  # entries made (and maybe changed) since: they hold the layout
             table = fmt.TensorTable.from_entries([e for e, _ in self.tensors], self.node_of)
-        else:
-            table.derived = self.keys_derived   # the keys plan_save made, unchanged
+        table.derived = self.keys_derived   # the keys plan_save made (writing fills in layouts, never keys)
         index = fmt.Index(num_shards=self.num_shards, shard_sizes=self.shard_sizes, metadata=self.metadata,
                           graph=self.graph, table=table)
         index.data_tag = self.data_tag
@@ -256,17 +255,10 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         for slot in slots_of or ():
             pending_slots.append((i, slot))
         i += 1
-    seen_slots: set[tuple[int, int, str]] = set()
     for opt_id, slot in pending_slots:
         var_id = index_of.get(id(slot.variable))
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
-        if (opt_id, var_id, slot.name) in seen_slots:   # two values under one key: no reader would accept it
-            raise InvalidArgumentError(
-                f"cannot save: the adapter of {display_path(path_of(opt_id))!r} gave two slots named {slot.name!r} "
-                f"for {display_path(path_of(var_id))!r}; each slot of a variable needs its own name "
-                "(fix its slots())")
-        seen_slots.add((opt_id, var_id, slot.name))
         arr, name = _as_array(slot.value,
                               lambda: (f"slot {slot.name!r} of {display_path(path_of(opt_id))} "  # noqa: B023
                                        f"for {display_path(path_of(var_id))}"),  # noqa: B023 -- called at once
@@ -293,6 +285,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
             arrays = [a.copy() for a in arrays]
     if root_named_child and len(set(keys)) != len(keys):
         _refuse_key_clash(keys)
+    for opt_id, rows in slots.items():
+        if len(rows) > 1 and len(set(map(_var_and_name, rows))) != len(rows):
+            _refuse_twice_named_slots(opt_id, rows, path_of)
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
     plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
     # Every key above is the one its node's first path gives (formats/ckpt_keys.py), unless the root has a
@@ -300,6 +295,20 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
     plan.keys_derived = not root_named_child
     plan.full_names = full_names
     return plan
+
+
+_var_and_name = itemgetter(0, 1)
+
+
+def _refuse_twice_named_slots(opt_id: int, rows: list, path_of) -> None:
+    """Two slots of one name for one variable would be two values under one key: no reader accepts that."""
+    seen: set = set()
+    for var_id, name, _slot in rows:
+        if (var_id, name) in seen:
+            raise InvalidArgumentError(
+                f"cannot save: the adapter of {display_path(path_of(opt_id))!r} gave two slots named {name!r} "
+                f"for {display_path(path_of(var_id))!r}; each slot of a variable needs its own name (fix its slots())")
+        seen.add((var_id, name))
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:

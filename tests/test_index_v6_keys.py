@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
-from ckptcore.formats.ckpt_keys import KeyDerivation
+from ckptcore.formats.ckpt_keys import KeyDerivation, NotDerivable
 from ckptcore.saver import plan_save
 
 
@@ -280,3 +280,27 @@ def test_two_slots_of_one_name_for_a_variable_are_refused_at_save(ckptcore_fresh
     w = np.ones(1)
     with pytest.raises(ck.InvalidArgumentError, match=r"'opt' gave two slots named 'm' for 'w'"):
         ck.Checkpoint(w=w, opt=Twice(w)).write("memory://v6/twice/c")
+
+
+def _node(children=(), attrs=(), slots=()):
+    return fmt.Node(children=list(children), attributes=dict.fromkeys(attrs), slots=list(slots))
+
+
+@pytest.mark.parametrize("nodes, message", [
+    ([_node([("o", 1), ("w", 2)]), _node(slots=[(2, "m", 3), (2, "v", 3)]), _node(attrs=["x"]), _node(attrs=["x"])],
+     "appears in two slot rows"),
+    ([_node([("o", 1), ("w", 2)]), _node(slots=[(2, "m", 3)]), _node(attrs=["x"]), _node(attrs=["x", "y"])],
+     "more than one attribute"),
+    ([_node([("o", 1), ("w", 2), ("s", 3)]), _node(slots=[(2, "m", 3)]), _node(attrs=["x"]), _node(attrs=["x"])],
+     "also reached by an edge"),
+    ([_node([("o", 1), ("w", 2)]), _node(slots=[(2, "m", 3), (3, "m", 4)]), _node(attrs=["x"]), _node(attrs=["x"]),
+      _node(attrs=["x"])], "belongs to a slot node"),
+    ([_node([("o", 1)]), _node(slots=[(1, "m", 0)])], "the root is an optimizer slot"),
+    ([_node([("o", 1), ("w", 2)]), _node(slots=[(2, "m", 3)]), _node(attrs=["x"]), _node([("c", 4)]),
+      _node(attrs=["x"])], "a slot node has children"),
+])
+def test_graphs_that_give_no_distinct_key_per_tensor_are_not_derived(nodes, message):
+    g = fmt.Graph.from_nodes(nodes)
+    rows = [i for i, n in enumerate(nodes) for _ in n.attributes]
+    with pytest.raises(NotDerivable, match=message):
+        KeyDerivation.of(g, rows)

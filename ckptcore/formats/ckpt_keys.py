@@ -43,16 +43,29 @@ class KeyDerivation(Sequence):
     """How each row's key follows from a graph; checked when made (:meth:`of`), keys made on demand.
 
     ``parent[j]``/``edge[j]``: node ``j``'s first parent and the edge from it (-1 for the root
-    and slot nodes); ``slot_of``: slot node -> (optimizer node, variable node, slot name);
+    and slot nodes); ``_slot_of``: slot node -> (optimizer node, variable node, slot name);
     ``node``: each table row's node.
     """
 
-    __slots__ = ("_names", "_attrs", "_parent", "_edge", "_slot_of", "_node", "_keys")
+    __slots__ = ("_names", "_attrs", "_parent", "_edge", "_slots", "_slot_map", "_node", "_keys")
 
-    def __init__(self, child_name, attr_name, parent: np.ndarray, edge: np.ndarray, slot_of: dict, node):
+    def __init__(self, child_name, attr_name, parent: np.ndarray, edge: np.ndarray, slots, node):
+        # slots: None, or (slot nodes, optimizer nodes, variable nodes, names), one entry per slot row
         self._names, self._attrs = child_name, attr_name
-        self._parent, self._edge, self._slot_of, self._node = parent, edge, slot_of, node
+        self._parent, self._edge, self._slots, self._node = parent, edge, slots, node
+        self._slot_map: dict[int, tuple[int, int, str]] | None = None
         self._keys: list[str] | None = None
+
+    @property
+    def _slot_of(self) -> dict[int, tuple[int, int, str]]:
+        """slot node -> (optimizer node, variable node, slot name), made on first use."""
+        if self._slot_map is None:
+            if self._slots is None:
+                self._slot_map = {}
+            else:
+                slot, opt, var, names = self._slots
+                self._slot_map = dict(zip(slot, zip(opt.tolist(), var, names)))
+        return self._slot_map
 
     @classmethod
     def of(cls, graph, node, child: np.ndarray | None = None) -> KeyDerivation:
@@ -84,27 +97,35 @@ class KeyDerivation(Sequence):
             parent[targets], edge[targets] = src[first], first
             parent[0] = edge[0] = -1   # (an edge back to the root: the root's path is empty all the same)
         is_slot = np.zeros(n, bool)
-        slot_of: dict[int, tuple[int, int, str]] = {}
-        for opt, rows in graph.slots.items():
-            for var, name, slot in rows:
-                if slot in slot_of:
-                    raise NotDerivable(f"slot node {slot} appears in two slot rows")
-                slot_of[slot] = (opt, var, name)
-        if slot_of:
-            is_slot[np.fromiter(slot_of, np.int64, len(slot_of))] = True
-            triples = set(slot_of.values())
-            if len(triples) != len(slot_of):
+        rows = [r for opt in graph.slots for r in graph.slots[opt]]
+        slots = None
+        if rows:
+            # checked as columns (an optimizer over 20,000 parameters has 60,000 slots)
+            opt_a = np.repeat(np.fromiter(graph.slots, np.int64, len(graph.slots)),
+                              [len(v) for v in graph.slots.values()])
+            var, names, slot = zip(*rows)
+            var_a, slot_a = np.array(var, np.int64), np.array(slot, np.int64)
+            distinct = {x: i for i, x in enumerate(dict.fromkeys(names))}
+            name_a = np.fromiter(map(distinct.__getitem__, names), np.int64, len(names))
+            is_slot[slot_a] = True
+            if int(is_slot.sum()) != len(slot_a):
+                raise NotDerivable("a slot node appears in two slot rows")
+            order = np.lexsort((name_a, var_a, opt_a))
+            same = ((opt_a[order][1:] == opt_a[order][:-1]) & (var_a[order][1:] == var_a[order][:-1])
+                    & (name_a[order][1:] == name_a[order][:-1]))
+            if same.any():
                 raise NotDerivable("two slot rows name the same optimizer, variable and slot")
             if is_slot[0]:
                 raise NotDerivable("the root is an optimizer slot")
             if (parent[is_slot] != -1).any():
                 raise NotDerivable(f"slot node {int(np.flatnonzero(is_slot & (parent != -1))[0])} is also reached "
                                    "by an edge")
-            if any(is_slot[o] or is_slot[v] for o, v, _ in triples):
+            if is_slot[opt_a].any() or is_slot[var_a].any():
                 raise NotDerivable("a slot belongs to a slot node")
             counts = np.diff(np.asarray(graph.attr_start, np.int64))
             if (counts[is_slot] > 1).any():
                 raise NotDerivable("a slot node has more than one attribute")
+            slots = (slot, opt_a, var, names)
         ids = np.arange(n)
         lost = (parent < 0) & ~is_slot
         lost[0] = False
@@ -119,7 +140,7 @@ class KeyDerivation(Sequence):
         a, b = graph.child_start[0], graph.child_start[1]
         if "" in graph.child_name[a:b]:
             raise NotDerivable("the root has a child named '' (its keys would be the root's)")
-        return cls(graph.child_name, graph.attr_name, parent, edge, slot_of, node)
+        return cls(graph.child_name, graph.attr_name, parent, edge, slots, node)
 
     def all(self) -> list[str]:
         """Every row's key, in row order (made once).
@@ -138,9 +159,10 @@ class KeyDerivation(Sequence):
         parent, edge = parent_a.tolist(), self._edge.tolist()
         # the escaped paths of the nodes that are some node's parent, or a slot's variable or optimizer
         inner = set(np.unique(parent_a[parent_a > 0]).tolist())
-        for opt, var, _name in slot_of.values():
-            inner.update(_ancestors(parent, opt))
-            inner.update(_ancestors(parent, var))
+        if self._slots is not None:
+            _slot, opt_a, var, _names = self._slots
+            for nid in set(opt_a.tolist()).union(var):
+                inner.update(_ancestors(parent, nid))
         escs: list[str | None] = [None] * len(parent)
         escs[0] = ""
         for j in sorted(inner):   # (a parent comes before its children: parent[j] < j)
