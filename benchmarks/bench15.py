@@ -556,13 +556,26 @@ def torch_sweep_worker(args: dict) -> dict:
 
 
 # -- plumbing ------------------------------------------------------------------------------------
+class WorkloadFailed(RuntimeError):
+    """A workload's worker process failed; the other workloads still run (``main`` reports it at the end)."""
+
+
 def _worker(mode: str, args: dict) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench15", "--worker", mode, json.dumps(args)],
                           cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"bench15 worker failed ({mode} {args}):\n{proc.stderr[-4000:]}")
+        raise WorkloadFailed(f"bench15 worker failed ({mode} {args}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run(res: dict, name: str, step) -> None:
+    """Run one workload's ``step()``; a failure is printed and recorded in ``res["failed"]``, and the next goes on."""
+    try:
+        step()
+    except (WorkloadFailed, OSError, RuntimeError) as e:   # (a full disk, a worker that died, ...)
+        print(f"\n  {name} FAILED, going on with the next workload: {e}\n", flush=True)
+        res.setdefault("failed", {})[name] = str(e)[-4000:]
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -653,42 +666,52 @@ def main(argv: list[str] | None = None, results: dict | None = None) -> dict:
     root = a.dir or tempfile.mkdtemp(prefix="ckptcore-bench15-")
     os.makedirs(root, exist_ok=True)
     res = results if results is not None else {}
+    def list_() -> None:
+        print("  LIST ...", flush=True)
+        res["LIST"] = _worker("list", {"dir": root, "runs": runs, "total": (64 if a.quick else 256) * MiB})
+        print("\n" + report_list(res["LIST"]) + "\n", flush=True)
+
+    def gpt2() -> None:
+        if not _has_torch():
+            print("  GPT2: torch is not installed, skipped")
+            return
+        print("  GPT2 ...", flush=True)
+        res["GPT2"] = bench_gpt2(root, 2 if a.quick else 3, 192 if a.quick else 768)
+        print("\n" + report_gpt2(res["GPT2"]) + "\n", flush=True)
+
+    def open_() -> None:
+        print(f"  OPEN ({a.open_n:,} arrays) ...", flush=True)
+        res["OPEN"] = _worker("open", {"n": a.open_n, "total": (16 if a.quick else 64) * MiB, "dir": root})
+        print("\n" + report_open(res["OPEN"]) + "\n", flush=True)
+
+    def async_() -> None:
+        if not _has_torch():
+            return
+        print("  ASYNC ...", flush=True)
+        width = 192 if a.quick else 768
+        res["ASYNC"] = [_worker("async", {"dir": root, "width": width, "method": m}) for m in ("ckptcore", "dcp")]
+        print("\nasync save blocks, three saves in a row (s): " + "; ".join(
+            f"{r['method']} " + ", ".join(f"{b:.3f}" for b in r["blocked"]) for r in res["ASYNC"]) + "\n",
+            flush=True)
+
+    def sweep() -> None:
+        print("  SWEEP ...", flush=True)
+        counts = [n for n in (1_000, 10_000, 100_000, 1_000_000) if n <= a.sweep_max]
+        total = (16 if a.quick else 64) * MiB
+        res["SWEEP"] = [_worker("sweep", {"n": n, "total": total, "runs": 1 if n >= 100_000 else 3, "dir": root})
+                        for n in counts]
+        tcounts = [n for n in (1_000, 4_000, 20_000, 100_000) if n <= max(20_000, a.sweep_max // 10)]
+        res["TORCH_SWEEP"] = [] if not _has_torch() else [
+            _worker("torch-sweep", {"n": n, "total": total, "dir": root, "torch_load": n <= 4_000})
+            for n in tcounts]
+        print("\n" + report_sweep(res["SWEEP"], res["TORCH_SWEEP"]) + "\n", flush=True)
+
     try:
-        if "LIST" in only:
-            print("  LIST ...", flush=True)
-            res["LIST"] = _worker("list", {"dir": root, "runs": runs, "total": (64 if a.quick else 256) * MiB})
-            print("\n" + report_list(res["LIST"]) + "\n", flush=True)
-        if "GPT2" in only:
-            try:
-                import torch  # noqa: F401
-            except ImportError:
-                print("  GPT2: torch is not installed, skipped")
-            else:
-                print("  GPT2 ...", flush=True)
-                res["GPT2"] = bench_gpt2(root, 2 if a.quick else 3, 192 if a.quick else 768)
-                print("\n" + report_gpt2(res["GPT2"]) + "\n", flush=True)
-        if "OPEN" in only:
-            print(f"  OPEN ({a.open_n:,} arrays) ...", flush=True)
-            res["OPEN"] = _worker("open", {"n": a.open_n, "total": (16 if a.quick else 64) * MiB, "dir": root})
-            print("\n" + report_open(res["OPEN"]) + "\n", flush=True)
-        if "ASYNC" in only and _has_torch():
-            print("  ASYNC ...", flush=True)
-            width = 192 if a.quick else 768
-            res["ASYNC"] = [_worker("async", {"dir": root, "width": width, "method": m}) for m in ("ckptcore", "dcp")]
-            print("\nasync save blocks, three saves in a row (s): " + "; ".join(
-                f"{r['method']} " + ", ".join(f"{b:.3f}" for b in r["blocked"]) for r in res["ASYNC"]) + "\n",
-                flush=True)
-        if "SWEEP" in only:
-            print("  SWEEP ...", flush=True)
-            counts = [n for n in (1_000, 10_000, 100_000, 1_000_000) if n <= a.sweep_max]
-            total = (16 if a.quick else 64) * MiB
-            res["SWEEP"] = [_worker("sweep", {"n": n, "total": total, "runs": 1 if n >= 100_000 else 3, "dir": root})
-                            for n in counts]
-            tcounts = [n for n in (1_000, 4_000, 20_000, 100_000) if n <= max(20_000, a.sweep_max // 10)]
-            res["TORCH_SWEEP"] = [] if not _has_torch() else [
-                _worker("torch-sweep", {"n": n, "total": total, "dir": root, "torch_load": n <= 4_000})
-                for n in tcounts]
-            print("\n" + report_sweep(res["SWEEP"], res["TORCH_SWEEP"]) + "\n", flush=True)
+        for name, step in (("LIST", list_), ("GPT2", gpt2), ("OPEN", open_), ("ASYNC", async_), ("SWEEP", sweep)):
+            if name in only:
+                _run(res, name, step)
+        if res.get("failed"):
+            print("  failed workloads: " + ", ".join(res["failed"]), flush=True)
     finally:
         if a.dir is None:
             shutil.rmtree(root, ignore_errors=True)
