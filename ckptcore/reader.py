@@ -164,17 +164,25 @@ class CheckpointReader:
         return dict(user) if isinstance(user, dict) else {}
 
     # --- TF-compatible accessors -------------------------------------------------
+    def _row(self, key: str) -> int | None:
+        """The table row of ``key``, or None; a version-6 index finds it in the graph (no key made)."""
+        if self._row_of is None:
+            row = self.index.table.find(key)
+            if row is not False:
+                return row
+        return self._rows.get(key)
+
     def has_tensor(self, key: str) -> bool:
-        return key in self._rows
+        return self._row(key) is not None
 
     def keys(self) -> list[str]:
         return sorted(self.index.table.key)
 
     def entry(self, key: str) -> fmt.TensorEntry:
-        try:
-            return self.index.table.entry(self._rows[key])
-        except KeyError:
-            raise KeyNotFoundError(f"key {key!r} not found in checkpoint {self.path!r}") from None
+        row = self._row(key)
+        if row is None:
+            raise KeyNotFoundError(f"key {key!r} not found in checkpoint {self.path!r}")
+        return self.index.table.entry(row)
 
     def get_variable_to_shape_map(self) -> dict[str, list[int]]:
         t = self.index.table

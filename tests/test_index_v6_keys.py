@@ -66,6 +66,25 @@ def test_an_index_is_written_without_keys_and_they_come_back_as_saved(tmp_path):
     assert names == set(saved.index.table.key)
 
 
+def test_one_tensor_is_found_without_making_every_key(tmp_path):
+    m = _model()
+    path = ck.Checkpoint(model=m, opt_free=np.zeros(1)).write(str(tmp_path / "c"))
+    reader = ck.load_checkpoint(path)
+    np.testing.assert_array_equal(reader.get_tensor("model/layers/1/c.Sd/.ATTRIBUTES/VARIABLE_VALUE"), np.zeros(1))
+    assert reader.has_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE")
+    for absent in ["model/alias/.ATTRIBUTES/VARIABLE_VALUE",      # a second path to the shared array
+                   "model/layers/1/c/d/.ATTRIBUTES/VARIABLE_VALUE",  # unescaped
+                   "model/layers/1/a.b/.ATTRIBUTES/VARIABLE_VALUE",  # not how the name is escaped
+                   "model/w/.ATTRIBUTES/OTHER", "model/w", ".ATTRIBUTES/VARIABLE_VALUE", "",
+                   "model/layers/0/up/w/.ATTRIBUTES/VARIABLE_VALUE"]:  # through the cycle
+        assert not reader.has_tensor(absent), absent
+    with pytest.raises(ck.KeyNotFoundError, match="model/nothing"):
+        reader.get_tensor("model/nothing/.ATTRIBUTES/VARIABLE_VALUE")
+    assert reader.index.table._key._keys is None
+    assert reader.has_tensor("model/w/.ATTRIBUTES/VARIABLE_VALUE") and sorted(reader.keys())   # (all made now)
+    assert not reader.has_tensor("model/alias/.ATTRIBUTES/VARIABLE_VALUE")
+
+
 def test_a_restore_does_not_make_the_keys(tmp_path):
     m = _model()
     path = ck.Checkpoint(model=m).write(str(tmp_path / "c"))
@@ -124,6 +143,10 @@ def test_optimizer_slots_keys_follow_their_variable_and_optimizer(ckptcore_fresh
     assert back.table.key == saved.table.key
     assert "net/w/.OPTIMIZER_SLOT/opt/m.Sx/.ATTRIBUTES/VARIABLE_VALUE" in back.table.key
     assert [back.table.key_at(r) for r in range(len(back.table))] == saved.table.key
+    fresh = ck.load_checkpoint(path).index.table
+    assert [fresh.find(k) for k in saved.table.key] == list(range(len(saved.table.key)))   # slots found too
+    assert fresh.find("net/w/.OPTIMIZER_SLOT/opt/m/x/.ATTRIBUTES/VARIABLE_VALUE") is None
+    assert fresh.find("net/w/.OPTIMIZER_SLOT/net/m.Sx/.ATTRIBUTES/VARIABLE_VALUE") is None
 
 
 def open_bytes(path: str) -> bytes:
@@ -256,6 +279,9 @@ def _attach(parent, name, child):
 def test_derived_keys_are_the_savers_keys_for_any_graph(root):
     plan = plan_save(ck.Checkpoint(model=root))
     back = ck.load_checkpoint(ck.Checkpoint(model=root).write("memory://v6/any/c")).index
+    keys = plan.index.table.key
+    assert [back.table.find(k) for k in keys] == list(range(len(keys)))   # each found by walking the graph alone
+    assert back.table._key._keys is None
     assert back.version == fmt.DERIVED_KEYS_VERSION
     assert back.table.key == plan.index.table.key
     assert len(set(back.table.key)) == len(back.table.key)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, escape_local_name
+from ..naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, escape_local_name, unescape_local_name
 
 __all__ = ["KeyDerivation", "NotDerivable"]
 
@@ -47,11 +47,13 @@ class KeyDerivation(Sequence):
     ``node``: each table row's node.
     """
 
-    __slots__ = ("_names", "_attrs", "_parent", "_edge", "_slots", "_slot_map", "_node", "_keys")
+    __slots__ = ("_graph", "_names", "_attrs", "_parent", "_edge", "_slots", "_slot_map", "_by_triple", "_node",
+                 "_keys")
 
-    def __init__(self, child_name, attr_name, parent: np.ndarray, edge: np.ndarray, slots, node):
+    def __init__(self, graph, parent: np.ndarray, edge: np.ndarray, slots, node):
         # slots: None, or (slot nodes, optimizer nodes, variable nodes, names), one entry per slot row
-        self._names, self._attrs = child_name, attr_name
+        self._graph, self._names, self._attrs = graph, graph.child_name, graph.attr_name
+        self._by_triple: dict[tuple[int, int, str], int] | None = None
         self._parent, self._edge, self._slots, self._node = parent, edge, slots, node
         self._slot_map: dict[int, tuple[int, int, str]] | None = None
         self._keys: list[str] | None = None
@@ -140,7 +142,7 @@ class KeyDerivation(Sequence):
         a, b = graph.child_start[0], graph.child_start[1]
         if "" in graph.child_name[a:b]:
             raise NotDerivable("the root has a child named '' (its keys would be the root's)")
-        return cls(graph.child_name, graph.attr_name, parent, edge, slots, node)
+        return cls(graph, parent, edge, slots, node)
 
     def all(self) -> list[str]:
         """Every row's key, in row order (made once).
@@ -215,6 +217,71 @@ class KeyDerivation(Sequence):
             return (f"{self._path(var)}/{OPTIMIZER_SLOT}/{self._path(opt)}/{escape_local_name(name)}/"
                     f"{ATTRIBUTES}/{VARIABLE_VALUE}")
         return f"{self._path(nid)}/{ATTRIBUTES}/{escape_local_name(self._attrs[row])}"
+
+    def find(self, key: str) -> int | None:
+        """The row whose key is ``key``, or None, found by walking the graph (no other key is made).
+
+        Example:
+            >>> from ckptcore.formats import ckpt as fmt
+            >>> g = fmt.Graph.from_nodes([fmt.Node(children=[("a.b", 1)]), fmt.Node(attributes={"v": None})])
+            >>> d = KeyDerivation.of(g, [1])
+            >>> d.find("a..b/.ATTRIBUTES/v"), d.find("a.b/.ATTRIBUTES/v")
+            (0, None)
+        """
+        if type(key) is not str:
+            return None
+        segs = key.split("/")
+        if len(segs) < 3 or segs[-2] != ATTRIBUTES:
+            return None
+        if OPTIMIZER_SLOT in segs:
+            i = segs.index(OPTIMIZER_SLOT)
+            rest = segs[i + 1:]
+            if len(rest) < 4 or rest[-1] != VARIABLE_VALUE:
+                return None
+            var, opt = self._node_at(segs[:i]), self._node_at(rest[:-3])
+            name = unescape_local_name(rest[-3])
+            if var is None or opt is None or escape_local_name(name) != rest[-3]:
+                return None
+            if self._by_triple is None:
+                self._by_triple = {(o, v, n): slot for slot, (o, v, n) in self._slot_of.items()}
+            slot = self._by_triple.get((opt, var, name))
+            if slot is None:
+                return None
+            a, b = self._graph.attr_start[slot], self._graph.attr_start[slot + 1]
+            return a if b > a else None
+        nid = self._node_at(segs[:-2])
+        attr = unescape_local_name(segs[-1])
+        if nid is None or nid in self._slot_of or escape_local_name(attr) != segs[-1]:
+            return None
+        a, b = self._graph.attr_start[nid], self._graph.attr_start[nid + 1]
+        for row in range(a, b):
+            if self._attrs[row] == attr:
+                return row
+        return None
+
+    def _node_at(self, segs: list[str]) -> int | None:
+        """The node whose (first) escaped path is ``"/".join(segs)``, or None."""
+        if segs == [""]:
+            return 0
+        if not segs:
+            return None   # (the older root keys, ".ATTRIBUTES/...", are not version 6's)
+        g, parent, edge = self._graph, self._parent, self._edge
+        nid = 0
+        for seg in segs:
+            name = unescape_local_name(seg)
+            if escape_local_name(name) != seg:
+                return None   # (not how the key of any node is spelled)
+            a, b = g.child_start[nid], g.child_start[nid + 1]
+            for e in range(a, b):
+                if g.child_name[e] == name:
+                    c = g.child[e]
+                    if parent[c] != nid or edge[c] != e:
+                        return None   # a second path to a shared object: its key is the first path's
+                    nid = c
+                    break
+            else:
+                return None
+        return nid
 
     def __getitem__(self, row):   # (validation errors index keys by row: keys[i])
         return self.all()[row] if isinstance(row, slice) else self.one(row)

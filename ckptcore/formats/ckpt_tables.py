@@ -219,6 +219,16 @@ class TensorTable:
         """
         return self._key[t] if type(self._key) is list else self._key.one(t)
 
+    def find(self, key: str) -> int | None | bool:
+        """Row of ``key`` in a table whose keys are derived (version 6), found without making them; False
+        when the table stores its keys (look them up in a dict of :attr:`key` instead).
+
+        Example:
+            >>> TensorTable.from_entries([TensorEntry("k", "int8", (3,), 0, 0, 3, 0)], [0]).find("k")
+            False
+        """
+        return False if type(self._key) is list else self._key.find(key)
+
     @property
     def shard(self) -> list[int]:
         """Each row's data file."""
