@@ -202,9 +202,7 @@ class TensorTable:
     @property
     def key(self) -> list[str]:
         """Each row's checkpoint key (``model/w/.ATTRIBUTES/VARIABLE_VALUE``)."""
-        if type(self._key) is not list:
-            self._key = self._key.all()
-        return self._key
+        return self._key if type(self._key) is list else self._key.all()   # (made once, kept by the derivation)
 
     @key.setter
     def key(self, value: list[str]) -> None:
