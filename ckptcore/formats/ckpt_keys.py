@@ -66,15 +66,19 @@ class KeyDerivation(Sequence):
                 self._slot_map = {}
             else:
                 slot, opt, var, names = self._slots
-                self._slot_map = dict(zip(slot, zip(opt.tolist(), var, names)))
+                self._slot_map = dict(zip(np.asarray(slot).tolist(), zip(np.asarray(opt).tolist(),
+                                                                      np.asarray(var).tolist(), names)))
         return self._slot_map
 
     @classmethod
-    def of(cls, graph, node, child: np.ndarray | None = None) -> KeyDerivation:
+    def of(cls, graph, node, child: np.ndarray | None = None, slot_cols: tuple | None = None,
+           counts: tuple[np.ndarray, np.ndarray] | None = None) -> KeyDerivation:
         """The derivation for ``graph`` whose table rows belong to nodes ``node``; raises :class:`NotDerivable`.
 
         The graph's child and attribute names are assumed unique per node (the index checks that).
-        ``child``: ``graph.child`` as an array, where the caller has one.
+        ``child``: ``graph.child`` as an array, and ``slot_cols`` the slot rows as columns (optimizer ids
+        array, variable ids, slot ids, name ids array, each row's name, the names table) and ``counts`` the
+        children and attributes per node as arrays, where the caller has them.
 
         Example:
             >>> from ckptcore.formats import ckpt as fmt
@@ -86,11 +90,14 @@ class KeyDerivation(Sequence):
         """
         n = len(graph.attr_start) - 1
         child = np.asarray(graph.child if child is None else child, np.int64)
-        starts = np.asarray(graph.child_start, np.int64)
+        if counts is None:
+            counts = (np.diff(np.asarray(graph.child_start, np.int64)), np.diff(np.asarray(graph.attr_start, np.int64)))
+        num_children = np.asarray(counts[0], np.int64)
+        num_attrs = np.asarray(counts[1], np.int64)
         parent, edge = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
         k = len(child)
         if k:
-            src = np.repeat(np.arange(n, dtype=np.int64), np.diff(starts))
+            src = np.repeat(np.arange(n, dtype=np.int64), num_children)
             if child[0] == 1 and child[-1] == k and (child == np.arange(1, k + 1)).all():
                 first = np.arange(k)   # a tree, numbered as reached (no object shared): edge e reaches node e + 1
             else:
@@ -99,16 +106,21 @@ class KeyDerivation(Sequence):
             parent[targets], edge[targets] = src[first], first
             parent[0] = edge[0] = -1   # (an edge back to the root: the root's path is empty all the same)
         is_slot = np.zeros(n, bool)
-        rows = [r for opt in graph.slots for r in graph.slots[opt]]
+        if slot_cols is None and graph.slots:
+            rows = [r for opt in graph.slots for r in graph.slots[opt]]
+            var_l, names_l, slot_l = zip(*rows)
+            distinct = {x: i for i, x in enumerate(dict.fromkeys(names_l))}
+            slot_cols = (np.repeat(np.fromiter(graph.slots, np.int64, len(graph.slots)),
+                                   [len(v) for v in graph.slots.values()]),
+                         var_l, slot_l, np.fromiter(map(distinct.__getitem__, names_l), np.int64, len(names_l)),
+                         names_l, list(distinct))
         slots = None
-        if rows:
+        if slot_cols is not None:
             # checked as columns (an optimizer over 20,000 parameters has 60,000 slots)
-            opt_a = np.repeat(np.fromiter(graph.slots, np.int64, len(graph.slots)),
-                              [len(v) for v in graph.slots.values()])
-            var, names, slot = zip(*rows)
-            var_a, slot_a = np.array(var, np.int64), np.array(slot, np.int64)
-            distinct = {x: i for i, x in enumerate(dict.fromkeys(names))}
-            name_a = np.fromiter(map(distinct.__getitem__, names), np.int64, len(names))
+            opt_a, var, slot, name_a, names, table = slot_cols
+            var_a, slot_a = np.asarray(var, np.int64), np.asarray(slot, np.int64)
+            if len(set(table)) != len(table):   # one name twice in the table: compare names, not their indexes
+                name_a = np.array([table.index(x) for x in table], np.int64)[name_a]
             is_slot[slot_a] = True
             if int(is_slot.sum()) != len(slot_a):
                 raise NotDerivable("a slot node appears in two slot rows")
@@ -124,8 +136,7 @@ class KeyDerivation(Sequence):
                                    "by an edge")
             if is_slot[opt_a].any() or is_slot[var_a].any():
                 raise NotDerivable("a slot belongs to a slot node")
-            counts = np.diff(np.asarray(graph.attr_start, np.int64))
-            if (counts[is_slot] > 1).any():
+            if (num_attrs[is_slot] > 1).any():
                 raise NotDerivable("a slot node has more than one attribute")
             slots = (slot, opt_a, var, names)
         ids = np.arange(n)
@@ -163,7 +174,7 @@ class KeyDerivation(Sequence):
         inner = set(np.unique(parent_a[parent_a > 0]).tolist())
         if self._slots is not None:
             _slot, opt_a, var, _names = self._slots
-            for nid in set(opt_a.tolist()).union(var):
+            for nid in set(np.asarray(opt_a).tolist()).union(np.asarray(var).tolist()):
                 inner.update(_ancestors(parent, nid))
         escs: list[str | None] = [None] * len(parent)
         escs[0] = ""

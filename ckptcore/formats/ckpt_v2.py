@@ -257,8 +257,9 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
         if nid in node_state or row[1] is None:
             raise _bad(path, f"node {nid} has two states" if nid in node_state else f"node {nid} has a null state")
         node_state[nid] = row[1]
+    slot_cols = None
     if type(slot_rows) is dict:
-        node_slots = _slot_columns(slot_rows, path, section, n)
+        node_slots, slot_cols = _slot_columns(slot_rows, path, section, n)
     else:
         node_slots = {}
         for row in slot_rows:
@@ -279,7 +280,7 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
         if "key" in t:
             raise _bad(path, f"a version-{version} index derives its tensor keys from the graph; it has a key list")
         try:
-            keys = KeyDerivation.of(graph, row_node, child_col)
+            keys = KeyDerivation.of(graph, row_node, child_col, slot_cols, (num_children, num_attrs))
         except NotDerivable as err:
             raise _bad(path, f"the tensor keys do not follow from the object graph: {err}") from None
     else:
@@ -325,28 +326,32 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
     return index
 
 
-def _slot_columns(table: dict, path: str, section, n: int) -> dict[int, list]:
+def _slot_columns(table: dict, path: str, section, n: int) -> tuple[dict[int, list], tuple | None]:
     """Version 5's slots: optimizer node -> [(variable node, name, slot node)], in the columns' order.
 
     Four columns of one length (``optimizer``, ``variable``, ``slot``: node ids; ``name``: indexes
-    into ``names``), checked as columns; no Python step per slot but building its tuple.
+    into ``names``), checked as columns; no Python step per slot but building its tuple. Also
+    returns the columns themselves (for :meth:`KeyDerivation.of`), or None when there are none.
     """
     names = _strings(table, "names", path)
     opt = _binary(table, "optimizer", path, section, None, n - 1)
     k = len(opt)
-    var = _binary(table, "variable", path, section, k, n - 1).tolist()
-    slot = _binary(table, "slot", path, section, k, n - 1).tolist()
+    var_a = _binary(table, "variable", path, section, k, n - 1)
+    slot_a = _binary(table, "slot", path, section, k, n - 1)
     name_ids = _binary(table, "name", path, section, k, len(names) - 1)
     if not k:
-        return {}
-    rows = list(zip(var, _gather(names, name_ids), slot))
+        return {}, None
+    row_names = _gather(names, name_ids)
+    rows = list(zip(var_a.tolist(), row_names, slot_a.tolist()))
+    cols = (opt.astype(np.int64), var_a.astype(np.int64), slot_a.astype(np.int64), name_ids.astype(np.int64),
+            row_names, names)
     if opt[0] == opt[-1] and (opt == opt[0]).all():   # one optimizer (the usual checkpoint)
-        return {int(opt[0]): rows}
+        return {int(opt[0]): rows}, cols
     order = np.argsort(opt, kind="stable")   # grouped by optimizer, each group in the columns' order
     sorted_opt = opt[order]
     starts = np.flatnonzero(np.r_[True, sorted_opt[1:] != sorted_opt[:-1]]).tolist()
     order_l = order.tolist()
-    return {int(sorted_opt[a]): [rows[i] for i in order_l[a:b]] for a, b in zip(starts, [*starts[1:], k])}
+    return {int(sorted_opt[a]): [rows[i] for i in order_l[a:b]] for a, b in zip(starts, [*starts[1:], k])}, cols
 
 
 def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
