@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 from typing import Any, NoReturn
 
 import numpy as np
@@ -147,6 +148,27 @@ def _check_attributes(attrs: Any, adapter: Any, where: str) -> None:
         dup = next(a for k, a in enumerate(attrs) if a in attrs[:k])
         raise CheckpointError(f"cannot save {where}: attributes() of its adapter {name!r} names {dup!r} twice, "
                               "so two values would have one checkpoint key")
+
+
+_var_and_name = itemgetter(0, 1)
+
+
+def _refuse_twice_named_slots(slots: dict[int, list], path_of) -> None:
+    """Two slots of one name for one variable would be two values under one key, which no reader accepts.
+
+    ``slots``: optimizer node -> [(variable node, name, slot node)]; one set pass per optimizer.
+    """
+    for opt_id, rows in slots.items():
+        if len(rows) < 2 or len(set(map(_var_and_name, rows))) == len(rows):
+            continue
+        seen: set = set()
+        for var_id, name, _slot in rows:
+            if (var_id, name) in seen:
+                raise InvalidArgumentError(
+                    f"cannot save: the adapter of {display_path(path_of(opt_id))!r} gave two slots named {name!r} "
+                    f"for {display_path(path_of(var_id))!r}; each slot of a variable needs its own name "
+                    "(fix its slots())")
+            seen.add((var_id, name))
 
 
 def _refuse_key_clash(keys: list[str]) -> None:

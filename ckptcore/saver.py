@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,6 @@ import numpy as np
 from . import staging
 from ._perf import paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
-from .errors import InvalidArgumentError
 from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
 from .naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, display_path, escape_local_name
@@ -38,6 +37,7 @@ from .save_values import (
     _check_state,
     _qualname,
     _refuse_key_clash,
+    _refuse_twice_named_slots,
 )
 from .variable import Variable
 
@@ -285,9 +285,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
             arrays = [a.copy() for a in arrays]
     if root_named_child and len(set(keys)) != len(keys):
         _refuse_key_clash(keys)
-    for opt_id, rows in slots.items():
-        if len(rows) > 1 and len(set(map(_var_and_name, rows))) != len(rows):
-            _refuse_twice_named_slots(opt_id, rows, path_of)
+    _refuse_twice_named_slots(slots, path_of)
     graph = fmt.Graph(node_adapter, node_type, child_start, child_name, child_id, attr_start, attr_name, states, slots)
     plan = SavePlan(graph, keys, dtypes, arrays, node_of, metadata)
     # Every key above is the one its node's first path gives (formats/ckpt_keys.py), unless the root has a
@@ -295,20 +293,6 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
     plan.keys_derived = not root_named_child
     plan.full_names = full_names
     return plan
-
-
-_var_and_name = itemgetter(0, 1)
-
-
-def _refuse_twice_named_slots(opt_id: int, rows: list, path_of) -> None:
-    """Two slots of one name for one variable would be two values under one key: no reader accepts that."""
-    seen: set = set()
-    for var_id, name, _slot in rows:
-        if (var_id, name) in seen:
-            raise InvalidArgumentError(
-                f"cannot save: the adapter of {display_path(path_of(opt_id))!r} gave two slots named {name!r} "
-                f"for {display_path(path_of(var_id))!r}; each slot of a variable needs its own name (fix its slots())")
-        seen.add((var_id, name))
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:
