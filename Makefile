@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	for p in $(dir $(PLUGINS)); do $(BIN)/pip install -q -e "$$p[test]" || exit 1; done
 	touch $(STAMP) $(EXTSTAMP)
 
-# The compiled planner (setup.py): an editable install does not rebuild it when its source changes.
-$(EXTSTAMP): $(STAMP) ckptcore/restore/_plan_fast.pyx setup.py
+# The compiled helpers (setup.py): an editable install does not rebuild them when their source changes.
+$(EXTSTAMP): $(STAMP) ckptcore/restore/_plan_fast.pyx ckptcore/_save_fast.pyx setup.py
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(EXTSTAMP)
 

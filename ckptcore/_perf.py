@@ -20,8 +20,12 @@ Example:
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from contextlib import contextmanager
+
+#: ``CKPTCORE_PURE_PYTHON=1``: the compiled helpers (``restore/_compiled.py``, ``saver``) are not used
+PURE_PYTHON = os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0")
 
 _lock = threading.Lock()
 _depth = 0

@@ -16,14 +16,14 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
-from . import staging
-from ._perf import paused_gc, submit
+from . import registry, staging
+from ._perf import PURE_PYTHON, paused_gc, submit
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .formats import ckpt as fmt
 from .graph import _is_leaf_adapter, live_children
@@ -40,6 +40,16 @@ from .save_values import (
     _refuse_twice_named_slots,
 )
 from .variable import Variable
+
+_add_children: Callable[..., int] | None
+_plain_leaves: Callable[..., int] | None
+try:  # compiled steps of the walk (setup.py); without them _plan_save does the same work in Python
+    from ._save_fast import add_children as _add_children
+    from ._save_fast import plain_leaves as _plain_leaves
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _add_children = _plain_leaves = None
+if PURE_PYTHON:
+    _add_children = _plain_leaves = None
 
 SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
 STAGING_BYTES = 8 << 20  # neighbouring tensors are written together, in one writev, up to this size
@@ -175,13 +185,27 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
             esc = escaped_names[name] = escape_local_name(name)
         return esc
 
+    def resolve(child, name):  # (the compiled add_children: a type not in the adapter cache)
+        child_adapter = adapter_or_none(child)
+        if child_adapter is None:
+            child_adapter = find_adapter(child, what=f"dependency {display_path(path_of(i) + (name,))!r}")
+        return child_adapter
+
     value_suffix = f"/{ATTRIBUTES}/{escape(VARIABLE_VALUE)}"
     root_named_child = False
     dtype_info = _DTYPE_INFO
+    plain_leaves, add_children, adapter_cache = _plain_leaves, _add_children, registry._by_type_cache
     i = 0
     while i < len(objs):
         obj, adapter, esc = objs[i], adapters[i], escs[i]
         if type(adapter) is NumpyArrayAdapter and type(obj) is np.ndarray and esc:
+            if plain_leaves is not None:  # this and the plain arrays after it, in one compiled loop
+                after = plain_leaves(i, objs, adapters, escs, NumpyArrayAdapter, dtype_info, "numpy.ndarray",
+                                     VARIABLE_VALUE, value_suffix, node_adapter, node_type, child_start,
+                                     len(child_id), attr_name, attr_start, keys, dtypes, arrays, node_of)
+                if after > i:
+                    i = after
+                    continue
             # The built-in adapter, inlined (most leaves of numpy models): no children, one
             # VARIABLE_VALUE, no state, no slots; the common array (supported little-endian dtype,
             # C order) is written as it is.
@@ -204,7 +228,12 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         if type(obj) is Variable:  # TensorFlow's object graph records each variable's name
             full_names[i] = obj.name or "Variable"
         if i == 0 or not _is_leaf_adapter(adapter):
-            for name, child in live_children(obj, adapter, path_of(i), extra if i == 0 else ()):
+            kids = live_children(obj, adapter, lambda: path_of(i), extra if i == 0 else ())  # noqa: B023
+            done = 0
+            if i and add_children is not None:  # (the root's children are walked below: their paths differ)
+                done = add_children(kids, i, esc, index_of, adapter_cache, escaped_names, resolve, escape, objs,
+                                    adapters, parents, names, escs, child_name, child_id)
+            for name, child in (kids[done:] if done else kids):
                 j = index_of.get(id(child))
                 if j is None:
                     child_adapter = adapter_or_none(child)

@@ -147,6 +147,14 @@ def test_core_wheel_ships_the_conformance_kit(built):
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/", "plugins/"))]
 
 
+def test_core_wheel_ships_the_compiled_helpers_and_their_stubs(built):
+    # the restore planner and the save walk, compiled (this machine has a compiler), each with its .pyi
+    names = _wheel(built, "ckptcore").namelist()
+    for mod in ("ckptcore/restore/_plan_fast", "ckptcore/_save_fast"):
+        assert [n for n in names if n.startswith(mod + ".") and n.endswith((".so", ".pyd"))], mod
+        assert mod + ".pyi" in names
+
+
 def test_plugin_licenses_are_the_repository_license():
     for p in PLUGINS:
         assert (ROOT / "plugins" / p / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()

@@ -12,9 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
+
+from .._perf import PURE_PYTHON
 
 plan_plain_arrays: Callable[..., list[int]] | None
 data_spans: Callable[[list], Any] | None
@@ -23,5 +24,5 @@ try:
     from ._plan_fast import data_spans, match_aligned, plan_plain_arrays
 except ImportError:  # pragma: no cover - a build without a C compiler
     plan_plain_arrays = data_spans = match_aligned = None
-if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
+if PURE_PYTHON:
     plan_plain_arrays = data_spans = match_aligned = None

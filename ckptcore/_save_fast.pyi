@@ -1,0 +1,11 @@
+from typing import Any
+
+def plain_leaves(i: int, objs: list, adapters: list, escs: list[str], numpy_adapter: type, dtype_info: dict,
+                 node_type: str, value_attr: str, value_suffix: str, node_adapter: list[str], node_types: list[str],
+                 child_start: list[int], nchildren: int, attr_name: list[str], attr_start: list[int],
+                 keys: list[str], dtypes: list[str], arrays: list[Any], node_of: list[int]) -> int: ...
+
+def add_children(children: list, i: int, esc: str, index_of: dict[int, int], adapter_cache: dict,
+                 escaped: dict[str, str], resolve: Any, escape: Any, objs: list, adapters: list,
+                 parents: list[int], names: list[str], escs: list[str], child_name: list[str],
+                 child_id: list[int]) -> int: ...

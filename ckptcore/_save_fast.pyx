@@ -1,0 +1,133 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Compiled steps of the save walk (:func:`ckptcore.saver.plan_save`) for the commonest objects.
+
+Built by ``make venv`` (``setup.py``, Cython) beside the restore's ``restore/_plan_fast``;
+where it is missing (no compiler, or ``CKPTCORE_PURE_PYTHON=1``) ``_plan_save`` does the same
+work in Python, branch for branch. Each function does one loop of that walk exactly as the
+Python code does it and stops, handing the rest back, at the first object it does not
+recognise with certainty.
+"""
+
+cimport numpy as cnp
+from cpython.long cimport PyLong_FromVoidPtr
+
+cnp.import_array()
+
+cdef object _ndarray = cnp.ndarray
+
+
+def plain_leaves(Py_ssize_t i, list objs, list adapters, list escs, object numpy_adapter, dict dtype_info,
+                 str node_type, str value_attr, str value_suffix, list node_adapter, list node_types,
+                 list child_start, Py_ssize_t nchildren, list attr_name, list attr_start, list keys,
+                 list dtypes, list arrays, list node_of):
+    """Plan nodes ``i, i + 1, ...`` while each is a plain array; return the first node that is not.
+
+    A node is a plain array when its object is exactly an ``np.ndarray``, C-contiguous, whose
+    dtype is (identically) the second item of its ``dtype_info`` entry, its adapter's class is
+    exactly ``numpy_adapter`` and its escaped path in ``escs`` is not empty (not the root). For
+    each, the columns get what the Python loop appends for it: the adapter's ``name``,
+    ``node_type``, no children (``nchildren``, the child count so far), the one attribute
+    ``value_attr``, the key (its path + ``value_suffix``), the dtype's name (the first item of
+    its ``dtype_info`` entry), the array itself and its node id.
+
+    Example:
+        >>> import numpy as np
+        >>> from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+        >>> a, b = np.zeros(2, np.float32), np.zeros(3, np.float32)[::2]   # b is not C-contiguous
+        >>> cols = [[] for _ in range(9)]
+        >>> plain_leaves(1, [None, a, b], [None, NumpyArrayAdapter(), NumpyArrayAdapter()], ["", "a", "b"],
+        ...              NumpyArrayAdapter, {a.dtype: ("float32", a.dtype)}, "numpy.ndarray", "VARIABLE_VALUE",
+        ...              "/.ATTRIBUTES/VARIABLE_VALUE", cols[0], cols[1], cols[2], 0, cols[3], cols[4], cols[5],
+        ...              cols[6], cols[7], cols[8])
+        2
+        >>> cols[5], cols[6], cols[7][0] is a, cols[8]
+        (['a/.ATTRIBUTES/VARIABLE_VALUE'], ['float32'], True, [1])
+    """
+    cdef Py_ssize_t n = len(objs)
+    cdef object obj, adapter, esc, info, dt
+    cdef cnp.ndarray arr
+    if len(adapters) < n or len(escs) < n:
+        return i
+    while i < n:
+        obj = objs[i]
+        adapter = adapters[i]
+        if type(obj) is not _ndarray or type(adapter) is not numpy_adapter:
+            break
+        esc = escs[i]
+        if type(esc) is not str or not esc:
+            break
+        arr = <cnp.ndarray>obj
+        dt = <object>cnp.PyArray_DESCR(arr)
+        info = dtype_info.get(dt)
+        if (info is None or type(info) is not tuple or len(<tuple>info) != 2 or (<tuple>info)[1] is not dt
+                or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+            break
+        node_adapter.append(adapter.name)
+        node_types.append(node_type)
+        child_start.append(nchildren)
+        attr_name.append(value_attr)
+        attr_start.append(len(attr_name))
+        keys.append(<str>esc + value_suffix)
+        dtypes.append((<tuple>info)[0])
+        arrays.append(obj)
+        node_of.append(i)
+        i += 1
+    return i
+
+
+def add_children(list children, Py_ssize_t i, str esc, dict index_of, dict adapter_cache, dict escaped,
+                 object resolve, object escape, list objs, list adapters, list parents, list names,
+                 list escs, list child_name, list child_id):
+    """Add the ``(name, object)`` pairs of node ``i`` to the walk; return how many it added.
+
+    As the Python loop does for each pair: an object seen before (``index_of``, by ``id``) is
+    referred to by its node id; a new one becomes the next node, with its adapter (from
+    ``adapter_cache`` by exact type, else ``resolve(obj, name)``), its parent ``i``, its name
+    and its escaped path (``esc + "/" +`` the name's escape, from ``escaped``, else
+    ``escape(name)``). It stops at the first item that is not a tuple of a ``str`` and an
+    object, and returns its position: the caller's loop goes on from there. (The caller walks
+    the root's children itself: its paths have no leading ``esc + "/"``.)
+
+    Example:
+        >>> a = object()
+        >>> objs, adapters, parents, names, escs, child_name, child_id = [None], [None], [-1], [""], ["m"], [], []
+        >>> index_of = {id(objs[0]): 0}
+        >>> add_children([("w", a), ("v", a)], 0, "m", index_of, {object: "ad"}, {"w": "w", "v": "v"}, None, None,
+        ...              objs, adapters, parents, names, escs, child_name, child_id)
+        2
+        >>> escs, child_name, child_id, adapters
+        (['m', 'm/w'], ['w', 'v'], [1, 1], [None, 'ad'])
+    """
+    cdef Py_ssize_t k, n = len(children), j
+    cdef object pair, name, child, key, got, ad, e
+    for k in range(n):
+        pair = children[k]
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
+            return k
+        name = (<tuple>pair)[0]
+        if type(name) is not str:
+            return k
+        child = (<tuple>pair)[1]
+        key = PyLong_FromVoidPtr(<void*>child)
+        got = index_of.get(key)
+        if got is None:
+            try:
+                ad = adapter_cache.get(type(child))
+            except TypeError:  # an unhashable metaclass
+                ad = None
+            if ad is None:
+                ad = resolve(child, name)
+            e = escaped.get(name)
+            if e is None:
+                e = escape(name)
+            j = len(objs)
+            index_of[key] = j
+            objs.append(child)
+            adapters.append(ad)
+            parents.append(i)
+            names.append(name)
+            escs.append(esc + "/" + <str>e)
+            got = j
+        child_name.append(name)
+        child_id.append(got)
+    return n
