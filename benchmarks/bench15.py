@@ -532,13 +532,18 @@ def torch_sweep_worker(args: dict) -> dict:
     opt.step()
     tensors = _tensors(model, opt)
     out: dict = {"n": n, "tensors": len(tensors)}
-    raw = os.path.join(d, f"tsweep-raw-{n}")
-    t = time.perf_counter()
-    _raw_save(raw, [x.numpy() for x in tensors])
-    out["raw_save"] = time.perf_counter() - t
-    t = time.perf_counter()
-    path = ck.Checkpoint(model=model, opt=opt).save(os.path.join(d, f"tsweep-{n}", "c"))
-    out["ck_save"] = time.perf_counter() - t
+    raw, ck_dir = os.path.join(d, f"tsweep-raw-{n}"), os.path.join(d, f"tsweep-{n}")
+    raw_saves, ck_saves = [], []
+    for _ in range(args.get("runs", 3)):  # alternating; each method's last output deleted first (see _clear)
+        _clear(raw)
+        t = time.perf_counter()
+        _raw_save(raw, [x.numpy() for x in tensors])
+        raw_saves.append(time.perf_counter() - t)
+        _clear(ck_dir)
+        t = time.perf_counter()
+        path = ck.Checkpoint(model=model, opt=opt).save(os.path.join(ck_dir, "c"))
+        ck_saves.append(time.perf_counter() - t)
+    out["raw_save"], out["ck_save"] = med(raw_saves), med(ck_saves)
     model2 = _torch_flat(n, total, seed=1)
     opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
     t = time.perf_counter()
