@@ -209,6 +209,9 @@ class CountingReader:
         (4, [4])
     """
 
+    #: reports come from the calling thread only (a progress bar is not updated from two threads)
+    concurrent_readv = False
+
     def __init__(self, reader: Any, report: Callable[[int], None]):
         self._reader = reader
         self._report = report

@@ -208,6 +208,8 @@ def _check_regular(path: str) -> None:
 class _LocalReader:
     #: large tensors are read in pieces this big, each checksummed while the next is read
     piece_size = 16 << 20
+    #: ``readv`` may be called from two threads at once (``preadv`` at explicit offsets, no shared position)
+    concurrent_readv = True
 
     def __init__(self, path: str):
         try:
