@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate, count, groupby
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -591,7 +592,6 @@ def _read_rows_sorted(rd, path: str, table: fmt.TensorTable, rows: list, offs: n
     offs_l, ends_l, nbs_l, gaps_l, large_l = offs.tolist(), ends.tolist(), nbs.tolist(), gaps.tolist(), large.tolist()
     any_cb = callbacks.count(None) != n
     missing = [0, *accumulate([d is None for d in dests])]  # missing[k]: how many of dests[:k] are None
-    crc32c = table.crc32c
     in_flight = None
     checking = []  # large tensors whose checksum is still being computed
     runs = []  # (parallel) the runs of small tensors, read after this loop by two threads
@@ -622,13 +622,12 @@ def _read_rows_sorted(rd, path: str, table: fmt.TensorTable, rows: list, offs: n
             continue
         got = rd.readv(offs_l[i], bufs, sizes)
         if got != ends_l[j - 1] - offs_l[i]:
-            k = next(k for k in range(i, j) if ends_l[k] - offs_l[i] > got)
-            raise _short(table.entry(rows[k]), path)
+            raise _short_run(table, rows, i, j, offs_l, ends_l, got, path)
         if verify:
             crcs = submit(_checksums, arrs)
             if in_flight is not None:
                 _finish_rows(*in_flight)
-            in_flight = (path, table, rows[i:j], arrs, callbacks[i:j] if any_cb else None, crcs, crc32c)
+            in_flight = (path, table, rows[i:j], arrs, callbacks[i:j] if any_cb else None, crcs)
         elif any_cb:
             _deliver_rows(arrs, callbacks[i:j])
     if in_flight is not None:
@@ -661,8 +660,7 @@ def _read_runs_on_two_threads(rd, path: str, table: fmt.TensorTable, rows: list,
             try:
                 got = rd.readv(offs_l[i], bufs, sizes)
                 if got != ends_l[j - 1] - offs_l[i]:
-                    short = next(s for s in range(i, j) if ends_l[s] - offs_l[i] > got)
-                    raise _short(table.entry(rows[short]), path)
+                    raise _short_run(table, rows, i, j, offs_l, ends_l, got, path)
             except BaseException as e:  # (re-raised below, once the other thread is done too)
                 failed.append((k, e))
                 return
@@ -676,25 +674,31 @@ def _read_runs_on_two_threads(rd, path: str, table: fmt.TensorTable, rows: list,
         if not helper.cancel():  # (not started yet: this thread did every run)
             helper.result()
     if failed:
-        raise min(failed, key=_first)[1]  # the first in file order
-    expected = table.crc32c
+        raise min(failed, key=itemgetter(0))[1]  # the first in file order
     for (i, j, arrs, _bufs, _sizes), got in zip(runs, crcs):
-        if verify and got != [expected[t] for t in rows[i:j]]:
-            for t, arr, crc in zip(rows[i:j], arrs, got):
-                _finish(table.entry(t), arr, path, True, None, crc=crc)  # raises for the first corrupt tensor
+        if verify:
+            _check_run(path, table, rows[i:j], arrs, got)
         if callbacks is not None:
             _deliver_rows(arrs, callbacks[i:j])
 
 
-def _first(item):
-    return item[0]
+def _short_run(table: fmt.TensorTable, rows: list, i: int, j: int, offs_l: list, ends_l: list, got: int,
+               path: str) -> CorruptCheckpointError:
+    """The error for a run ``i:j`` of which only ``got`` bytes were read: it names the first incomplete tensor."""
+    k = next(k for k in range(i, j) if ends_l[k] - offs_l[i] > got)
+    return _short(table.entry(rows[k]), path)
 
 
-def _finish_rows(path, table, rows, arrs, callbacks, crcs, expected) -> None:
-    got = crcs.result()
+def _check_run(path: str, table: fmt.TensorTable, rows: list, arrs: list, got: list) -> None:
+    """Compare a run's checksums ``got`` with the index's; raise for the first corrupt tensor."""
+    expected = table.crc32c
     if got != [expected[t] for t in rows]:  # one comparison for the whole run
         for t, arr, crc in zip(rows, arrs, got):
-            _finish(table.entry(t), arr, path, True, None, crc=crc)  # raises for the first corrupt tensor
+            _finish(table.entry(t), arr, path, True, None, crc=crc)
+
+
+def _finish_rows(path, table, rows, arrs, callbacks, crcs) -> None:
+    _check_run(path, table, rows, arrs, crcs.result())
     if callbacks is not None:
         _deliver_rows(arrs, callbacks)
 

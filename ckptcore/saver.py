@@ -185,9 +185,9 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
             esc = escaped_names[name] = escape_local_name(name)
         return esc
 
-    def resolve(child, name):  # (the compiled add_children: a type not in the adapter cache)
+    def resolve(child, name):  # a new child's adapter (also the compiled add_children's, off the type cache)
         child_adapter = adapter_or_none(child)
-        if child_adapter is None:
+        if child_adapter is None:  # the message is built only on failure
             child_adapter = find_adapter(child, what=f"dependency {display_path(path_of(i) + (name,))!r}")
         return child_adapter
 
@@ -236,9 +236,7 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
             for name, child in (kids[done:] if done else kids):
                 j = index_of.get(id(child))
                 if j is None:
-                    child_adapter = adapter_or_none(child)
-                    if child_adapter is None:  # the message is built only on failure
-                        child_adapter = find_adapter(child, what=f"dependency {display_path(path_of(i) + (name,))!r}")
+                    child_adapter = resolve(child, name)
                     j = len(objs)
                     index_of[id(child)] = j
                     objs.append(child)

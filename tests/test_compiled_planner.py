@@ -34,9 +34,11 @@ def test_make_venv_builds_the_compiled_planner():
     assert _compiled.data_spans is _plan_fast.data_spans
 
 
-def test_ckptcore_pure_python_turns_it_off():
-    code = ("from ckptcore.restore import _compiled, session; "
-            "print(session._plan_plain_arrays is None and _compiled.data_spans is None)")
+def test_ckptcore_pure_python_turns_every_compiled_helper_off():
+    # the restore's planner and matcher (here) and the save walk's steps (tests/test_compiled_save_walk.py)
+    code = ("from ckptcore import saver; from ckptcore.restore import _compiled, session; "
+            "print(session._plan_plain_arrays is None and _compiled.data_spans is None "
+            "and _compiled.match_aligned is None and saver._plain_leaves is None and saver._add_children is None)")
     env = {**os.environ, "CKPTCORE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
