@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import reader
+from ckptcore import data_reads
 from ckptcore.storage import local as storage
 
 
@@ -148,7 +148,7 @@ def test_corrupt_tensor_in_a_run_is_named(prefix):
     with pytest.raises(ck.CorruptCheckpointError) as info:
         ck.Checkpoint(m=dst).read(path)
     assert info.value.key == "m/x37/.ATTRIBUTES/VARIABLE_VALUE"
-    assert reader.SMALL_READ > 80  # the tensors were read as one scattered run
+    assert data_reads.SMALL_READ > 80  # the tensors were read as one scattered run
 
 
 def test_short_system_calls_with_dtypes_memoryview_cannot_describe(prefix, monkeypatch):
@@ -180,7 +180,7 @@ def test_short_system_calls_with_dtypes_memoryview_cannot_describe(prefix, monke
 @pytest.mark.parametrize("verify", [True, False])
 def test_read_rows_in_any_order_with_new_and_given_buffers(prefix, monkeypatch, verify):
     """``read_rows``: unsorted rows, some into given arrays, some into new ones, large ones read alone."""
-    monkeypatch.setattr(reader, "SMALL_READ", 4096)  # the 1000-element tensors count as large
+    monkeypatch.setattr(data_reads, "SMALL_READ", 4096)  # the 1000-element tensors count as large
     sizes = [5, 1000, 3, 0, 17, 1000, 64, 1]
     arrays = {f"x{i}": np.arange(n, dtype=np.float64) * (i + 1) for i, n in enumerate(sizes)}
     path = _save(prefix, **arrays)

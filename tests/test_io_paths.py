@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import _perf, reader
+from ckptcore import _perf, data_reads
 from ckptcore.storage import local as storage
 
 DTYPES = [np.float32, np.float64, np.int8, np.uint16, np.bool_, ml_dtypes.bfloat16, np.dtype("<U3")]
@@ -73,7 +73,7 @@ def test_short_writev_and_preadv_calls_lose_no_bytes(prefix, monkeypatch):
 
 
 def test_large_tensor_read_in_pieces_checks_every_piece(prefix, monkeypatch):
-    monkeypatch.setattr(reader, "SMALL_READ", 1024)
+    monkeypatch.setattr(data_reads, "SMALL_READ", 1024)
     monkeypatch.setattr(storage._LocalReader, "piece_size", 4096)
     a = np.arange(10_000, dtype=np.float32)  # 40,000 bytes: ten pieces
     path = ck.Checkpoint(a=a).write(prefix)

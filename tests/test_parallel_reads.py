@@ -1,4 +1,4 @@
-"""Runs of small tensors read by two threads at once (``reader._read_runs_on_two_threads``).
+"""Runs of small tensors read by two threads at once (``data_reads._read_runs_on_two_threads``).
 
 On local disk the reading thread and the checksum thread both read runs of neighbouring small
 tensors, each checking what it read. What a user sees must not change: the values, the first
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import _perf, reader
+from ckptcore import _perf, data_reads
 from ckptcore.storage import local
 
 N, SIZE = 1200, 1024  # 1,200 float32 arrays of 4 KiB: 4.7 MiB, five runs of 1 MiB
@@ -40,13 +40,13 @@ def saved(tmp_path_factory):
 
 def _calls(monkeypatch) -> list:
     seen: list = []
-    real = reader._read_runs_on_two_threads
+    real = data_reads._read_runs_on_two_threads
 
     def counted(*a, **k):
         seen.append(len(a[4]))  # the runs
         return real(*a, **k)
 
-    monkeypatch.setattr(reader, "_read_runs_on_two_threads", counted)
+    monkeypatch.setattr(data_reads, "_read_runs_on_two_threads", counted)
     return seen
 
 

@@ -103,7 +103,7 @@ class _Readers:
 
 def fill_box(reader, readers: _Readers, row: int, start, dest: np.ndarray, verify: bool) -> int:
     """Fill ``dest`` (the box at ``start`` of tensor ``row``) from the overlapping pieces; the bytes read."""
-    from ..reader import _mismatch, _short
+    from ..data_reads import _mismatch, _short
 
     t = reader.index.table
     start = tuple(start)
@@ -224,7 +224,8 @@ def read_rows(reader, rows: list[int], dests: list, callbacks: list, verify: boo
 
 def verify_pieces(reader) -> int:
     """:meth:`CheckpointReader.verify` for an index with pieces: every ordinary row and every piece."""
-    from ..reader import VERIFY_CHUNK, _mismatch, _short
+    from ..data_reads import _mismatch, _short
+    from ..reader import VERIFY_CHUNK
 
     reader.check_data_files()
     t, p = reader.index.table, reader.index.pieces
