@@ -80,3 +80,12 @@ def toy_optimizer(adapter_name: str, slot_name: str, slot_value):
         yield w, Optim(w)
     finally:
         ck.registry.unregister_plugin(plugin)
+
+
+def flip_byte(path: str, offset: int) -> None:
+    """Invert the byte at ``offset`` of the file at ``path`` (a corrupt checkpoint file, in place)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))

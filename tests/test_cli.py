@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ckpt_samples import toy_optimizer
+from ckpt_samples import flip_byte, toy_optimizer
 
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
@@ -158,14 +158,6 @@ def test_inspect_shows_slot_variables_and_state(tmp_path, run):
          "nbytes": 8}]}]
 
 
-def _corrupt(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def test_verify_names_every_corrupt_file_and_key(tmp_path, run):
     good = ck.Checkpoint(model=_model()).write(str(tmp_path / "good"))
     bad = ck.Checkpoint(model=_model()).write(str(tmp_path / "bad"))
@@ -173,11 +165,11 @@ def test_verify_names_every_corrupt_file_and_key(tmp_path, run):
     data = bad + ".data-00000-of-00001"
     for key in (W, B):  # two corrupt tensors: both are named
         row = table.key.index(key)
-        _corrupt(data, table.offset[row] + 1)
+        flip_byte(data, table.offset[row] + 1)
     truncated = ck.Checkpoint(model=_model()).write(str(tmp_path / "trunc"))
     os.truncate(truncated + ".data-00000-of-00001", 10)
     garbled = ck.Checkpoint(model=_model()).write(str(tmp_path / "garbled"))
-    _corrupt(garbled + ".index", fmt.HEADER_SIZE + 3)
+    flip_byte(garbled + ".index", fmt.HEADER_SIZE + 3)
 
     r = run("verify", good)
     assert r.returncode == 0 and f"ok  {good}: 56 B verified" in r.stdout and r.stderr == ""

@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 import pytest
+from ckpt_samples import flip_byte
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,14 +81,6 @@ def test_a_progress_bar_keeps_reads_on_one_thread(saved, monkeypatch):
     assert seen == [] and all(np.array_equal(a, b) for a, b in zip(src.xs, dst.xs))
 
 
-def _flip(path: str, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(bad=st.lists(st.integers(0, N - 1), min_size=1, max_size=3, unique=True))
 def test_the_first_corrupt_tensor_in_file_order_is_named(tmp_path_factory, bad):
@@ -98,7 +91,7 @@ def test_the_first_corrupt_tensor_in_file_order_is_named(tmp_path_factory, bad):
     rows = {k: r._row(f"model/xs/{k}/.ATTRIBUTES/VARIABLE_VALUE") for k in range(N)}
     data = r.data_file(0)
     for k in bad:
-        _flip(data, t.offset[rows[k]] + 7)
+        flip_byte(data, t.offset[rows[k]] + 7)
     first = min(bad, key=lambda k: t.offset[rows[k]])
     with pytest.raises(ck.CorruptCheckpointError, match=rf"checksum mismatch for tensor 'model/xs/{first}/"):
         ck.Checkpoint(model=_model(fill=False)).read(path)
