@@ -18,13 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
+from ckptcore import _perf
 from ckptcore.restore import _compiled, session
 from ckptcore.restore.values import _unalias
 
 
 def test_make_venv_builds_the_compiled_planner():
     # A build that silently lost the extension would leave the suite testing only the Python planner.
-    if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
+    if _perf.PURE_PYTHON:  # (CKPTCORE_PURE_PYTHON=1)
         assert session._plan_plain_arrays is None and _compiled.data_spans is None
         return
     from ckptcore.restore import _plan_fast
@@ -204,7 +205,7 @@ def test_compiled_matching_hands_back_what_does_not_line_up():
 
     match = session._match_aligned
     if match is None:
-        assert os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0")
+        assert _perf.PURE_PYTHON
         return
     a, b = np.zeros(1), np.ones(1)
     cache = {np.ndarray: NumpyArrayAdapter()}

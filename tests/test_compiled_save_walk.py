@@ -9,20 +9,18 @@ the state, or else the error (type and message).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import saver
+from ckptcore import _perf, saver
 
 
 def test_make_venv_builds_the_compiled_walk():
     # A build that silently lost the extension would leave the suite testing only the Python walk.
-    if os.environ.get("CKPTCORE_PURE_PYTHON", "") not in ("", "0"):
+    if _perf.PURE_PYTHON:  # (CKPTCORE_PURE_PYTHON=1)
         assert saver._plain_leaves is None and saver._add_children is None
         return
     from ckptcore import _save_fast
