@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore.restore import session as session_mod
+from ckptcore.restore import live_check
 
 
 def _walked(status) -> list[str]:
@@ -31,7 +31,8 @@ def _walked(status) -> list[str]:
 def no_walk(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("the live graph was walked again")
-    monkeypatch.setattr(session_mod, "walk", refuse)
+    monkeypatch.setattr(live_check, "walk", refuse)
+    monkeypatch.setattr(live_check, "_all_matched", refuse)
 
 
 def _model(n=3, sizes=(2, 3)):
@@ -152,13 +153,13 @@ def test_the_status_walk_runs_with_the_collector_paused(monkeypatch):
     import gc
 
     seen = []
-    real_walk = session_mod.walk
+    real_pass = live_check._all_matched
 
     def watched(*a, **k):
         seen.append(gc.isenabled())
-        return real_walk(*a, **k)
+        return real_pass(*a, **k)
 
-    monkeypatch.setattr(session_mod, "walk", watched)
+    monkeypatch.setattr(live_check, "_all_matched", watched)
     path = ck.Checkpoint(m=_model()).write("memory://status-learned/gc/c")
     status = ck.Checkpoint(m=_model()).read(path)
     assert gc.isenabled()

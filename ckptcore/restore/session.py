@@ -38,7 +38,7 @@ from ..distributed.shards import ShardBuffer
 from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
-from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children, walk
+from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children
 from ..graph import _is_leaf_adapter as _is_leaf
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import _by_type_cache as _adapter_cache
@@ -58,6 +58,7 @@ from .deferred import (
     notify_dependency_added,
     pending_count,
 )
+from .live_check import unmatched_live_paths
 from .slots import plan_slot_reads
 from .values import (
     _DEFAULT_ATTRS,
@@ -654,29 +655,7 @@ class RestoreSession:
         # the collector waits while the walk makes an object per live node (a full collection of a
         # torch model's heap, triggered by them, cost more than the walk: 55 -> 345 ms for 21,000 nodes)
         with paused_gc():
-            return self._unmatched_live_paths(root)
-
-    def _unmatched_live_paths(self, root) -> list[str]:
-        extra = [(n, c) for n, c in self._extra_children()]
-        live = walk(root, extra, root_adapter=find_adapter(root))  # an invalid live graph is an error, not a pass
-        out = []
-        g = self.graph
-        for ln in live[1:]:
-            if ln.path and ln.path[0] in self.ignore_live_names and len(ln.path) == 1:
-                continue
-            nid = self.matched_node(ln.obj)
-            attrs = list(ln.adapter.attributes(ln.obj))
-            if nid is None:
-                # As in TF, only objects that hold values count: an unmatched Module or container
-                # without attributes is reported through its descendants that have some.
-                if attrs:
-                    out.append(display_path(ln.path))
-                continue
-            saved = set(g.attr_name[g.attr_start[nid]:g.attr_start[nid + 1]])
-            for a in attrs:
-                if a not in saved:
-                    out.append(f"{display_path(ln.path)} ({a})")
-        return out
+            return unmatched_live_paths(self, root, self._extra_children(), self.ignore_live_names)
 
     def nontrivial(self) -> bool:
         ignore = set()
