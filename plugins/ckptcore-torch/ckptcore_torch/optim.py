@@ -41,6 +41,7 @@ from ckptcore.errors import CheckpointError
 from . import codec
 from .convert import (
     _AS_IS,
+    _dtype_table,
     _plain_types,
     check_materialized,
     from_numpy,
@@ -352,33 +353,54 @@ class OptimizerAdapter(Adapter):
             [3.0, 3.0]
         """
         state = obj.state
-        out = []
+        out: list = []
+        add = out.append
         group_of = None
         plain = _plain_types()
+        kinds: dict[str, tuple[bool, bool]] = {}   # slot name -> (one key of a state dict, a step slot)
+        direct: dict[Any, bool] = {}               # torch dtype -> whether numpy() views it as it is
         last = None   # the variable of the previous request: a parameter's slots come one after another
         for variable, name, shape, dtype in requests:
-            buf = None
             if type(variable) in plain:  # a plain parameter (never a DTensor): the checks below, inlined
                 if variable is not last:
                     s = state.get(variable)
-                    last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
-                t = _at(s, name) if s else None
-                if type(t) in plain and t.is_cpu and t.shape == tuple(shape):
-                    if _lands_as_is(t, v_dtype, v_cpu, name):
-                        landed = True
+                    last, v_dtype, v_cpu, s_dict = variable, variable.dtype, variable.is_cpu, type(s) is dict
+                kind = kinds.get(name)
+                if kind is None:
+                    kind = kinds[name] = (_one_key(name), name == "step" or name.startswith("step/"))
+                t = s.get(name) if s_dict and kind[0] else (_at(s, name) if s else None)
+                buf = None
+                if type(t) in plain and t.is_cpu and t.shape == (shape if type(shape) is tuple else tuple(shape)):
+                    if not kind[1] and t.dtype is v_dtype and v_cpu:
+                        landed = True   # _lands_as_is, inlined (t is on the CPU)
                     else:
                         if group_of is None:
                             group_of = _group_index(obj)
                         landed = _landing(t, variable, name, dtype, group_of.get(id(variable))) is t
                     if landed:
-                        buf = writable_view(t)
-                        if buf is not None and buf.dtype != dtype:  # (also what _landing's dtype check refuses)
-                            buf = None
-                out.append(buf)
+                        ok = direct.get(t.dtype)
+                        if ok is None:
+                            ok = direct[t.dtype] = _views_directly(t.dtype)
+                        if ok and not t.requires_grad:  # writable_view's plain case, inlined
+                            try:
+                                buf = t.numpy()
+                            except (RuntimeError, TypeError):  # (another device, meta, conjugate/negative bits)
+                                buf = None
+                            else:
+                                f = buf.flags
+                                if not (f.c_contiguous and f.writeable and buf.dtype == dtype):
+                                    buf = None
+                        else:
+                            buf = writable_view(t)
+                            if buf is not None and buf.dtype != dtype:  # (also what _landing's dtype check refuses)
+                                buf = None
+                add(buf)
                 continue
+            last = None   # (``s`` is reused below for this variable's state)
             if is_dtensor(variable) and tuple(variable.shape) == tuple(shape):
-                out.append(shard_buffer(variable).like(dtype))  # read this worker's boxes of the slot only
+                add(shard_buffer(variable).like(dtype))  # read this worker's boxes of the slot only
                 continue
+            buf = None
             s = state.get(variable) if _is_tensor(variable) else None   # .get: state is a defaultdict
             if s:
                 t = _at(s, name)
@@ -410,9 +432,9 @@ class OptimizerAdapter(Adapter):
         _refuse_foreign_slots(obj, items)
         group_of = _group_index(obj)   # once per call: no scan of the parameters per slot
         state = obj.state
-        tensor, as_is = torch.Tensor, _AS_IS
+        tensor, as_is, ndarray, from_np = torch.Tensor, _AS_IS, np.ndarray, torch.from_numpy
         last = None   # the variable of the previous item: a parameter's slots come one after another
-        plain_name: dict[str, bool] = {}   # slot name -> whether it is one key of a state dict (not a path)
+        kinds: dict[str, tuple[bool, bool]] = {}   # slot name -> (one key of a state dict, a step slot)
         for variable, name, value in items:
             if variable is not last:
                 if not isinstance(variable, tensor):
@@ -423,21 +445,27 @@ class OptimizerAdapter(Adapter):
                     raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
                 s = state[variable]
                 last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
-            if isinstance(value, ShardBuffer):  # a sharded (DTensor) parameter's slot: a DTensor laid out like it
+            kind = kinds.get(name)
+            if kind is None:
+                kind = kinds[name] = (_one_key(name), name == "step" or name.startswith("step/"))
+            if type(value) is not ndarray and isinstance(value, ShardBuffer):
+                # a sharded (DTensor) parameter's slot: a DTensor laid out like it
                 s = state[variable] = _put(s, name.split("/"), from_buffer(value, like=variable))
                 continue
-            simple = plain_name.get(name)
-            if simple is None:
-                simple = plain_name[name] = _one_key(name)
-            one = simple and type(s) is dict   # one key of the state dict
+            one = kind[0] and type(s) is dict   # one key of the state dict
             old = s.get(name) if one else _at(s, name)
             if old is not None and _is_tensor(old) and shares_memory(value, old):
                 continue   # read in place, into the state tensor itself
             # The array read for this slot becomes the state tensor without a copy (it is ours:
             # fresh memory), converted only where load_state_dict would convert it.
-            f = value.flags if type(value) is np.ndarray and value.dtype in as_is else None
-            t = torch.from_numpy(value) if f is not None and f.writeable and f.c_contiguous else from_numpy(value)
-            if not _lands_as_is(t, v_dtype, v_cpu, name):
+            t = None
+            if type(value) is ndarray and value.dtype in as_is:
+                f = value.flags
+                if f.writeable and f.c_contiguous:
+                    t = from_np(value)
+            if t is None:
+                t = from_numpy(value)
+            if kind[1] or t.dtype is not v_dtype or not v_cpu:   # _lands_as_is, inlined (t is on the CPU)
                 t = _landing(t, variable, name, None, group)
             if one:
                 s[name] = t   # what _put does for one key of the state dict
@@ -461,6 +489,13 @@ def _refuse_foreign_slots(obj, items) -> None:
                 "keeps 'm'/'momentum' and 'v'/'velocity' and one iteration count; torch's keeps exp_avg, exp_avg_sq "
                 "and a step per parameter), so it cannot become this optimizer's state. Restore the model's "
                 "variables alone (a checkpoint of the model), or the optimizer into the framework that wrote it.")
+
+
+def _views_directly(torch_dtype) -> bool:
+    """Whether ``numpy()`` of a plain CPU tensor of ``torch_dtype`` is its memory with the numpy dtype
+    ckptcore stores it as (not bfloat16/float8, which need an ml_dtypes view)."""
+    e = _dtype_table().get(torch_dtype)
+    return e is not None and e[1] is None
 
 
 def _is_tensor(x) -> bool:

@@ -103,6 +103,33 @@ def test_fresh_state_adopts_the_arrays_read(prefix, monkeypatch):
         assert torch.equal(opt.state[p]["momentum_buffer"], opt2.state[q]["momentum_buffer"])
 
 
+class _Param(torch.nn.Parameter):
+    """A parameter subclass: not a plain type, so the adapter's general path looks at it."""
+
+
+def test_slot_buffers_follow_each_request_variable():
+    # Requests of one parameter, then another's, then the first one's again: every buffer is the
+    # requested parameter's own state tensor (the inlined path keeps the previous variable's state).
+    from ckptcore_torch.optim import OptimizerAdapter
+
+    p, q = torch.nn.Parameter(torch.zeros(3)), _Param(torch.zeros(3))
+    opt = torch.optim.Adam([p, q])
+    for x in (p, q):
+        x.grad = torch.ones(3)
+    opt.step()
+    f32 = np.dtype(np.float32)
+    requests = [(p, "exp_avg", (3,), f32), (q, "exp_avg", (3,), f32), (p, "exp_avg_sq", (3,), f32),
+                (q, "exp_avg_sq", (3,), f32), (p, "step", (), f32)]
+    bufs = OptimizerAdapter().slot_restore_buffers(opt, requests)
+    for (var, name, _shape, _dtype), buf in zip(requests, bufs):
+        assert buf is not None, name
+        buf[...] = 7
+        assert torch.all(opt.state[var][name] == 7), (type(var).__name__, name)
+    # a request whose shape or dtype differs from the live state gets no buffer (a fresh array is read)
+    assert OptimizerAdapter().slot_restore_buffers(opt, [(p, "exp_avg", (4,), f32),
+                                                         (p, "exp_avg_sq", (3,), np.dtype(np.float64))]) == [None, None]
+
+
 def test_two_optimizers_over_the_same_parameters_get_their_own_tensors(prefix):
     model = _model([2, 2], 0)
     a, b = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), torch.optim.Adam(model.parameters())
