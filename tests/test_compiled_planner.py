@@ -39,7 +39,9 @@ def test_ckptcore_pure_python_turns_every_compiled_helper_off():
     # the restore's planner and matcher (here) and the save walk's steps (tests/test_compiled_save_walk.py)
     code = ("from ckptcore import saver; from ckptcore.restore import _compiled, session; "
             "print(session._plan_plain_arrays is None and _compiled.data_spans is None "
-            "and _compiled.match_aligned is None and saver._plain_leaves is None and saver._add_children is None)")
+            "and _compiled.match_aligned is None and saver._plain_leaves is None and saver._add_children is None "
+            "and _compiled.slot_dests is None and _compiled.due_once is None and _compiled.slot_specs is None "
+            "and _compiled.fresh_slot_arrays is None)")
     env = {**os.environ, "CKPTCORE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
@@ -149,6 +151,104 @@ def test_the_compiled_planner_hands_back_what_it_does_not_know():
                 NumpyArrayAdapter, "VARIABLE_VALUE", {}, rows, dests, cbs)
     assert rest == [1, 2, 3, 4, 5, 6, 7, 8]
     assert rows == [0] and dests[0] is good and cbs == [None]
+
+
+class Cell:
+    """A leaf whose adapter offers its memory through ``value_in_place`` (as torch's tensor adapter does)."""
+
+    def __init__(self, value, offer: str):
+        self.value, self.offer = value, offer
+
+
+# What value_in_place may give: the cell's own memory, or each thing the compiled planner must hand back
+# (never usable memory other than the cell's: the adapter's contract).
+OFFERS = {
+    "own": lambda c: c.value,
+    "none": lambda c: None,
+    "raises": lambda c: (_ for _ in ()).throw(RuntimeError("no memory today")),
+    "read-only": lambda c: _readonly(c.value.copy()),
+    "strided": lambda c: _strided(c.value),
+    "other shape": lambda c: np.zeros(c.value.shape + (1,), c.value.dtype),
+    "other dtype": lambda c: np.zeros(c.value.shape, np.float64 if c.value.dtype != np.float64 else np.float32),
+    "subclass": lambda c: c.value.view(Odd),
+    "list": lambda c: [0],
+}
+
+
+def _strided(v):
+    x = np.zeros(v.shape + (2,), v.dtype)[..., 0]
+    return x if not x.flags.c_contiguous else [0]   # (a 0-d or 1-element view is contiguous: usable, not ours)
+
+
+class CellAdapter(ck.Adapter):
+    name = "test.planner.cell"
+
+    def attributes(self, obj):
+        return ["VARIABLE_VALUE"]
+
+    def get_value(self, obj, attr):
+        return obj.value
+
+    def spec(self, obj, attr):
+        return obj.value.shape, obj.value.dtype
+
+    def value_in_place(self, obj):
+        return OFFERS[obj.offer](obj)
+
+    def set_value(self, obj, attr, value):
+        if value is not obj.value:
+            obj.value[...] = value
+
+
+def _cell_outcome(path, values, offers):
+    cells = [Cell(np.zeros_like(v), o) for v, o in zip(values, offers)]
+    root = ck.Module()
+    root.cells = cells
+    try:
+        status = ck.Checkpoint(model=root).read(path)
+    except ck.CheckpointError as e:
+        return ("error", type(e).__name__, str(e))
+    status.assert_consumed()
+    return ("ok", [c.value.tolist() for c in cells])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=arrays, data=st.data())
+def test_both_planners_agree_on_values_offered_in_place(specs, data, monkeypatch, ckptcore_fresh_registry):
+    if ck.registry.adapter_or_none(Cell(None, "own")) is None:   # (once per test: the registry is the test's own)
+        ck.register_adapter(Cell, CellAdapter())
+    values = [(np.arange(int(np.prod(shape))).reshape(shape) % 7 + 1).astype(dt) for dt, shape in specs]
+    offers = data.draw(st.lists(st.sampled_from(sorted(OFFERS)), min_size=len(values), max_size=len(values)))
+    src = ck.Module()
+    src.cells = [Cell(v, "own") for v in values]
+    path = ck.Checkpoint(model=src).write(f"memory://planner-cells/{id(values)}/c")
+    compiled = _cell_outcome(path, values, offers)
+    with monkeypatch.context() as m:
+        m.setattr(session, "_plan_plain_arrays", None)
+        m.setattr(session, "_match_aligned", None)
+        python = _cell_outcome(path, values, offers)
+    assert compiled == python
+    if "raises" not in offers:
+        assert compiled == ("ok", [v.tolist() for v in values])
+
+
+def test_the_compiled_planner_reads_into_memory_offered_in_place(ckptcore_fresh_registry):
+    plan = session._plan_plain_arrays
+    if plan is None:
+        pytest.skip("the compiled planner is turned off in this run (CKPTCORE_PURE_PYTHON=1)")
+    from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+    from ckptcore.formats import ckpt as fmt
+    from ckptcore.restore.values import _offers_in_place
+
+    cells = [Cell(np.zeros(3, np.float32), o) for o in ("own", "none", "raises", "other shape")]
+    matches = [(c, CellAdapter(), 1, -1, None) for c in cells]
+    rows, dests, cbs = [], [], []
+    rest = plan(matches, [0, 0, 1], ["VARIABLE_VALUE"], {}, [(3,)], ["float32"], fmt.FAST_DTYPES,
+                NumpyArrayAdapter, "VARIABLE_VALUE", {}, rows, dests, cbs, _offers_in_place)
+    assert rest == [1, 2, 3] and rows == [0] and dests[0] is cells[0].value and cbs == [None]
+    rows = []   # without offers_in_place: every such match is handed back
+    assert plan(matches, [0, 0, 1], ["VARIABLE_VALUE"], {}, [(3,)], ["float32"], fmt.FAST_DTYPES,
+                NumpyArrayAdapter, "VARIABLE_VALUE", {}, rows, [], []) == [0, 1, 2, 3] and rows == []
 
 
 def _views(data) -> list:

@@ -20,9 +20,21 @@ from .._perf import PURE_PYTHON
 plan_plain_arrays: Callable[..., list[int]] | None
 data_spans: Callable[[list], Any] | None
 match_aligned: Callable[..., bool] | None
+due_once: Callable[..., int] | None
+slot_specs: Callable[..., list] | None
+slot_dests: Callable[..., list[int]] | None
+fresh_slot_arrays: Callable[..., None] | None
 try:
-    from ._plan_fast import data_spans, match_aligned, plan_plain_arrays
+    from ._plan_fast import (
+        data_spans,
+        due_once,
+        fresh_slot_arrays,
+        match_aligned,
+        plan_plain_arrays,
+        slot_dests,
+        slot_specs,
+    )
 except ImportError:  # pragma: no cover - a build without a C compiler
-    plan_plain_arrays = data_spans = match_aligned = None
+    plan_plain_arrays = data_spans = match_aligned = due_once = slot_specs = slot_dests = fresh_slot_arrays = None
 if PURE_PYTHON:
-    plan_plain_arrays = data_spans = match_aligned = None
+    plan_plain_arrays = data_spans = match_aligned = due_once = slot_specs = slot_dests = fresh_slot_arrays = None

@@ -13,10 +13,14 @@ cnp.import_array()
 
 cdef object _ndarray = cnp.ndarray
 
+import numpy as _np
+
+cdef object _empty = _np.empty
+
 
 def plan_plain_arrays(list matches, list attr_start, list attr_name, object states, list t_shape, list t_dtype,
                       dict fast_dtypes, object numpy_adapter, str value_attr, dict default_attrs,
-                      list rows, list dests, list callbacks):
+                      list rows, list dests, list callbacks, object offers_in_place=None):
     """Append the reads of plain arrays to ``rows``/``dests``/``callbacks``; return the other matches' indices.
 
     A match qualifies when its adapter is exactly ``numpy_adapter``, its object exactly an
@@ -27,6 +31,13 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
     A match whose node has no attributes and no state, and whose adapter's class maps to True
     in ``default_attrs`` (it keeps ``Adapter.attributes``: never any attribute, so nothing to
     check), needs nothing and is left out too: containers and modules of the common models.
+
+    With ``offers_in_place`` (a function of an adapter class: whether it overrides
+    ``Adapter.value_in_place``), a match of such an adapter whose node has one attribute,
+    ``value_attr``, and no state is planned from ``adapter.value_in_place(obj)`` when that is
+    exactly an ``np.ndarray``, writable and C-contiguous, with the saved shape and dtype (a
+    torch parameter's memory, say); anything else (None, another object, an exception) is
+    handed back, and the Python loop asks the adapter again.
 
     Example:
         >>> import numpy as np
@@ -51,6 +62,8 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
     cdef cnp.ndarray arr
     cdef bint has_states = bool(states)
     cdef list rest = []
+    cdef dict in_place = {}   # adapter class -> whether it offers value_in_place (asked once per class)
+    cdef object offers, buf, dt
     if len(t_dtype) != ntab:
         return list(range(n))
     for k in range(n):
@@ -67,10 +80,38 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
         obj = m[0]
         if a == b and default_attrs.get(type(m[1])) is True and not (has_states and nid in states):
             continue  # a container or module: no value, no state, no attributes to miss
-        if (b != a + 1 or a < 0 or a >= nattr or a >= ntab or type(obj) is not _ndarray
-                or type(m[1]) is not numpy_adapter
-                or (has_states and nid in states)):
+        if (b != a + 1 or a < 0 or a >= nattr or a >= ntab or (has_states and nid in states)):
             rest.append(k)
+            continue
+        if type(m[1]) is not numpy_adapter or type(obj) is not _ndarray:
+            if offers_in_place is None:
+                rest.append(k)
+                continue
+            offers = in_place.get(type(m[1]))
+            if offers is None:
+                offers = in_place[type(m[1])] = bool(offers_in_place(type(m[1])))
+            want = attr_name[a]
+            if not offers or (want is not value_attr and want != value_attr):
+                rest.append(k)
+                continue
+            try:
+                buf = m[1].value_in_place(obj)
+            except Exception:
+                rest.append(k)   # the Python loop asks again, and names the error
+                continue
+            if type(buf) is not _ndarray:
+                rest.append(k)
+                continue
+            arr = <cnp.ndarray>buf
+            dt = fast_dtypes.get(t_dtype[a])
+            if (dt is None or not (cnp.PyArray_ISWRITEABLE(arr) and cnp.PyArray_IS_C_CONTIGUOUS(arr))
+                    or not (<object>cnp.PyArray_DESCR(arr) is dt or arr.dtype == dt)
+                    or not _shape_is(arr, t_shape[a])):
+                rest.append(k)
+                continue
+            rows.append(a)
+            dests.append(buf)
+            callbacks.append(None)
             continue
         want = attr_name[a]
         if want is not value_attr and want != value_attr:
@@ -209,3 +250,143 @@ def match_aligned(list children, list names, list ids, object shared, dict adapt
         if not leaf:
             visit.append(first + i)
     return True
+
+
+# -- optimizer slots (restore/slots.py): the per-slot loops of plan_slot_reads, the same results ------------
+cdef bint _shape_is(cnp.ndarray arr, object want):
+    """Whether ``arr.shape == want`` for a tuple ``want`` (any other ``want``: compared in Python)."""
+    cdef Py_ssize_t i, ndim = cnp.PyArray_NDIM(arr)
+    cdef cnp.npy_intp *dims
+    cdef object d
+    if type(want) is not tuple:
+        return (<object>arr).shape == want
+    if len(<tuple>want) != ndim:
+        return False
+    dims = cnp.PyArray_DIMS(arr)
+    for i in range(ndim):
+        d = (<tuple>want)[i]
+        if type(d) is not int:
+            return (<object>arr).shape == want
+        if <cnp.npy_intp>d != dims[i]:
+            return False
+    return True
+
+
+def due_once(list entries, list attr_start, dict here, list slot_ids, list requests, dict wanted):
+    """``slots.due_once``, compiled: add the slots whose variable is matched to one object; see there.
+
+    Example:
+        >>> slot_ids, requests, wanted = [], [], {}
+        >>> due_once([(1, "m", 2), (3, "m", 4)], [0, 0, 0, 1, 1, 1], {1: [("w", None)]}, slot_ids, requests, wanted)
+        2
+        >>> slot_ids, requests, list(wanted)
+        ([2], [('w', 'm', 0)], [0])
+    """
+    cdef Py_ssize_t k, n = len(entries)
+    cdef object e, a, got, slot_id
+    for k in range(n):
+        e = entries[k]
+        if type(e) is not tuple or len(<tuple>e) != 3:
+            return k
+        slot_id = (<tuple>e)[2]
+        a = attr_start[slot_id]
+        if a == attr_start[slot_id + 1]:
+            continue   # a slot node without a value
+        got = here.get((<tuple>e)[0])
+        if not got:
+            continue
+        if type(got) is not list or len(<list>got) != 1:
+            return k
+        slot_ids.append(slot_id)
+        requests.append(((<list>got)[0][0], (<tuple>e)[1], a))
+        wanted[a] = None
+    return n
+
+
+def slot_specs(list requests, list t_shape, list t_dtype, dict fast, object np_dtype):
+    """``slots.slot_specs``, compiled: ``(variable, name, shape, dtype)`` of each request.
+
+    Example:
+        >>> import numpy as np
+        >>> slot_specs([("w", "m", 0)], [(2,)], ["float32"], {"float32": np.dtype("float32")}, None)
+        [('w', 'm', (2,), dtype('float32'))]
+    """
+    cdef Py_ssize_t k, n = len(requests)
+    cdef list out = [None] * n
+    cdef object r, row, dt
+    for k in range(n):
+        r = requests[k]
+        row = r[2]
+        dt = fast.get(t_dtype[row])
+        if not dt:
+            dt = np_dtype(row)
+        out[k] = (r[0], r[1], t_shape[row], dt)
+    return out
+
+
+def slot_dests(list requests, list buffers, list specs, set in_buffers, dict values,
+               list rows, list dests, list callbacks):
+    """``slots.slot_dests``, compiled: read each slot into the usable array offered for it; see there.
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = np.zeros(2, np.float32), np.zeros(3, np.float32)
+        >>> specs = [("w", "m", (2,), a.dtype), ("v", "m", (2,), a.dtype), ("u", "m", (2,), a.dtype)]
+        >>> buffers, rows, values = [a, b, "other"], [], {}
+        >>> slot_dests([("w", "m", 5), ("v", "m", 6), ("u", "m", 7)], buffers, specs, set(), values, rows, [], [])
+        [2]
+        >>> rows, values[5] is a, buffers[1]
+        ([5], True, None)
+    """
+    cdef Py_ssize_t k, n = min(len(buffers), len(specs))
+    cdef list rest = []
+    cdef object buf, spec, row, want
+    cdef cnp.ndarray arr
+    for k in range(n):
+        buf = buffers[k]
+        if buf is None:
+            continue
+        if not isinstance(buf, _ndarray):
+            rest.append(k)
+            continue
+        arr = <cnp.ndarray>buf
+        spec = specs[k]
+        want = spec[3]
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISWRITEABLE(arr)
+                and (<object>cnp.PyArray_DESCR(arr) is want or arr.dtype == want) and _shape_is(arr, spec[2])):
+            buffers[k] = None   # not usable as read memory: read into a fresh array instead
+            continue
+        row = requests[k][2]
+        if row not in in_buffers:
+            in_buffers.add(row)
+            values[row] = buf
+            rows.append(row)
+            dests.append(buf)
+            callbacks.append(None)
+    return rest
+
+
+def fresh_slot_arrays(list wanted, set in_buffers, list t_shape, list t_dtype, dict fast, object np_dtype,
+                      dict values, list rows, list dests, list callbacks):
+    """``slots.fresh_slot_arrays``, compiled: a new array for each wanted row not read elsewhere.
+
+    Example:
+        >>> import numpy as np
+        >>> values, rows, dests = {}, [], []
+        >>> fresh_slot_arrays([0, 1], {1}, [(2,), ()], ["int8", "int8"], {"int8": np.dtype("int8")}, None,
+        ...                   values, rows, dests, [])
+        >>> rows, values[0].shape, dests[0] is values[0]
+        ([0], (2,), True)
+    """
+    cdef object row, dt, arr
+    for row in wanted:
+        if row in in_buffers:
+            continue
+        dt = fast.get(t_dtype[row])
+        if not dt:
+            dt = np_dtype(row)
+        arr = _empty(t_shape[row], dt)
+        rows.append(row)
+        values[row] = arr
+        dests.append(arr)
+        callbacks.append(None)

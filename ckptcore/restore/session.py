@@ -407,7 +407,8 @@ class RestoreSession:
                 and type(attr_name) is list and type(t_shape) is list and type(t_dtype) is list):
             # plain arrays planned in C; the Python loop below sees only the other matches
             todo = _plan_plain_arrays(matches, attr_start, attr_name, states, t_shape, t_dtype, fast_dtypes,
-                                      NumpyArrayAdapter, VARIABLE_VALUE, _DEFAULT_ATTRS, rows, dests, callbacks)
+                                      NumpyArrayAdapter, VARIABLE_VALUE, _DEFAULT_ATTRS, rows, dests, callbacks,
+                                      _offers_in_place)
         for k in todo:
             if shadowed is not None and k in shadowed:
                 continue

@@ -40,6 +40,7 @@ import numpy as np
 from ..distributed.shards import ShardBuffer
 from ..errors import CheckpointError
 from ..formats import ckpt as fmt
+from . import _compiled
 from .deferred import _ref
 
 __all__ = ["SlotReads", "plan_slot_reads"]
@@ -151,6 +152,10 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     newer, uid = (_SLOT_UPDATE_UID if _SLOT_UPDATE_UID._d else None), session.uid
     cache: dict[int, Any] = {}
     cache_get = cache.get if earlier else here.get
+    t_shape, t_dtype = table.shape, table.dtype
+    # the helpers below (compiled where built) take the index's columns as lists
+    lists = type(attr_start) is list and type(t_shape) is list and type(t_dtype) is list
+    _due_once, _specs, _dests, _fresh = _helpers(lists)
     for opt_id, entries in due.items():
         opts = objs(opt_id)
         if not opts:
@@ -167,6 +172,12 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             targets.append((opt, entry[2]))
         # the short path: one optimizer, each variable matched once, no newer restore of any slot
         one = targets[0][1].append if len(targets) == 1 and newer is None else None
+        if one is not None and not earlier and lists:
+            # (nothing matched before this step: every slot up to the first variable matched twice)
+            done = _due_once(entries, attr_start, here, slot_ids, targets[0][1], wanted)
+            if done == len(entries):
+                continue
+            entries = entries[done:]
         for var_id, name, slot_id in entries:
             a = attr_start[slot_id]
             if a == attr_start[slot_id + 1]:
@@ -194,12 +205,11 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     if not slot_ids:
         return None
     # Memory the adapters offer for their slots (existing state tensors, say), asked once per optimizer.
-    t_shape, fast, in_buffers, values = table.shape, fmt.FAST_DTYPES, plan.in_buffers, plan.values
+    fast, in_buffers, values = fmt.FAST_DTYPES, plan.in_buffers, plan.values
     for entry in per_opt.values():
         opt, adapter, requests = entry[0], entry[1], entry[2]
         offer = getattr(adapter, "slot_restore_buffers", None)
-        specs = [(var, name, t_shape[row], fast.get(table.dtype[row]) or table.np_dtype(row))
-                 for var, name, row in requests]
+        specs = _specs(requests, t_shape, t_dtype, fast, table.np_dtype)
         buffers = list(offer(opt, specs)) if offer is not None else [None] * len(requests)
         if len(buffers) != len(requests):
             raise CheckpointError(f"adapter {getattr(adapter, 'name', adapter)!r}: slot_restore_buffers returned "
@@ -207,9 +217,9 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
         entry[3] = buffers
         if not any(map(is_not, buffers, repeat(None))):
             continue   # nothing offered (a fresh optimizer): fresh arrays below
-        for k, ((_var, _name, row), buf, spec) in enumerate(zip(requests, buffers, specs)):
-            if buf is None:
-                continue
+        # arrays offered: read into them (checked first); the rest (a sharded slot's boxes, or no array) here
+        for k in _dests(requests, buffers, specs, in_buffers, values, rows, dests, callbacks):
+            buf, spec, row = buffers[k], specs[k], requests[k][2]
             if type(buf) is ShardBuffer and buf.dtype == spec[3] and buf.shape == tuple(spec[2]):
                 if row not in in_buffers:  # a sharded variable's slot: this worker's boxes of it
                     in_buffers.add(row)
@@ -217,30 +227,127 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
                         session._partial = []
                     session._partial.append((row, buf, partial_got(plan, row)))
                 continue
-            if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable
-                    and buf.dtype == spec[3] and buf.shape == spec[2]):
-                buffers[k] = None   # not usable as read memory: read into a fresh array instead
-            elif row not in in_buffers:
-                in_buffers.add(row)   # read straight into it: the buffer is the value (no callback)
-                values[row] = buf     # (finish runs only after the read succeeded)
-                rows.append(row)
-                dests.append(buf)
-                callbacks.append(None)
+            buffers[k] = None   # not usable as read memory: read into a fresh array instead
     # No adapter offered memory: a fresh array, made here (what the reader would make), is the value.
     # (finish hands it over only after the read succeeded; a big-endian host has the reader deliver it
     # through a callback, which byte-swaps.)
-    np_dtype, empty, little = table.np_dtype, np.empty, np.little_endian
-    for row in wanted:
-        if row not in in_buffers:
-            rows.append(row)
-            if little:
-                values[row] = arr = empty(t_shape[row], fast.get(table.dtype[row]) or np_dtype(row))
-                dests.append(arr)
-                callbacks.append(None)
-            else:  # pragma: no cover - big-endian hosts
+    if np.little_endian:
+        _fresh(list(wanted), in_buffers, t_shape, t_dtype, fast, table.np_dtype, values, rows, dests, callbacks)
+    else:  # pragma: no cover - big-endian hosts
+        for row in wanted:
+            if row not in in_buffers:
+                rows.append(row)
                 dests.append(None)
                 callbacks.append(partial_got(plan, row))
     return plan
+
+
+# -- the per-slot loops: Python here, compiled twins in _plan_fast.pyx (same arguments, same results) -----
+def _helpers(lists: bool) -> tuple:
+    """The four per-slot loops: compiled where built and the index's columns are lists, else these."""
+    if lists and _compiled.slot_dests is not None:
+        return _compiled.due_once, _compiled.slot_specs, _compiled.slot_dests, _compiled.fresh_slot_arrays
+    return due_once, slot_specs, slot_dests, fresh_slot_arrays
+
+
+def due_once(entries: list, attr_start: list, here: dict, slot_ids: list, requests: list, wanted: dict) -> int:
+    """Add the slots of ``entries`` (``(variable node, name, slot node)``) whose variable node is matched
+    to exactly one object in this step (``here``); stop at the first matched to several and return
+    its position (``len(entries)`` when all were done). A slot node without a value is skipped, as
+    is one whose variable is not matched.
+
+    Example:
+        >>> slot_ids, requests, wanted = [], [], {}
+        >>> due_once([(1, "m", 2), (3, "m", 4)], [0, 0, 0, 1, 1, 1], {1: [("w", None)]}, slot_ids, requests, wanted)
+        2
+        >>> slot_ids, requests, list(wanted)
+        ([2], [('w', 'm', 0)], [0])
+    """
+    for k, (var_id, name, slot_id) in enumerate(entries):
+        a = attr_start[slot_id]
+        if a == attr_start[slot_id + 1]:
+            continue   # a slot node without a value
+        vars_ = here.get(var_id)
+        if not vars_:
+            continue
+        if len(vars_) != 1:
+            return k
+        slot_ids.append(slot_id)
+        requests.append((vars_[0][0], name, a))
+        wanted[a] = None
+    return len(entries)
+
+
+def slot_specs(requests: list, t_shape: list, t_dtype: list, fast: dict, np_dtype) -> list:
+    """``(variable, name, shape, dtype)`` of each ``(variable, name, table row)``: what adapters are offered.
+
+    Example:
+        >>> import numpy as np
+        >>> slot_specs([("w", "m", 0)], [(2,)], ["float32"], {"float32": np.dtype("float32")}, None)
+        [('w', 'm', (2,), dtype('float32'))]
+    """
+    return [(var, name, t_shape[row], fast.get(t_dtype[row]) or np_dtype(row)) for var, name, row in requests]
+
+
+def slot_dests(requests: list, buffers: list, specs: list, in_buffers: set, values: dict,
+               rows: list, dests: list, callbacks: list) -> list[int]:
+    """Read each slot into the array an adapter offered for it, where that array is usable.
+
+    Usable: an ``np.ndarray``, writable and C-contiguous, of the slot's dtype and shape. Its row
+    is then read into it (once: a row in ``in_buffers`` already is not read again) and the array
+    is the slot's value. An offered array that is not usable is replaced by None in ``buffers``
+    (the slot is read into a fresh array). Returns the positions of the offers that are neither
+    None nor an array (a sharded slot's ``ShardBuffer``), for the caller.
+
+    Example:
+        >>> import numpy as np
+        >>> a, b = np.zeros(2, np.float32), np.zeros(3, np.float32)
+        >>> specs = [("w", "m", (2,), a.dtype), ("v", "m", (2,), a.dtype), ("u", "m", (2,), a.dtype)]
+        >>> buffers, rows, values = [a, b, "other"], [], {}
+        >>> slot_dests([("w", "m", 5), ("v", "m", 6), ("u", "m", 7)], buffers, specs, set(), values, rows, [], [])
+        [2]
+        >>> rows, values[5] is a, buffers[1]
+        ([5], True, None)
+    """
+    rest = []
+    for k, (buf, spec) in enumerate(zip(buffers, specs)):
+        if buf is None:
+            continue
+        if not isinstance(buf, np.ndarray):
+            rest.append(k)
+            continue
+        if not (buf.flags.c_contiguous and buf.flags.writeable and buf.dtype == spec[3] and buf.shape == spec[2]):
+            buffers[k] = None   # not usable as read memory: read into a fresh array instead
+            continue
+        row = requests[k][2]
+        if row not in in_buffers:
+            in_buffers.add(row)   # read straight into it: the buffer is the value (no callback)
+            values[row] = buf     # (finish runs only after the read succeeded)
+            rows.append(row)
+            dests.append(buf)
+            callbacks.append(None)
+    return rest
+
+
+def fresh_slot_arrays(wanted: list, in_buffers: set, t_shape: list, t_dtype: list, fast: dict, np_dtype,
+                      values: dict, rows: list, dests: list, callbacks: list) -> None:
+    """Read every row of ``wanted`` not in ``in_buffers`` into a new array of its shape and dtype, its value.
+
+    Example:
+        >>> import numpy as np
+        >>> values, rows, dests = {}, [], []
+        >>> fresh_slot_arrays([0, 1], {1}, [(2,), ()], ["int8", "int8"], {"int8": np.dtype("int8")}, None,
+        ...                   values, rows, dests, [])
+        >>> rows, values[0].shape, dests[0] is values[0]
+        ([0], (2,), True)
+    """
+    empty = np.empty
+    for row in wanted:
+        if row not in in_buffers:
+            rows.append(row)
+            values[row] = arr = empty(t_shape[row], fast.get(t_dtype[row]) or np_dtype(row))
+            dests.append(arr)
+            callbacks.append(None)
 
 
 def _newer_slot(table, opt, var, name: str, uid: int) -> bool:
