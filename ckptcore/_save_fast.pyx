@@ -131,3 +131,75 @@ def add_children(list children, Py_ssize_t i, str esc, dict index_of, dict adapt
         child_name.append(name)
         child_id.append(got)
     return n
+
+
+def add_slots(list pending, dict index_of, dict dtype_info, list escs, str slot_mid, str value_suffix,
+              dict escaped, object escape, str slot_adapter, str node_type, str value_attr,
+              list node_adapter, list node_types, list child_start, Py_ssize_t nchildren, list attr_name,
+              list attr_start, list keys, list dtypes, list arrays, list node_of, dict slots):
+    """Add the optimizer slots of ``pending`` (``(optimizer node, SlotVariable)`` pairs) as nodes; return
+    how many it did.
+
+    As the Python loop does for each: a slot whose variable is not in the walk (``index_of``, by
+    ``id``) is dropped; one whose value is exactly an ``np.ndarray``, C-contiguous, with a dtype
+    written as it is (``dtype_info``, as ``plain_leaves``) becomes the next node: adapter
+    ``slot_adapter``, type ``node_type``, no children, the one attribute ``value_attr``, the key
+    ``escs[variable] + slot_mid + escs[optimizer] + "/" + escaped name + value_suffix``, and an
+    entry ``(variable node, name, slot node)`` in ``slots[optimizer node]``. It stops at the
+    first slot it does not recognise (a value to convert, a name that is not a ``str``).
+
+    Example:
+        >>> import numpy as np
+        >>> from ckptcore.adapters import SlotVariable
+        >>> w, m = np.zeros(2, np.float32), np.ones(2, np.float32)
+        >>> cols, slots = [[] for _ in range(9)], {}
+        >>> add_slots([(1, SlotVariable(w, "m", m)), (1, SlotVariable(object(), "m", m))], {id(w): 2}, {m.dtype: ("float32", m.dtype)},
+        ...           ["", "opt", "w"], "/.OPTIMIZER_SLOT/", "/.ATTRIBUTES/VARIABLE_VALUE", {}, lambda s: s,
+        ...           "ckptcore.slot", "numpy.ndarray", "VARIABLE_VALUE", cols[0], cols[1], cols[2], 0, cols[3],
+        ...           cols[4], cols[5], cols[6], cols[7], cols[8], slots)
+        2
+        >>> cols[5], slots
+        (['w/.OPTIMIZER_SLOT/opt/m/.ATTRIBUTES/VARIABLE_VALUE'], {1: [(2, 'm', 3)]})
+    """
+    cdef Py_ssize_t k, n = len(pending), slot_id
+    cdef object item, opt_id, slot, var_id, value, info, dt, name, e, got
+    cdef cnp.ndarray arr
+    for k in range(n):
+        item = pending[k]
+        if type(item) is not tuple or len(<tuple>item) != 2:
+            return k
+        opt_id = (<tuple>item)[0]
+        slot = (<tuple>item)[1]
+        var_id = index_of.get(PyLong_FromVoidPtr(<void*>slot.variable))
+        if var_id is None:
+            continue  # the variable is not part of this checkpoint: TF drops such slots too
+        value = slot.value
+        if type(value) is not _ndarray:
+            return k
+        arr = <cnp.ndarray>value
+        dt = <object>cnp.PyArray_DESCR(arr)
+        info = dtype_info.get(dt)
+        if (info is None or type(info) is not tuple or len(<tuple>info) != 2 or (<tuple>info)[1] is not dt
+                or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+            return k
+        name = slot.name
+        if type(name) is not str:
+            return k
+        e = escaped.get(name)
+        if e is None:
+            e = escape(name)
+        slot_id = len(node_adapter)
+        node_adapter.append(slot_adapter)
+        node_types.append(node_type)
+        child_start.append(nchildren)
+        attr_name.append(value_attr)
+        attr_start.append(len(attr_name))
+        keys.append(<str>escs[var_id] + slot_mid + <str>escs[opt_id] + "/" + <str>e + value_suffix)
+        dtypes.append((<tuple>info)[0])
+        arrays.append(value)
+        node_of.append(slot_id)
+        got = slots.get(opt_id)
+        if got is None:
+            got = slots[opt_id] = []
+        (<list>got).append((var_id, name, slot_id))
+    return n

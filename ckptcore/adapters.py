@@ -194,6 +194,24 @@ class Adapter:
         """
         return None
 
+    def leaf_value(self, obj: Any) -> np.ndarray | None:
+        """The one value of a leaf with nothing else to save, for a save's shortcut; None: the usual path.
+
+        Return what :meth:`get_value` gives for ``VARIABLE_VALUE`` (a view of the object's memory,
+        no copy), only where the object has no :meth:`children`, ``VARIABLE_VALUE`` is its only
+        attribute, and it has no :meth:`get_state` and no :meth:`slots`. When the array is a plain
+        C-contiguous numpy array of a dtype ckptcore stores as it is, a save then calls none of
+        those methods for the object; anything else (None, the default, included) takes the usual
+        path. The save-side twin of :meth:`value_in_place`, for adapters of many small leaves (the
+        torch tensor adapter). An adapter whose :meth:`children` is not the default never gets
+        this call.
+
+        Example:
+            >>> Adapter().leaf_value(object()) is None
+            True
+        """
+        return None
+
     def set_value(self, obj: Any, attr: str, value: np.ndarray) -> None:
         """Assign a restored value (already shape- and dtype-checked; of the stored dtype where
         :meth:`accepts_dtype` accepted one that differs from :meth:`spec`'s).

@@ -24,9 +24,10 @@ import numpy as np
 
 from . import registry, staging
 from ._perf import PURE_PYTHON, paused_gc, submit
+from .adapters import _keeps_method
 from .builtin.numpy_adapters import NumpyArrayAdapter
 from .formats import ckpt as fmt
-from .graph import _is_leaf_adapter, live_children
+from .graph import _is_leaf_adapter, _is_leaf_type, live_children
 from .naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, display_path, escape_local_name
 from .registry import adapter_or_none, find_adapter
 from .save_values import (
@@ -43,13 +44,15 @@ from .variable import Variable
 
 _add_children: Callable[..., int] | None
 _plain_leaves: Callable[..., int] | None
+_add_slots: Callable[..., int] | None
 try:  # compiled steps of the walk (setup.py); without them _plan_save does the same work in Python
     from ._save_fast import add_children as _add_children
+    from ._save_fast import add_slots as _add_slots
     from ._save_fast import plain_leaves as _plain_leaves
 except ImportError:  # pragma: no cover - a build without a C compiler
-    _add_children = _plain_leaves = None
+    _add_children = _plain_leaves = _add_slots = None
 if PURE_PYTHON:
-    _add_children = _plain_leaves = None
+    _add_children = _plain_leaves = _add_slots = None
 
 SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
 STAGING_BYTES = 8 << 20  # neighbouring tensors are written together, in one writev, up to this size
@@ -195,9 +198,11 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
     root_named_child = False
     dtype_info = _DTYPE_INFO
     plain_leaves, add_children, adapter_cache = _plain_leaves, _add_children, registry._by_type_cache
+    leaf_offers = _LEAF_VALUE
     i = 0
     while i < len(objs):
         obj, adapter, esc = objs[i], adapters[i], escs[i]
+        leaf = None   # a leaf's one value, written as it is, when its adapter says it has nothing else
         if type(adapter) is NumpyArrayAdapter and type(obj) is np.ndarray and esc:
             if plain_leaves is not None:  # this and the plain arrays after it, in one compiled loop
                 after = plain_leaves(i, objs, adapters, escs, NumpyArrayAdapter, dtype_info, "numpy.ndarray",
@@ -207,19 +212,29 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
                     i = after
                     continue
             # The built-in adapter, inlined (most leaves of numpy models): no children, one
-            # VARIABLE_VALUE, no state, no slots; the common array (supported little-endian dtype,
-            # C order) is written as it is.
-            info = dtype_info.get(obj.dtype)
-            if info is not None and info[1] is obj.dtype and obj.flags.c_contiguous:
-                arr = obj
+            # VARIABLE_VALUE, no state, no slots.
+            leaf = obj
+        elif esc:
+            offers = leaf_offers.get(type(adapter))
+            if offers is None:
+                offers = _offers_leaf_value(type(adapter))
+            if offers:  # Adapter.leaf_value (torch tensors): the same, through the adapter
+                try:
+                    leaf = adapter.leaf_value(obj)
+                except Exception as e:
+                    _adapter_failed(e, adapter, "leaf_value()", path_of(i))
+        if type(leaf) is np.ndarray:
+            # the common array (supported little-endian dtype, C order) is written as it is
+            info = dtype_info.get(leaf.dtype)
+            if info is not None and info[1] is leaf.dtype and leaf.flags.c_contiguous:
                 node_adapter.append(adapter.name)
-                node_type.append("numpy.ndarray")
+                node_type.append(_qualname(obj))
                 child_start.append(len(child_id))
                 attr_name.append(VARIABLE_VALUE)
                 attr_start.append(len(attr_name))
                 keys.append(esc + value_suffix)
                 dtypes.append(info[0])
-                arrays.append(arr)
+                arrays.append(leaf)
                 node_of.append(i)
                 i += 1
                 continue
@@ -282,14 +297,25 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
         for slot in slots_of or ():
             pending_slots.append((i, slot))
         i += 1
-    for opt_id, slot in pending_slots:
+    done = 0
+    if _add_slots is not None and pending_slots:  # the slots of plain arrays, in one compiled loop
+        done = _add_slots(pending_slots, index_of, dtype_info, escs, f"/{OPTIMIZER_SLOT}/", value_suffix,
+                          escaped_names, escape, "ckptcore.slot", "numpy.ndarray", VARIABLE_VALUE, node_adapter,
+                          node_type, child_start, len(child_id), attr_name, attr_start, keys, dtypes, arrays,
+                          node_of, slots)
+    for opt_id, slot in (pending_slots[done:] if done else pending_slots):
         var_id = index_of.get(id(slot.variable))
         if var_id is None:
             continue  # the variable is not part of this checkpoint: TF drops such slots too
-        arr, name = _as_array(slot.value,
-                              lambda: (f"slot {slot.name!r} of {display_path(path_of(opt_id))} "  # noqa: B023
-                                       f"for {display_path(path_of(var_id))}"),  # noqa: B023 -- called at once
-                              strings)
+        arr = slot.value
+        info = dtype_info.get(arr.dtype) if type(arr) is np.ndarray else None
+        if info is not None and info[1] is arr.dtype and arr.flags.c_contiguous:
+            name = info[0]   # (what _as_array gives the common array)
+        else:
+            arr, name = _as_array(arr,
+                                  lambda: (f"slot {slot.name!r} of {display_path(path_of(opt_id))} "  # noqa: B023
+                                           f"for {display_path(path_of(var_id))}"),  # noqa: B023 -- called at once
+                                  strings)
         slot_id = len(node_adapter)
         node_adapter.append("ckptcore.slot")
         node_type.append(_qualname(slot.value))
@@ -320,6 +346,17 @@ def _plan_save(root, extra_root_children, snapshot, metadata, strings=False) -> 
     plan.keys_derived = not root_named_child
     plan.full_names = full_names
     return plan
+
+
+_LEAF_VALUE: dict[type, bool] = {}   # adapter class -> whether a save asks it for leaf_value()
+_KEEPS_LEAF_VALUE: dict[type, bool] = {}
+
+
+def _offers_leaf_value(cls: type) -> bool:
+    """Whether adapter class ``cls`` overrides ``Adapter.leaf_value`` and is a leaf adapter: cached."""
+    offers = _LEAF_VALUE[cls] = (not _keeps_method(_KEEPS_LEAF_VALUE, cls, "leaf_value", if_missing=True)
+                                 and _is_leaf_type(cls))
+    return offers
 
 
 def _byte_view(arr: np.ndarray) -> memoryview:

@@ -21,13 +21,14 @@ from ckptcore import _perf, saver
 def test_make_venv_builds_the_compiled_walk():
     # A build that silently lost the extension would leave the suite testing only the Python walk.
     if _perf.PURE_PYTHON:  # (CKPTCORE_PURE_PYTHON=1)
-        assert saver._plain_leaves is None and saver._add_children is None
+        assert saver._plain_leaves is None and saver._add_children is None and saver._add_slots is None
         return
     from ckptcore import _save_fast
 
     assert _save_fast.__file__.endswith((".so", ".pyd")), _save_fast.__file__
     assert saver._plain_leaves is _save_fast.plain_leaves
     assert saver._add_children is _save_fast.add_children
+    assert saver._add_slots is _save_fast.add_slots
 
 
 class Odd(np.ndarray):

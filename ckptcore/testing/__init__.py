@@ -64,6 +64,7 @@ Tests you get (all in :class:`AdapterConformance`)
 ``test_fixtures_are_deterministic``, ``test_round_trip_write_read``,
 ``test_round_trip_save_restore``, ``test_round_trip_as_root``,
 ``test_restore_is_in_place``, ``test_value_in_place_is_the_value_and_restores_as_the_usual_path``,
+``test_leaf_value_saves_what_the_usual_path_saves``,
 ``test_deferred_restore_under_module``,
 ``test_deferred_restore_native``, ``test_partial_restore_unused_values``,
 ``test_partial_restore_missing_values``,

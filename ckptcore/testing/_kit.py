@@ -318,6 +318,34 @@ class AdapterConformance:
         assert_values_equal(values_of(dst), values_of(usual),
                             "values restored through value_in_place() (against the usual path)")
 
+    def test_leaf_value_saves_what_the_usual_path_saves(self, make_object, ckpt_prefix):
+        # Adapter.leaf_value lets a save skip children/attributes/get_value/get_state/slots: where it
+        # returns an array, the object must be a leaf with VARIABLE_VALUE alone, the array must be
+        # get_value's, and the checkpoint must hold what the usual path writes
+        from ckptcore import saver
+
+        src = make_object(0)
+        for n in walk(src):
+            got = n.adapter.leaf_value(n.obj)
+            if got is None:
+                continue
+            where = f"leaf_value() of {display_path(n.path)}"
+            assert not list(n.adapter.children(n.obj)), f"{where} returned a value, but the object has children"
+            attrs = list(n.adapter.attributes(n.obj))
+            assert attrs == ["VARIABLE_VALUE"], f"{where} returned a value, but the object's attributes are {attrs}"
+            assert n.adapter.get_state(n.obj) is None and not list(n.adapter.slots(n.obj) or ()), (
+                f"{where} returned a value, but the object has state or slots to save")
+            assert _same(np.asarray(got), np.asarray(n.adapter.get_value(n.obj, "VARIABLE_VALUE"))), (
+                f"{where} is not what get_value() gives")
+        shortcut = ck.load_checkpoint(self._write(src, ckpt_prefix + "-leaf"))
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(saver, "_LEAF_VALUE", {})
+            m.setattr(saver, "_offers_leaf_value", lambda cls: False)
+            usual = ck.load_checkpoint(self._write(make_object(0), ckpt_prefix + "-usual"))
+        assert sorted(shortcut.keys()) == sorted(usual.keys()), "leaf_value() changed the checkpoint's keys"
+        for key in usual.keys():
+            assert _same(shortcut.get_tensor(key), usual.get_tensor(key)), f"leaf_value() changed {key}"
+
     # -- deferred restore (restore-on-create) -------------------------------------------------------
     def test_deferred_restore_under_module(self, make_object, fresh_object, values_of, ckpt_prefix):
         src = ck.Module()

@@ -103,12 +103,34 @@ def _encode_param_state(opt, index: int, param_state: dict):
     return enc, tensors
 
 
-def _named_tensors_only(param_state: dict) -> bool:
+def _named_tensors_check():
     """Whether one parameter's state is tensors under plain string keys alone (Adam's, SGD's, ...): its
-    slots are then its keys and tensors as they are, and its JSON would be placeholders only."""
-    tensor, tags = _torch_tensor(), codec.TAGS
-    return all(type(k) is str and k not in tags and "/" not in k and isinstance(v, tensor)
-               for k, v in param_state.items())
+    slots are then its keys and tensors as they are, and its JSON would be placeholders only.
+
+    Returns the check for one pass over an optimizer's parameters: it remembers the answer for
+    each tuple of keys met (20,000 parameters of Adam have one) and then checks only the values.
+
+    Example:
+        >>> import torch
+        >>> check = _named_tensors_check()
+        >>> check({"exp_avg": torch.zeros(1)}), check({"exp_avg": 1.0}), check({"a/b": torch.zeros(1)})
+        (True, False, False)
+    """
+    tensor, tags, plain = _torch_tensor(), codec.TAGS, _plain_types()
+    keys_seen: dict[tuple, bool] = {}
+
+    def named_tensors_only(param_state: dict) -> bool:
+        keys = tuple(param_state)
+        plain_keys = keys_seen.get(keys)
+        if plain_keys is None:
+            plain_keys = keys_seen[keys] = all(type(k) is str and k not in tags and "/" not in k for k in keys)
+        if not plain_keys:
+            return False
+        for v in param_state.values():
+            if type(v) not in plain and not isinstance(v, tensor):
+                return False
+        return True
+    return named_tensors_only
 
 
 def slot_tensor_name(what: str):
@@ -231,11 +253,12 @@ class OptimizerAdapter(Adapter):
         groups, _ = _encode_groups(obj)
         index = {id(p): i for i, p in enumerate(_params(obj))}
         state = {}
+        named_tensors_only = _named_tensors_check()
         for p, s in obj.state.items():
             i = index.get(id(p))
             if i is None or not s:
                 continue
-            if _named_tensors_only(s):
+            if named_tensors_only(s):
                 # only tensors under plain names (Adam, SGD, ...): its slots carry all of it, and the JSON
                 # would hold nothing but a placeholder per tensor (2.5 of 10 MB of index for 20,000
                 # parameters with Adam), which set_state skips
@@ -331,14 +354,28 @@ class OptimizerAdapter(Adapter):
     # -- slots: per-parameter tensor state ---------------------------------------------
     def slots(self, obj):
         index = {id(p): i for i, p in enumerate(_params(obj))}
-        out = []
+        out: list = []
+        add = out.append
+        named_tensors_only = _named_tensors_check()
+        plain = _plain_types()
+        direct: dict[Any, bool] = {}   # torch dtype -> whether numpy() views it as it is
         for p, s in obj.state.items():
             i = index.get(id(p))
             if i is None or not s:
                 continue
-            items = s.items() if _named_tensors_only(s) else _encode_param_state(obj, i, s)[1].items()
+            items = s.items() if named_tensors_only(s) else _encode_param_state(obj, i, s)[1].items()
             for name, t in items:
-                out.append(SlotVariable(variable=p, name=name, value=to_numpy(t)))
+                arr = None
+                if type(t) in plain:  # to_numpy's plain case, inlined (state tensors need no detach())
+                    ok = direct.get(t.dtype)
+                    if ok is None:
+                        ok = direct[t.dtype] = _views_directly(t.dtype)
+                    if ok:
+                        try:
+                            arr = t.numpy()
+                        except (RuntimeError, TypeError):  # (requires grad, another device, meta, ...)
+                            arr = None
+                add(SlotVariable(variable=p, name=name, value=to_numpy(t) if arr is None else arr))
         return out
 
     def slot_restore_buffers(self, obj, requests):
