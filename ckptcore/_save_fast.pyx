@@ -153,6 +153,7 @@ def add_slots(list pending, dict index_of, dict dtype_info, list escs, str slot_
         >>> from ckptcore.adapters import SlotVariable
         >>> w, m = np.zeros(2, np.float32), np.ones(2, np.float32)
         >>> cols, slots = [[] for _ in range(9)], {}
+        >>> cols[0] += ["root.adapter", "opt.adapter", "w.adapter"]   # nodes 0-2: the slot becomes node 3
         >>> add_slots([(1, SlotVariable(w, "m", m)), (1, SlotVariable(object(), "m", m))], {id(w): 2}, {m.dtype: ("float32", m.dtype)},
         ...           ["", "opt", "w"], "/.OPTIMIZER_SLOT/", "/.ATTRIBUTES/VARIABLE_VALUE", {}, lambda s: s,
         ...           "ckptcore.slot", "numpy.ndarray", "VARIABLE_VALUE", cols[0], cols[1], cols[2], 0, cols[3],
