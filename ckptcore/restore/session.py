@@ -124,11 +124,11 @@ class RestoreSession:
         self.expect_partial = False
         self.graph: fmt.Graph = self.index.graph
         self.table: fmt.TensorTable = self.index.table
-        self._slots_by_var: dict[int, list[tuple[int, str, int]]] = {}
-        for opt_id, rows in self.graph.slots.items():
-            for var_id, name, slot_id in rows:
-                self._slots_by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
-        self._has_slots = bool(self._slots_by_var)
+        # the variable nodes that have slots (plan_slot_reads looks for them among the matches); the slots
+        # by variable only when a step matches a variable without its optimizer (_slots_by_var)
+        self._slot_vars = {r[0] for rows in self.graph.slots.values() for r in rows}
+        self._by_var: dict[int, list[tuple[int, str, int]]] | None = None
+        self._has_slots = bool(self._slot_vars)
         self._shared: set[int] | None = None  # see _shared_nodes
         self._nchild: list[int] | None = None  # see _num_children
         self._valued: np.ndarray | None = None  # see _valued_nodes
@@ -159,6 +159,17 @@ class RestoreSession:
                 "returned by restore() if this is intended.", PartialRestoreWarning, stacklevel=2)
 
     # -- helpers ---------------------------------------------------------------------
+    @property
+    def _slots_by_var(self) -> dict[int, list[tuple[int, str, int]]]:
+        """Variable node -> its ``(optimizer node, slot name, slot node)`` rows, made on first use."""
+        if self._by_var is None:
+            by_var: dict[int, list[tuple[int, str, int]]] = {}
+            for opt_id, rows in self.graph.slots.items():
+                for var_id, name, slot_id in rows:
+                    by_var.setdefault(var_id, []).append((opt_id, name, slot_id))
+            self._by_var = by_var
+        return self._by_var
+
     def root(self):
         return self._root_ref()
 

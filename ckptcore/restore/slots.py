@@ -109,11 +109,11 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     slots (Adam), and each node matched once in one step (the usual restore) takes the short path.
     """
     graph = session.graph
-    slots, by_var = graph.slots, session._slots_by_var
+    slots, slot_vars = graph.slots, session._slot_vars
     here: dict[int, list] = {}   # node id -> [(obj, adapter)] matched in this step, slot-related nodes only
     for m in matches:
         nid = m[2]
-        if nid in slots or nid in by_var:
+        if nid in slots or nid in slot_vars:
             got = here.get(nid)
             if got is None:
                 here[nid] = [(m[0], m[1])]
@@ -124,6 +124,7 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
     # per optimizer node, the slots due: all of one matched now; of one matched before, those of variables matched now
     due: dict[int, list] = {nid: slots[nid] for nid in here if nid in slots}
     if len(due) < len(slots):   # some optimizer node is not matched in this step
+        by_var = session._slots_by_var
         for nid in here:
             for opt_id, name, slot_id in by_var.get(nid, ()):
                 if opt_id not in here:

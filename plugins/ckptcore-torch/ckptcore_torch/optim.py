@@ -482,6 +482,7 @@ class OptimizerAdapter(Adapter):
                     raise CheckpointError(f"{_opt_name(obj)}: the parameter of slot {name!r} is not optimized by it")
                 s = state[variable]
                 last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
+                step_as_is = not (group.get("capturable", False) or group.get("fused", False))
             kind = kinds.get(name)
             if kind is None:
                 kind = kinds[name] = (_one_key(name), name == "step" or name.startswith("step/"))
@@ -502,7 +503,10 @@ class OptimizerAdapter(Adapter):
                     t = from_np(value)
             if t is None:
                 t = from_numpy(value)
-            if kind[1] or t.dtype is not v_dtype or not v_cpu:   # _lands_as_is, inlined (t is on the CPU)
+            if kind[1]:
+                if not step_as_is:   # (_landing of a step slot: kept as read unless the group is capturable/fused)
+                    t = _landing(t, variable, name, None, group)
+            elif t.dtype is not v_dtype or not v_cpu:   # _lands_as_is, inlined (t is on the CPU)
                 t = _landing(t, variable, name, None, group)
             if one:
                 s[name] = t   # what _put does for one key of the state dict
