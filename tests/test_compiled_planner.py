@@ -41,7 +41,8 @@ def test_ckptcore_pure_python_turns_every_compiled_helper_off():
             "print(session._plan_plain_arrays is None and _compiled.data_spans is None "
             "and _compiled.match_aligned is None and saver._plain_leaves is None and saver._add_children is None "
             "and _compiled.slot_dests is None and _compiled.due_once is None and _compiled.slot_specs is None "
-            "and _compiled.fresh_slot_arrays is None and saver._add_slots is None)")
+            "and _compiled.fresh_slot_arrays is None and saver._add_slots is None "
+            "and _compiled.live_all_matched is None)")
     env = {**os.environ, "CKPTCORE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr

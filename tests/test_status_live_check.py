@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore.restore import live_check
+from ckptcore.restore import _compiled, live_check
 
 
 class Bag:
@@ -51,10 +51,15 @@ class TaggedAdapter(ck.Adapter):
         obj.values[attr][...] = value
 
 
-@pytest.fixture
-def bags(ckptcore_fresh_registry):
+@pytest.fixture(params=["compiled", "python"])
+def bags(request, ckptcore_fresh_registry, monkeypatch):
+    """The adapters, and the lean pass compiled (where built) or in Python (CKPTCORE_PURE_PYTHON's)."""
     ck.register_adapter(Bag, BagAdapter())
     ck.register_adapter(Tagged, TaggedAdapter())
+    if request.param == "python":
+        monkeypatch.setattr(_compiled, "live_all_matched", None)
+    elif _compiled.live_all_matched is None:
+        pytest.skip("CKPTCORE_PURE_PYTHON=1: nothing compiled to test")
 
 
 _leaf = st.sampled_from(["array", "variable", "tagged", "empty_bag", "empty_module"])

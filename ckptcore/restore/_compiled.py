@@ -24,11 +24,13 @@ due_once: Callable[..., int] | None
 slot_specs: Callable[..., list] | None
 slot_dests: Callable[..., list[int]] | None
 fresh_slot_arrays: Callable[..., None] | None
+live_all_matched: Callable[..., bool] | None
 try:
     from ._plan_fast import (
         data_spans,
         due_once,
         fresh_slot_arrays,
+        live_all_matched,
         match_aligned,
         plan_plain_arrays,
         slot_dests,
@@ -36,5 +38,7 @@ try:
     )
 except ImportError:  # pragma: no cover - a build without a C compiler
     plan_plain_arrays = data_spans = match_aligned = due_once = slot_specs = slot_dests = fresh_slot_arrays = None
+    live_all_matched = None
 if PURE_PYTHON:
     plan_plain_arrays = data_spans = match_aligned = due_once = slot_specs = slot_dests = fresh_slot_arrays = None
+    live_all_matched = None

@@ -21,3 +21,7 @@ def slot_dests(requests: list, buffers: list, specs: list, in_buffers: set[int],
 
 def fresh_slot_arrays(wanted: list[int], in_buffers: set[int], t_shape: list[Any], t_dtype: list[Any], fast: dict,
                       np_dtype: Any, values: dict, rows: list[int], dests: list[Any], callbacks: list[Any]) -> None: ...
+
+def live_all_matched(queue: list, seen: set[int], skip: set[int], refs: dict, nids: dict, attr_start: list[int],
+                     attr_name: list[str], cache: dict, leaf: dict, is_leaf_type: Any, no_attrs: dict,
+                     keeps_default: Any, children_of: Any, adapter_of: Any) -> bool: ...

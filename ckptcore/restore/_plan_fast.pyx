@@ -8,6 +8,7 @@ recognise with certainty is handed back, by index, to that Python loop.
 """
 
 cimport numpy as cnp
+from cpython.long cimport PyLong_FromVoidPtr
 
 cnp.import_array()
 
@@ -390,3 +391,60 @@ def fresh_slot_arrays(list wanted, set in_buffers, list t_shape, list t_dtype, d
         values[row] = arr
         dests.append(arr)
         callbacks.append(None)
+
+
+# -- the status's lean look at the live graph (restore/live_check.py) ---------------------------------------
+def live_all_matched(list queue, set seen, set skip, dict refs, dict nids, list attr_start, list attr_name,
+                     dict cache, dict leaf, object is_leaf_type, dict no_attrs, object keeps_default,
+                     object children_of, object adapter_of):
+    """``live_check._drain``, compiled: the lean pass from ``queue`` on; False at the first object with
+    attributes that is unmatched or has an attribute its checkpoint node lacks, else True.
+
+    Example:
+        >>> import numpy as np, weakref
+        >>> from ckptcore.builtin.numpy_adapters import NumpyArrayAdapter
+        >>> a = np.zeros(1); ad = NumpyArrayAdapter()
+        >>> args = (set(), {id(a): weakref.ref(a)}, {id(a): 1}, [0, 0, 1], ["VARIABLE_VALUE"], {}, {}, lambda c: True,
+        ...         {}, lambda ad: False, None, None)
+        >>> live_all_matched([(a, ad)], {id(a)}, *args), live_all_matched([(np.ones(1), ad)], set(), *args)
+        (True, False)
+    """
+    cdef Py_ssize_t i = 0
+    cdef object item, obj, adapter, key, cls, keeps, attrs, ref, nid, saved, is_leaf, kids, pair, child, ck, ad
+    while i < len(queue):
+        item = queue[i]
+        i += 1
+        obj = (<tuple>item)[0]
+        adapter = (<tuple>item)[1]
+        key = PyLong_FromVoidPtr(<void*>obj)
+        cls = type(adapter)
+        keeps = no_attrs.get(cls)
+        if keeps is None:
+            keeps = keeps_default(adapter)
+        if not keeps and key not in skip:
+            attrs = adapter.attributes(obj)
+            if attrs:
+                ref = refs.get(key)
+                if ref is None or ref() is not obj:
+                    return False   # unmatched, and it holds values
+                nid = nids[key]
+                saved = attr_name[attr_start[nid]:attr_start[nid + 1]]
+                if attrs != saved and not set(attrs) <= set(saved):
+                    return False   # an attribute the checkpoint lacks
+        is_leaf = leaf.get(cls)
+        if is_leaf is None:
+            is_leaf = is_leaf_type(cls)
+        if is_leaf:
+            continue
+        kids = children_of(obj, adapter, ())
+        for pair in kids:
+            child = pair[1]
+            ck = PyLong_FromVoidPtr(<void*>child)
+            if ck not in seen:
+                seen.add(ck)
+                try:
+                    ad = cache.get(type(child))
+                except TypeError:  # an unhashable metaclass
+                    ad = None
+                queue.append((child, ad if ad is not None else adapter_of(cache, child)))
+    return True

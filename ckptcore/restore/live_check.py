@@ -31,6 +31,7 @@ from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children, walk
 from ..naming import display_path
 from ..registry import _by_type_cache as _adapter_cache
 from ..registry import adapter_or_none, find_adapter
+from . import _compiled
 from .values import _DEFAULT_ATTRS, _keeps_default_attributes
 
 __all__ = ["unmatched_live_paths"]
@@ -81,6 +82,18 @@ def _all_matched(session, root, extra, ignore: set[str]) -> bool:
         if name in ignore:
             skip.add(key)
         queue.append((child, _adapter(cache, child)))
+    if type(attr_start) is not list or type(attr_name) is not list:
+        attr_start, attr_name = list(attr_start), list(attr_name)
+    drain = _compiled.live_all_matched or _drain
+    return drain(queue, seen, skip, refs, nids, attr_start, attr_name, cache, leaf, _is_leaf_type, no_attrs,
+                 _keeps_default_attributes, live_children, _adapter)
+
+
+def _drain(queue: list, seen: set, skip: set, refs: dict, nids: dict, attr_start: list, attr_name: list,
+           cache: dict, leaf: dict, is_leaf_type, no_attrs: dict, keeps_default, children_of, adapter_of) -> bool:
+    """The lean pass from ``queue`` on (``(object, adapter)`` pairs; ``seen``: their ids): False at the first
+    object with attributes that is unmatched, or has an attribute its node lacks. (Compiled twin:
+    ``_plan_fast.live_all_matched``.)"""
     i = 0
     while i < len(queue):
         obj, adapter = queue[i]
@@ -89,7 +102,7 @@ def _all_matched(session, root, extra, ignore: set[str]) -> bool:
         cls = type(adapter)
         keeps = no_attrs.get(cls)
         if keeps is None:
-            keeps = _keeps_default_attributes(adapter)
+            keeps = keeps_default(adapter)
         if not keeps and key not in skip:
             attrs = adapter.attributes(obj)
             if attrs:
@@ -98,20 +111,18 @@ def _all_matched(session, root, extra, ignore: set[str]) -> bool:
                     return False   # unmatched, and it holds values
                 nid = nids[key]
                 saved = attr_name[attr_start[nid]:attr_start[nid + 1]]
-                if type(saved) is not list:
-                    saved = list(saved)
                 if attrs != saved and not set(attrs) <= set(saved):
                     return False   # an attribute the checkpoint lacks
         is_leaf = leaf.get(cls)
         if is_leaf is None:
-            is_leaf = _is_leaf_type(cls)
+            is_leaf = is_leaf_type(cls)
         if is_leaf:
             continue
-        for _name, child in live_children(obj, adapter, ()):
+        for _name, child in children_of(obj, adapter, ()):
             ck = id(child)
             if ck not in seen:
                 seen.add(ck)
-                queue.append((child, _adapter(cache, child)))
+                queue.append((child, adapter_of(cache, child)))
     return True
 
 
