@@ -85,9 +85,9 @@ def _every_reader(path: str, pristine: str, out: str, live=None) -> None:
     def deferred():
         m = ck.Module()
         status = ck.Checkpoint(model=m).read(path)
-        full = _model()
+        status.expect_partial()   # first: an assignment below may raise (damaged data), and the warning
+        full = _model()           # about values never restored would come later, in another test
         m.w, m.sub, m.items = full.w, full.sub, full.items
-        status.expect_partial()
 
     calls = [load, lambda: ck.load_checkpoint(path).verify(), lambda: ck.list_variables(path),
              lambda: ck.Checkpoint(**(live() if live else {"model": _model()})).read(path).expect_partial(),

@@ -194,6 +194,16 @@ def test_no_warning_for_complete_restore(path, collect):
     assert not _partial_warnings(record)
 
 
+def test_a_failed_restore_raises_and_does_not_warn_later(path, collect):
+    # the error says nothing was restored; the unreachable session must not say it again when collected
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(ck.ShapeMismatchError):
+            ck.Checkpoint(model=_module(a=np.zeros(3), b=np.zeros(1))).read(path)
+        collect()
+    assert not _partial_warnings(record)
+
+
 def test_no_warning_when_deferred_values_land_after_checkpoint_is_gone(path, collect):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
