@@ -89,3 +89,25 @@ def flip_byte(path: str, offset: int) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def plan_summary(root, live_arrays) -> tuple:
+    """Everything of ``saver.plan_save(root)`` that reaches the checkpoint, for comparing two ways of planning.
+
+    The graph's columns, state and slots, the keys, dtypes and written arrays (by content, and by
+    identity where an array of ``live_arrays`` is written as it is), the tensors' nodes and whether
+    the keys are derived; or the error's type and message.
+    """
+    from ckptcore import saver
+
+    try:
+        p = saver.plan_save(root)
+    except ck.CheckpointError as e:
+        return ("error", type(e).__name__, str(e))
+    g = p.graph
+    keys, dtypes, arrays = p._columns
+    live = {id(v) for v in live_arrays}
+    written = [(a.dtype.str, a.shape, a.tobytes(), id(a) if id(a) in live else None) for a in arrays]
+    return ("ok", g.adapter, g.type, g.child_start, g.child_name, g.child, g.attr_start, g.attr_name,
+            sorted(g.state), {k: list(v) for k, v in g.slots.items()}, keys, dtypes, written, p.node_of,
+            p.keys_derived)

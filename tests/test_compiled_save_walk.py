@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ckpt_samples import plan_summary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -88,17 +89,7 @@ def graphs(draw):
 def _plan(root, pool):
     top = ck.Module()  # (the walk's root is walked in Python either way: its children's paths differ)
     top.model = root
-    try:
-        p = saver.plan_save(top)
-    except ck.CheckpointError as e:
-        return ("error", type(e).__name__, str(e))
-    g = p.graph
-    keys, dtypes, arrays = p._columns
-    live = {id(v) for v in pool}
-    # an array written as it is must be the live object itself; others (converted values) alike in content
-    written = [(a.dtype.str, a.shape, a.tobytes(), id(a) if id(a) in live else None) for a in arrays]
-    return ("ok", g.adapter, g.type, g.child_start, g.child_name, g.child, g.attr_start, g.attr_name,
-            sorted(g.state), keys, dtypes, written, p.node_of, p.keys_derived)
+    return plan_summary(top, pool)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

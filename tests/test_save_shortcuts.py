@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ckpt_samples import plan_summary
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,19 +101,6 @@ def adapters(ckptcore_fresh_registry):
     ck.register_adapter(Parent, ParentAdapter())
 
 
-def _plan(root, pool):
-    try:
-        p = saver.plan_save(root)
-    except ck.CheckpointError as e:
-        return ("error", type(e).__name__, str(e))
-    g = p.graph
-    keys, dtypes, arrays = p._columns
-    live = {id(v) for v in pool}
-    written = [(a.dtype.str, a.shape, a.tobytes(), id(a) if id(a) in live else None) for a in arrays]
-    return ("ok", g.adapter, g.type, g.child_start, g.child_name, g.child, g.attr_start, g.attr_name,
-            sorted(g.state), {k: list(v) for k, v in g.slots.items()}, keys, dtypes, written, p.node_of)
-
-
 def _without_shortcuts(m):
     m.setattr(saver, "_LEAF_VALUE", {})
     m.setattr(saver, "_offers_leaf_value", lambda cls: False)
@@ -156,10 +144,10 @@ def models(draw):
 @given(model=models())
 def test_shortcuts_plan_every_save_alike(adapters, model, monkeypatch):
     root, pool = model
-    fast = _plan(root, pool)
+    fast = plan_summary(root, pool)
     with monkeypatch.context() as m:
         _without_shortcuts(m)
-        usual = _plan(root, pool)
+        usual = plan_summary(root, pool)
     assert fast == usual
 
 

@@ -19,6 +19,25 @@ import numpy as _np
 cdef object _empty = _np.empty
 
 
+cdef bint _shape_is(cnp.ndarray arr, object want):
+    """Whether ``arr.shape == want`` for a tuple ``want`` (any other ``want``: compared in Python)."""
+    cdef Py_ssize_t i, ndim = cnp.PyArray_NDIM(arr)
+    cdef cnp.npy_intp *dims
+    cdef object d
+    if type(want) is not tuple:
+        return (<object>arr).shape == want
+    if len(<tuple>want) != ndim:
+        return False
+    dims = cnp.PyArray_DIMS(arr)
+    for i in range(ndim):
+        d = (<tuple>want)[i]
+        if type(d) is not int:
+            return (<object>arr).shape == want
+        if <cnp.npy_intp>d != dims[i]:
+            return False
+    return True
+
+
 def plan_plain_arrays(list matches, list attr_start, list attr_name, object states, list t_shape, list t_dtype,
                       dict fast_dtypes, object numpy_adapter, str value_attr, dict default_attrs,
                       list rows, list dests, list callbacks, object offers_in_place=None):
@@ -56,9 +75,7 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
     """
     cdef Py_ssize_t k, n = len(matches), nid, a, b, nstart = len(attr_start)
     cdef Py_ssize_t nattr = len(attr_name), ntab = len(t_shape)
-    cdef Py_ssize_t i, ndim
-    cdef cnp.npy_intp *dims
-    cdef tuple m, shape
+    cdef tuple m
     cdef object obj, want
     cdef cnp.ndarray arr
     cdef bint has_states = bool(states)
@@ -122,29 +139,12 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
         if not (cnp.PyArray_ISWRITEABLE(arr) and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
             rest.append(k)
             continue
-        if <object>cnp.PyArray_DESCR(arr) is not fast_dtypes.get(t_dtype[a]):
+        if <object>cnp.PyArray_DESCR(arr) is not fast_dtypes.get(t_dtype[a]) or not _shape_is(arr, t_shape[a]):
             rest.append(k)
             continue
-        want = t_shape[a]
-        if type(want) is not tuple:
-            rest.append(k)
-            continue
-        shape = <tuple>want
-        ndim = cnp.PyArray_NDIM(arr)
-        if len(shape) != ndim:
-            rest.append(k)
-            continue
-        dims = cnp.PyArray_DIMS(arr)
-        for i in range(ndim):
-            want = shape[i]
-            if type(want) is not int or <cnp.npy_intp>want != dims[i]:
-                break
-        else:
-            rows.append(a)
-            dests.append(obj)
-            callbacks.append(None)
-            continue
-        rest.append(k)
+        rows.append(a)
+        dests.append(obj)
+        callbacks.append(None)
     return rest
 
 
@@ -254,25 +254,6 @@ def match_aligned(list children, list names, list ids, object shared, dict adapt
 
 
 # -- optimizer slots (restore/slots.py): the per-slot loops of plan_slot_reads, the same results ------------
-cdef bint _shape_is(cnp.ndarray arr, object want):
-    """Whether ``arr.shape == want`` for a tuple ``want`` (any other ``want``: compared in Python)."""
-    cdef Py_ssize_t i, ndim = cnp.PyArray_NDIM(arr)
-    cdef cnp.npy_intp *dims
-    cdef object d
-    if type(want) is not tuple:
-        return (<object>arr).shape == want
-    if len(<tuple>want) != ndim:
-        return False
-    dims = cnp.PyArray_DIMS(arr)
-    for i in range(ndim):
-        d = (<tuple>want)[i]
-        if type(d) is not int:
-            return (<object>arr).shape == want
-        if <cnp.npy_intp>d != dims[i]:
-            return False
-    return True
-
-
 def due_once(list entries, list attr_start, dict here, list slot_ids, list requests, dict wanted):
     """``slots.due_once``, compiled: add the slots whose variable is matched to one object; see there.
 
