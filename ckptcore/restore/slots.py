@@ -173,7 +173,7 @@ def plan_slot_reads(session, matches: list[tuple], rows: list, dests: list, call
             targets.append((opt, entry[2]))
         # the short path: one optimizer, each variable matched once, no newer restore of any slot
         one = targets[0][1].append if len(targets) == 1 and newer is None else None
-        if one is not None and not earlier and lists:
+        if one is not None and not earlier:
             # (nothing matched before this step: every slot up to the first variable matched twice)
             done = _due_once(entries, attr_start, here, slot_ids, targets[0][1], wanted)
             if done == len(entries):

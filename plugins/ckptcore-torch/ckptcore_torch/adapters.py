@@ -27,12 +27,12 @@ from ckptcore.restore import WeakIdTable
 
 from . import codec, hooks
 from .convert import (
-    _dtype_table,
     _plain_types,
     check_materialized,
     finish_staged,
     from_numpy,
     numpy_dtype,
+    plain_view,
     shares_memory,
     staged_restore_buffer,
     to_numpy,
@@ -163,14 +163,7 @@ class TensorAdapter(Adapter):
             >>> a.leaf_value(torch.ones(2)).tolist(), a.leaf_value(torch.ones(2, device="meta"))
             ([1.0, 1.0], None)
         """
-        if type(obj) in _plain_types():
-            e = _dtype_table().get(obj.dtype)
-            if e is not None and e[1] is None:  # (bfloat16, float8: the usual path's ml_dtypes view)
-                try:
-                    return (obj.detach() if obj.requires_grad else obj).numpy()
-                except (RuntimeError, TypeError):  # meta, sparse, another device, conjugate/negative bits
-                    return None
-        return None
+        return plain_view(obj)   # (None: the usual path, get_value, handles the tensor)
 
     def value_in_place(self, obj):
         """A plain CPU tensor's (or parameter's) memory: the restore reads into it and is done.

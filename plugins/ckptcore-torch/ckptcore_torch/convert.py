@@ -25,8 +25,8 @@ import numpy as np
 
 from ckptcore.errors import CheckpointError, UnsupportedDtypeError
 
-__all__ = ["numpy_dtype", "to_numpy", "from_numpy", "writable_view", "is_materialized", "staged_restore_buffer",
-           "finish_staged", "pinned_view"]
+__all__ = ["numpy_dtype", "to_numpy", "plain_view", "from_numpy", "writable_view", "is_materialized",
+           "staged_restore_buffer", "finish_staged", "pinned_view"]
 
 # torch dtype name -> (numpy dtype, integer torch dtype name used for the bit view or None)
 _ML_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
@@ -172,6 +172,28 @@ def check_materialized(tensor: Any) -> None:
             "(module.to_empty(device='cpu')) and restore into it")
 
 
+def plain_view(tensor: Any) -> np.ndarray | None:
+    """The numpy view of a plain CPU tensor (or parameter) of a dtype numpy holds as it is; None otherwise.
+
+    None for tensor subclasses, bfloat16/float8 (an ml_dtypes view), and whatever torch's
+    ``numpy()`` refuses (meta, other devices, sparse, conjugate/negative bits): :func:`to_numpy`
+    handles those.
+
+    Example:
+        >>> import torch
+        >>> plain_view(torch.ones(2)).tolist(), plain_view(torch.ones(2, device="meta"))
+        ([1.0, 1.0], None)
+    """
+    if type(tensor) in _plain_types():
+        e = (_table or _dtype_table()).get(tensor.dtype)
+        if e is not None and e[1] is None:
+            try:
+                return (tensor.detach() if tensor.requires_grad else tensor).numpy()
+            except (RuntimeError, TypeError):
+                return None
+    return None
+
+
 def to_numpy(tensor: Any) -> np.ndarray:
     """A numpy array with the tensor's values; shares memory for CPU tensors.
 
@@ -183,13 +205,9 @@ def to_numpy(tensor: Any) -> np.ndarray:
         >>> to_numpy(torch.arange(3, dtype=torch.int32)).tolist()
         [0, 1, 2]
     """
-    if type(tensor) in _plain_types():  # the common case, checked by torch itself: a dense CPU tensor
-        e = (_table or _dtype_table()).get(tensor.dtype)
-        if e is not None and e[1] is None:
-            try:
-                return (tensor.detach() if tensor.requires_grad else tensor).numpy()
-            except (RuntimeError, TypeError):
-                pass  # meta, another device, a conjugate or negative bit: the general path below
+    arr = plain_view(tensor)  # the common case, checked by torch itself: a dense CPU tensor
+    if arr is not None:
+        return arr
     dtensors = sys.modules.get("torch.distributed.tensor")
     if dtensors is not None and isinstance(tensor, dtensors.DTensor):
         from .dtensor import sharded_value  # optimizer state of FSDP2 parameters, say

@@ -357,8 +357,7 @@ class OptimizerAdapter(Adapter):
         out: list = []
         add = out.append
         named_tensors_only = _named_tensors_check()
-        plain = _plain_types()
-        direct: dict[Any, bool] = {}   # torch dtype -> whether numpy() views it as it is
+        plain, direct = _plain_types(), _DIRECT
         for p, s in obj.state.items():
             i = index.get(id(p))
             if i is None or not s:
@@ -369,7 +368,7 @@ class OptimizerAdapter(Adapter):
                 if type(t) in plain:  # to_numpy's plain case, inlined (state tensors need no detach())
                     ok = direct.get(t.dtype)
                     if ok is None:
-                        ok = direct[t.dtype] = _views_directly(t.dtype)
+                        ok = _views_directly(t.dtype)
                     if ok:
                         try:
                             arr = t.numpy()
@@ -393,23 +392,19 @@ class OptimizerAdapter(Adapter):
         out: list = []
         add = out.append
         group_of = None
-        plain = _plain_types()
-        kinds: dict[str, tuple[bool, bool]] = {}   # slot name -> (one key of a state dict, a step slot)
-        direct: dict[Any, bool] = {}               # torch dtype -> whether numpy() views it as it is
+        plain, kinds, direct = _plain_types(), _KINDS, _DIRECT
         last = None   # the variable of the previous request: a parameter's slots come one after another
         for variable, name, shape, dtype in requests:
             if type(variable) in plain:  # a plain parameter (never a DTensor): the checks below, inlined
                 if variable is not last:
                     s = state.get(variable)
                     last, v_dtype, v_cpu, s_dict = variable, variable.dtype, variable.is_cpu, type(s) is dict
-                kind = kinds.get(name)
-                if kind is None:
-                    kind = kinds[name] = (_one_key(name), name == "step" or name.startswith("step/"))
+                kind = kinds.get(name) or _slot_kind(name)
                 t = s.get(name) if s_dict and kind[0] else (_at(s, name) if s else None)
                 buf = None
                 if type(t) in plain and t.is_cpu and t.shape == (shape if type(shape) is tuple else tuple(shape)):
                     if not kind[1] and t.dtype is v_dtype and v_cpu:
-                        landed = True   # _lands_as_is, inlined (t is on the CPU)
+                        landed = True   # what _landing gives (t is on the CPU, of the parameter's dtype)
                     else:
                         if group_of is None:
                             group_of = _group_index(obj)
@@ -417,7 +412,7 @@ class OptimizerAdapter(Adapter):
                     if landed:
                         ok = direct.get(t.dtype)
                         if ok is None:
-                            ok = direct[t.dtype] = _views_directly(t.dtype)
+                            ok = _views_directly(t.dtype)
                         if ok and not t.requires_grad:  # writable_view's plain case, inlined
                             try:
                                 buf = t.numpy()
@@ -471,7 +466,7 @@ class OptimizerAdapter(Adapter):
         state = obj.state
         tensor, as_is, ndarray, from_np = torch.Tensor, _AS_IS, np.ndarray, torch.from_numpy
         last = None   # the variable of the previous item: a parameter's slots come one after another
-        kinds: dict[str, tuple[bool, bool]] = {}   # slot name -> (one key of a state dict, a step slot)
+        kinds = _KINDS
         for variable, name, value in items:
             if variable is not last:
                 if not isinstance(variable, tensor):
@@ -483,9 +478,7 @@ class OptimizerAdapter(Adapter):
                 s = state[variable]
                 last, v_dtype, v_cpu = variable, variable.dtype, variable.is_cpu
                 step_as_is = not (group.get("capturable", False) or group.get("fused", False))
-            kind = kinds.get(name)
-            if kind is None:
-                kind = kinds[name] = (_one_key(name), name == "step" or name.startswith("step/"))
+            kind = kinds.get(name) or _slot_kind(name)
             if type(value) is not ndarray and isinstance(value, ShardBuffer):
                 # a sharded (DTensor) parameter's slot: a DTensor laid out like it
                 s = state[variable] = _put(s, name.split("/"), from_buffer(value, like=variable))
@@ -506,7 +499,7 @@ class OptimizerAdapter(Adapter):
             if kind[1]:
                 if not step_as_is:   # (_landing of a step slot: kept as read unless the group is capturable/fused)
                     t = _landing(t, variable, name, None, group)
-            elif t.dtype is not v_dtype or not v_cpu:   # _lands_as_is, inlined (t is on the CPU)
+            elif t.dtype is not v_dtype or not v_cpu:   # else _landing gives t itself (t is on the CPU)
                 t = _landing(t, variable, name, None, group)
             if one:
                 s[name] = t   # what _put does for one key of the state dict
@@ -532,11 +525,28 @@ def _refuse_foreign_slots(obj, items) -> None:
                 "variables alone (a checkpoint of the model), or the optimizer into the framework that wrote it.")
 
 
+# Per-process caches of the per-slot loops (a handful of entries: slot names, torch dtypes).
+_KINDS: dict[str, tuple[bool, bool]] = {}   # slot name -> (one key of a state dict, a step slot)
+_DIRECT: dict[Any, bool] = {}               # torch dtype -> whether numpy() views it as it is
+
+
+def _slot_kind(name: str) -> tuple[bool, bool]:
+    """``(one key of a state dict, a step slot)`` for slot ``name``, remembered in ``_KINDS``.
+
+    Example:
+        >>> _slot_kind("exp_avg"), _slot_kind("step"), _slot_kind("old_dirs/0")
+        ((True, False), (True, True), (False, False))
+    """
+    kind = _KINDS[name] = (_one_key(name), name == "step" or name.startswith("step/"))
+    return kind
+
+
 def _views_directly(torch_dtype) -> bool:
     """Whether ``numpy()`` of a plain CPU tensor of ``torch_dtype`` is its memory with the numpy dtype
-    ckptcore stores it as (not bfloat16/float8, which need an ml_dtypes view)."""
+    ckptcore stores it as (not bfloat16/float8, which need an ml_dtypes view), remembered in ``_DIRECT``."""
     e = _dtype_table().get(torch_dtype)
-    return e is not None and e[1] is None
+    ok = _DIRECT[torch_dtype] = e is not None and e[1] is None
+    return ok
 
 
 def _is_tensor(x) -> bool:
@@ -572,14 +582,6 @@ def _at(state: Any, name: str):
         if x is None:
             return None
     return x
-
-
-def _lands_as_is(t, v_dtype, v_cpu: bool, name: str) -> bool:
-    """Whether :func:`_landing` gives ``t`` itself, whatever the group: not a step slot, of the
-    parameter's dtype ``v_dtype``, both on the CPU (``v_cpu``: the parameter is; its check of a
-    stored ``dtype`` is not part of this). The parameter's attributes are passed in, looked up
-    once for all its slots."""
-    return t.dtype is v_dtype and v_cpu and t.is_cpu and name != "step" and not name.startswith("step/")
 
 
 def _landing(t, variable, name: str, dtype, group):
