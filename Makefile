@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	touch $(STAMP) $(EXTSTAMP)
 
 # The compiled helpers (setup.py): an editable install does not rebuild them when their source changes.
-$(EXTSTAMP): $(STAMP) ckptcore/restore/_plan_fast.pyx ckptcore/_save_fast.pyx setup.py
+$(EXTSTAMP): $(STAMP) ckptcore/restore/_plan_fast.pyx ckptcore/save/_save_fast.pyx setup.py
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(EXTSTAMP)
 

@@ -1,6 +1,6 @@
 """The compiled parts of ckptcore (everything else is in pyproject.toml).
 
-``ckptcore.restore._plan_fast`` (restore planning and matching) and ``ckptcore._save_fast``
+``ckptcore.restore._plan_fast`` (restore planning and matching) and ``ckptcore.save._save_fast``
 (steps of the save walk). Both are optional: without a C compiler the build goes on without
 them, and ckptcore does the same work in Python (the same results, slower on models of many
 small arrays).
@@ -18,5 +18,5 @@ def _ext(name: str, source: str) -> Extension:
 
 setup(ext_modules=cythonize(
     [_ext("ckptcore.restore._plan_fast", "ckptcore/restore/_plan_fast.pyx"),
-     _ext("ckptcore._save_fast", "ckptcore/_save_fast.pyx")],
+     _ext("ckptcore.save._save_fast", "ckptcore/save/_save_fast.pyx")],
     compiler_directives={"language_level": "3"}, quiet=True))

@@ -47,7 +47,9 @@ def _wrap(owner, name: str, label: str) -> None:
 
 
 def _instrument() -> None:
-    from ckptcore import reader, saver
+    from ckptcore import reader
+    from ckptcore.save import plan as save_plan
+    from ckptcore.save import write as save_write
     from ckptcore.restore import session, slots
 
     _wrap(reader.CheckpointReader, "__init__", "open")
@@ -59,8 +61,8 @@ def _instrument() -> None:
     _wrap(session, "plan_slot_reads", "plan slots")
     _wrap(session, "_unalias", "aliasing")
     _wrap(slots.SlotReads, "finish", "hand slots over")
-    _wrap(saver, "_plan_save", "save: plan")
-    _wrap(saver, "_write_columns", "save: write")
+    _wrap(save_plan, "_plan_save", "save: plan")
+    _wrap(save_write, "_write_columns", "save: write")
 
 
 def _models(workload: str, args):

@@ -41,7 +41,7 @@ from .options import CheckpointOptions, resolve_options
 from .reader import CheckpointReader
 from .registry import adapter_or_none, find_adapter
 from .restore import InitializationOnlyStatus, LoadStatus, RestoreSession, notify_dependency_added
-from .saver import plan_save
+from .save.plan import plan_save
 from .staging import Staging
 from .staging import active as staging_active
 from .state import latest_checkpoint

@@ -40,7 +40,7 @@ from .distributed.collective import current_group
 from .errors import CorruptCheckpointError, InvalidArgumentError, NotFoundError
 from .formats import ckpt as fmt
 from .options import CheckpointOptions, check_metadata, resolve_options
-from .saver import checkpoint_files, remove_index
+from .save.write import checkpoint_files, remove_index
 from .state import STATE_FILENAME, CheckpointState, join_url, newer_on_storage, read_state, write_state
 from .storage import LocalStorage, open_storage
 from .storage.paths import check_checkpoint_path

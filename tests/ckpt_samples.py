@@ -98,7 +98,7 @@ def plan_summary(root, live_arrays) -> tuple:
     identity where an array of ``live_arrays`` is written as it is), the tensors' nodes and whether
     the keys are derived; or the error's type and message.
     """
-    from ckptcore import saver
+    from ckptcore import save as saver
 
     try:
         p = saver.plan_save(root)

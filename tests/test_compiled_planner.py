@@ -37,7 +37,7 @@ def test_make_venv_builds_the_compiled_planner():
 
 def test_ckptcore_pure_python_turns_every_compiled_helper_off():
     # the restore's planner and matcher (here) and the save walk's steps (tests/test_compiled_save_walk.py)
-    code = ("from ckptcore import saver; from ckptcore.restore import _compiled, session; "
+    code = ("from ckptcore.save import plan as saver; from ckptcore.restore import _compiled, session; "
             "print(session._plan_plain_arrays is None and _compiled.data_spans is None "
             "and _compiled.match_aligned is None and saver._plain_leaves is None and saver._add_children is None "
             "and _compiled.slot_dests is None and _compiled.due_once is None and _compiled.slot_specs is None "

@@ -1,4 +1,4 @@
-"""The compiled steps of the save walk (``ckptcore/_save_fast.pyx``) change nothing but speed.
+"""The compiled steps of the save walk (``ckptcore/save/_save_fast.pyx``) change nothing but speed.
 
 ``make venv`` builds them; the Python walk stays, for builds without a C compiler and with
 ``CKPTCORE_PURE_PYTHON=1`` (tests/test_compiled_planner.py checks that it turns them off). Each
@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import _perf, saver
+from ckptcore import _perf
+from ckptcore.save import plan as saver
 
 
 def test_make_venv_builds_the_compiled_walk():
@@ -24,7 +25,7 @@ def test_make_venv_builds_the_compiled_walk():
     if _perf.PURE_PYTHON:  # (CKPTCORE_PURE_PYTHON=1)
         assert saver._plain_leaves is None and saver._add_children is None and saver._add_slots is None
         return
-    from ckptcore import _save_fast
+    from ckptcore.save import _save_fast
 
     assert _save_fast.__file__.endswith((".so", ".pyd")), _save_fast.__file__
     assert saver._plain_leaves is _save_fast.plain_leaves

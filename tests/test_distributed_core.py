@@ -170,7 +170,7 @@ def test_a_shape_mismatch_on_one_worker_fails_the_restore_everywhere_with_nothin
 
 
 def test_a_worker_that_fails_while_writing_fails_the_save_everywhere(monkeypatch):
-    import ckptcore.saver as saver
+    import ckptcore.save.write as saver
 
     real = saver._write_tensors
     path = "memory://dist/core/fail/c"

@@ -17,7 +17,7 @@ import pytest
 
 import ckptcore as ck
 import ckptcore.distributed.protocol as dsave  # the steps every collective save runs
-import ckptcore.saver as saver
+import ckptcore.save.write as saver
 from ckptcore.distributed import CollectiveTimeoutError, ThreadGroup
 from ckptcore.storage import LocalStorage
 

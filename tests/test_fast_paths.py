@@ -217,7 +217,8 @@ def test_read_rows_names_the_tensor_a_truncated_file_cuts(prefix):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ckptcore import graph, saver  # noqa: E402
+from ckptcore import graph  # noqa: E402
+from ckptcore import save as saver  # noqa: E402
 
 
 @st.composite
@@ -314,7 +315,7 @@ def test_items_in_another_order_take_the_per_child_path(prefix):
     assert dst.d["a"].tolist() == [0.0] and dst.d["b"].tolist() == [1.0]
 
 
-# -- saving column by column (saver._write_columns, the walk's runs of plain arrays) --------------------------
+# -- saving column by column (save.write._write_columns, the walk's runs of plain arrays) --------------------------
 def _mixed_model():
     rng = np.random.default_rng(3)
     m = ck.Module()
@@ -350,7 +351,6 @@ def test_a_local_save_writes_the_same_files_as_the_per_tensor_path(tmp_path):
 
 
 def test_plan_tensors_after_a_column_write_hold_the_layout(tmp_path):
-    from ckptcore import saver
     from ckptcore.storage import open_storage
 
     plan = saver.plan_save(_mixed_model())

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
 from ckptcore.formats.ckpt_keys import KeyDerivation, NotDerivable
-from ckptcore.saver import plan_save
+from ckptcore.save import plan_save
 
 
 def _doc(raw: bytes) -> tuple[dict, bytes]:

@@ -150,7 +150,7 @@ def test_core_wheel_ships_the_conformance_kit(built):
 def test_core_wheel_ships_the_compiled_helpers_and_their_stubs(built):
     # the restore planner and the save walk, compiled (this machine has a compiler), each with its .pyi
     names = _wheel(built, "ckptcore").namelist()
-    for mod in ("ckptcore/restore/_plan_fast", "ckptcore/_save_fast"):
+    for mod in ("ckptcore/restore/_plan_fast", "ckptcore/save/_save_fast"):
         assert [n for n in names if n.startswith(mod + ".") and n.endswith((".so", ".pyd"))], mod
         assert mod + ".pyi" in names
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptcore as ck
-from ckptcore import saver
+from ckptcore.save import plan as saver
 
 
 class Box:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 import ckptcore as ck
-from ckptcore import saver
+from ckptcore import save as saver
 from ckptcore.formats import ckpt as fmt
 from ckptcore.reader import CheckpointReader
 from ckptcore.storage import LocalStorage

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import ckptcore as ck
-from ckptcore import registry, saver, staging
+from ckptcore import registry, staging
+from ckptcore import save as saver
 
 
 class Copied:

@@ -60,7 +60,7 @@ def test_root_attribute_keys_keep_tf_leading_slash():
     path = ck.Checkpoint(root=ck.Variable(3.0)).write("memory://tfkeys/root/v")
     assert ck.list_variables(path) == [("/.ATTRIBUTES/VARIABLE_VALUE", [])]
     assert float(ck.load_checkpoint(path).get_tensor("/.ATTRIBUTES/VARIABLE_VALUE")) == 3.0
-    from ckptcore import saver
+    from ckptcore import save as saver
     assert [e.key for e, _ in saver.plan_save(np.ones(2)).tensors] == ["/.ATTRIBUTES/VARIABLE_VALUE"]
 
 

@@ -143,7 +143,7 @@ def test_rank_0_dying_after_its_index_leaves_a_complete_checkpoint_and_the_other
     """The failure rules of ckptcore's collective save hold for TensorFlow's format (its helpers are shared)."""
     from ckptcore.distributed import CollectiveTimeoutError
     from ckptcore.formats.tensorbundle.collective import collective_write
-    from ckptcore.saver import plan_save
+    from ckptcore.save import plan_save
     from ckptcore.storage import open_storage
 
     storage, spath = open_storage(str(tmp_path / "ckpt"))

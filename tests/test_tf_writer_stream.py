@@ -33,7 +33,7 @@ def test_streamed_entries_give_tensorflows_bytes_for_the_golden_checkpoint(tmp_p
     m.table = {"alpha": ck.Variable(np.array([1], np.int32))}
     ckpt = ck.Checkpoint(model=m)
     ckpt.save_counter.assign(1)
-    from ckptcore.saver import plan_save
+    from ckptcore.save import plan_save
 
     root, extra = ckpt._ck_graph()
     plan = plan_save(root, extra)

@@ -39,7 +39,7 @@ class NumpyArrayAdapter(Adapter):
         return obj
 
     def spec(self, obj, attr):
-        if isinstance(obj, np.ma.MaskedArray):  # (saving one is refused too: ckptcore.saver)
+        if isinstance(obj, np.ma.MaskedArray):  # (saving one is refused too: ckptcore.save.values)
             raise CheckpointError("numpy masked array cannot be restored in place: a checkpoint holds no mask, so "
                                   "its mask would hide restored values; restore into arr.data (and set the mask "
                                   "yourself)")

@@ -32,8 +32,8 @@ def describe(plan) -> list[list]:
 
     Example:
         >>> import numpy as np, ckptcore as ck
-        >>> from ckptcore import saver
-        >>> describe(saver.plan_save([np.zeros(2, np.int8)]))
+        >>> from ckptcore.save import plan_save
+        >>> describe(plan_save([np.zeros(2, np.int8)]))
         [['0/.ATTRIBUTES/VARIABLE_VALUE', 'int8', [2], None]]
     """
     out = []
@@ -143,8 +143,8 @@ def merge(plan, world: int, written: list[list], sizes: list[int]) -> fmt.Index:
 
     Example:
         >>> import numpy as np
-        >>> from ckptcore import saver
-        >>> plan = saver.plan_save([np.zeros(4, np.int8)])
+        >>> from ckptcore.save import plan_save
+        >>> plan = plan_save([np.zeros(4, np.int8)])
         >>> idx = merge(plan, 2, [[[0, [0], [2], 0, 2, 7]], [[0, [2], [2], 0, 2, 9]]], [2, 2])
         >>> idx.pieces.of_row(0), idx.table.nbytes
         ([0, 1], [4])

@@ -74,7 +74,7 @@ def run_collective_save(group: Group, storage, spath: str, make_plan: Callable, 
     ``on_commit`` runs on every worker once the index is committed: on rank 0 first, before
     the others return.
     """
-    from ..saver import checkpoint_files, remove_index
+    from ..save.write import checkpoint_files, remove_index
 
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     rank, world = group.rank, group.size

@@ -60,7 +60,7 @@ class _Sections:
         return fmt.data_path(spath, rank, world, tag)
 
     def write(self, storage, spath: str, plan, mine: list, rank: int, world: int, tag: str | None) -> dict:
-        from ..saver import _write_tensors
+        from ..save.write import _write_tensors
 
         items = local_arrays(plan, mine)
         writer = storage.open_writer(self.data_file(spath, rank, world, tag))
@@ -84,7 +84,7 @@ def collective_write(group: Group, storage, spath: str, make_plan: Callable, *, 
                      on_commit: Callable[[], None] | None = None) -> None:
     """Write the checkpoint at ``spath`` with every worker of ``group`` (see the module docstring).
 
-    ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit`` runs
+    ``make_plan()`` returns this worker's :class:`~ckptcore.save.plan.SavePlan`; ``on_commit`` runs
     on every worker once the index is committed (rank 0 first, before the others return).
     """
     run_collective_save(group, storage, spath, make_plan, _Sections(), timeout=timeout, on_commit=on_commit)

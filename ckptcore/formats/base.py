@@ -88,7 +88,7 @@ class Format:
     variable_length_strings: bool = False
 
     def write_plan(self, storage: Any, prefix: str, plan: Any, progress: Any = None) -> None:
-        """Write a :class:`~ckptcore.saver.SavePlan` as a checkpoint at ``prefix``."""
+        """Write a :class:`~ckptcore.save.plan.SavePlan` as a checkpoint at ``prefix``."""
         raise NotImplementedError(f"format {self.name!r} cannot write checkpoints")
 
     def record_save(self, storage: Any, directory: str, name: str) -> None:

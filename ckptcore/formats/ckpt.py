@@ -415,7 +415,7 @@ class CkptFormat(Format):
     writes = True
 
     def write_plan(self, storage, prefix, plan, progress=None) -> None:
-        from ..saver import write_plan
+        from ..save.write import write_plan
 
         write_plan(storage, prefix, plan, progress)
 

@@ -322,7 +322,7 @@ class AdapterConformance:
         # Adapter.leaf_value lets a save skip children/attributes/get_value/get_state/slots: where it
         # returns an array, the object must be a leaf with VARIABLE_VALUE alone, the array must be
         # get_value's, and the checkpoint must hold what the usual path writes
-        from ckptcore import saver
+        from ckptcore.save import plan as saver
 
         src = make_object(0)
         for n in walk(src):

@@ -104,7 +104,7 @@ def collective_write(group, storage, spath: str, make_plan: Callable, *, timeout
                      on_commit: Callable[[], None] | None = None) -> None:
     """Write the TensorBundle at ``spath`` with every worker of ``group`` (see the module docstring).
 
-    ``make_plan()`` returns this worker's :class:`~ckptcore.saver.SavePlan`; ``on_commit``
+    ``make_plan()`` returns this worker's :class:`~ckptcore.save.plan.SavePlan`; ``on_commit``
     runs on every worker once the index is committed (rank 0 first).
     """
     from ...distributed.protocol import run_collective_save

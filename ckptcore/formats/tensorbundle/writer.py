@@ -242,7 +242,7 @@ class BundleWriter:
 
     def __init__(self, storage, prefix: str, progress: Callable[[int], Any] | None = None, *,
                  shard: int = 0, num_shards: int = 1):
-        from ...saver import checkpoint_files
+        from ...save.write import checkpoint_files
 
         self._storage, self._prefix, self._progress = storage, prefix, progress
         self._shard = shard
@@ -396,7 +396,7 @@ class BundleWriter:
 
     def commit(self, graph: bytes | None = None) -> int:
         """Write the object graph (if any), make the data durable, then write the index. Returns the data size."""
-        from ...saver import _commit_index
+        from ...save.write import _commit_index
 
         entries = self.commit_data(graph)
         try:

@@ -134,7 +134,7 @@ def failure(rank, world, workdir, params):
     import time
 
     import ckptcore.distributed.protocol as dsave  # the steps every collective save runs
-    import ckptcore.saver as saver
+    import ckptcore.save.write as saver
     from ckptcore.storage import LocalStorage
 
     model = make_model()
@@ -198,7 +198,7 @@ def failure(rank, world, workdir, params):
 def async_save(rank, world, workdir, params):
     """FSDP2: an async save, a training step while it writes (FSDP's collectives meanwhile), sync();
     the checkpoint holds the values of the moment of save(). Then an async save that fails on rank 1."""
-    import ckptcore.saver as saver
+    import ckptcore.save.write as saver
 
     model = fsdp(make_model())
     opt = torch.optim.AdamW(model.parameters(), lr=0.05)

@@ -1,6 +1,6 @@
 """Turning what adapters give a save into what a checkpoint stores: arrays, dtype names, state.
 
-:func:`ckptcore.saver.plan_save` calls these for every value it collects: ``_as_array`` makes a
+:func:`ckptcore.save.plan_save` calls these for every value it collects: ``_as_array`` makes a
 value a C-contiguous array of a supported dtype (or refuses it, naming the object),
 ``_check_state`` checks adapter state is JSON, ``_check_attributes`` and ``_refuse_key_clash``
 refuse names that would give two values one key.
@@ -20,11 +20,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .distributed.shards import ShardedValue
-from .dtypes import dtype_name, storage_dtype
-from .errors import CheckpointError, InvalidArgumentError, NotTrackableError, UnsupportedDtypeError
-from .formats import ckpt as fmt
-from .naming import display_path
+from ..distributed.shards import ShardedValue
+from ..dtypes import dtype_name, storage_dtype
+from ..errors import CheckpointError, InvalidArgumentError, NotTrackableError, UnsupportedDtypeError
+from ..formats import ckpt as fmt
+from ..naming import display_path
 
 _QUALNAMES: dict[type, str] = {}
 

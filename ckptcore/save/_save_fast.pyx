@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled steps of the save walk (:func:`ckptcore.saver.plan_save`) for the commonest objects.
+"""Compiled steps of the save walk (:func:`ckptcore.save.plan_save`) for the commonest objects.
 
 Built by ``make venv`` (``setup.py``, Cython) beside the restore's ``restore/_plan_fast``;
 where it is missing (no compiler, or ``CKPTCORE_PURE_PYTHON=1``) ``_plan_save`` does the same
