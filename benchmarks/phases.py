@@ -48,9 +48,9 @@ def _wrap(owner, name: str, label: str) -> None:
 
 def _instrument() -> None:
     from ckptcore import reader
+    from ckptcore.restore import session, slots
     from ckptcore.save import plan as save_plan
     from ckptcore.save import write as save_write
-    from ckptcore.restore import session, slots
 
     _wrap(reader.CheckpointReader, "__init__", "open")
     _wrap(reader.CheckpointReader, "read_rows", "read")
