@@ -372,6 +372,12 @@ class Checkpoint(Module):
 
         if options.enable_async:
             self._ck_async.submit(commit)
+        elif isinstance(storage, LocalStorage):
+            # As a local restore: the collector stays paused while the data and index are written (the
+            # tensor table's 100,000 shapes set off a full collection of a large heap: 40 ms of 350).
+            with paused_gc():
+                commit()
+                del plan   # freed while paused: no collection afterwards goes through its 100,000 young objects
         else:
             commit()
         return path

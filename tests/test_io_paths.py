@@ -125,6 +125,51 @@ def test_paused_gc_nests_and_restores_the_previous_state():
         gc.enable()
 
 
+def _young_objects_collected_during(fn) -> tuple[int, object]:
+    """How many objects the collections that run during ``fn()`` go through (their cost), and its result."""
+    seen = [0]
+
+    def watch(phase, info):
+        if phase == "start":
+            seen[0] += sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1))
+    gc.collect()   # a young generation that starts empty: only what the call itself makes is counted
+    gc.callbacks.append(watch)
+    try:
+        out = fn()
+    finally:
+        gc.callbacks.remove(watch)
+    return seen[0], out
+
+
+def test_a_local_save_leaves_the_collector_nothing_of_its_own(prefix):
+    # A sync save to local disk runs with the collector paused and frees its plan before it goes on
+    # again. Otherwise collections mid-write, or the first one after, go through the plan's young
+    # objects (100,000 arrays: 60 ms of a 350 ms save).
+    n = 5000
+    m = ck.Module()
+    m.xs = [np.full(3, float(i)) for i in range(n)]
+    ckpt = ck.Checkpoint(m=m)
+    ckpt.save(prefix)   # (the first save makes what every save keeps: the save counter, the state file's objects)
+    young, path = _young_objects_collected_during(lambda: ckpt.save(prefix))
+    assert young < n // 10
+    assert gc.isenabled()
+    dst = ck.Module()
+    dst.xs = [np.zeros(3) for _ in range(n)]
+    ck.Checkpoint(m=dst).restore(path).assert_consumed()
+    assert dst.xs[n - 1].tolist() == [n - 1.0] * 3
+
+
+def test_a_failed_local_save_turns_the_collector_back_on(prefix, monkeypatch):
+    from ckptcore.save import write
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(write, "_write_columns", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ck.Checkpoint(a=np.ones(3)).save(prefix)
+    assert gc.isenabled()
+
+
 def test_checksums_run_inline_when_threads_are_refused(prefix, monkeypatch):
     """At interpreter exit no new work may go to threads: saves and restores still complete."""
     class Refusing:

@@ -86,11 +86,12 @@ class SavePlan:
         """``(entry, array)`` pairs; built on first use, which for an async save is on its writer thread."""
         if self._tensors is None:
             keys, dtypes, arrays = self._columns
-            if self._table is not None:  # written column-wise already: the entries of its layout
-                self._tensors = list(zip(self._table.entries(), arrays))
-            else:
-                self._tensors = [(fmt.TensorEntry(k, d, a.shape, 0, 0, a.nbytes, 0), a)
-                                 for k, d, a in zip(keys, dtypes, arrays)]
+            with paused_gc():   # an entry and a tuple per tensor: no collection of the heap meanwhile
+                if self._table is not None:  # written column-wise already: the entries of its layout
+                    self._tensors = list(zip(self._table.entries(), arrays))
+                else:
+                    self._tensors = [(fmt.TensorEntry(k, d, a.shape, 0, 0, a.nbytes, 0), a)
+                                     for k, d, a in zip(keys, dtypes, arrays)]
         return self._tensors
 
     @property

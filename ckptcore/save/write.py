@@ -20,7 +20,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from .._perf import submit
+from .._perf import paused_gc, submit
 from ..formats import ckpt as fmt
 from .plan import SavePlan, plan_save  # noqa: F401  (plan_save: the examples)
 
@@ -104,8 +104,9 @@ def _write_columns(writer, plan: SavePlan, progress) -> int:
     finally:
         for f in pending:
             f.exception()  # wait for every checksum (their errors, if any, were raised above)
-    table = fmt.TensorTable(keys, dtypes, list(map(_shape, arrays)), [0] * n, offs.tolist(), nbytes_l, crcs,
-                            plan.node_of)
+    with paused_gc():   # (a tuple per shape: an async save's writer thread pauses the collector only here)
+        table = fmt.TensorTable(keys, dtypes, list(map(_shape, arrays)), [0] * n, offs.tolist(), nbytes_l, crcs,
+                                plan.node_of)
     table._arrays = (np.zeros(n, np.int64), offs, nbytes)
     plan._table = table
     return int(ends[-1]) if n else 0
