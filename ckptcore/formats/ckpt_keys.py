@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..naming import ATTRIBUTES, OPTIMIZER_SLOT, VARIABLE_VALUE, escape_local_name, unescape_local_name
+from .ckpt_tables import int64_column
 
 __all__ = ["KeyDerivation", "NotDerivable"]
 
@@ -89,11 +90,11 @@ class KeyDerivation(Sequence):
             ckptcore.formats.ckpt_keys.NotDerivable: node 1 is reached by no edge and is no optimizer slot
         """
         n = len(graph.attr_start) - 1
-        child = np.asarray(graph.child if child is None else child, np.int64)
+        child = int64_column(graph.child if child is None else child)
         if counts is None:
-            counts = (np.diff(np.asarray(graph.child_start, np.int64)), np.diff(np.asarray(graph.attr_start, np.int64)))
-        num_children = np.asarray(counts[0], np.int64)
-        num_attrs = np.asarray(counts[1], np.int64)
+            counts = (np.diff(int64_column(graph.child_start)), np.diff(int64_column(graph.attr_start)))
+        num_children = int64_column(counts[0])
+        num_attrs = int64_column(counts[1])
         parent, edge = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
         k = len(child)
         if k:
@@ -118,7 +119,7 @@ class KeyDerivation(Sequence):
         if slot_cols is not None:
             # checked as columns (an optimizer over 20,000 parameters has 60,000 slots)
             opt_a, var, slot, name_a, names, table = slot_cols
-            var_a, slot_a = np.asarray(var, np.int64), np.asarray(slot, np.int64)
+            var_a, slot_a = int64_column(var), int64_column(slot)
             if len(set(table)) != len(table):   # one name twice in the table: compare names, not their indexes
                 name_a = np.array([table.index(x) for x in table], np.int64)[name_a]
             is_slot[slot_a] = True

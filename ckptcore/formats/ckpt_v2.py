@@ -41,7 +41,7 @@ from .ckpt import (
     is_data_tag,
 )
 from .ckpt_keys import KeyDerivation, NotDerivable
-from .ckpt_tables import FAST_DTYPES, Gathered, Graph, TensorTable
+from .ckpt_tables import FAST_DTYPES, Gathered, Graph, TensorTable, int64_column, uint64_column
 
 __all__ = ["COLUMN_ALIGNMENT", "COLUMN_DTYPES", "encode_v2", "parse_v2"]
 
@@ -63,7 +63,7 @@ class _Columns:
 
     def ref(self, values) -> str:
         """Store ``values`` (non-negative integers) in the narrowest unsigned type; the JSON that refers to them."""
-        arr = np.asarray(values, dtype=np.uint64)
+        arr = uint64_column(values)
         top = int(arr.max()) if arr.size else 0
         dt = "<u1" if top < 1 << 8 else "<u2" if top < 1 << 16 else "<u4" if top < 1 << 32 else "<u8"
         data = arr.astype(dt).tobytes()
@@ -81,7 +81,7 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
     types = {a: i for i, a in enumerate(dict.fromkeys(g.type))}
     dtypes = {d: i for i, d in enumerate(dict.fromkeys(t.dtype))}
     states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
-    cs, as_ = np.asarray(g.child_start), np.asarray(g.attr_start)
+    cs, as_ = int64_column(g.child_start), int64_column(g.attr_start)
     shard, offset, nbytes = t.arrays()  # as int64 arrays (kept by decoded and column-written tables)
     col = _Columns()
 

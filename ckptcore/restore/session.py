@@ -38,6 +38,7 @@ from ..distributed.shards import ShardBuffer
 from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
+from ..formats.ckpt_tables import int64_column
 from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children
 from ..graph import _is_leaf_adapter as _is_leaf
 from ..naming import VARIABLE_VALUE, display_path
@@ -341,7 +342,7 @@ class RestoreSession:
     def _num_children(self) -> list[int]:
         """Per node: how many saved edges leave it (a list, for C-level lookups)."""
         if self._nchild is None:
-            self._nchild = np.diff(np.asarray(self.graph.child_start, np.int64)).tolist()
+            self._nchild = np.diff(int64_column(self.graph.child_start)).tolist()
         return self._nchild
 
     def _note_extra_children(self, children, saved_names, at_root: bool) -> None:
@@ -354,13 +355,13 @@ class RestoreSession:
         if self._valued is None:
             g = self.graph
             n = len(g)
-            attr_start = np.asarray(g.attr_start, np.int64)
+            attr_start = int64_column(g.attr_start)
             valued = attr_start[1:n + 1] != attr_start[:n]
             extra = [nid for nid in (*g.state, *g.slots) if 0 <= nid < n]
             valued[extra] = True
-            starts = np.asarray(g.child_start, np.int64)
+            starts = int64_column(g.child_start)
             parents = np.repeat(np.arange(n, dtype=np.int64), np.diff(starts[:n + 1]))
-            children = np.asarray(g.child, np.int64)
+            children = int64_column(g.child)
             while True:   # up the edges until nothing changes (a path or a cycle: at most n rounds)
                 up = np.zeros(n, bool)
                 up[parents[valued[children]]] = True
@@ -374,7 +375,7 @@ class RestoreSession:
     def _shared_nodes(self) -> set[int]:
         """Node ids more than one edge leads to, and the root: a walk can reach only these twice."""
         if self._shared is None:
-            indeg = np.bincount(np.asarray(self.graph.child, np.int64), minlength=len(self.graph))
+            indeg = np.bincount(int64_column(self.graph.child), minlength=len(self.graph))
             self._shared = set(np.flatnonzero(indeg > 1).tolist()) | {0}
         return self._shared
 
@@ -645,7 +646,7 @@ class RestoreSession:
     def _table_nodes(self) -> np.ndarray:
         nodes = getattr(self, "_nodes_col", None)
         if nodes is None:
-            nodes = self._nodes_col = np.asarray(self.table.node, np.int64)
+            nodes = self._nodes_col = int64_column(self.table.node)
         return nodes
 
     def live_graph_consumed(self) -> bool:
