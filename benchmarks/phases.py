@@ -6,6 +6,8 @@ each tree, alternating, a few processes each, and compare the minima.
 
 * ``--workload list``: bench15's LIST model (1,000 ck.Modules of lists of 20 random-size float32
   arrays, 256 MiB; ``--mib`` changes the size).
+* ``--workload flat``: the SWEEP's model (``--arrays`` float32 arrays of equal size, 100,000 by
+  default, in ck.Modules of lists of 100; ``--mib`` in all).
 * ``--workload torch``: the SWEEP's torch model at ``--params`` parameters (20 per module) with
   Adam after one step (4 tensors per parameter), 64 MiB.
 
@@ -72,6 +74,12 @@ def _models(workload: str, args):
 
         total = args.mib << 20
         return (lambda seed: {"model": list_model(total, fill=False)[0]}), {"model": list_model(total)[0]}
+    if workload == "flat":
+        from benchmarks.bench15 import _flat_model
+
+        total = args.mib << 20
+        return ((lambda seed: {"model": _flat_model(args.arrays, total, fill=False)[0]}),
+                {"model": _flat_model(args.arrays, total)[0]})
     import torch
 
     from benchmarks.bench15 import _torch_flat
@@ -90,9 +98,10 @@ def _models(workload: str, args):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=["list", "torch"], default="list")
+    ap.add_argument("--workload", choices=["list", "flat", "torch"], default="list")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--mib", type=int, default=256, help="LIST's total size")
+    ap.add_argument("--mib", type=int, default=256, help="LIST's (and FLAT's) total size")
+    ap.add_argument("--arrays", type=int, default=100_000, help="FLAT's array count")
     ap.add_argument("--params", type=int, default=20_000, help="the torch model's parameter count")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args(argv)

@@ -255,7 +255,7 @@ def _read_runs_on_two_threads(rd, path: str, table: fmt.TensorTable, rows: list,
     take = count().__next__
     crcs: list = [None] * len(runs)
     failed: list[tuple[int, BaseException]] = []  # (run, error): a short read, a storage error
-    crc32c = fmt.crc32c
+    crc32c_each = fmt.crc32c_each
 
     def work() -> None:
         while not failed:
@@ -270,8 +270,8 @@ def _read_runs_on_two_threads(rd, path: str, table: fmt.TensorTable, rows: list,
             except BaseException as e:  # (re-raised below, once the other thread is done too)
                 failed.append((k, e))
                 return
-            if verify:  # each call releases the GIL: the other thread reads or checks meanwhile
-                crcs[k] = [crc32c(a, 0, True) for a in arrs]
+            if verify:  # (the other thread reads or checks meanwhile: large arrays release the GIL)
+                crcs[k] = crc32c_each(arrs)
 
     helper = submit(work)
     try:
@@ -318,9 +318,7 @@ def _deliver_rows(arrs: list, callbacks: list) -> None:
 
 
 def _checksums(arrs: list) -> list[int]:
-    # on the helper thread: every call releases the GIL, so the reading thread goes on meanwhile
-    crc32c = fmt.crc32c
-    return [crc32c(a, 0, True) for a in arrs]
+    return fmt.crc32c_each(arrs)   # on the helper thread, while this one reads the next run
 
 
 def _deliver(run: list, arrs: list) -> None:

@@ -40,9 +40,8 @@ def _set_crc(entry: fmt.TensorEntry, arr) -> None:
 
 
 def _set_crcs(items: list) -> None:
-    crc32c = fmt.crc32c
-    for entry, arr in items:
-        entry.crc32c = crc32c(arr, 0, True)  # releases the GIL: the writing thread goes on meanwhile
+    for (entry, _arr), crc in zip(items, fmt.crc32c_each([arr for _entry, arr in items])):
+        entry.crc32c = crc
 
 
 def _write_columns(writer, plan: SavePlan, progress) -> int:
@@ -116,8 +115,7 @@ _nbytes, _shape = attrgetter("nbytes"), attrgetter("shape")
 
 
 def _checksums(arrs: list) -> list[int]:
-    crc32c = fmt.crc32c
-    return [crc32c(a, 0, True) for a in arrs]  # releases the GIL: the writing thread goes on meanwhile
+    return fmt.crc32c_each(arrs)  # on the helper thread: the writing thread is in writev meanwhile
 
 
 def _write_tensors(writer, tensors, progress) -> int:
