@@ -37,12 +37,12 @@ def test_make_venv_builds_the_compiled_planner():
 
 def test_ckptcore_pure_python_turns_every_compiled_helper_off():
     # the restore's planner and matcher (here) and the save walk's steps (tests/test_compiled_save_walk.py)
-    code = ("from ckptcore.save import plan as saver; from ckptcore.restore import _compiled, session; "
+    code = ("from ckptcore.save import plan as saver, write; from ckptcore.restore import _compiled, session; "
             "print(session._plan_plain_arrays is None and _compiled.data_spans is None "
             "and _compiled.match_aligned is None and saver._plain_leaves is None and saver._add_children is None "
             "and _compiled.slot_dests is None and _compiled.due_once is None and _compiled.slot_specs is None "
             "and _compiled.fresh_slot_arrays is None and saver._add_slots is None "
-            "and _compiled.live_all_matched is None)")
+            "and _compiled.live_all_matched is None and write._array_columns is None)")
     env = {**os.environ, "CKPTCORE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr

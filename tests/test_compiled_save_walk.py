@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 import ckptcore as ck
 from ckptcore import _perf
 from ckptcore.save import plan as saver
+from ckptcore.save import write
 
 
 def test_make_venv_builds_the_compiled_walk():
     # A build that silently lost the extension would leave the suite testing only the Python walk.
     if _perf.PURE_PYTHON:  # (CKPTCORE_PURE_PYTHON=1)
         assert saver._plain_leaves is None and saver._add_children is None and saver._add_slots is None
+        assert write._array_columns is None
         return
     from ckptcore.save import _save_fast
 
@@ -31,6 +33,44 @@ def test_make_venv_builds_the_compiled_walk():
     assert saver._plain_leaves is _save_fast.plain_leaves
     assert saver._add_children is _save_fast.add_children
     assert saver._add_slots is _save_fast.add_slots
+    assert write._array_columns is _save_fast.array_columns
+
+
+_SHAPES = st.lists(st.integers(0, 4), max_size=4).map(tuple)
+_DTYPES = st.sampled_from([np.float32, np.int8, np.float64, np.uint16, np.bool_, np.complex64])
+
+
+@pytest.mark.skipif(write._array_columns is None, reason="the compiled walk is turned off in this run")
+@given(specs=st.lists(st.tuples(_SHAPES, _DTYPES), max_size=12))
+def test_compiled_array_columns_are_the_python_columns(specs):
+    # the column writer's sizes, ranks and dimensions: from the compiled helper, or np.fromiter
+    # over each array's nbytes, ndim and shape (what the writer does without it)
+    arrays = [np.zeros(shape, dtype) for shape, dtype in specs]
+    nbytes, ndim, dims = write._array_columns(arrays)
+    assert nbytes.tolist() == [a.nbytes for a in arrays]
+    assert ndim.tolist() == [a.ndim for a in arrays]
+    assert dims.tolist() == [d for a in arrays for d in a.shape]
+    assert write._array_columns(arrays + [[1, 2]]) is None   # not an array: the writer's Python path
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_column_written_index_holds_every_shape(tmp_path, monkeypatch, compiled):
+    # the tensor table of a column write keeps (ndim, dims) columns, no tuple per tensor; the index and
+    # the plan's own table give back every shape, ranks 0 to 3 mixed
+    if not compiled:
+        monkeypatch.setattr(write, "_array_columns", None)
+    m = ck.Module()
+    m.xs = [np.full((2,) * (i % 4), float(i), np.float32) for i in range(40)]
+    plan = saver.plan_save(m)
+    from ckptcore.storage import open_storage
+
+    st_, p = open_storage(str(tmp_path / "c"))
+    write.write_plan(st_, p, plan)
+    shapes = [tuple(x.shape) for x in m.xs]
+    assert plan.index.table.shape == shapes
+    r = ck.load_checkpoint(p)
+    assert [r.get_variable_to_shape_map()[f"xs/{i}/.ATTRIBUTES/VARIABLE_VALUE"] for i in range(40)] == list(map(list, shapes))
+    assert all(np.array_equal(r.get_tensor(f"xs/{i}/.ATTRIBUTES/VARIABLE_VALUE"), x) for i, x in enumerate(m.xs))
 
 
 class Odd(np.ndarray):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, chain
 from types import MappingProxyType
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from ..dtypes import _BY_NAME, dtype_from_name
 
 __all__ = ["FAST_DTYPES", "STRING_DTYPE", "Gathered", "Graph", "Node", "TensorEntry", "TensorTable", "int64_column",
-           "uint64_column"]
+           "shapes_from_columns", "uint64_column"]
 
 # stored name -> dtype, for hot paths: the allowlist itself (ml_dtypes' names join it once loaded)
 FAST_DTYPES = _BY_NAME
@@ -73,6 +73,35 @@ def uint64_column(values) -> np.ndarray:
         except (OverflowError, TypeError):
             pass
     return np.asarray(values, dtype=np.uint64)
+
+
+def shapes_from_columns(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
+    """Each row's shape tuple from the ``ndim`` and flat ``dims`` columns, in numpy passes per rank.
+
+    Equal shapes share one tuple: models repeat a few shapes many times, and a million tuples
+    would be that many more objects for the garbage collector to scan after a restore.
+
+    Example:
+        >>> shapes_from_columns(np.array([2, 0, 1]), np.array([2, 3, 5]))
+        [(2, 3), (), (5,)]
+    """
+    m = len(ndim)
+    if not m:
+        return []
+    starts = np.cumsum(ndim) - ndim
+    out = np.empty(m, object)
+    ranks = np.unique(ndim).tolist()
+    for k in ranks:
+        rows = np.flatnonzero(ndim == k) if len(ranks) > 1 else np.arange(m)
+        if k == 0:
+            out[rows] = np.fromiter([()], object, 1)[np.zeros(len(rows), np.intp)]
+        elif k == 1:
+            uniq, inverse = np.unique(dims[starts[rows]], return_inverse=True)
+            out[rows] = np.fromiter(((d,) for d in uniq.tolist()), object, len(uniq))[inverse]
+        else:
+            uniq, inverse = np.unique(dims[starts[rows, None] + np.arange(k)], axis=0, return_inverse=True)
+            out[rows] = np.fromiter(map(tuple, uniq.tolist()), object, len(uniq))[inverse.reshape(-1)]
+    return out.tolist()
 
 
 @dataclass(slots=True)
@@ -224,13 +253,16 @@ class TensorTable:
         True
     """
 
-    __slots__ = ("_key", "dtype", "shape", "_shard", "_offset", "_nbytes", "crc32c", "node", "_arrays", "derived")
+    __slots__ = ("_key", "dtype", "_shape", "_shape_cols", "_shard", "_offset", "_nbytes", "crc32c", "node",
+                 "_arrays", "derived")
 
-    def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node):
+    def __init__(self, key, dtype, shape, shard, offset, nbytes, crc32c, node, shape_cols=None):
         # key: a list, or a KeyDerivation (a version-6 index: the keys are made on first use, see ckpt_keys).
         # shard, offset, nbytes: lists, or int64 arrays (a decoded index: their lists are made on first use;
         # restore reads the arrays, :meth:`arrays`)
-        self._key, self.dtype, self.shape = key, dtype, shape
+        # shape: a list of tuples, or None with shape_cols = (ndim, dims) int64 arrays (a save's column writer:
+        # no tuple per tensor; the tuples are made on first use, see shape)
+        self._key, self.dtype, self._shape, self._shape_cols = key, dtype, shape, shape_cols
         self._shard, self._offset, self._nbytes, self.crc32c, self.node = shard, offset, nbytes, crc32c, node
         self._arrays = None
         # True: the keys are known to be those the graph gives (ckpt_keys), so an encoder need not derive them
@@ -266,6 +298,27 @@ class TensorTable:
             False
         """
         return False if type(self._key) is list else self._key.find(key)
+
+    @property
+    def shape(self) -> list[tuple[int, ...]]:
+        """Each row's shape."""
+        if self._shape is None:
+            self._shape = shapes_from_columns(*self._shape_cols)
+        return self._shape
+
+    def shape_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ndim, dims)``: each row's rank, and every row's dimensions one after another (int64 arrays).
+
+        Example:
+            >>> t = TensorTable.from_entries([TensorEntry("k", "int8", (2, 3), 0, 0, 6, 0)], [0])
+            >>> [c.tolist() for c in t.shape_columns()]
+            [[2], [2, 3]]
+        """
+        if self._shape_cols is not None:
+            return self._shape_cols
+        shape = self._shape
+        ndim = np.fromiter(map(len, shape), np.int64, len(shape))
+        return ndim, np.fromiter(chain.from_iterable(shape), np.int64, int(ndim.sum()))
 
     @property
     def shard(self) -> list[int]:

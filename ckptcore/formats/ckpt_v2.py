@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -83,6 +82,7 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
     states = [f"[{i},{_dumps(g.state[i])}]" for i in sorted(g.state)]
     cs, as_ = int64_column(g.child_start), int64_column(g.attr_start)
     shard, offset, nbytes = t.arrays()  # as int64 arrays (kept by decoded and column-written tables)
+    ndim, dims = t.shape_columns()
     col = _Columns()
 
     def slots() -> str:  # (called in its place in the f-string below: its columns follow num_attributes)
@@ -111,8 +111,8 @@ def encode_v2(index: Index) -> tuple[bytes, bytes]:
              f'"attribute":{names(g.attr_name)},"state":[{",".join(states)}],"slots":{slots()}}}')
     keys = "" if derived else f'"key":[{_strs(t.key)}],'   # version 6: the keys follow from the graph
     tensors = (f'{{"dtypes":[{_strs(dtypes)}],{keys}'
-               f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(list(map(len, t.shape)))},'
-               f'"dims":{col.ref(list(chain.from_iterable(t.shape)))},"shard":{col.ref(shard)},'
+               f'"dtype":{col.ref(list(map(dtypes.__getitem__, t.dtype)))},"ndim":{col.ref(ndim)},'
+               f'"dims":{col.ref(dims)},"shard":{col.ref(shard)},'
                f'"offset":{col.ref(offset)},"nbytes":{col.ref(nbytes)},"crc32c":{col.ref(t.crc32c)}}}')
     if index.pieces is not None and len(index.pieces):
         from .pieces import encode_pieces
@@ -312,10 +312,10 @@ def parse_v2(doc: Any, path: str, version: int, section) -> Index:
     if m:
         _check_extents(path, keys, dtypes, dtype_ids, ndim, dims, shard, offset, nbytes, sizes,
                        None if pieces is None else list(pieces.by_row))
-    shapes = _shapes(ndim, dims)
-    # shard, offset and nbytes stay int64 arrays (their lists are made if asked for): restore reads them as arrays
-    table = TensorTable(keys, _gather(dtype_names, dtype_ids), shapes, shard, offset, nbytes, crcs.tolist(),
-                        row_node)
+    # shard, offset and nbytes stay int64 arrays (their lists are made if asked for): restore reads them as
+    # arrays; the shape tuples are made on first use (an open that lists keys or reads a few tensors needs none)
+    table = TensorTable(keys, _gather(dtype_names, dtype_ids), None, shard, offset, nbytes, crcs.tolist(),
+                        row_node, shape_cols=(ndim, dims))
     index = Index(num_shards=num_shards, shard_sizes=sizes, metadata=metadata, version=version, graph=graph,
                   table=table, pieces=pieces)
     tag = doc.get("data_tag") if version >= DATA_TAG_VERSION else None
@@ -352,31 +352,6 @@ def _slot_columns(table: dict, path: str, section, n: int) -> tuple[dict[int, li
     starts = np.flatnonzero(np.r_[True, sorted_opt[1:] != sorted_opt[:-1]]).tolist()
     order_l = order.tolist()
     return {int(sorted_opt[a]): [rows[i] for i in order_l[a:b]] for a, b in zip(starts, [*starts[1:], k])}, cols
-
-
-def _shapes(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
-    """Each row's shape tuple from the ``ndim`` and flat ``dims`` columns, in numpy passes per rank.
-
-    Equal shapes share one tuple: models repeat a few shapes many times, and a million tuples
-    would be that many more objects for the garbage collector to scan after a restore.
-    """
-    m = len(ndim)
-    if not m:
-        return []
-    starts = np.cumsum(ndim) - ndim
-    out = np.empty(m, object)
-    ranks = np.unique(ndim).tolist()
-    for k in ranks:
-        rows = np.flatnonzero(ndim == k) if len(ranks) > 1 else np.arange(m)
-        if k == 0:
-            out[rows] = np.fromiter([()], object, 1)[np.zeros(len(rows), np.intp)]
-        elif k == 1:
-            uniq, inverse = np.unique(dims[starts[rows]], return_inverse=True)
-            out[rows] = np.fromiter(((d,) for d in uniq.tolist()), object, len(uniq))[inverse]
-        else:
-            uniq, inverse = np.unique(dims[starts[rows, None] + np.arange(k)], axis=0, return_inverse=True)
-            out[rows] = np.fromiter(map(tuple, uniq.tolist()), object, len(uniq))[inverse.reshape(-1)]
-    return out.tolist()
 
 
 def _gather(names: list[str], ids: np.ndarray) -> list[str]:

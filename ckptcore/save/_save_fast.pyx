@@ -204,3 +204,40 @@ def add_slots(list pending, dict index_of, dict dtype_info, list escs, str slot_
             got = slots[opt_id] = []
         (<list>got).append((var_id, name, slot_id))
     return n
+
+
+def array_columns(list arrays):
+    """``(nbytes, ndim, dims)`` of ``arrays`` as int64 arrays: each one's size in bytes and rank, and
+    every array's dimensions one after another; None if an item is not an ``np.ndarray``.
+
+    What the column writer (``save/write.py``) otherwise makes with ``np.fromiter`` over each
+    array's ``nbytes``, ``ndim`` and ``shape``, with no shape tuple made.
+
+    Example:
+        >>> import numpy as np
+        >>> [c.tolist() for c in array_columns([np.zeros((2, 3), np.float32), np.zeros((), np.int8)])]
+        [[24, 1], [2, 0], [2, 3]]
+    """
+    cdef Py_ssize_t n = len(arrays), i, j, k, total = 0, d
+    cdef cnp.ndarray arr
+    cdef object a
+    for i in range(n):
+        a = arrays[i]
+        if not isinstance(a, _ndarray):
+            return None
+        total += cnp.PyArray_NDIM(<cnp.ndarray>a)
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] nbytes = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] ndim = cnp.PyArray_EMPTY(1, [n], cnp.NPY_INT64, 0)
+    cdef cnp.ndarray[cnp.int64_t, ndim=1] dims = cnp.PyArray_EMPTY(1, [total], cnp.NPY_INT64, 0)
+    cdef cnp.npy_intp* shape
+    k = 0
+    for i in range(n):
+        arr = <cnp.ndarray>arrays[i]
+        d = cnp.PyArray_NDIM(arr)
+        shape = cnp.PyArray_DIMS(arr)
+        nbytes[i] = cnp.PyArray_NBYTES(arr)
+        ndim[i] = d
+        for j in range(d):
+            dims[k] = shape[j]
+            k += 1
+    return nbytes, ndim, dims

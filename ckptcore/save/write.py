@@ -16,13 +16,23 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import chain
 from operator import attrgetter
 
 import numpy as np
 
-from .._perf import paused_gc, submit
+from .._perf import PURE_PYTHON, submit
 from ..formats import ckpt as fmt
 from .plan import SavePlan, plan_save  # noqa: F401  (plan_save: the examples)
+
+_array_columns: Callable[[list], tuple | None] | None
+try:  # compiled (setup.py); without it _write_columns makes the same columns with np.fromiter
+    from ._save_fast import array_columns as _array_columns
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _array_columns = None
+if PURE_PYTHON:
+    _array_columns = None
 
 SMALL_TENSOR = 1 << 20   # tensors at least this big get their CRC32C computed on a helper thread
 STAGING_BYTES = 8 << 20  # neighbouring tensors are written together, in one writev, up to this size
@@ -53,7 +63,12 @@ def _write_columns(writer, plan: SavePlan, progress) -> int:
     """
     keys, dtypes, arrays = plan._columns
     n = len(arrays)
-    nbytes = np.fromiter(map(_nbytes, arrays), np.int64, n)
+    cols = _array_columns(arrays) if _array_columns is not None else None
+    if cols is None:
+        nbytes = np.fromiter(map(_nbytes, arrays), np.int64, n)
+        ndim = np.fromiter(map(_ndim, arrays), np.int64, n)
+        cols = nbytes, ndim, np.fromiter(chain.from_iterable(map(_shape, arrays)), np.int64, int(ndim.sum()))
+    nbytes = cols[0]
     # fmt.tensor_alignment for every tensor: the dtype's alignment, 64 bytes for large ones
     small = {d: fmt.tensor_alignment(0, d) for d in dict.fromkeys(dtypes)}
     align = np.fromiter(map(small.__getitem__, dtypes), np.int64, n)
@@ -103,15 +118,14 @@ def _write_columns(writer, plan: SavePlan, progress) -> int:
     finally:
         for f in pending:
             f.exception()  # wait for every checksum (their errors, if any, were raised above)
-    with paused_gc():   # (a tuple per shape: an async save's writer thread pauses the collector only here)
-        table = fmt.TensorTable(keys, dtypes, list(map(_shape, arrays)), [0] * n, offs.tolist(), nbytes_l, crcs,
-                                plan.node_of)
+    table = fmt.TensorTable(keys, dtypes, None, [0] * n, offs.tolist(), nbytes_l, crcs, plan.node_of,
+                            shape_cols=cols[1:])   # (no tuple per shape: the index encodes these columns)
     table._arrays = (np.zeros(n, np.int64), offs, nbytes)
     plan._table = table
     return int(ends[-1]) if n else 0
 
 
-_nbytes, _shape = attrgetter("nbytes"), attrgetter("shape")
+_nbytes, _ndim, _shape = attrgetter("nbytes"), attrgetter("ndim"), attrgetter("shape")
 
 
 def _checksums(arrs: list) -> list[int]:
