@@ -69,7 +69,8 @@ def test_a_column_written_index_holds_every_shape(tmp_path, monkeypatch, compile
     shapes = [tuple(x.shape) for x in m.xs]
     assert plan.index.table.shape == shapes
     r = ck.load_checkpoint(p)
-    assert [r.get_variable_to_shape_map()[f"xs/{i}/.ATTRIBUTES/VARIABLE_VALUE"] for i in range(40)] == list(map(list, shapes))
+    saved = r.get_variable_to_shape_map()
+    assert [saved[f"xs/{i}/.ATTRIBUTES/VARIABLE_VALUE"] for i in range(40)] == list(map(list, shapes))
     assert all(np.array_equal(r.get_tensor(f"xs/{i}/.ATTRIBUTES/VARIABLE_VALUE"), x) for i, x in enumerate(m.xs))
 
 
