@@ -22,7 +22,7 @@ from .errors import CheckpointError, ContainerModifiedError
 from .naming import display_path
 from .registry import adapter_or_none, find_adapter
 
-__all__ = ["LiveNode", "walk", "live_children"]
+__all__ = ["LiveNode", "adapter_children", "checked_children", "live_children", "walk"]
 
 
 @dataclass
@@ -53,8 +53,23 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str] | Callable[[], Seq
         >>> [n for n, _ in live_children(m, ck.registry.find_adapter(m), ())]
         ['w']
     """
+    return checked_children(adapter_children(obj, adapter, path), adapter, path, extra)
+
+
+def adapter_children(obj: Any, adapter: Any, path: Sequence[str] | Callable[[], Sequence[str]]) -> Any:
+    """``adapter.children(obj)`` as the adapter gives it, unchecked; its failure names the object.
+
+    A restore that finds the children lined up with the saved edges (their names are the saved,
+    distinct names) needs no other check; any other caller passes them to :func:`checked_children`.
+
+    Example:
+        >>> import ckptcore as ck
+        >>> m = ck.Module(); m.w = ck.Variable(0)
+        >>> [n for n, _ in adapter_children(m, ck.registry.find_adapter(m), ())]
+        ['w']
+    """
     try:
-        children = adapter.children(obj)
+        return adapter.children(obj)
     except ContainerModifiedError as e:  # name the container
         raise ContainerModifiedError(f"{display_path(_at(path))}: {e}") from None
     except CheckpointError:
@@ -63,6 +78,18 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str] | Callable[[], Seq
         raise CheckpointError(f"cannot track {display_path(_at(path))}: children() of its adapter "
                               f"{getattr(adapter, 'name', type(adapter).__name__)!r} failed: {type(e).__name__}: "
                               f"{e}") from e
+
+
+def checked_children(children: Any, adapter: Any, path: Sequence[str] | Callable[[], Sequence[str]],
+                     extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """What :func:`adapter_children` gave, plus ``extra``: ``(name, object)`` pairs with distinct names.
+
+    Example:
+        >>> checked_children([("a", 1), ("a", 2)], None, ("m",))
+        Traceback (most recent call last):
+        ...
+        ckptcore.errors.CheckpointError: object m has two different dependencies named 'a'
+    """
     if not extra and type(children) is list:  # the common cases, without a check per child:
         if not children:  # leaves
             return []
@@ -77,7 +104,13 @@ def live_children(obj: Any, adapter: Any, path: Sequence[str] | Callable[[], Seq
         return []
     out: list[tuple[str, Any]] = []
     seen: dict[str, Any] = {}
-    for item in list(children) + list(extra):
+    try:
+        items = list(children) + list(extra)
+    except TypeError:   # (None, a number: an adapter bug)
+        raise CheckpointError(f"cannot track {display_path(_at(path))}: children() of its adapter "
+                              f"{getattr(adapter, 'name', type(adapter).__name__)!r} must give a list of "
+                              f"(name, object) pairs, got {children!r:.80}") from None
+    for item in items:
         if type(item) not in (tuple, list) or len(item) != 2:
             raise CheckpointError(f"cannot track {display_path(_at(path))}: children() of its adapter "
                                   f"{getattr(adapter, 'name', type(adapter).__name__)!r} must give (name, object) "

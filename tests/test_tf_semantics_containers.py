@@ -227,3 +227,7 @@ def test_dict_keys_that_are_not_strings(tmp_path):
     m.d["1"] = var(3.0)
     with pytest.raises(ck.CheckpointError, match="two different dependencies named '1'"):
         ck.Checkpoint(m=m).write(str(tmp_path / "clash"))
+    clash = ck.Module()   # restoring into such a dict: refused too, the dict named
+    clash.d = {1: var(0.0), "1": var(0.0)}
+    with pytest.raises(ck.CheckpointError, match="object m/d has two different dependencies named '1'"):
+        ck.Checkpoint(m=clash).read(path)

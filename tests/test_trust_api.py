@@ -257,7 +257,9 @@ def test_state_or_metadata_nested_too_deeply_is_a_ckptcore_error(tmp_path):
     ([None], [], "must be a list of names"),
     ("xy", [], "must be a list of names"),
     ([], [("a",)], r"must give \(name, object\) pairs"),
-], ids=["duplicate attribute", "int attribute", "None attribute", "a string", "a child without its object"])
+    ([], None, r"must give a list of \(name, object\) pairs, got None"),
+], ids=["duplicate attribute", "int attribute", "None attribute", "a string", "a child without its object",
+        "children None"])
 @pytest.mark.parametrize("fmt_name", ["ckptcore", "tensorflow"])
 def test_an_adapter_naming_its_values_wrongly_fails_the_save_before_writing(tmp_path, attrs, children, match,
                                                                             fmt_name):

@@ -39,7 +39,7 @@ from ..errors import CheckpointError, DtypeMismatchError, PartialRestoreWarning
 from ..formats import ckpt as fmt
 from ..formats.byname import fit_to_live_root, is_flat, restore_by_name
 from ..formats.ckpt_tables import int64_column
-from ..graph import _LEAF_ADAPTERS, _is_leaf_type, live_children
+from ..graph import _LEAF_ADAPTERS, _is_leaf_type, adapter_children, checked_children, live_children
 from ..graph import _is_leaf_adapter as _is_leaf
 from ..naming import VARIABLE_VALUE, display_path
 from ..registry import _by_type_cache as _adapter_cache
@@ -279,14 +279,21 @@ class RestoreSession:
             o, adapter, nid, _parent, _name = matches[k]
             a, b = child_start[nid], child_start[nid + 1]
             if a != b:
+                names = child_name[a:b]
                 if o is root and k == 0:
                     children = live_children(o, adapter, path, self._extra_children())
                 else:
-                    children = live_children(o, adapter, partial(_path, matches, k, path))  # built on error only
-                names = child_name[a:b]
+                    where = partial(_path, matches, k, path)  # (a path built on error only)
+                    children = adapter_children(o, adapter, where)
+                    if (_match_aligned is not None and matched is None and type(children) is list
+                            and len(children) == b - a and type(names) is list and type(child_id) is list
+                            and _match_aligned(children, names, child_id[a:b], shared, _adapter_cache,
+                                               _LEAF_ADAPTERS, _is_leaf_type, nchild, k, matches, visit)):
+                        continue  # lined up with the saved (distinct) names: matched in one C loop, no other check
+                    children = checked_children(children, adapter, where)
                 if matched is None and len(children) == b - a and type(names) is list:
                     ids = child_id[a:b]
-                    if (_match_aligned is not None and type(ids) is list
+                    if (_match_aligned is not None and type(ids) is list and o is root and k == 0
                             and _match_aligned(children, names, ids, shared, _adapter_cache, _LEAF_ADAPTERS,
                                                _is_leaf_type, nchild, k, matches, visit)):
                         continue  # the steps below, in one C loop
