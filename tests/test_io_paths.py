@@ -159,6 +159,34 @@ def test_a_local_save_leaves_the_collector_nothing_of_its_own(prefix):
     assert dst.xs[n - 1].tolist() == [n - 1.0] * 3
 
 
+def test_a_local_save_pauses_the_collector_from_the_walk_on(prefix):
+    # What the plan holds from the walk on (an adapter's state here; a torch model's detached parameter
+    # tensors) is young too: no collection between the walk and the write goes through it.
+    class Holder:
+        pass
+
+    class Stateful(ck.Adapter):
+        name = "test.stateful_holder"
+
+        def get_state(self, obj):
+            return {"rows": [[i] for i in range(5000)]}   # 5,000 fresh lists, held by the plan
+
+        def set_state(self, obj, state):
+            obj.rows = state["rows"]
+
+    plugin = ck.register_adapter(Holder, Stateful())
+    try:
+        ckpt = ck.Checkpoint(h=Holder())
+        ckpt.save(prefix)
+        young, path = _young_objects_collected_during(lambda: ckpt.save(prefix))
+        assert young < 500
+        back = Holder()
+        ck.Checkpoint(h=back).restore(path).expect_partial()
+        assert back.rows[4999] == [4999]
+    finally:
+        ck.registry.unregister_plugin(plugin)
+
+
 def test_a_failed_local_save_turns_the_collector_back_on(prefix, monkeypatch):
     from ckptcore.save import write
 
