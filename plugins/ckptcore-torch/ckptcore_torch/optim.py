@@ -374,7 +374,7 @@ class OptimizerAdapter(Adapter):
                             arr = t.numpy()
                         except (RuntimeError, TypeError):  # (requires grad, another device, meta, ...)
                             arr = None
-                add(SlotVariable(variable=p, name=name, value=to_numpy(t) if arr is None else arr))
+                add(SlotVariable(p, name, to_numpy(t) if arr is None else arr))   # (positional: 25 % less)
         return out
 
     def slot_restore_buffers(self, obj, requests):
