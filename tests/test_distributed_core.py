@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from thread_ranks import on_threads
 
 import ckptcore as ck
 from ckptcore.distributed import CollectiveTimeoutError, ShardBuffer, ShardedValue, ThreadGroup
@@ -49,23 +50,6 @@ def _adapter():
     name = ck.register_adapter(Sharded, ShardedAdapter())
     yield
     ck.registry.unregister_plugin(name)
-
-
-def on_threads(n, fn):
-    """Run ``fn(group)`` on ``n`` threads, one rank each; their results (exceptions included)."""
-    groups, out = ThreadGroup.create(n), [None] * n
-
-    def run(g):
-        try:
-            out[g.rank] = fn(g)
-        except BaseException as e:  # noqa: BLE001
-            out[g.rank] = e
-    ts = [threading.Thread(target=run, args=(g,)) for g in groups]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    return out
 
 
 def split(shape, world, dim):

@@ -3,34 +3,16 @@ on an in-process group of threads (ckptcore.distributed.ThreadGroup)."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from thread_ranks import on_threads
 
 import ckptcore as ck
-from ckptcore.distributed import CollectiveTimeoutError, Group, ThreadGroup
+from ckptcore.distributed import CollectiveTimeoutError, Group
 
 NAMES = ["a", "b", "c", "d"]
-
-
-def on_threads(n, fn):
-    """Run ``fn(group)`` on ``n`` threads, one rank each; their results (exceptions included)."""
-    groups, out = ThreadGroup.create(n), [None] * n
-
-    def run(g):
-        try:
-            out[g.rank] = fn(g)
-        except BaseException as e:  # noqa: BLE001
-            out[g.rank] = e
-    ts = [threading.Thread(target=run, args=(g,)) for g in groups]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    return out
 
 
 @pytest.fixture(scope="module")

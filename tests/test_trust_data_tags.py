@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import pytest
+from thread_ranks import on_threads
 
 import ckptcore as ck
 from ckptcore.formats import ckpt as fmt
@@ -197,23 +198,7 @@ def test_a_later_save_removes_data_no_index_names(late, tmp_path):
 
 def _on_two_ranks(save):
     """Run ``save(options)`` on the two workers of a group of threads; their results (or exceptions)."""
-    import threading
-
-    from ckptcore.distributed.collective import ThreadGroup
-
-    out: list = [None, None]
-
-    def run(g):
-        try:
-            out[g.rank] = save(ck.CheckpointOptions(process_group=g, collective_timeout=20))
-        except Exception as e:  # noqa: BLE001 -- compared by the test
-            out[g.rank] = e
-    threads = [threading.Thread(target=run, args=(g,)) for g in ThreadGroup.create(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return out
+    return on_threads(2, lambda g: save(ck.CheckpointOptions(process_group=g, collective_timeout=20)))
 
 
 def _two_values(value):
