@@ -82,6 +82,18 @@ def _raw_readinto(path: str, arrays: list) -> None:
             f.readinto(a)
 
 
+def _settle() -> None:
+    """Collect garbage outside the timing, before each timed step.
+
+    A collection that the previous step's objects set off would otherwise land in whichever step
+    comes next (a torch model + optimizer of 80,000 tensors: ~160 ms per full collection, as long
+    as a raw save). Each step starts with nothing of the others' left to collect; what it makes
+    itself, and the collections that sets off, stay in its own figure. (``make bench``'s W1/W2
+    worker collects before each step likewise.)
+    """
+    gc.collect()
+
+
 def _clear(path: str) -> None:
     """Delete a method's previous output, outside the timing, before its next save.
 
@@ -147,17 +159,21 @@ def bench_list(root_dir: str, runs: int, total: int) -> dict:
     raw_path, ck_dir = os.path.join(root_dir, "list-raw"), os.path.join(root_dir, "list-ck")
     for _ in range(runs):  # interleaved; each method's last output is deleted before its next save
         _clear(raw_path)
+        _settle()
         t = time.perf_counter()
         _raw_save(raw_path, arrays)
         out.setdefault("raw_save", []).append(time.perf_counter() - t)
         _clear(ck_dir)
+        _settle()
         t = time.perf_counter()
         path = ck.Checkpoint(model=src).save(os.path.join(ck_dir, "c"))
         out.setdefault("ck_save", []).append(time.perf_counter() - t)
     for _ in range(runs):
+        _settle()
         t = time.perf_counter()
         _raw_readinto(raw_path, dst_arrays)
         out.setdefault("raw_load", []).append(time.perf_counter() - t)
+        _settle()
         t = time.perf_counter()
         status = ck.Checkpoint(model=dst).restore(path)
         t1 = time.perf_counter()
@@ -231,6 +247,7 @@ def _gpt2_op(method: str, op: str, path: str, width: int, fresh: bool = True):
         if method == "ckptcore-async":
             def run():
                 ckpt = ck.Checkpoint(model=model, opt=opt)
+                _settle()
                 t = time.perf_counter()
                 ckpt.write(path, options=ck.CheckpointOptions(enable_async=True))
                 blocked = time.perf_counter() - t
@@ -254,6 +271,7 @@ def _gpt2_op(method: str, op: str, path: str, width: int, fresh: bool = True):
                 if method == "dcp":
                     dcp.save(sd, checkpoint_id=path)
                     return None
+                _settle()
                 t = time.perf_counter()
                 fut = dcp.async_save(sd, checkpoint_id=path)
                 blocked = time.perf_counter() - t
@@ -316,6 +334,7 @@ def gpt2_worker(args: dict) -> dict:
     fn = _gpt2_op(args["method"], args["op"], path, args["width"], args.get("fresh", True))
     gc.collect()
     peak = _Peak() if args.get("memory") else None
+    _settle()
     t = time.perf_counter()
     res = fn()
     took = time.perf_counter() - t
@@ -393,17 +412,21 @@ def sweep_worker(args: dict) -> dict:
     ck_dir = os.path.join(d, f"sweep-{n}")
     for _ in range(runs):  # each method's last output is deleted before its next save (see bench_list)
         _clear(raw)
+        _settle()
         t = time.perf_counter()
         _raw_save(raw, arrays)
         out.setdefault("raw_save", []).append(time.perf_counter() - t)
         _clear(ck_dir)
+        _settle()
         t = time.perf_counter()
         path = ck.Checkpoint(model=src).save(os.path.join(ck_dir, "c"))
         out.setdefault("ck_save", []).append(time.perf_counter() - t)
     for _ in range(runs):
+        _settle()
         t = time.perf_counter()
         _raw_readinto(raw, dst_arrays)
         out.setdefault("raw_load", []).append(time.perf_counter() - t)
+        _settle()
         t = time.perf_counter()
         status = ck.Checkpoint(model=dst).restore(path)
         t1 = time.perf_counter()
@@ -412,6 +435,7 @@ def sweep_worker(args: dict) -> dict:
         out.setdefault("ck_assert", []).append(time.perf_counter() - t1)
     # opening the checkpoint: time and bytes read, against the index and data sizes
     before = _rchar()
+    _settle()
     t = time.perf_counter()
     reader = ck.load_checkpoint(path)
     out["open_s"] = time.perf_counter() - t
@@ -442,6 +466,7 @@ def open_worker(args: dict) -> dict:
     times, reads = [], []
     for _ in range(5):
         before = _rchar()
+        _settle()
         t = time.perf_counter()
         reader = ck.load_checkpoint(path)
         times.append(time.perf_counter() - t)
@@ -485,6 +510,7 @@ def async_worker(args: dict) -> dict:
         ck.Checkpoint(m=small).write(os.path.join(d, "async-warm"), options=ck.CheckpointOptions(enable_async=True))
         ckpt = ck.Checkpoint(model=model, opt=opt)
         for i in range(3):
+            _settle()
             t = time.perf_counter()
             ckpt.write(os.path.join(d, f"async-ck-{i}"), options=ck.CheckpointOptions(enable_async=True))
             blocked.append(time.perf_counter() - t)
@@ -496,6 +522,7 @@ def async_worker(args: dict) -> dict:
         dcp.async_save({"m": small.state_dict()}, checkpoint_id=os.path.join(d, "async-dcp-warm")).result()
         for i in range(3):
             msd, osd = get_state_dict(model, opt)
+            _settle()
             t = time.perf_counter()
             fut = dcp.async_save({"model": msd, "opt": osd}, checkpoint_id=os.path.join(d, f"async-dcp-{i}"))
             blocked.append(time.perf_counter() - t)
@@ -536,16 +563,19 @@ def torch_sweep_worker(args: dict) -> dict:
     raw_saves, ck_saves = [], []
     for _ in range(args.get("runs", 3)):  # alternating; each method's last output deleted first (see _clear)
         _clear(raw)
+        _settle()
         t = time.perf_counter()
         _raw_save(raw, [x.numpy() for x in tensors])
         raw_saves.append(time.perf_counter() - t)
         _clear(ck_dir)
+        _settle()
         t = time.perf_counter()
         path = ck.Checkpoint(model=model, opt=opt).save(os.path.join(ck_dir, "c"))
         ck_saves.append(time.perf_counter() - t)
     out["raw_save"], out["ck_save"] = med(raw_saves), med(ck_saves)
     model2 = _torch_flat(n, total, seed=1)
     opt2 = torch.optim.Adam(model2.parameters(), lr=1e-3)
+    _settle()
     t = time.perf_counter()
     ck.Checkpoint(model=model2, opt=opt2).restore(path).assert_consumed()
     out["ck_restore"] = time.perf_counter() - t
@@ -553,6 +583,7 @@ def torch_sweep_worker(args: dict) -> dict:
     # (np.empty per state tensor inside the timing; the fresh memory faults in as ckptcore's did).
     params = [p.detach().numpy() for p in model2.parameters()]
     state = [(tuple(x.shape), x.numpy().dtype) for x in _tensors(model2, opt2)[len(params):]]
+    _settle()
     t = time.perf_counter()
     with open(raw, "rb", buffering=0) as f:
         for a in params:
@@ -563,11 +594,13 @@ def torch_sweep_worker(args: dict) -> dict:
     out["raw_load_fresh"] = time.perf_counter() - t
     del fresh
     dst = [x.numpy() for x in _tensors(model2, opt2)]
+    _settle()
     t = time.perf_counter()
     _raw_readinto(raw, dst)
     out["raw_load"] = time.perf_counter() - t
     warm = []
     for _ in range(args.get("runs", 3)):   # into the same model and optimizer again: every tensor exists
+        _settle()
         t = time.perf_counter()
         ck.Checkpoint(model=model2, opt=opt2).restore(path).assert_consumed()
         warm.append(time.perf_counter() - t)
@@ -577,6 +610,7 @@ def torch_sweep_worker(args: dict) -> dict:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, sd_path)
         model3 = _torch_flat(n, total, seed=2)
         opt3 = torch.optim.Adam(model3.parameters(), lr=1e-3)
+        _settle()
         t = time.perf_counter()
         sd = torch.load(sd_path, weights_only=True)
         model3.load_state_dict(sd["model"])
