@@ -44,7 +44,8 @@ def plain_leaves(Py_ssize_t i, list objs, list adapters, list escs, object numpy
         (['a/.ATTRIBUTES/VARIABLE_VALUE'], ['float32'], True, [1])
     """
     cdef Py_ssize_t n = len(objs)
-    cdef object obj, adapter, esc, info, dt
+    cdef object obj, adapter, esc, info, dt, name = None, last = None
+    cdef object nch = nchildren   # (one int object for every node's child start)
     cdef cnp.ndarray arr
     if len(adapters) < n or len(escs) < n:
         return i
@@ -62,9 +63,12 @@ def plain_leaves(Py_ssize_t i, list objs, list adapters, list escs, object numpy
         if (info is None or type(info) is not tuple or len(<tuple>info) != 2 or (<tuple>info)[1] is not dt
                 or not cnp.PyArray_IS_C_CONTIGUOUS(arr)):
             break
-        node_adapter.append(adapter.name)
+        if adapter is not last:   # (one adapter object for all arrays, as a rule: its name read once)
+            name = adapter.name
+            last = adapter
+        node_adapter.append(name)
         node_types.append(node_type)
-        child_start.append(nchildren)
+        child_start.append(nch)
         attr_name.append(value_attr)
         attr_start.append(len(attr_name))
         keys.append(<str>esc + value_suffix)
@@ -100,6 +104,8 @@ def add_children(list children, Py_ssize_t i, str esc, dict index_of, dict adapt
     """
     cdef Py_ssize_t k, n = len(children), j
     cdef object pair, name, child, key, got, ad, e
+    cdef object parent = i        # (one int object for every child's parent)
+    cdef str prefix = esc + "/"   # (one concatenation per child, not two)
     for k in range(n):
         pair = children[k]
         if type(pair) is not tuple or len(<tuple>pair) != 2:
@@ -121,13 +127,13 @@ def add_children(list children, Py_ssize_t i, str esc, dict index_of, dict adapt
             if e is None:
                 e = escape(name)
             j = len(objs)
-            index_of[key] = j
+            got = j   # (the node id boxed once: index_of and child_id share it)
+            index_of[key] = got
             objs.append(child)
             adapters.append(ad)
-            parents.append(i)
+            parents.append(parent)
             names.append(name)
-            escs.append(esc + "/" + <str>e)
-            got = j
+            escs.append(prefix + <str>e)
         child_name.append(name)
         child_id.append(got)
     return n
