@@ -212,7 +212,7 @@ def match_aligned(list children, list names, list ids, object shared, dict adapt
         (True, (1, 0, 'w'), [])
     """
     cdef Py_ssize_t n = len(names), i, first, nid, nn = len(nchild)
-    cdef object pair, ad, leaf, cid, t
+    cdef object pair, ad, leaf, cid, t, tp, last_tp = None, last_ad = None, ad_tp, last_ad_tp = None, last_leaf = None
     if len(children) != n or len(ids) != n:
         return False
     cdef list adapters = [None] * n
@@ -229,12 +229,17 @@ def match_aligned(list children, list names, list ids, object shared, dict adapt
         nid = <Py_ssize_t>cid
         if nid < 0 or nid >= nn:
             return False
-        try:
-            ad = adapter_cache.get(type((<tuple>pair)[1]))
-        except TypeError:  # an unhashable metaclass
-            return False
-        if ad is None:
-            return False
+        tp = type((<tuple>pair)[1])
+        if tp is last_tp:   # (a container's children are of one type, as a rule: one lookup)
+            ad = last_ad
+        else:
+            try:
+                ad = adapter_cache.get(tp)
+            except TypeError:  # an unhashable metaclass
+                return False
+            if ad is None:
+                return False
+            last_tp, last_ad = tp, ad
         adapters[i] = ad
     first = len(matches)
     for i in range(n):
@@ -245,9 +250,14 @@ def match_aligned(list children, list names, list ids, object shared, dict adapt
         if nchild[<Py_ssize_t>ids[i]]:
             visit.append(first + i)
             continue
-        leaf = leaf_types.get(type(ad))
-        if leaf is None:
-            leaf = is_leaf_type(type(ad))
+        ad_tp = type(ad)
+        if ad_tp is last_ad_tp:
+            leaf = last_leaf
+        else:
+            leaf = leaf_types.get(ad_tp)
+            if leaf is None:
+                leaf = is_leaf_type(ad_tp)
+            last_ad_tp, last_leaf = ad_tp, leaf
         if not leaf:
             visit.append(first + i)
     return True
