@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import ckptcore as ck
 from ckptcore import _perf
+from ckptcore.formats import ckpt as fmt
 from ckptcore.restore import _compiled, session
 from ckptcore.restore.values import _unalias
 
@@ -112,12 +113,32 @@ def test_both_planners_agree_on_every_restore(specs, data, nested, monkeypatch):
     values = [(np.arange(int(np.prod(shape))).reshape(shape) % 7 + 1).astype(dt) for dt, shape in specs]
     tweaks = data.draw(st.lists(st.sampled_from(sorted(TWEAKS)), min_size=len(values), max_size=len(values)))
     path = ck.Checkpoint(model=_model(values, None, nested)).write(f"memory://planner/{id(values)}/c")
-    compiled = _outcome(path, values, tweaks, nested)
+    compiled = _outcome(path, values, tweaks, nested)   # (shapes compared against the index's columns)
+    with monkeypatch.context() as m:
+        m.setattr(fmt.TensorTable, "shape_index", lambda self: None)   # against shape tuples
+        by_tuples = _outcome(path, values, tweaks, nested)
     with monkeypatch.context() as m:
         m.setattr(session, "_plan_plain_arrays", None)
         m.setattr(session, "_match_aligned", None)
         python = _outcome(path, values, tweaks, nested)
-    assert compiled == python
+    assert compiled == by_tuples == python
+
+
+@pytest.mark.skipif(_compiled.plan_plain_arrays is None, reason="the compiled planner is turned off in this run")
+def test_a_restore_of_plain_arrays_makes_no_shape_tuple(tmp_path):
+    # the compiled planner compares live shapes with the decoded index's columns (TensorTable.shape_index)
+    src = ck.Module()
+    src.xs = [np.full((i % 3 + 1, 2), float(i), np.float32) for i in range(50)]
+    path = ck.Checkpoint(model=src).write(str(tmp_path / "c"))
+    dst = ck.Module()
+    dst.xs = [np.zeros((i % 3 + 1, 2), np.float32) for i in range(50)]
+    status = ck.Checkpoint(model=dst).read(path)
+    status.assert_consumed()
+    assert status.session.table._shape is None
+    assert all(np.array_equal(a, b) for a, b in zip(dst.xs, src.xs))
+    dst.xs[7] = np.zeros((9, 9), np.float32)   # a live shape the checkpoint does not have: refused by name
+    with pytest.raises(ck.CheckpointError, match=r"xs/7.*\(2, 2\).*\(9, 9\)"):
+        ck.Checkpoint(model=dst).read(path)
 
 
 def test_the_compiled_planner_hands_back_what_it_does_not_know():

@@ -104,6 +104,22 @@ def shapes_from_columns(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, .
     return out.tolist()
 
 
+class _ShapeRows:
+    """Row ``t``'s shape tuple by ``[t]``, made from the shape columns on each call (TensorTable.shapes_for)."""
+
+    __slots__ = ("_ndim", "_dims", "_starts")
+
+    def __init__(self, ndim: np.ndarray, dims: np.ndarray, starts: np.ndarray):
+        self._ndim, self._dims, self._starts = ndim, dims, starts
+
+    def __len__(self) -> int:
+        return len(self._ndim)
+
+    def __getitem__(self, t: int) -> tuple[int, ...]:
+        start = int(self._starts[t])
+        return tuple(self._dims[start:start + int(self._ndim[t])].tolist())
+
+
 @dataclass(slots=True)
 class TensorEntry:
     """One stored tensor: where it lives and how to check it.
@@ -303,8 +319,49 @@ class TensorTable:
     def shape(self) -> list[tuple[int, ...]]:
         """Each row's shape."""
         if self._shape is None:
-            self._shape = shapes_from_columns(*self._shape_cols)
+            self._shape = shapes_from_columns(self._shape_cols[0], self._shape_cols[1])
         return self._shape
+
+    def shape_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(ndim, dims, starts)`` where this table keeps its shapes as columns (a decoded index), else None.
+
+        ``starts[t]`` is where row ``t``'s dimensions begin in ``dims``: a restore's planner compares
+        live shapes with these, and no shape tuple is made.
+
+        Example:
+            >>> t = TensorTable(["a", "b"], ["int8", "int8"], None, [0, 0], [0, 6], [6, 1], [0, 0], [0, 1],
+            ...                 shape_cols=(np.array([2, 0]), np.array([2, 3])))
+            >>> [c.tolist() for c in t.shape_index()]
+            [[2, 0], [2, 3], [0, 2]]
+        """
+        cols = self._shape_cols
+        if cols is None:
+            return None
+        if len(cols) == 2:
+            ndim, dims = int64_column(cols[0]), int64_column(cols[1])
+            starts = np.cumsum(ndim) - ndim
+            cols = self._shape_cols = (np.ascontiguousarray(ndim), np.ascontiguousarray(dims), starts)
+        return cols
+
+    def shapes_for(self, rows: int) -> Any:
+        """What gives row ``t``'s shape tuple by ``[t]`` to code that looks at about ``rows`` rows.
+
+        :attr:`shape` itself where the tuples exist or most rows are wanted; else a view that makes
+        each asked-for row's tuple from the columns (a restore whose few other matches, the save
+        counter say, need no tuple for all 100,000 rows).
+
+        Example:
+            >>> n = 100
+            >>> t = TensorTable([f"k{i}" for i in range(n)], ["int8"] * n, None, [0] * n, list(range(0, 6 * n, 6)),
+            ...                 [6] * n, [0] * n, list(range(n)), shape_cols=(np.full(n, 2), np.tile([2, 3], n)))
+            >>> rows = t.shapes_for(1)
+            >>> rows[0], rows[99], t._shape is None
+            ((2, 3), (2, 3), True)
+        """
+        index = self.shape_index() if self._shape is None else None
+        if index is None or rows * 16 >= len(self.dtype):
+            return self.shape
+        return _ShapeRows(*index)
 
     def shape_columns(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ndim, dims)``: each row's rank, and every row's dimensions one after another (int64 arrays).
@@ -315,7 +372,7 @@ class TensorTable:
             [[2], [2, 3]]
         """
         if self._shape_cols is not None:
-            return self._shape_cols
+            return self._shape_cols[0], self._shape_cols[1]
         shape = self._shape
         ndim = np.fromiter(map(len, shape), np.int64, len(shape))
         return ndim, np.fromiter(chain.from_iterable(shape), np.int64, int(ndim.sum()))

@@ -1,8 +1,8 @@
 from typing import Any
 
 def plan_plain_arrays(matches: list[tuple], attr_start: list[int], attr_name: list[str], states: Any,
-                      t_shape: list[Any], t_dtype: list[Any], fast_dtypes: dict, numpy_adapter: type,
-                      value_attr: str, default_attrs: dict, rows: list[int], dests: list[Any],
+                      t_shape: list[Any] | tuple[Any, Any, Any], t_dtype: list[Any], fast_dtypes: dict,
+                      numpy_adapter: type, value_attr: str, default_attrs: dict, rows: list[int], dests: list[Any],
                       callbacks: list[Any], offers_in_place: Any = None) -> list[int]: ...
 
 def data_spans(dests: list[Any]) -> tuple[Any, Any, Any] | None: ...

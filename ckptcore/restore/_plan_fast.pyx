@@ -38,7 +38,24 @@ cdef bint _shape_is(cnp.ndarray arr, object want):
     return True
 
 
-def plan_plain_arrays(list matches, list attr_start, list attr_name, object states, list t_shape, list t_dtype,
+cdef bint _shape_cols_is(cnp.ndarray arr, const cnp.int64_t[::1] ndim, const cnp.int64_t[::1] dims,
+                         const cnp.int64_t[::1] starts, Py_ssize_t row):
+    """Whether ``arr.shape`` is row ``row``'s shape in the ``(ndim, dims, starts)`` columns."""
+    cdef Py_ssize_t i, nd = cnp.PyArray_NDIM(arr), start
+    cdef cnp.npy_intp *shape
+    if row < 0 or row >= ndim.shape[0] or ndim[row] != nd:
+        return False
+    start = <Py_ssize_t>starts[row]
+    if start < 0 or start + nd > dims.shape[0]:
+        return False
+    shape = cnp.PyArray_DIMS(arr)
+    for i in range(nd):
+        if dims[start + i] != shape[i]:
+            return False
+    return True
+
+
+def plan_plain_arrays(list matches, list attr_start, list attr_name, object states, object t_shape, list t_dtype,
                       dict fast_dtypes, object numpy_adapter, str value_attr, dict default_attrs,
                       list rows, list dests, list callbacks, object offers_in_place=None):
     """Append the reads of plain arrays to ``rows``/``dests``/``callbacks``; return the other matches' indices.
@@ -51,6 +68,10 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
     A match whose node has no attributes and no state, and whose adapter's class maps to True
     in ``default_attrs`` (it keeps ``Adapter.attributes``: never any attribute, so nothing to
     check), needs nothing and is left out too: containers and modules of the common models.
+
+    ``t_shape`` is each row's shape tuple, or the table's shape columns ``(ndim, dims, starts)``
+    (int64 arrays: each row's rank, every row's dimensions one after another, where each row's
+    begin), so that no shape tuple need be made (``TensorTable.shape_index``).
 
     With ``offers_in_place`` (a function of an adapter class: whether it overrides
     ``Adapter.value_in_place``), a match of such an adapter whose node has one attribute,
@@ -74,7 +95,7 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
         ([0], True, [None])
     """
     cdef Py_ssize_t k, n = len(matches), nid, a, b, nstart = len(attr_start)
-    cdef Py_ssize_t nattr = len(attr_name), ntab = len(t_shape)
+    cdef Py_ssize_t nattr = len(attr_name), ntab
     cdef tuple m
     cdef object obj, want
     cdef cnp.ndarray arr
@@ -82,6 +103,26 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
     cdef list rest = []
     cdef dict in_place = {}   # adapter class -> whether it offers value_in_place (asked once per class)
     cdef object offers, buf, dt
+    cdef bint by_cols = type(t_shape) is tuple
+    cdef const cnp.int64_t[::1] c_ndim
+    cdef const cnp.int64_t[::1] c_dims
+    cdef const cnp.int64_t[::1] c_starts
+    cdef list shapes = None
+    if by_cols:
+        if len(<tuple>t_shape) != 3:
+            return list(range(n))
+        try:
+            c_ndim, c_dims, c_starts = t_shape
+        except (TypeError, ValueError):   # (not C-contiguous int64 arrays)
+            return list(range(n))
+        ntab = c_ndim.shape[0]
+        if c_starts.shape[0] != ntab:
+            return list(range(n))
+    elif type(t_shape) is list:
+        shapes = <list>t_shape
+        ntab = len(shapes)
+    else:
+        return list(range(n))
     if len(t_dtype) != ntab:
         return list(range(n))
     for k in range(n):
@@ -124,7 +165,8 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
             dt = fast_dtypes.get(t_dtype[a])
             if (dt is None or not (cnp.PyArray_ISWRITEABLE(arr) and cnp.PyArray_IS_C_CONTIGUOUS(arr))
                     or not (<object>cnp.PyArray_DESCR(arr) is dt or arr.dtype == dt)
-                    or not _shape_is(arr, t_shape[a])):
+                    or not (_shape_cols_is(arr, c_ndim, c_dims, c_starts, a) if by_cols
+                            else _shape_is(arr, shapes[a]))):
                 rest.append(k)
                 continue
             rows.append(a)
@@ -139,7 +181,8 @@ def plan_plain_arrays(list matches, list attr_start, list attr_name, object stat
         if not (cnp.PyArray_ISWRITEABLE(arr) and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
             rest.append(k)
             continue
-        if <object>cnp.PyArray_DESCR(arr) is not fast_dtypes.get(t_dtype[a]) or not _shape_is(arr, t_shape[a]):
+        if <object>cnp.PyArray_DESCR(arr) is not fast_dtypes.get(t_dtype[a]) or not (
+                _shape_cols_is(arr, c_ndim, c_dims, c_starts, a) if by_cols else _shape_is(arr, shapes[a])):
             rest.append(k)
             continue
         rows.append(a)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from functools import partial
 from itertools import repeat
@@ -413,7 +413,7 @@ class RestoreSession:
         """
         g, table = self.graph, self.table
         attr_start, attr_name, states = g.attr_start, g.attr_name, g.state
-        t_dtype, t_shape = table.dtype, table.shape
+        t_dtype = table.dtype
         rows: list[int] = []
         dests: list[Any] = []
         callbacks: list[Any] = []
@@ -421,13 +421,17 @@ class RestoreSession:
         after = []
         errors = []
         fast_dtypes = fmt.FAST_DTYPES
-        todo: Iterable[int] = range(len(matches))
+        todo: Sequence[int] = range(len(matches))
         if (_plan_plain_arrays is not None and shadowed is None and type(attr_start) is list
-                and type(attr_name) is list and type(t_shape) is list and type(t_dtype) is list):
-            # plain arrays planned in C; the Python loop below sees only the other matches
-            todo = _plan_plain_arrays(matches, attr_start, attr_name, states, t_shape, t_dtype, fast_dtypes,
+                and type(attr_name) is list and type(t_dtype) is list):
+            # plain arrays planned in C (against the shape columns of a decoded index: no shape tuple made);
+            # the Python loop below sees only the other matches
+            shapes = table.shape_index()
+            todo = _plan_plain_arrays(matches, attr_start, attr_name, states,
+                                      table.shape if shapes is None else shapes, t_dtype, fast_dtypes,
                                       NumpyArrayAdapter, VARIABLE_VALUE, _DEFAULT_ATTRS, rows, dests, callbacks,
                                       _offers_in_place)
+        t_shape = table.shapes_for(len(todo))   # (few matches left: their rows' tuples only)
         for k in todo:
             if shadowed is not None and k in shadowed:
                 continue
