@@ -377,6 +377,21 @@ def test_unmatched_keys_before_and_after_the_match_tables_are_filled(prefix):
     status.assert_consumed()
 
 
+def test_an_object_at_a_dead_matches_address_is_not_matched(prefix):
+    # The match tables are keyed by id(): filed after a matched array died, a new array at its address
+    # (CPython reuses a freed block at once, as a rule) must not be taken for the restored one.
+    path = ck.Checkpoint(m=_list_model([np.ones(2), np.ones(3)])).write(prefix)
+    dst = _list_model([np.zeros(2), np.zeros(3)])
+    session = ck.Checkpoint(m=dst).read(path).session
+    old_id = id(dst.xs[1])
+    dst.xs[1] = None   # the restored array dies before anything was looked up
+    new = np.zeros(3)
+    reused = id(new) == old_id
+    assert session.matched_node(new) is None, f"address reused: {reused}"
+    assert session.matched_node(None) is None   # (what a dead weak reference gives: never an entry)
+    assert session.matched_node(dst.xs[0]) is not None
+
+
 def test_one_object_matched_to_two_nodes_is_listed_under_both(prefix):
     src = ck.Module()
     src.a, src.b = np.arange(2.0), np.arange(2.0)  # two saved values

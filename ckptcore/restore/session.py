@@ -117,9 +117,9 @@ class RestoreSession:
         # so the collector has tens of thousands fewer objects to scan after a large restore
         self._matched_ref: dict[int, Any] = {}
         self._matched_nid: dict[int, int] = {}
-        # What each step matched, as columns (id() keys, weak references, node ids), not yet entered in
+        # What each step matched, as columns (weak references, node ids), not yet entered in
         # the three tables above: most restores never look anything up in them (_file_matches does).
-        self._unfiled: list[tuple[list, list, list]] = []
+        self._unfiled: list[tuple[list, list]] = []
         self.unused_attrs: set[str] = set()    # keys whose node matched but attribute is absent live
         self.restored_slots: set[int] = set()
         self.expect_partial = False
@@ -580,7 +580,7 @@ class RestoreSession:
             refs = list(map(weakref.ref, objs))
         except TypeError:  # some object has no weak references: held strongly
             refs = [_ref(o) for o in objs]
-        self._unfiled.append((list(map(id, objs)), refs, list(map(_third, matches))))
+        self._unfiled.append((refs, list(map(_third, matches))))   # (ids made when filed: _file_matches)
         del objs
         if pending:
             install_creation_hooks(notify_dependency_added)
@@ -600,9 +600,13 @@ class RestoreSession:
         """Enter the matches of earlier steps (``_unfiled``) in the session's tables, in order."""
         with _LOCK:  # a lookup on another thread waits until every step is entered
             refs, nids, node_objs = self._matched_ref, self._matched_nid, self._node_objs
-            for keys, step_refs, step_nids in self._unfiled:
-                refs.update(zip(keys, step_refs))
-                nids.update(zip(keys, step_nids))
+            for step_refs, step_nids in self._unfiled:
+                # keyed by id() of the objects still alive: one that died can never be looked up, and a
+                # new object at its address must not find its entry
+                live = [(id(o), ref, nid) for ref, nid in zip(step_refs, step_nids) if (o := ref()) is not None]
+                refs.update((key, ref) for key, ref, _nid in live)
+                nids.update((key, nid) for key, _ref, nid in live)
+                del live
                 if not node_objs and len(set(step_nids)) == len(step_nids):
                     node_objs.update(zip(step_nids, step_refs))  # one object per node (the common case)
                     continue
@@ -642,7 +646,7 @@ class RestoreSession:
         with _LOCK if locked else nullcontext():  # not while another thread enters the steps' matches
             if self._node_objs:
                 ok[np.fromiter(self._node_objs, np.int64, len(self._node_objs))] = True
-            for _keys, _refs, step_nids in self._unfiled:  # matched, not entered in node_objs yet
+            for _refs, step_nids in self._unfiled:  # matched, not entered in node_objs yet
                 ok[np.array(step_nids, np.int64)] = True
         if self._has_slots:
             slot_ids = [s for rows in self.graph.slots.values() for _, _, s in rows]
