@@ -280,23 +280,21 @@ class RestoreSession:
             a, b = child_start[nid], child_start[nid + 1]
             if a != b:
                 names = child_name[a:b]
-                if o is root and k == 0:
+                at_root = o is root and k == 0
+                if at_root:
                     children = live_children(o, adapter, path, self._extra_children())
-                else:
+                else:   # checked below, unless they line up with the saved (distinct) names
                     where = partial(_path, matches, k, path)  # (a path built on error only)
                     children = adapter_children(o, adapter, where)
-                    if (_match_aligned is not None and matched is None and type(children) is list
-                            and len(children) == b - a and type(names) is list and type(child_id) is list
-                            and _match_aligned(children, names, child_id[a:b], shared, _adapter_cache,
-                                               _LEAF_ADAPTERS, _is_leaf_type, nchild, k, matches, visit)):
-                        continue  # lined up with the saved (distinct) names: matched in one C loop, no other check
+                if (_match_aligned is not None and matched is None and type(children) is list
+                        and len(children) == b - a and type(names) is list and type(child_id) is list
+                        and _match_aligned(children, names, child_id[a:b], shared, _adapter_cache, _LEAF_ADAPTERS,
+                                           _is_leaf_type, nchild, k, matches, visit)):
+                    continue  # the steps below, in one C loop
+                if not at_root:
                     children = checked_children(children, adapter, where)
                 if matched is None and len(children) == b - a and type(names) is list:
                     ids = child_id[a:b]
-                    if (_match_aligned is not None and type(ids) is list and o is root and k == 0
-                            and _match_aligned(children, names, ids, shared, _adapter_cache, _LEAF_ADAPTERS,
-                                               _is_leaf_type, nchild, k, matches, visit)):
-                        continue  # the steps below, in one C loop
                     if list(map(_first, children)) == names and shared.isdisjoint(ids):
                         objs = list(map(_second, children))
                         try:
