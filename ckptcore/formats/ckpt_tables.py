@@ -40,6 +40,16 @@ _EMPTY_ATTRS: Any = MappingProxyType({})  # shared by decoded nodes without attr
 _Q_IS_U64 = array.array("Q").itemsize == 8   # (C's unsigned long long: 8 bytes wherever numpy runs)
 
 
+def _u64_of_list(values) -> np.ndarray | None:
+    """A list of ints in [0, 2**64) through ``array.array("Q")`` (3-6x faster than ``np.asarray``); else None."""
+    if type(values) is list and _Q_IS_U64:
+        try:
+            return np.frombuffer(array.array("Q", values), np.uint64)
+        except (OverflowError, TypeError):   # negative, too large, or not ints: np.asarray decides
+            pass
+    return None
+
+
 def int64_column(values) -> np.ndarray:
     """``values`` (an index column: node ids, counts, offsets) as an int64 array.
 
@@ -50,13 +60,11 @@ def int64_column(values) -> np.ndarray:
         >>> int64_column([0, 3, 7]).tolist(), int64_column([-1]).dtype
         ([0, 3, 7], dtype('int64'))
     """
-    if type(values) is list and _Q_IS_U64:
-        try:
-            out = np.frombuffer(array.array("Q", values), np.int64)
-            if not out.size or out.min() >= 0:   # (2**63 and more would wrap: np.asarray refuses them)
-                return out
-        except (OverflowError, TypeError):   # negative, too large, or not ints: np.asarray decides
-            pass
+    out = _u64_of_list(values)
+    if out is not None:
+        out = out.view(np.int64)
+        if not out.size or out.min() >= 0:   # (2**63 and more would wrap: np.asarray refuses them)
+            return out
     return np.asarray(values, np.int64)
 
 
@@ -67,12 +75,8 @@ def uint64_column(values) -> np.ndarray:
         >>> uint64_column([1, 2**64 - 1]).tolist()
         [1, 18446744073709551615]
     """
-    if type(values) is list and _Q_IS_U64:
-        try:
-            return np.frombuffer(array.array("Q", values), np.uint64)
-        except (OverflowError, TypeError):
-            pass
-    return np.asarray(values, dtype=np.uint64)
+    out = _u64_of_list(values)
+    return out if out is not None else np.asarray(values, dtype=np.uint64)
 
 
 def shapes_from_columns(ndim: np.ndarray, dims: np.ndarray) -> list[tuple[int, ...]]:
